@@ -1,0 +1,1 @@
+"""zerolm: data_pipeline."""

@@ -1,0 +1,322 @@
+"""Reading raw documents from local or fsspec paths, sharded, resumable, and robust to bad input.
+
+A source (:class:`zerolm.config.SourceConfig`) names paths or globs of ``.txt`` (one document per
+line), ``.jsonl`` (one JSON object per line, text in ``text_field``) or ``.parquet`` files,
+optionally compressed (``.gz``, ``.bz2``, ``.xz``, ``.zst``), on any fsspec filesystem.
+
+Sharding. The documents of a source are split among ``num_shards = world_size × num_workers``
+readers so that no document is read twice in one pass:
+
+* when the source has at least as many files as readers, each reader owns whole files
+  (the file list is shuffled per epoch with a seeded RNG, then dealt round-robin);
+* otherwise every reader walks every file and owns every ``num_shards``-th record
+  (the same rule :func:`datasets.distributed.split_dataset_by_node` uses when shards do not divide).
+
+Positions. Every document comes with a :class:`DocPosition` (epoch, index in the reader's file plan,
+record number, byte offset of the record in the uncompressed stream). Restarting a reader at a
+position re-reads that exact record first, so a resumed stream continues exactly where it stopped.
+
+Bad input never stops the stream: each bad record yields a :class:`Skip` with a reason
+(``invalid_utf8``, ``empty``, ``too_long``, ``malformed_json``, ``missing_field``, ``binary``,
+``binary_file``, ``unreadable_file``) that the caller counts. A path that matches nothing or a
+format that is not supported raises :class:`~zerolm.errors.DataError` before any reading starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import fsspec
+
+from zerolm.config import SourceConfig
+from zerolm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_SNIFF_BYTES = 8192
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One input file: a full path or URL, its format and compression (None when plain)."""
+
+    url: str
+    format: str
+    compression: str | None
+
+
+class DocPosition(NamedTuple):
+    """Where a record starts: ``epoch``, ``file_pos`` (index into the reader's file plan for that
+    epoch), ``record`` (line or row number in the file, 0-based) and ``offset`` (byte offset of the
+    line in the uncompressed stream; 0 for parquet)."""
+
+    epoch: int
+    file_pos: int
+    record: int
+    offset: int
+
+
+class Doc(NamedTuple):
+    """A good document and the position of its record."""
+
+    text: str
+    pos: DocPosition
+
+
+class Skip(NamedTuple):
+    """A skipped record (or whole file) and why; ``where`` is ``path:line`` for the log."""
+
+    reason: str
+    where: str
+
+
+def mix64(*values: int) -> int:
+    """Deterministic 64-bit hash of integers (splitmix64 finaliser, Steele et al. 2014), used to
+    derive per-epoch / per-sample seeds that do not depend on Python's hash randomisation."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h
+
+
+def _detect(url: str, declared: str) -> tuple[str | None, str | None]:
+    name = url.rsplit("/", 1)[-1].lower()
+    compression = None
+    for ext, comp in _COMPRESSIONS.items():
+        if name.endswith(ext):
+            compression, name = comp, name[: -len(ext)]
+            break
+    if declared != "auto":
+        return declared, compression
+    for ext, fmt in _FORMATS.items():
+        if name.endswith(ext):
+            return fmt, compression
+    return None, compression
+
+
+def resolve_files(source: SourceConfig, key: str = "data.sources") -> list[FileRef]:
+    """Expand a source's paths and globs into files, in sorted order.
+
+    Args:
+        source: the source config.
+        key: the config key of the source, used in error messages.
+
+    Returns:
+        The source's files (at least one).
+
+    Raises:
+        DataError: a path or glob matches nothing, or a file's format cannot be told from its name
+            (set ``format`` explicitly) — the message names the path and the config key.
+    """
+    files: list[FileRef] = []
+    for pattern in source.paths:
+        try:
+            fs, _, paths = fsspec.get_fs_token_paths(pattern)
+        except Exception as e:  # unknown protocol, missing optional filesystem package, …
+            raise DataError(f"{key} (source {source.name!r}): cannot open {pattern!r}: {e}") from e
+        paths = [p for p in paths if fs.isfile(p)]
+        if not paths:
+            raise DataError(f"{key} (source {source.name!r}): no file matches {pattern!r}")
+        for p in sorted(paths):
+            url = fs.unstrip_protocol(p) if fs.protocol not in ("file", ("file", "local")) else p
+            fmt, comp = _detect(url, source.format)
+            if fmt is None:
+                raise DataError(
+                    f"{key} (source {source.name!r}): unknown format of {url!r}; supported: "
+                    ".txt, .jsonl, .parquet (optionally .gz/.bz2/.xz/.zst), or set format explicitly"
+                )
+            files.append(FileRef(url, fmt, comp))
+    return files
+
+
+class ShardedReader:
+    """Reads one shard of a source's documents, forever (epochs) or for ``max_epochs``.
+
+    Args:
+        files: the source's files (:func:`resolve_files`).
+        text_field: the JSON key / parquet column holding the text.
+        shard: this reader's index in ``[0, num_shards)``.
+        num_shards: readers sharing the source (data-parallel ranks × loader workers).
+        seed: seeds the per-epoch file shuffle.
+        shuffle_files: shuffle the file order each epoch.
+        max_document_bytes: longer records are skipped as ``too_long`` (never held in memory whole).
+
+    Iterating :meth:`read` yields :class:`Doc` and :class:`Skip` items in a deterministic order that
+    depends only on the arguments, the epoch and the data.
+    """
+
+    def __init__(
+        self,
+        files: list[FileRef],
+        text_field: str,
+        shard: int,
+        num_shards: int,
+        seed: int = 0,
+        shuffle_files: bool = True,
+        max_document_bytes: int = 1_000_000,
+    ) -> None:
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard {shard} not in [0, {num_shards})")
+        self.files = files
+        self.text_field = text_field
+        self.shard = shard
+        self.num_shards = num_shards
+        self.seed = seed
+        self.shuffle_files = shuffle_files
+        self.max_document_bytes = max_document_bytes
+        self.by_file = len(files) >= num_shards
+
+    def plan(self, epoch: int) -> list[tuple[int, int, int]]:
+        """This reader's files for ``epoch`` as ``(file index, stride, first owned record)``."""
+        order = list(range(len(self.files)))
+        if self.shuffle_files:
+            random.Random(mix64(self.seed, epoch)).shuffle(order)
+        if self.by_file:
+            return [(f, 1, 0) for i, f in enumerate(order) if i % self.num_shards == self.shard]
+        n = self.num_shards
+        return [(f, n, (self.shard - f) % n) for f in order]
+
+    def read(self, start: DocPosition | None = None, max_epochs: int | None = None) -> Iterator[Doc | Skip]:
+        """Yield documents and skips from ``start`` (inclusive) on.
+
+        Raises:
+            DataError: reading forever (``max_epochs=None``) and a whole epoch produced no document
+                for this shard (empty or all-bad input, or fewer records than shards).
+        """
+        epoch, file_pos, record, offset = start if start is not None else (0, 0, 0, 0)
+        while max_epochs is None or epoch < max_epochs:
+            plan = self.plan(epoch)
+            produced = False
+            for fp in range(file_pos, len(plan)):
+                fidx, stride, first = plan[fp]
+                ref = self.files[fidx]
+                rec0, off0 = (record, offset) if fp == file_pos else (0, 0)
+                reader = self._read_parquet if ref.format == "parquet" else self._read_lines
+                for item in reader(ref, epoch, fp, stride, first, rec0, off0):
+                    produced = produced or isinstance(item, Doc)
+                    yield item
+            if max_epochs is None and not produced and (start is None or epoch > start.epoch):
+                raise DataError(
+                    f"shard {self.shard}/{self.num_shards} got no document in epoch {epoch} from "
+                    f"{len(self.files)} file(s) (first: {self.files[0].url}); too few good records for "
+                    "this many ranks × workers?"
+                )
+            epoch, file_pos, record, offset = epoch + 1, 0, 0, 0
+
+    # -- formats -----------------------------------------------------------------------------
+    def _read_lines(self, ref: FileRef, epoch: int, fp: int, stride: int, first: int, rec: int, off: int):
+        owner_of_file = first == 0  # the reader owning record 0 speaks for file-level problems
+        try:
+            f = fsspec.open(ref.url, "rb", compression=ref.compression).open()
+        except Exception as e:
+            if owner_of_file and rec == 0:
+                log.warning("cannot open %s: %s", ref.url, e)
+                yield Skip("unreadable_file", ref.url)
+            return
+        with f:
+            if rec == 0:
+                head = f.read(_SNIFF_BYTES)
+                if b"\x00" in head:
+                    if owner_of_file:
+                        log.warning("skipping binary file %s", ref.url)
+                        yield Skip("binary_file", ref.url)
+                    return
+                f.seek(0)
+            elif off:
+                f.seek(off)
+            cap = self.max_document_bytes
+            while True:
+                line = f.readline(cap + 1)
+                if not line:
+                    return
+                start_off, n = off, len(line)
+                too_long = n > cap and not line.endswith(b"\n")
+                if too_long:  # drain the rest of an oversized line without holding it
+                    while True:
+                        chunk = f.readline(_READ_CHUNK)
+                        n += len(chunk)
+                        if not chunk or chunk.endswith(b"\n"):
+                            break
+                this, rec, off = rec, rec + 1, off + n
+                if (this - first) % stride:
+                    continue
+                where = f"{ref.url}:{this + 1}"
+                if too_long:
+                    yield Skip("too_long", where)
+                    continue
+                if b"\x00" in line:
+                    yield Skip("binary", where)
+                    continue
+                try:
+                    s = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    yield Skip("invalid_utf8", where)
+                    continue
+                if ref.format == "jsonl":
+                    if not s.strip():
+                        yield Skip("empty", where)
+                        continue
+                    try:
+                        obj = json.loads(s)
+                    except json.JSONDecodeError:
+                        yield Skip("malformed_json", where)
+                        continue
+                    if not isinstance(obj, dict):
+                        yield Skip("malformed_json", where)
+                        continue
+                    text = obj.get(self.text_field)
+                    if not isinstance(text, str):
+                        yield Skip("missing_field", where)
+                        continue
+                else:
+                    text = s[:-1] if s.endswith("\n") else s
+                if not text.strip():
+                    yield Skip("empty", where)
+                    continue
+                yield Doc(text, DocPosition(epoch, fp, this, start_off))
+
+    def _read_parquet(self, ref: FileRef, epoch: int, fp: int, stride: int, first: int, rec: int, off: int):
+        import pyarrow.parquet as pq
+
+        owner_of_file = first == 0
+        try:
+            fobj = fsspec.open(ref.url, "rb", compression=ref.compression).open()
+            pf = pq.ParquetFile(fobj)
+        except Exception as e:
+            if owner_of_file and rec == 0:
+                log.warning("cannot read parquet %s: %s", ref.url, e)
+                yield Skip("unreadable_file", ref.url)
+            return
+        with fobj:
+            has_field = self.text_field in pf.schema_arrow.names
+            row0 = 0
+            for rg in range(pf.num_row_groups):
+                nrows = pf.metadata.row_group(rg).num_rows
+                if row0 + nrows <= rec:
+                    row0 += nrows
+                    continue
+                column = pf.read_row_group(rg, columns=[self.text_field]).column(0).to_pylist() if has_field else [None] * nrows
+                for i in range(max(rec - row0, 0), nrows):
+                    this = row0 + i
+                    if (this - first) % stride:
+                        continue
+                    where = f"{ref.url}:row {this}"
+                    text = column[i]
+                    if not has_field or not isinstance(text, str):
+                        yield Skip("missing_field" if not has_field or text is not None else "empty", where)
+                    elif not text.strip():
+                        yield Skip("empty", where)
+                    elif len(text.encode("utf-8")) > self.max_document_bytes:
+                        yield Skip("too_long", where)
+                    else:
+                        yield Doc(text, DocPosition(epoch, fp, this, 0))
+                row0 += nrows

@@ -1,0 +1,1 @@
+"""zerolm: launch."""

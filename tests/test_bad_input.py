@@ -1,0 +1,100 @@
+"""Bad input is skipped and counted by reason; the stream goes on and no good document is lost."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_pipeline.loader import PackedDataLoader
+from data_pipeline.tokenizer import load_pipeline_tokenizer
+from zerolm.config import DataConfig, SourceConfig
+
+
+@pytest.fixture(scope="module")
+def tok(trained_tokenizer):
+    return load_pipeline_tokenizer(trained_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def real_docs(prepared_corpus):
+    paths = sorted((prepared_corpus / "validation").glob("*.jsonl"))
+    return [json.loads(line)["text"] for p in paths for line in p.open(encoding="utf-8")][:12]
+
+
+def _one_pass(cfg, tok, workers_world=(0, 1)):
+    """All documents of a finite pass, decoded, plus the skip counters, summed over ranks."""
+    docs, skipped = [], Counter()
+    world = workers_world[1]
+    for rank in range(world):
+        loader = PackedDataLoader(cfg, split="validation", rank=rank, world_size=world, tokenizer=tok)
+        streams: dict[int, list] = {}
+        for b in loader:
+            streams.setdefault(loader.last_worker, []).append(b["input_ids"][b["attention_mask"] == 1].numpy())
+        for parts in streams.values():
+            ids = np.concatenate(parts)
+            cuts = np.flatnonzero(ids == tok.eos_id)
+            docs += [tok.decode(ids[a + 1 : b].tolist()) for a, b in zip(np.r_[-1, cuts[:-1]], cuts)]
+        skipped.update(loader.stats()["skipped_documents"])
+    return docs, dict(skipped)
+
+
+def test_each_kind_of_bad_input_is_skipped_and_counted(tmp_path, trained_tokenizer, tok, real_docs):
+    good = real_docs
+    d = tmp_path / "mixed"
+    d.mkdir()
+    with open(d / "a.jsonl", "wb") as f:
+        f.write(json.dumps({"text": good[0]}).encode() + b"\n")
+        f.write(b'{"text": "caf\xe9 au lait, latin-1 not utf-8"}\n')  # invalid UTF-8
+        f.write(json.dumps({"text": "   "}).encode() + b"\n")  # empty document
+        f.write(b'{"text": "unterminated\n')  # malformed JSON
+        f.write(json.dumps({"body": good[1]}).encode() + b"\n")  # missing text field
+        f.write(json.dumps({"text": 42}).encode() + b"\n")  # text not a string
+        f.write(b"\n")  # blank line
+        f.write(json.dumps({"text": good[1]}).encode() + b"\n")
+        f.write(b"[1, 2, 3]\n")  # JSON, not an object
+        f.write(json.dumps({"text": good[2]}).encode())  # last line without newline
+    with open(d / "b.txt", "wb") as f:
+        f.write(good[3].replace("\n", " ").encode() + b"\n")
+        f.write(b"x" * (10 * 1024 * 1024) + b"\n")  # a 10 MB single-line document
+        f.write(good[4].replace("\n", " ").encode() + b"\n")
+        f.write(b"bin\x00ary\n")  # a NUL byte inside a text line
+    (d / "c.txt").write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8)))  # a binary file
+    with gzip.open(d / "d.jsonl.gz", "wt", encoding="utf-8") as f:
+        for t in good[5:8]:
+            f.write(json.dumps({"text": t}) + "\n")
+    pq.write_table(pa.table({"text": [good[8], None, "", good[9]]}), d / "e.parquet", row_group_size=2)
+    pq.write_table(pa.table({"content": [good[10]]}), d / "f.parquet")
+
+    cfg = DataConfig(
+        validation_sources=[SourceConfig(name="mixed", paths=[str(d / "*")])],
+        tokenizer_dir=str(trained_tokenizer), seq_len=64, micro_batch_size=2, num_workers=2,
+        max_document_bytes=1_000_000,
+    )
+    expected_good = [good[0], good[1], good[2], good[3].replace("\n", " "), good[4].replace("\n", " "), *good[5:10]]
+    for world in (1, 2):  # counted once, whichever rank/worker owns the record
+        docs, skipped = _one_pass(cfg, tok, (0, world))
+        assert Counter(docs) == Counter(expected_good), f"world {world}: every good document exactly once"
+        assert skipped == {
+            "invalid_utf8": 1, "empty": 4, "malformed_json": 2, "missing_field": 3, "too_long": 1,
+            "binary": 1, "binary_file": 1,
+        }, f"world {world}: {skipped}"
+
+
+def test_fsspec_url_with_gzip(trained_tokenizer, tok, real_docs):
+    fs = fsspec.filesystem("memory")
+    with fs.open("memory://zerolm-test/part-0.jsonl.gz", "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
+        for t in real_docs[:5]:
+            f.write(json.dumps({"body": t}) + "\n")
+    cfg = DataConfig(
+        validation_sources=[SourceConfig(name="mem", paths=["memory://zerolm-test/*.jsonl.gz"], text_field="body")],
+        tokenizer_dir=str(trained_tokenizer), seq_len=64, micro_batch_size=2, num_workers=0,
+    )
+    docs, skipped = _one_pass(cfg, tok)
+    assert docs == real_docs[:5] and skipped == {}

