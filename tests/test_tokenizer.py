@@ -206,6 +206,13 @@ def test_unigram_matches_hf(prepared_corpus, validation_docs, tmp_path):
             score_e, score_g = sum(map(sp.get_score, e)), sum(map(sp.get_score, g))
             assert abs(score_e - score_g) < 1e-3, f"unigram ids differ beyond a near-tie on {text[:80]!r}"
     assert differing <= max(1, len(texts) // 100)
+    # literal special-piece strings whose characters are all in the vocabulary stay plain text on the HF
+    # side too (control/byte pieces get a prohibitive score in the HF Unigram model)
+    vocab = hf.get_vocab()
+    literal = [f"see {s} here" for s in sorted(special_strings | {"<0x0A>", "<0x30>"}) if all(c in vocab for c in s)]
+    assert literal, "expected some special strings spelled with in-vocabulary characters"
+    got = hf(literal, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    assert got == pipe.encode_batch(literal)
 
 
 def test_training_is_deterministic_and_replaces_atomically(prepared_corpus, tmp_path):
@@ -236,6 +243,21 @@ def test_missing_inputs_raise_data_error(tmp_path):
         load_pipeline_tokenizer(tmp_path / "no_such_tokenizer")
     with pytest.raises(DataError, match="no_such_tokenizer"):
         load_hf_tokenizer(tmp_path / "no_such_tokenizer")
+
+
+def test_refuses_to_overwrite_foreign_dir_and_reports_bad_vocab(prepared_corpus, tmp_path):
+    foreign = tmp_path / "not_a_tokenizer"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not_a_tokenizer"):
+        train_tokenizer(TokenizerConfig(corpus_dir=str(prepared_corpus), out_dir=str(foreign), vocab_size=500,
+                                        sample_bytes=200_000), progress=False)
+    assert (foreign / "precious.txt").read_text() == "keep me"
+    # a vocabulary the sample cannot fill is a DataError, not a sentencepiece crash
+    with pytest.raises(DataError, match="vocab_size=60000"):
+        train_tokenizer(TokenizerConfig(corpus_dir=str(prepared_corpus), out_dir=str(tmp_path / "big"), vocab_size=60000,
+                                        sample_bytes=20_000), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not_a_tokenizer"]
 
 
 def test_cli_tokenizer_train(prepared_corpus, tmp_path, capsys):

@@ -85,12 +85,94 @@ class DataConfig(_Section):
         return self
 
 
+class ModelConfig(_Section):
+    """The transformer to pretrain: a Hugging Face ``transformers`` class, randomly initialised.
+
+    ``preset`` names a shape in ``configs/models/<preset>.yaml`` (``tiny``, ``small``,
+    ``gpt3-125m`` …); explicit fields here override the preset. ``family`` picks the class:
+    ``gpt2`` (GPT2LMHeadModel), ``llama`` (LlamaForCausalLM) or ``bert`` (BertForMaskedLM).
+    """
+
+    family: Literal["gpt2", "llama", "bert"] = "gpt2"
+    preset: str | None = None
+    n_layer: int | None = Field(default=None, ge=1)
+    n_head: int | None = Field(default=None, ge=1)
+    d_model: int | None = Field(default=None, ge=8)
+    d_ff: int | None = Field(default=None, ge=8)
+    n_kv_head: int | None = Field(default=None, ge=1)
+    max_position_embeddings: int | None = Field(default=None, ge=8)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    tie_word_embeddings: bool = True
+    init_std: float = Field(default=0.02, gt=0)
+
+
+class TrainConfig(_Section):
+    """The training loop (shared by pretraining and finetuning).
+
+    Batch arithmetic: ``global_batch_size = data.micro_batch_size × gradient_accumulation_steps ×
+    data-parallel size``; give ``global_batch_size`` or ``gradient_accumulation_steps`` (or
+    neither: accumulation 1) and the other is derived; both must agree when both are given.
+    """
+
+    run_dir: str = "runs/default"
+    max_steps: int = Field(default=100, ge=1)
+    global_batch_size: int | None = Field(default=None, ge=1)
+    gradient_accumulation_steps: int | None = Field(default=None, ge=1)
+    lr: float = Field(default=6e-4, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0)
+    grad_clip: float = Field(default=1.0, ge=0)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    activation_checkpointing: bool = False
+    seed: int = 1234
+    log_every: int = Field(default=10, ge=1)
+    eval_every: int = Field(default=100, ge=1)
+    eval_batches: int | None = Field(default=20, ge=1)
+    save_every: int = Field(default=100, ge=1)
+    keep_last: int = Field(default=3, ge=1)
+    max_consecutive_nonfinite: int = Field(default=5, ge=1)
+    peak_flops: float | None = Field(default=None, gt=0)
+    inject_nonfinite_at_steps: list[int] = []
+
+    @model_validator(mode="after")
+    def _offload_params_needs_stage3(self) -> "TrainConfig":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage=3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1")
+        return self
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking: W&B plus a local ``metrics.jsonl`` and loss-curve PNG in the run dir.
+
+    ``wandb_mode``: ``auto`` = online when a W&B API key or login is present, else offline (never
+    waits on the network); ``offline`` writes a run ``wandb sync`` can upload later; ``disabled``.
+    """
+
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "zerolm"
+    entity: str | None = None
+    run_name: str | None = None
+    tags: list[str] = []
+
+
 class ZeroLMConfig(_Section):
     """The root config: one section per component."""
 
     corpus: CorpusConfig = CorpusConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:
