@@ -240,7 +240,10 @@ class PackedDataLoader:
             self.cfg, self.sources, self.tokenizer, self.rank, self.world_size, self.infinite,
             dict(self._worker_states), self._next_worker,
         )
-        dl = DataLoader(ds, batch_size=self.cfg.micro_batch_size, num_workers=self.cfg.num_workers, collate_fn=_collate)
+        # a private generator: starting workers must not draw from the global torch RNG (dropout),
+        # or a resumed run's random stream would differ from an uninterrupted one
+        dl = DataLoader(ds, batch_size=self.cfg.micro_batch_size, num_workers=self.cfg.num_workers, collate_fn=_collate,
+                        generator=torch.Generator().manual_seed(self.cfg.seed))
         for batch in dl:
             w = batch.pop("_worker")
             self._worker_states[w] = batch.pop("_state")

@@ -78,6 +78,25 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from pretrain.trainer import train
+
+    extra = [f"train.run_dir={args.run_dir}"] if args.run_dir else []
+    cfg = _cfg(args, extra)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print_json(json.dumps(result))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pretrain.export import export_checkpoint
+
+    summary = export_checkpoint(args.run_dir, args.out_dir, tag=args.tag)
+    console.print_json(json.dumps(summary, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand (``zerolm --help``)."""
     parser = argparse.ArgumentParser(
@@ -127,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)
     p.set_defaults(func=_cmd_tokenizer_train)
+    p = top.add_parser(
+        "pretrain",
+        help="pretrain a causal-LM (GPT-style) or masked-LM (BERT-style) model with DeepSpeed",
+        description="Pretrain with DeepSpeed ZeRO on the streaming pipeline. Runs as one process, or as "
+        "each rank under torchrun / the deepspeed launcher / srun. Resumes automatically from the newest "
+        "good checkpoint in train.run_dir. SIGTERM/SIGUSR1 checkpoint at the next step and exit.",
+    )
+    p.add_argument("--run-dir", default=None, help="run directory (train.run_dir)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = top.add_parser(
+        "export",
+        help="consolidate a checkpoint into a Hugging Face model folder",
+        description="Consolidate a run's newest complete checkpoint (any ZeRO stage, sharded included) into "
+        "a Hugging Face folder: config.json, model.safetensors, tokenizer, generation config, model card.",
+    )
+    p.add_argument("run_dir", help="the run directory (train.run_dir)")
+    p.add_argument("out_dir", help="output folder")
+    p.add_argument("--tag", default=None, help="checkpoint tag (default: the newest complete one)")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.set_defaults(func=_cmd_export, overrides=[])
     return parser
 
 

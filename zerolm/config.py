@@ -116,6 +116,7 @@ class TrainConfig(_Section):
 
     run_dir: str = "runs/default"
     max_steps: int = Field(default=100, ge=1)
+    stop_at_step: int | None = Field(default=None, ge=1)  # checkpoint and exit 0 here; the schedule still targets max_steps
     global_batch_size: int | None = Field(default=None, ge=1)
     gradient_accumulation_steps: int | None = Field(default=None, ge=1)
     lr: float = Field(default=6e-4, gt=0)

@@ -22,3 +22,8 @@ class DataError(ZeroLMError):
 
     Individual bad documents never raise this: they are skipped and counted by reason.
     """
+
+
+class TrainingError(ZeroLMError):
+    """Training cannot go on (e.g. too many non-finite losses in a row); the last good checkpoint
+    is left intact."""

@@ -1,0 +1,336 @@
+"""Model construction: a ``ModelConfig`` (+ preset) → a randomly initialised ``transformers`` model.
+
+Models are plain Hugging Face classes (DESIGN: model code knows nothing of distribution):
+
+* ``gpt2``  → :class:`transformers.GPT2LMHeadModel` (causal LM, learned positions, GELU MLP),
+* ``llama`` → :class:`transformers.LlamaForCausalLM` (causal LM, RoPE, SwiGLU MLP, RMSNorm, GQA),
+* ``bert``  → :class:`transformers.BertForMaskedLM` (masked LM, learned positions + token types).
+
+Shapes come from ``configs/models/<preset>.yaml`` (``tiny``, ``small``, ``gpt3-125m`` …) and any field
+set explicitly in the ``model`` config section overrides the preset (:func:`resolve_model_config`).
+
+Also here: unique parameter counts (:func:`count_parameters`) and the training FLOPs per token used
+for MFU (:func:`flops_per_token`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ValidationError
+
+from zerolm.config import ModelConfig
+from zerolm.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Fields a preset file may set (shape only: family, dropout, init … belong to the run's config).
+PRESET_FIELDS: tuple[str, ...] = ("n_layer", "n_head", "d_model", "d_ff", "n_kv_head", "max_position_embeddings")
+
+#: Special-token roles of ``special_ids`` (as in :data:`data_pipeline.tokenizer.SPECIAL_TOKENS`).
+SPECIAL_ROLES: tuple[str, ...] = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
+
+
+def presets_dir() -> Path:
+    """The folder of model presets: ``<repo>/configs/models``."""
+    import zerolm
+
+    return Path(zerolm.__file__).resolve().parents[1] / "configs" / "models"
+
+
+def available_presets() -> list[str]:
+    """Names of the presets in :func:`presets_dir` (file stems, sorted)."""
+    d = presets_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _load_preset(name: str) -> dict[str, Any]:
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"model.preset: unknown preset {name!r}; available: {', '.join(available_presets()) or '(none)'} "
+            f"(files in {presets_dir()})"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"model.preset {name!r}: {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"model.preset {name!r}: {path} must be a mapping of model fields")
+    unknown = sorted(set(data) - set(PRESET_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"model.preset {name!r}: {path} sets {unknown}; a preset may only set the shape fields {list(PRESET_FIELDS)}"
+        )
+    return data
+
+
+def llama_ffn_dim(d_model: int, multiple_of: int = 64) -> int:
+    """The Llama feed-forward width: ``8/3 · d_model`` rounded up to a multiple of ``multiple_of``.
+
+    SwiGLU has three matrices instead of two, so Llama keeps the MLP's parameter count near a
+    ``4·d_model`` GELU MLP with ``int(2 · 4·d_model / 3)`` rounded up (Touvron et al. 2023 §2.2;
+    ``FeedForward`` in meta-llama/llama ``model.py``): d_model 4096 → 11008.
+    """
+    hidden = int(2 * 4 * d_model / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
+    """Fill a ``ModelConfig`` from its preset and the family's defaults, and check the shape.
+
+    Fields the user set explicitly (``cfg.model_fields_set``) win over the preset's; the preset fills
+    the rest. Then ``d_ff`` defaults to ``4·d_model`` (gpt2, bert) or :func:`llama_ffn_dim` (llama) and
+    ``n_kv_head`` to ``n_head`` (llama). ``max_position_embeddings`` stays ``None`` unless set: the model
+    then gets ``seq_len`` positions (:func:`hf_config`). Resolving twice gives the same config.
+
+    Args:
+        cfg: the ``model`` config section.
+
+    Returns:
+        A new, validated ``ModelConfig`` with ``n_layer``, ``n_head``, ``d_model``, ``d_ff`` set (and
+        ``n_kv_head`` for llama).
+
+    Raises:
+        ConfigError: unknown preset (the message lists the available ones); a preset file that is
+            not YAML or sets non-shape keys; ``n_layer``/``n_head``/``d_model`` unset after resolution;
+            ``d_model`` not divisible by ``n_head``; ``n_head`` not divisible by ``n_kv_head``;
+            ``n_kv_head`` other than ``n_head`` for a family without grouped-query attention. Each
+            message names the ``model.*`` key.
+    """
+    values: dict[str, Any] = {}
+    if cfg.preset is not None:
+        values.update(_load_preset(cfg.preset))
+    values.update({k: getattr(cfg, k) for k in cfg.model_fields_set})
+    values.setdefault("family", cfg.family)
+    values.setdefault("preset", cfg.preset)
+    try:
+        out = ModelConfig.model_validate(values)
+    except ValidationError as e:
+        where = f" (preset {cfg.preset!r}: {presets_dir() / f'{cfg.preset}.yaml'})" if cfg.preset else ""
+        msgs = "; ".join(f"model.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid model config{where}: {msgs}") from None
+    for key in ("n_layer", "n_head", "d_model"):
+        if getattr(out, key) is None:
+            hint = f" (preset {out.preset!r} does not set it)" if out.preset else " (or choose a model.preset)"
+            raise ConfigError(
+                f"model.{key} is not set{hint}; available presets: {', '.join(available_presets())}"
+            )
+    if out.d_model % out.n_head:
+        raise ConfigError(f"model.d_model ({out.d_model}) must be divisible by model.n_head ({out.n_head})")
+    if out.d_ff is None:
+        out.d_ff = llama_ffn_dim(out.d_model) if out.family == "llama" else 4 * out.d_model
+    if out.family == "llama":
+        if out.n_kv_head is None:
+            out.n_kv_head = out.n_head
+        if out.n_head % out.n_kv_head:
+            raise ConfigError(
+                f"model.n_head ({out.n_head}) must be divisible by model.n_kv_head ({out.n_kv_head})"
+            )
+    elif out.n_kv_head is not None and out.n_kv_head != out.n_head:
+        raise ConfigError(
+            f"model.n_kv_head={out.n_kv_head}: grouped-query attention needs model.family=llama "
+            f"({out.family} uses n_kv_head = n_head = {out.n_head})"
+        )
+    return out
+
+
+def objective_of(family: str) -> Literal["clm", "mlm"]:
+    """The pretraining objective of a model family: ``"clm"`` (gpt2, llama) or ``"mlm"`` (bert).
+
+    Raises:
+        ConfigError: unknown family (names ``model.family``).
+    """
+    if family in ("gpt2", "llama"):
+        return "clm"
+    if family == "bert":
+        return "mlm"
+    raise ConfigError(f"model.family: unknown family {family!r} (expected gpt2, llama or bert)")
+
+
+def special_ids_of(tokenizer: Any) -> dict[str, int]:
+    """``{role: id}`` of a :class:`data_pipeline.tokenizer.PipelineTokenizer` (roles: :data:`SPECIAL_ROLES`)."""
+    return {role: int(getattr(tokenizer, f"{role}_id")) for role in SPECIAL_ROLES}
+
+
+def hf_config(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids: dict[str, int]):
+    """The ``transformers`` config (GPT2Config / LlamaConfig / BertConfig) of a model config.
+
+    Args:
+        cfg: the ``model`` section (resolved here; an unresolved one is fine).
+        vocab_size: the tokenizer's vocabulary size (rows of the embedding).
+        seq_len: the training sequence length; positions = ``cfg.max_position_embeddings`` or this.
+        special_ids: ``{"bos", "eos", "pad", "unk", "cls", "sep", "mask"} → id`` (see
+            :func:`special_ids_of`); gpt2/llama record bos/eos/pad, bert records pad.
+
+    Returns:
+        A ``transformers.PreTrainedConfig`` with ``attn_implementation="sdpa"``; every dropout
+        probability = ``cfg.dropout``, ``initializer_range`` = ``cfg.init_std``, ``tie_word_embeddings``
+        = ``cfg.tie_word_embeddings``. Llama keeps transformers' default RoPE (theta 10000) and RMSNorm
+        eps; BERT has 2 token types and transformers' default LayerNorm eps (1e-12).
+
+    Raises:
+        ConfigError: as :func:`resolve_model_config`; ``model.max_position_embeddings`` < ``seq_len``;
+            a special id outside the vocabulary.
+    """
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    cfg = resolve_model_config(cfg)
+    positions = cfg.max_position_embeddings or seq_len
+    if positions < seq_len:
+        raise ConfigError(
+            f"model.max_position_embeddings ({positions}) is smaller than data.seq_len ({seq_len})"
+        )
+    missing = [r for r in ("bos", "eos", "pad") if r not in special_ids]
+    if missing:
+        raise ConfigError(f"special_ids lacks {missing} (have {sorted(special_ids)})")
+    bad = {r: i for r, i in special_ids.items() if not 0 <= int(i) < vocab_size}
+    if bad:
+        raise ConfigError(f"special token ids {bad} are outside the vocabulary (vocab_size {vocab_size})")
+    p = cfg.dropout
+    common = dict(
+        vocab_size=vocab_size,
+        initializer_range=cfg.init_std,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        pad_token_id=int(special_ids["pad"]),
+    )
+    if cfg.family == "gpt2":
+        hf = GPT2Config(
+            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.d_model, n_inner=cfg.d_ff, n_positions=positions,
+            resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, summary_first_dropout=p,
+            bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]), **common,
+        )
+    elif cfg.family == "llama":
+        hf = LlamaConfig(
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+            hidden_size=cfg.d_model, intermediate_size=cfg.d_ff, max_position_embeddings=positions,
+            attention_dropout=p,  # Llama has no other dropout
+            bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]), **common,
+        )
+    elif cfg.family == "bert":
+        hf = BertConfig(
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, hidden_size=cfg.d_model,
+            intermediate_size=cfg.d_ff, max_position_embeddings=positions, type_vocab_size=2,
+            hidden_dropout_prob=p, attention_probs_dropout_prob=p, **common,
+        )
+    else:  # pragma: no cover - ModelConfig's Literal forbids it
+        raise ConfigError(f"model.family: unknown family {cfg.family!r}")
+    hf._attn_implementation = "sdpa"
+    return hf
+
+
+def build_model(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids: dict[str, int]):
+    """Build a randomly initialised ``transformers`` model for pretraining.
+
+    ``AutoModelForCausalLM.from_config`` (gpt2 → GPT2LMHeadModel, llama → LlamaForCausalLM) or
+    ``AutoModelForMaskedLM.from_config`` (bert → BertForMaskedLM) with the config of :func:`hf_config`,
+    SDPA attention (``torch.nn.functional.scaled_dot_product_attention``, which runs on CPU too) and
+    transformers' own initialisation (normal(0, ``init_std``), zero biases, unit norms; GPT-2 also
+    scales residual projections by 1/sqrt(2·n_layer)). Deterministic given ``torch.manual_seed``.
+    Built under ``with torch.device("meta"):`` it allocates nothing (for parameter counting).
+
+    Args:
+        cfg: the ``model`` config section.
+        vocab_size: tokenizer vocabulary size.
+        seq_len: training sequence length (positions default to it).
+        special_ids: role → id, see :func:`special_ids_of`.
+
+    Returns:
+        The model (fp32, train mode as transformers leaves it: call ``.train()``/``.eval()`` as needed).
+
+    Raises:
+        ConfigError: see :func:`hf_config`.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    hf = hf_config(cfg, vocab_size=vocab_size, seq_len=seq_len, special_ids=special_ids)
+    auto = AutoModelForMaskedLM if cfg.family == "bert" else AutoModelForCausalLM
+    return auto.from_config(hf, attn_implementation="sdpa")
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Unique parameter counts of a model.
+
+    Tied weights (GPT-2's ``lm_head``/``wte``, BERT's decoder/word embeddings) are one parameter and
+    counted once (``model.parameters()`` de-duplicates shared ``Parameter`` objects). Works on meta
+    tensors.
+
+    Args:
+        model: a ``torch.nn.Module``.
+
+    Returns:
+        ``{"total": N, "non_embedding": N - embedding weights}``, where the embedding weights are those
+        of every ``nn.Embedding`` module: token embeddings, learned position embeddings (gpt2, bert)
+        and BERT's 2-row token-type table — the embedding count of Kaplan et al. 2020 (§2.1). An
+        untied output projection (``lm_head``) counts as non-embedding.
+    """
+    import torch
+
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    emb_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    emb = sum(p.numel() for p in params if id(p) in emb_ids)
+    return {"total": int(total), "non_embedding": int(total - emb)}
+
+
+def flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward): ``6·N + 12·L·d_model·T``.
+
+    ``6·N`` counts the matrix multiplies with the weights (2 FLOPs per multiply-add, ×3 for the
+    backward pass); ``12·L·H·Q·T`` the attention score and value products, with ``H·Q = d_model``
+    (heads × head size). Source: Chowdhery et al. 2022 (PaLM), Appendix B; nanoGPT ``estimate_mfu``
+    (karpathy/nanoGPT model.py). MFU = tokens/s × this / peak FLOP/s.
+
+    Args:
+        n_params: N, the parameter count (nanoGPT uses the non-embedding-position count; PaLM all).
+        n_layer: L, transformer layers.
+        d_model: hidden size (= H·Q).
+        seq_len: T, the sequence length.
+
+    Returns:
+        FLOPs per trained token (float).
+    """
+    return 6.0 * n_params + 12.0 * n_layer * d_model * seq_len
+
+
+def _human(n: int) -> str:
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def describe_model(cfg: ModelConfig, counts: dict[str, int]) -> str:
+    """One log line, e.g. ``"gpt2 small: 4 layers, d_model 256, 4 heads, 3.2M params (1.1M non-embedding)"``.
+
+    Args:
+        cfg: the (resolved) ``model`` section; ``custom`` is shown when it has no preset.
+        counts: from :func:`count_parameters`.
+    """
+    heads = f"{cfg.n_head} heads"
+    if cfg.family == "llama" and cfg.n_kv_head and cfg.n_kv_head != cfg.n_head:
+        heads += f" ({cfg.n_kv_head} kv)"
+    return (
+        f"{cfg.family} {cfg.preset or 'custom'}: {cfg.n_layer} layers, d_model {cfg.d_model}, {heads}, "
+        f"{_human(counts['total'])} params ({_human(counts['non_embedding'])} non-embedding)"
+    )
+
+
+__all__ = [
+    "PRESET_FIELDS",
+    "SPECIAL_ROLES",
+    "available_presets",
+    "build_model",
+    "count_parameters",
+    "describe_model",
+    "flops_per_token",
+    "hf_config",
+    "llama_ffn_dim",
+    "objective_of",
+    "presets_dir",
+    "resolve_model_config",
+    "special_ids_of",
+]

@@ -1,0 +1,320 @@
+"""The training loop: one loop for pretraining (and, with another objective, finetuning).
+
+Reads top to bottom: set up (batch arithmetic, model, engine, data, resume, tracking), then per
+optimizer step: ``gradient_accumulation_steps`` micro-batches of forward/backward, the optimizer
+step (skipped if any rank saw a non-finite loss), logging, evaluation, checkpointing, and a stop
+check (max steps, ``stop_at_step``, SIGTERM/SIGUSR1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from data_pipeline.loader import PackedDataLoader
+from data_pipeline.tokenizer import load_pipeline_tokenizer
+from pretrain import checkpoint as ckpt
+from pretrain import distributed
+from pretrain.engine import Engine
+from pretrain.metrics import measure_matmul_peak, memory_stats, mfu
+from pretrain.models import build_model, count_parameters, describe_model, flops_per_token, objective_of, resolve_model_config
+from pretrain.objectives import get_objective
+from pretrain.tracking import Tracker
+from zerolm.config import ZeroLMConfig, save_config
+from zerolm.errors import ConfigError, TrainingError
+
+log = logging.getLogger(__name__)
+
+
+def batch_arithmetic(cfg: ZeroLMConfig, world_size: int) -> tuple[int, int, int]:
+    """``(micro_batch_size, gradient_accumulation_steps, global_batch_size)`` with
+    global = micro × accumulation × data-parallel size; any two given, the third derived.
+
+    Raises:
+        ConfigError: the three disagree, or the global batch is not divisible.
+    """
+    micro = cfg.data.micro_batch_size if "micro_batch_size" in cfg.data.model_fields_set else None
+    gas, glob = cfg.train.gradient_accumulation_steps, cfg.train.global_batch_size
+    if micro is None and gas is not None and glob is not None:
+        if glob % (gas * world_size):
+            raise ConfigError(f"train.global_batch_size={glob} is not divisible by train.gradient_accumulation_steps={gas} × {world_size} ranks")
+        return glob // (gas * world_size), gas, glob
+    micro = cfg.data.micro_batch_size
+    if gas is None and glob is None:
+        gas = 1
+    if glob is None:
+        return micro, gas, micro * gas * world_size
+    if gas is None:
+        if glob % (micro * world_size):
+            raise ConfigError(f"train.global_batch_size={glob} is not divisible by data.micro_batch_size={micro} × {world_size} ranks")
+        return micro, glob // (micro * world_size), glob
+    if micro * gas * world_size != glob:
+        raise ConfigError(
+            f"train.global_batch_size={glob} != data.micro_batch_size={micro} × train.gradient_accumulation_steps={gas}"
+            f" × {world_size} ranks = {micro * gas * world_size}"
+        )
+    return micro, gas, glob
+
+
+def _all_reduce(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op)
+    return t.tolist()
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Pretraining (or any objective) with DeepSpeed on the streaming pipeline.
+
+    Args:
+        cfg: the validated config.
+        env: this process's place in the job (:func:`pretrain.distributed.detect`); the process
+            group must already be initialised.
+    """
+
+    def __init__(self, cfg: ZeroLMConfig, env: distributed.DistEnv) -> None:
+        self.env = env
+        model_cfg = resolve_model_config(cfg.model)
+        if objective_of(model_cfg.family) != cfg.data.objective:
+            raise ConfigError(f"data.objective={cfg.data.objective} does not fit model.family={model_cfg.family} "
+                              f"(a {objective_of(model_cfg.family)} model)")
+        micro, self.grad_accum, self.global_batch = batch_arithmetic(cfg, env.world_size)
+        self.cfg = cfg = cfg.model_copy(update={"model": model_cfg, "data": cfg.data.model_copy(update={"micro_batch_size": micro})})
+        self.run_dir = Path(cfg.train.run_dir)
+        self.root = self.run_dir / "checkpoints"
+        if env.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.objective = get_objective(cfg.data.objective)
+        self.tok = load_pipeline_tokenizer(cfg.data.tokenizer_dir)
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        special = {k: getattr(self.tok, f"{k}_id") for k in ("bos", "eos", "pad", "unk", "cls", "sep", "mask")}
+        model = build_model(model_cfg, vocab_size=self.tok.vocab_size, seq_len=cfg.data.seq_len, special_ids=special)
+        self.counts = count_parameters(model)
+        self.flops_per_token = flops_per_token(self.counts["total"], model_cfg.n_layer, model_cfg.d_model, cfg.data.seq_len)
+        torch.manual_seed(cfg.train.seed + env.rank)  # per-rank dropout stream
+        self.engine = Engine(model, cfg.train, micro, self.grad_accum, env.world_size)
+        self.loader = PackedDataLoader(cfg.data, rank=env.rank, world_size=env.world_size, tokenizer=self.tok)
+        self.step = self.tokens_seen = self.nonfinite_total = 0
+        self.metrics: dict[str, float] = {}
+        self.stop_signal = 0
+        run_id = self._resume()
+        self.peak = cfg.train.peak_flops or _all_reduce([measure_matmul_peak(self.engine.device)])[0] / env.world_size
+        self.tracker = None
+        if env.is_main:
+            self.tracker = Tracker(cfg.tracking, self.run_dir, cfg.model_dump(mode="json"), run_id,
+                                   resume_step=self.step if self.step else None)
+            log.info("%s | global batch %d = micro %d × accumulation %d × %d ranks | seq_len %d | ZeRO-%d | %s",
+                     describe_model(model_cfg, self.counts), self.global_batch, micro, self.grad_accum, env.world_size,
+                     cfg.data.seq_len, cfg.train.zero_stage, cfg.train.precision)
+
+    # -- resume ----------------------------------------------------------------------------
+    def _resume(self) -> str | None:
+        for tag in ckpt.resumable_tags(self.root):
+            try:
+                self.engine.load(self.root, tag)
+                client = ckpt.load_client_state(self.root, tag, self.env.rank)
+                ok = 1.0
+            except Exception as e:  # noqa: BLE001 - any unreadable file means: try the previous one
+                log.warning("cannot load checkpoint %s: %s", self.root / tag, e)
+                ok = 0.0
+            if _all_reduce([ok], dist.ReduceOp.MIN)[0] < 1:
+                log.warning("falling back from checkpoint %s to an older one", self.root / tag)
+                continue
+            rec = ckpt.read_record(self.root, tag)
+            self.loader.load_state_dict(client["data"])
+            _set_rng_state(client["rng"])
+            self.step, self.tokens_seen = rec["step"], rec["tokens_seen"]
+            self.nonfinite_total = rec.get("nonfinite_skipped", 0)
+            self.metrics = rec.get("metrics", {})
+            log.info("resumed from %s (step %d, %d tokens seen)", self.root / tag, self.step, self.tokens_seen)
+            return rec.get("wandb_run_id")
+        return None
+
+    def save(self) -> None:
+        """Checkpoint at the current step on every rank; rank 0 marks it complete last."""
+        tag = ckpt.tag_for(self.step)
+        if (self.root / tag / ckpt.COMPLETE).is_file():
+            return
+        self.engine.save(self.root, tag)
+        ckpt.save_client_state(self.root, tag, self.env.rank, {"data": self.loader.state_dict(), "rng": _rng_state()})
+        if self.env.is_main:
+            save_config(self.cfg, self.root / tag / "config.yaml")
+        dist.barrier()
+        if self.env.is_main:
+            ckpt.mark_complete(self.root, tag, {
+                "step": self.step, "tokens_seen": self.tokens_seen, "nonfinite_skipped": self.nonfinite_total,
+                "metrics": self.metrics, "wandb_run_id": self.tracker.run_id if self.tracker else None,
+                "world_size": self.env.world_size,
+            }, self.cfg.train.keep_last)
+            log.info("saved checkpoint %s", self.root / tag)
+        dist.barrier()
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss (token-weighted, nats), perplexity and (masked-LM) masked-token accuracy
+        on up to ``train.eval_batches`` batches per rank; all ranks run the same number of batches."""
+        self.engine.eval()
+        loader = PackedDataLoader(self.cfg.data, split="validation", rank=self.env.rank, world_size=self.env.world_size,
+                                  tokenizer=self.tok)
+        it, n, sums = iter(loader), 0, {}
+        limit = self.cfg.train.eval_batches
+        while limit is None or n < limit:
+            batch = next(it, None)
+            if _all_reduce([batch is not None], dist.ReduceOp.MIN)[0] < 1:
+                break
+            out = self.engine.forward(batch)
+            for k, v in self.objective.eval_sums(out.logits, batch["labels"].to(out.logits.device), out.loss).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+        self.engine.train()
+        keys = sorted(sums)
+        total = dict(zip(keys, _all_reduce([sums[k] for k in keys]))) if keys else {}
+        if not total.get("tokens"):
+            return {}
+        loss = total["loss_sum"] / total["tokens"]
+        res = {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/tokens": total["tokens"]}
+        if "correct" in total:
+            res["eval/accuracy"] = total["correct"] / total["tokens"]
+        return res
+
+    # -- the loop --------------------------------------------------------------------------
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_signal = signum
+        log.warning("received %s: will checkpoint at the next step boundary and exit", signal.Signals(signum).name)
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``train.max_steps`` (or ``stop_at_step``, or a stop signal) and return a summary."""
+        tc = self.cfg.train
+        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+            if sig is not None:
+                signal.signal(sig, self._on_signal)
+        tokens_per_step = self.global_batch * self.cfg.data.seq_len
+        consecutive_bad, status = 0, "completed"
+        window = {"loss": 0.0, "steps": 0, "tokens": 0, "data_s": 0.0, "t0": time.perf_counter()}
+        it = iter(self.loader)
+        self.engine.train()
+        while self.step < tc.max_steps:
+            poisoned = False
+            loss_sum = 0.0
+            for micro in range(self.grad_accum):
+                t = time.perf_counter()
+                batch = next(it)
+                window["data_s"] += time.perf_counter() - t
+                loss = self.engine.forward(batch).loss
+                if self.step + 1 in tc.inject_nonfinite_at_steps:
+                    loss = loss * float("nan")
+                finite = _all_reduce([float(torch.isfinite(loss).item())], dist.ReduceOp.MIN)[0] == 1.0
+                if not finite:  # guarantee non-finite gradients so the whole step is discarded
+                    poisoned = True
+                    loss = loss * float("nan")
+                self.engine.backward(loss)
+                self.engine.step(skip=poisoned and micro == self.grad_accum - 1)
+                loss_sum += float(loss.detach())
+            self.step += 1
+            self.tokens_seen += tokens_per_step
+            window["tokens"] += tokens_per_step
+            if poisoned or not self.engine.step_applied():
+                self.nonfinite_total += 1
+                consecutive_bad += 1
+                log.warning("step %d: non-finite loss; update skipped (%d in a row)", self.step, consecutive_bad)
+                if consecutive_bad >= tc.max_consecutive_nonfinite:
+                    raise TrainingError(f"{consecutive_bad} non-finite losses in a row at step {self.step}; stopping "
+                                        f"(last good checkpoint left intact under {self.root})")
+            else:
+                consecutive_bad = 0
+                window["loss"] += _all_reduce([loss_sum / self.grad_accum])[0] / self.env.world_size
+                window["steps"] += 1
+            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                self._log_window(window)
+            t_aside = time.perf_counter()  # evaluation and checkpointing are not training throughput
+            if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
+                self.metrics = self.evaluate()
+                if self.tracker and self.metrics:
+                    self.tracker.log(self.metrics, self.step)
+                    log.info("step %d | eval loss %.4f | perplexity %.2f", self.step, self.metrics["eval/loss"], self.metrics["eval/perplexity"])
+            stop = _all_reduce([float(self.stop_signal)], dist.ReduceOp.MAX)[0] > 0
+            if stop:
+                status = "preempted"
+            elif tc.stop_at_step is not None and self.step >= tc.stop_at_step and self.step < tc.max_steps:
+                stop, status = True, "stopped"
+            if self.step % tc.save_every == 0 or self.step == tc.max_steps or stop:
+                self.save()
+            window["t0"] += time.perf_counter() - t_aside
+            if stop:
+                log.warning("stopping at step %d (%s); resume by running the same command", self.step, status)
+                break
+        result = {"status": status, "step": self.step, "tokens_seen": self.tokens_seen,
+                  "nonfinite_skipped": self.nonfinite_total, "parameters": self.counts["total"], **self.metrics}
+        if self.tracker:
+            self.tracker.summary(result)
+            self.tracker.finish()
+        return result
+
+    def _log_window(self, w: dict[str, Any]) -> None:
+        dt = time.perf_counter() - w["t0"]
+        tps = w["tokens"] / dt
+        m = {
+            "train/loss": w["loss"] / max(w["steps"], 1),
+            "train/lr": self.engine.lr,
+            "train/tokens_per_second": tps,
+            "train/mfu": mfu(self.flops_per_token, tps / self.env.world_size, self.peak),
+            "train/step_time_s": dt / max(w["steps"], 1),
+            "train/data_wait_fraction": w["data_s"] / dt,
+            "train/tokens_seen": self.tokens_seen,
+            "train/nonfinite_skipped": self.nonfinite_total,
+            **memory_stats(self.engine.device),
+        }
+        gn = self.engine.grad_norm()
+        if gn is not None and math.isfinite(gn):
+            m["train/grad_norm"] = gn
+        for reason, n in self.loader.stats()["skipped_documents"].items():
+            m[f"data/skipped_documents/{reason}"] = n
+        if self.tracker:
+            self.tracker.log(m, self.step)
+            log.info("step %d/%d | loss %.4f | lr %.2e | grad_norm %s | %.0f tok/s | MFU %.1f%% | %.3f s/step | data wait %.0f%%",
+                     self.step, self.cfg.train.max_steps, m["train/loss"], m["train/lr"], f"{gn:.3f}" if gn is not None else "-",
+                     tps, 100 * m["train/mfu"], m["train/step_time_s"], 100 * m["train/data_wait_fraction"])
+        w.update(loss=0.0, steps=0, tokens=0, data_s=0.0, t0=time.perf_counter())
+
+
+def train(cfg: ZeroLMConfig) -> dict[str, Any]:
+    """Run pretraining as this process's part of the job (any launcher, or none) and shut the
+    process group down cleanly at the end. Returns the summary (rank 0 also writes
+    ``RUN_DIR/result.json``)."""
+    import json
+
+    env = distributed.detect()
+    distributed.init(env)
+    try:
+        result = Trainer(cfg, env).run()
+        if env.is_main:
+            (Path(cfg.train.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
+        return result
+    finally:
+        distributed.shutdown()
