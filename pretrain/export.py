@@ -316,14 +316,14 @@ def render_model_card(
         pipeline_tag="text-generation" if causal else "fill-mask",
         tags=["zerolm", "causal-lm" if causal else "masked-lm", model_cfg.family],
     )
-    arch = type_name = (hf_cfg.architectures or ["?"])[0]
+    arch = (hf_cfg.architectures or [type(hf_cfg).__name__])[0]
     metrics = complete.get("metrics") or {}
     positions = getattr(hf_cfg, "max_position_embeddings", None)
     lines: list[str] = ["---", data.to_yaml().strip(), "---", ""]
     lines += [
         f"# {name}",
         "",
-        f"A {model_cfg.family} {'causal' if causal else 'masked'} language model ({type_name}) pretrained from "
+        f"A {model_cfg.family} {'causal' if causal else 'masked'} language model ({arch}) pretrained from "
         "scratch with zerolm (DeepSpeed ZeRO), exported from checkpoint "
         f"`{tag}`. It is a small research model: expect fluent-looking but unreliable text.",
         "",
@@ -472,7 +472,8 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
         ``weights_from`` (``zero_to_fp32`` or ``module``), ``files`` (name → bytes), ``seconds``.
 
     Raises:
-        DataError: no ``config.yaml``; no complete checkpoint (see :func:`resolve_checkpoint`); the
+        DataError: no complete checkpoint (see :func:`resolve_checkpoint`); no ``config.yaml`` (the
+            checkpoint's own copy ``<tag>/config.yaml`` is preferred, else ``RUN_DIR/config.yaml``); the
             tokenizer folder is missing; the weights do not fit the model the config describes; the
             output folder is not replaceable. Each message names the path.
         ConfigError: ``config.yaml`` is invalid.
@@ -491,12 +492,13 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
 
     t0 = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir).resolve()
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise DataError(f"no run config {config_path}: is {run_dir} a zerolm run directory?")
-    cfg = load_config(config_path)
     tag_dir, complete = resolve_checkpoint(run_dir, tag)
     tag = tag_dir.name
+    # the config the checkpoint was saved with (the trainer keeps a copy per tag), else the run's
+    config_path = next((p for p in (tag_dir / "config.yaml", run_dir / "config.yaml") if p.is_file()), None)
+    if config_path is None:
+        raise DataError(f"no run config {run_dir / 'config.yaml'} (nor {tag_dir / 'config.yaml'}): is {run_dir} a zerolm run directory?")
+    cfg = load_config(config_path)
     _check_out_dir(out)
     _no_live_hf_deepspeed_config()
 

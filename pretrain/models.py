@@ -73,7 +73,9 @@ def llama_ffn_dim(d_model: int, multiple_of: int = 64) -> int:
 
     SwiGLU has three matrices instead of two, so Llama keeps the MLP's parameter count near a
     ``4·d_model`` GELU MLP with ``int(2 · 4·d_model / 3)`` rounded up (Touvron et al. 2023 §2.2;
-    ``FeedForward`` in meta-llama/llama ``model.py``): d_model 4096 → 11008.
+    ``FeedForward`` in meta-llama/llama ``model.py``). Llama rounds to ``multiple_of=256``
+    (d_model 4096 → 11008); zerolm's default 64 pads small models less (d_model 64 → 192, not 256;
+    4096 → 10944).
     """
     hidden = int(2 * 4 * d_model / 3)
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)

@@ -134,7 +134,11 @@ class Trainer:
 
     # -- resume ----------------------------------------------------------------------------
     def _resume(self) -> str | None:
-        for tag in ckpt.resumable_tags(self.root):
+        # rank 0 decides which checkpoints are intact; every rank then tries the same ones in order
+        tags = [ckpt.resumable_tags(self.root) if self.env.is_main else None]
+        if dist.is_initialized() and self.env.world_size > 1:
+            dist.broadcast_object_list(tags, src=0)
+        for tag in tags[0]:
             try:
                 self.engine.load(self.root, tag)
                 client = ckpt.load_client_state(self.root, tag, self.env.rank)
@@ -263,8 +267,8 @@ class Trainer:
                 status = "preempted"
             elif tc.stop_at_step is not None and self.step >= tc.stop_at_step and self.step < tc.max_steps:
                 stop, status = True, "stopped"
-            if self.step % tc.save_every == 0 or self.step == tc.max_steps or stop:
-                self.save()
+            if (self.step % tc.save_every == 0 or self.step == tc.max_steps or stop) and not consecutive_bad:
+                self.save()  # never while in a run of non-finite losses: the last good checkpoint stays latest
             window["t0"] += time.perf_counter() - t_aside
             if stop:
                 log.warning("stopping at step %d (%s); resume by running the same command", self.step, status)

@@ -11,9 +11,10 @@ Usage: ``python tests/make_ds_checkpoint.py SPEC_JSON``, where the JSON file hol
     run_dir/checkpoints/<tag>/zerolm_complete.json   (written last)
     run_dir/expected.json + run_dir/eval_batch.pt    (the engine's eval loss on a fixed batch)
 
-One process for all runs (deepspeed is imported once); torch AdamW as the client optimizer so nothing
-JIT-compiles. The environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK,
-DS_ACCELERATOR=cpu) is set by the caller.
+One process per rank for all runs (deepspeed is imported once); torch AdamW as the client optimizer
+so nothing JIT-compiles. The environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK,
+DS_ACCELERATOR=cpu) is set by the caller; every rank trains on its own data shard, rank 0 writes the
+run files.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ def main(spec_path: str) -> None:
     from zerolm.config import load_config, save_config
 
     # deepspeed 0.19.8's TorchBackend JIT-builds its shared-memory allreduce op in every
-    # init_distributed on Linux (~40-80 s with an empty TORCH_EXTENSIONS_DIR); one process needs none:
-    # without it DeepSpeed uses plain gloo collectives, as on platforms without the op.
+    # init_distributed on Linux (~40-80 s with an empty TORCH_EXTENSIONS_DIR); these tiny runs need
+    # none: without it DeepSpeed uses plain gloo collectives, as on platforms without the op.
     # (sys.modules: `import deepspeed.comm.torch as m` gives the torch package, which deepspeed.comm
     # re-exports under that name.)
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     spec = json.loads(Path(spec_path).read_text())
     deepspeed.init_distributed("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
     tok = load_pipeline_tokenizer(spec["tokenizer_dir"])
     corpus = spec["corpus_dir"]
     for run in spec["runs"]:
@@ -80,13 +82,14 @@ def main(spec_path: str) -> None:
         engine, *_ = deepspeed.initialize(
             model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2), config=ds_config
         )
-        train = iter(PackedDataLoader(cfg.data, split="train", tokenizer=tok))
+        train = iter(PackedDataLoader(cfg.data, split="train", rank=rank, world_size=world, tokenizer=tok))
         steps = int(run.get("steps", 2))
         for _ in range(steps):
             b = next(train)
             loss = engine(input_ids=b["input_ids"], labels=b["labels"], attention_mask=b["attention_mask"]).loss
             engine.backward(loss)
             engine.step()
+        # the same batch on every rank (a ZeRO-3 forward needs all ranks: they gather the shards)
         eval_batch = next(iter(PackedDataLoader(cfg.data, split="validation", tokenizer=tok)))
         eval_batch = {k: eval_batch[k] for k in ("input_ids", "labels", "attention_mask")}
         engine.eval()
@@ -96,9 +99,13 @@ def main(spec_path: str) -> None:
 
         ckpt = run_dir / "checkpoints"
         tag = f"step_{steps:08d}"
-        save_config(cfg, run_dir / "config.yaml")
+        if rank == 0:
+            save_config(cfg, run_dir / "config.yaml")
         engine.save_checkpoint(str(ckpt), tag=tag, save_latest=False)
         dist.barrier()
+        del engine, model
+        if rank != 0:
+            continue
         tag_dir = ckpt / tag
         files = {str(p.relative_to(tag_dir)): p.stat().st_size for p in sorted(tag_dir.rglob("*")) if p.is_file()}
         metrics = {"eval/loss": eval_loss, "eval/perplexity": float(torch.tensor(eval_loss).exp())}
@@ -107,15 +114,14 @@ def main(spec_path: str) -> None:
         complete = {
             "tag": tag,
             "step": steps,
-            "tokens_seen": steps * 2 * cfg.data.seq_len,
+            "tokens_seen": steps * 2 * world * cfg.data.seq_len,
             "metrics": metrics,
             "files": files,
         }
         (tag_dir / "zerolm_complete.json").write_text(json.dumps(complete, indent=2))
         (ckpt / "latest").write_text(tag)
         torch.save(eval_batch, run_dir / "eval_batch.pt")
-        (run_dir / "expected.json").write_text(json.dumps({"eval_loss": eval_loss, "tag": tag}))
-        del engine, model
+        (run_dir / "expected.json").write_text(json.dumps({"eval_loss": eval_loss, "tag": tag, "world_size": world}))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -183,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if unknown:
         args.overrides = [*getattr(args, "overrides", []), *unknown]
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
+    if rank > 0:  # one voice per job: other ranks report warnings and errors only
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
