@@ -113,6 +113,15 @@ def init(env: DistEnv) -> None:
             torch.set_num_threads(max(1, cores // env.local_world_size))
     import deepspeed
 
+    if not torch.cuda.is_available():
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce on every first start
+        # (30–80 s with ninja+gcc on a fresh machine); it only serves inference all-reduce, while
+        # ZeRO training uses the gloo collectives. Skip building it.
+        import sys
+
+        ds_torch_comm = sys.modules.get("deepspeed.comm.torch")
+        if ds_torch_comm is not None and hasattr(ds_torch_comm, "build_shm_op"):
+            ds_torch_comm.build_shm_op = lambda: None
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")

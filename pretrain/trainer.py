@@ -284,7 +284,6 @@ class Trainer:
         dt = time.perf_counter() - w["t0"]
         tps = w["tokens"] / dt
         m = {
-            "train/loss": w["loss"] / max(w["steps"], 1),
             "train/lr": self.engine.lr,
             "train/tokens_per_second": tps,
             "train/mfu": mfu(self.flops_per_token, tps / self.env.world_size, self.peak),
@@ -294,6 +293,8 @@ class Trainer:
             "train/nonfinite_skipped": self.nonfinite_total,
             **memory_stats(self.engine.device),
         }
+        if w["steps"]:  # mean over the window's applied steps (a skipped step has no loss to show)
+            m["train/loss"] = w["loss"] / w["steps"]
         gn = self.engine.grad_norm()
         if gn is not None and math.isfinite(gn):
             m["train/grad_norm"] = gn
@@ -302,7 +303,7 @@ class Trainer:
         if self.tracker:
             self.tracker.log(m, self.step)
             log.info("step %d/%d | loss %.4f | lr %.2e | grad_norm %s | %.0f tok/s | MFU %.1f%% | %.3f s/step | data wait %.0f%%",
-                     self.step, self.cfg.train.max_steps, m["train/loss"], m["train/lr"], f"{gn:.3f}" if gn is not None else "-",
+                     self.step, self.cfg.train.max_steps, m.get("train/loss", float("nan")), m["train/lr"], f"{gn:.3f}" if gn is not None else "-",
                      tps, 100 * m["train/mfu"], m["train/step_time_s"], 100 * m["train/data_wait_fraction"])
         w.update(loss=0.0, steps=0, tokens=0, data_s=0.0, t0=time.perf_counter())
 

@@ -156,17 +156,20 @@ def test_nonfinite_loss_skips_the_update(base_args, tmp_path, nproc, stage):
     run(base_args, run_dir, f"train.zero_stage={stage}", "train.max_steps=4", "train.save_every=1", "train.keep_last=4",
         "train.inject_nonfinite_at_steps=[3]", nproc=nproc, launcher="torchrun" if nproc > 1 else "python")
     assert result(run_dir)["nonfinite_skipped"] == 1
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    tags = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+    assert tags == ["step_00000001", "step_00000002", "step_00000004"], "no checkpoint taken on the poisoned step"
+    states = torch.load(run_dir / "checkpoints/step_00000004/mp_rank_00_model_states.pt", weights_only=False)
+    assert states["skipped_steps"] == 1, "DeepSpeed discarded exactly one optimizer step"
+    assert states["lr_scheduler"]["last_epoch"] == 3, "the LR schedule did not advance on the skipped step"
+    if stage == 0:
+        weights = states["module"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    def weights(tag):
-        if stage == 0:
-            return torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]
-        return get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag)
-
-    w2, w3, w4 = weights("step_00000002"), weights("step_00000003"), weights("step_00000004")
-    assert all(torch.equal(w2[k], w3[k]) for k in w2), "the poisoned step left the weights untouched"
-    assert not all(torch.equal(w3[k], w4[k]) for k in w3), "training goes on after it"
-    assert 3 not in losses(run_dir) or all(v == v for v in losses(run_dir).values())
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), "step_00000004")
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values()), "no NaN reached the weights"
+    logged = losses(run_dir)
+    assert 3 not in logged and all(v == v for v in logged.values()), "train/loss averages good steps only"
 
 
 def test_k_nonfinite_in_a_row_stops_with_last_good_checkpoint(base_args, tmp_path):
