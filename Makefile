@@ -24,10 +24,19 @@ $(BIN)/.setup-done: pyproject.toml requirements/data-packages.txt requirements/c
 
 setup: $(BIN)/.setup-done
 
+NPROC ?= 2
+TORCHRUN := OMP_NUM_THREADS=1 $(BIN)/torchrun --standalone --nproc_per_node $(NPROC)
+
 quickstart: setup
 	$(BIN)/zerolm data prepare --out data/corpus
 	$(BIN)/zerolm tokenizer train --data data/corpus --out data/tokenizer
-	$(BIN)/zerolm data inspect --data data/corpus --tokenizer data/tokenizer
+	$(BIN)/zerolm data inspect --data data/corpus --tokenizer data/tokenizer --batches 20
+	$(TORCHRUN) -m pretrain --config configs/pretrain/quickstart_gpt.yaml
+	$(TORCHRUN) -m pretrain --config configs/pretrain/quickstart_bert.yaml
+	$(BIN)/zerolm export runs/quickstart/gpt runs/quickstart/gpt-hf
+	$(BIN)/zerolm export runs/quickstart/bert runs/quickstart/bert-hf
+	$(BIN)/zerolm sample runs/quickstart/gpt-hf
+	$(BIN)/zerolm sample runs/quickstart/bert-hf
 
 test: setup
 	$(BIN)/python -m pytest -q tests

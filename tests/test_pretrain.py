@@ -104,6 +104,10 @@ def test_two_ranks_resume_exactly(base_args, tmp_path, stage):
     assert sorted(a) == list(range(1, 9)) and a == b, f"ZeRO-{stage}: {a} vs {b}"
     assert evals(ref) == evals(res)
     assert a[8] < a[1], "loss goes down"
+    ids = {json.loads((d / "checkpoints" / t / "zerolm_complete.json").read_text())["wandb_run_id"]
+           for d in (res,) for t in ("step_00000004", "step_00000008")}
+    assert len(ids) == 1 and None not in ids, "the resumed run continues the same W&B run id"
+    assert list((res / "wandb").glob(f"offline-run-*-{ids.pop()}")), "W&B wrote the run offline"
     assert result(ref)["eval/perplexity"] > 1 and result(ref)["tokens_seen"] == 8 * 2 * 4 * 2 * 64
 
 
@@ -222,3 +226,24 @@ def test_runs_under_python_and_deepspeed_launcher_and_exports(base_args, tmp_pat
     gen = pipeline("text-generation", model=model, tokenizer=tok)
     text = gen("The court", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("The court") and len(text) > len("The court")
+
+
+def test_bert_mlm_with_offload_and_activation_checkpointing_then_fill_mask(base_args, tmp_path):
+    """Masked-LM at ZeRO-3 with optimizer and parameter offload, activation checkpointing and a
+    worker per rank; evaluation reports masked-token accuracy; the export answers fill-mask."""
+    run_dir = tmp_path / "bert"
+    args = [a if not a.endswith("tiny_gpt.yaml") else str(REPO / "configs/pretrain/tiny_bert.yaml") for a in base_args]
+    run(args, run_dir, "train.max_steps=6", "train.eval_every=3", "train.zero_stage=3", "train.offload_optimizer=true",
+        "train.offload_params=true", "train.activation_checkpointing=true", "data.num_workers=1")
+    res = result(run_dir)
+    assert 0 <= res["eval/accuracy"] <= 1 and res["eval/perplexity"] > 1
+    assert (run_dir / "loss.png").stat().st_size > 1000
+    a = losses(run_dir)
+    assert sorted(a) == list(range(1, 7)) and all(v == v for v in a.values())
+    out = tmp_path / "bert-hf"
+    r = subprocess.run([sys.executable, "-m", "zerolm", "export", str(run_dir), str(out)], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "zerolm", "sample", str(out)], cwd=REPO, env={**_env(), "COLUMNS": "200"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "masked-lm" in r.stdout and "masked-token accuracy" in r.stdout, r.stderr[-2000:]

@@ -97,6 +97,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from pretrain.sample import sample
+
+    res = sample(args.model_dir, prompts=args.prompt or None, max_new_tokens=args.max_new_tokens)
+    v = res["validation"] or {}
+    title = f"{args.model_dir} ({res['kind']})"
+    if "eval/perplexity" in v:
+        title += f" | validation loss {v['eval/loss']:.3f}, perplexity {v['eval/perplexity']:.1f}"
+        if "eval/accuracy" in v:
+            title += f", masked-token accuracy {v['eval/accuracy']:.1%}"
+    t = Table(title=title, show_lines=True)
+    if res["kind"] == "causal-lm":
+        t.add_column("prompt")
+        t.add_column("sampled continuation")
+        for r in res["samples"]:
+            t.add_row(r["prompt"], r["continuation"])
+    else:
+        t.add_column("sentence")
+        t.add_column("top-5 fills (probability)")
+        for r in res["samples"]:
+            t.add_row(r["text"], ", ".join(f"{w} ({p:.2f})" for w, p in r["predictions"]))
+    console.print(t)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand (``zerolm --help``)."""
     parser = argparse.ArgumentParser(
@@ -168,6 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the newest complete one)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=_cmd_export, overrides=[])
+
+    p = top.add_parser(
+        "sample",
+        help="generate from / fill masks with a Hugging Face model folder",
+        description="Load a Hugging Face model folder with transformers.pipeline and show what it does: a "
+        "causal-LM continues prompts, a masked-LM fills [MASK]; prints the validation perplexity of a zerolm export.",
+    )
+    p.add_argument("model_dir", help="model folder (e.g. `zerolm export` output)")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable); masked-LM prompts contain [MASK]")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="continuation length (causal-LM)")
+    p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    p.set_defaults(func=_cmd_sample, overrides=[])
     return parser
 
 

@@ -1,0 +1,440 @@
+"""Benchmark: zerolm's pretraining trainer vs Hugging Face ``transformers.Trainer``, and ZeRO memory.
+
+Measured in one invocation, same model (GPT-2 family, default 6 layers × d_model 512 × 8 heads,
+seq_len 256), same DeepSpeed config (``pretrain.engine.build_ds_config``: default ZeRO-2, fp32,
+torch AdamW as the client optimizer, gradient clipping 1.0), same tokens per optimizer step
+(micro-batch 4 × accumulation 1 × 2 ranks × seq_len), 2 ranks under ``torchrun`` (gloo), one thread
+per rank (``OMP_NUM_THREADS=1``):
+
+1. **Matmul peak** per rank: ``pretrain.metrics.measure_matmul_peak`` (fp32 2048² matmul) on both
+   ranks at once, one thread each — what zerolm's trainer measures at start-up — median of 5, at the
+   start and at the end of the bench; MFU uses their mean for both frameworks.
+2. **zerolm**: ``torchrun --standalone --nproc_per_node 2 -m pretrain --config <generated yaml>``
+   (log every step, no eval/checkpoint until the last step). Steady state = the last ``--steps``
+   steps after ``--warmup``: tokens/s by wall clock (arrival times of the per-step lines in
+   ``RUN_DIR/metrics.jsonl``, the same measure as the HF callback) and as the trainer reports it
+   (``train/tokens_per_second``, which leaves out its own logging call).
+3. **HF Trainer** (``bench/pretrain_throughput_worker.py hf``): ``TrainingArguments(deepspeed=<the
+   same dict>)`` on the run_clm.py data recipe (tokenize + EOS, concatenate, cut into seq_len
+   blocks; map-style ``datasets.Dataset``; the Trainer's DistributedSampler shards it), timed by a
+   ``TrainerCallback`` at ``on_step_end`` over the same steps.
+   MFU = (6·N + 12·L·d_model·T) × tokens/s per rank ÷ peak per rank (``pretrain.models.flops_per_token``).
+4. **ZeRO 0/1/2/3 memory per rank** (``… worker mem``): zerolm's ``Engine`` for each stage, a few steps
+   on real packed batches; after the last backward (gradients alive, Adam state present) the bytes
+   of the distinct tensor storages this rank holds — parameters (module tensors / ZeRO-3
+   partitions), gradients, optimizer (fp32 master partition + Adam moments) — plus the gradient
+   reduction buckets (allocated vs resident pages, mincore(2)) and the process RSS (end and peak).
+   Ratios are against ZeRO-0.
+
+Targets (reported, not enforced): zerolm ≥ 1.3× HF Trainer tokens/s; zerolm MFU ≥ 50 % of the
+measured peak; ZeRO-3 parameter+optimizer bytes per rank ≤ 0.55× ZeRO-0.
+
+Needs the prepared corpus and tokenizer (``zerolm data prepare --out data/corpus``;
+``zerolm tokenizer train --data data/corpus --out data/tokenizer``). About 7 minutes on 2 cores::
+
+    .venv/bin/python bench/pretrain_throughput.py [--steps 30] [--warmup 3] [--zero-stage 2]
+        [--n-layer 6 --d-model 512 --n-head 8 --seq-len 256 --micro-batch 4 --grad-accum 1]
+        [--mem-stages 0,1,2,3] [--skip-hf] [--skip-mem] [--out bench/results/pretrain_throughput.json]
+
+Run it on a quiet machine: two ranks own both cores, anything else running skews the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "pretrain_throughput_worker.py"
+GiB, MiB = 2**30, 2**20
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false",
+               RAYON_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", WANDB_MODE="disabled",
+               PYTHONUNBUFFERED="1")
+    env.pop("LOCAL_SIZE", None)
+    return env
+
+
+def _torchrun(nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+
+
+def _fail(what: str, log: Path, rc: int) -> None:
+    tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+    raise SystemExit(f"{what} failed (exit {rc}); last lines of {log}:\n" + "\n".join(tail))
+
+
+def _run(what: str, cmd: list[str], log: Path, timeout: float) -> float:
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            rc = subprocess.run(cmd, cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = -1
+    if rc:
+        _fail(what, log, rc)
+    return time.perf_counter() - t0
+
+
+def _check_data(corpus: str, tokenizer: str) -> None:
+    problems = []
+    if not glob.glob(os.path.join(corpus, "train", "*.jsonl")):
+        problems.append(f"no training shards {corpus}/train/*.jsonl — run: .venv/bin/zerolm data prepare --out {corpus}")
+    if not glob.glob(os.path.join(corpus, "validation", "*.jsonl")):
+        problems.append(f"no validation shards {corpus}/validation/*.jsonl — run: .venv/bin/zerolm data prepare --out {corpus}")
+    for f in ("tokenizer.json", "tokenizer.model"):
+        if not os.path.isfile(os.path.join(tokenizer, f)):
+            problems.append(f"no {tokenizer}/{f} — run: .venv/bin/zerolm tokenizer train --data {corpus} --out {tokenizer}")
+            break
+    if problems:
+        raise SystemExit("missing inputs:\n  " + "\n  ".join(problems))
+
+
+def _model_args(a: argparse.Namespace) -> list[str]:
+    return ["--corpus", a.corpus, "--tokenizer", a.tokenizer, "--n-layer", str(a.n_layer), "--d-model", str(a.d_model),
+            "--n-head", str(a.n_head), "--seq-len", str(a.seq_len), "--micro-batch", str(a.micro_batch),
+            "--grad-accum", str(a.grad_accum), "--precision", a.precision]
+
+
+# -- phases ----------------------------------------------------------------------------------------
+def measure_peak(a, work: Path, tag: str) -> dict:
+    out = work / f"peak_{tag}.json"
+    _run(f"matmul peak ({tag})", [*_torchrun(a.nproc), str(WORKER), "peak", "--out", str(out)], work / f"peak_{tag}.log", 300)
+    return json.loads(out.read_text())
+
+
+def run_zerolm(a, work: Path) -> dict:
+    run_dir = work / "zerolm_run"
+    total = a.warmup + a.steps
+    cfg = {
+        "data": {
+            "sources": [{"name": "bundled", "paths": [os.path.join(os.path.abspath(a.corpus), "train", "*.jsonl")]}],
+            "validation_sources": [{"name": "bundled", "paths": [os.path.join(os.path.abspath(a.corpus), "validation", "*.jsonl")]}],
+            "tokenizer_dir": os.path.abspath(a.tokenizer), "objective": "clm", "seq_len": a.seq_len,
+            "micro_batch_size": a.micro_batch, "num_workers": a.num_workers,
+        },
+        "model": {"family": "gpt2", "n_layer": a.n_layer, "d_model": a.d_model, "n_head": a.n_head},
+        "train": {
+            "run_dir": str(run_dir), "max_steps": total, "gradient_accumulation_steps": a.grad_accum,
+            "zero_stage": a.zero_stage, "precision": a.precision, "log_every": 1,
+            "eval_every": 10**9, "eval_batches": 1, "save_every": 10**9, "keep_last": 1,
+        },
+        "tracking": {"wandb_mode": "disabled"},
+    }
+    cfg_path = work / "zerolm_bench.yaml"
+    cfg_path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
+    cmd = [*_torchrun(a.nproc), "-m", "pretrain", "--config", str(cfg_path)]
+    log = work / "zerolm.log"
+    metrics = run_dir / "metrics.jsonl"
+    arrivals: dict[int, float] = {}
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT)
+        pos, buf = 0, ""
+        while True:  # stamp each per-step metrics line as it lands (polling costs ~nothing)
+            done = proc.poll() is not None
+            if metrics.exists():
+                with open(metrics) as m:
+                    m.seek(pos)
+                    chunk = m.read()
+                    pos = m.tell()
+                now = time.perf_counter()
+                buf += chunk
+                *lines, buf = buf.split("\n")
+                for line in lines:
+                    if line.strip():
+                        arrivals.setdefault(json.loads(line)["step"], now - t0)
+            if done:
+                break
+            if time.perf_counter() - t0 > a.timeout:
+                proc.kill()
+                break
+            time.sleep(0.02)
+    if proc.returncode:
+        _fail("zerolm trainer", log, proc.returncode)
+    rows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
+    return {"command": " ".join(["OMP_NUM_THREADS=1", "torchrun --standalone --nproc_per_node", str(a.nproc),
+                                 "-m pretrain --config", str(cfg_path)]),
+            "config": cfg, "rows": rows, "arrivals": arrivals, "wall_s": time.perf_counter() - t0,
+            "result": json.loads((run_dir / "result.json").read_text())}
+
+
+def run_hf(a, work: Path) -> dict:
+    out = work / "hf.json"
+    cmd = [*_torchrun(a.nproc), str(WORKER), "hf", "--out", str(out), *_model_args(a), "--zero-stage", str(a.zero_stage),
+           "--steps", str(a.warmup + a.steps)]
+    wall = _run("HF Trainer", cmd, work / "hf.log", a.timeout)
+    res = json.loads(out.read_text())
+    res["wall_s"] = wall
+    res["command"] = "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node %d %s" % (
+        a.nproc, " ".join(str(c) for c in cmd[len(_torchrun(a.nproc)):]))
+    return res
+
+
+def run_mem(a, work: Path, stage: int, alias: bool = False) -> dict:
+    tag = f"zero{stage}" + ("_alias" if alias else "")
+    out = work / f"mem_{tag}.json"
+    cmd = [*_torchrun(a.nproc), str(WORKER), "mem", "--out", str(out), *_model_args(a), "--zero-stage", str(stage),
+           "--steps", str(a.mem_steps), *(["--alias-fp32-master"] if alias else [])]
+    wall = _run(f"ZeRO-{stage} memory", cmd, work / f"mem_{tag}.log", a.timeout)
+    res = json.loads(out.read_text())
+    res["wall_s"] = wall
+    return res
+
+
+# -- summary ---------------------------------------------------------------------------------------
+def _steady(times: list[float], warmup: int, steps: int) -> float:
+    """Seconds for steps warmup+1 … warmup+steps from a list of step-end times (index 0 = step 1)."""
+    return times[warmup + steps - 1] - times[warmup - 1]
+
+
+def summarize(a, peak_flops: float, z: dict | None, hf: dict | None, mem: dict[str, dict]) -> dict:
+    tps_step = a.micro_batch * a.grad_accum * a.nproc * a.seq_len
+    res: dict = {"tokens_per_step": tps_step, "peak_flops_per_rank": peak_flops, "frameworks": {}}
+    fpt = None
+    if z:
+        rows = {r["step"]: r for r in z["rows"] if "train/tokens_per_second" in r}
+        ends = [z["arrivals"][s] for s in range(1, a.warmup + a.steps + 1)]
+        wall = a.steps * tps_step / _steady(ends, a.warmup, a.steps)
+        meas = [rows[s] for s in range(a.warmup + 1, a.warmup + a.steps + 1)]
+        dt = sum(tps_step / r["train/tokens_per_second"] for r in meas)
+        reported = a.steps * tps_step / dt
+        from pretrain.models import flops_per_token
+
+        fpt = flops_per_token(z["result"]["parameters"], a.n_layer, a.d_model, a.seq_len)
+        # the peak the trainer measured at its start-up, recovered from its (tokens/s, MFU) pairs
+        own_peak = statistics.median(fpt * r["train/tokens_per_second"] / a.nproc / r["train/mfu"] for r in meas)
+        losses = [r["train/loss"] for r in z["rows"] if "train/loss" in r]
+        res["frameworks"]["zerolm"] = {
+            "tokens_per_s": wall, "tokens_per_s_trainer_reported": reported, "step_s": tps_step / wall,
+            "mfu": fpt * wall / a.nproc / peak_flops, "trainer_own_peak_flops": own_peak,
+            "trainer_reported_mfu_mean": statistics.mean(r["train/mfu"] for r in meas),
+            "data_wait_fraction": statistics.mean(r["train/data_wait_fraction"] for r in meas),
+            "loss_first": losses[0], "loss_last": losses[-1], "rss_gib": meas[-1].get("memory/rss_gib"),
+            "run_wall_s": z["wall_s"], "command": z["command"], "n_params": z["result"]["parameters"],
+        }
+    if hf:
+        fpt = hf["flops_per_token"]
+        tps = a.steps * tps_step / _steady(hf["step_ends"], a.warmup, a.steps)
+        res["frameworks"]["hf_trainer"] = {
+            "tokens_per_s": tps, "step_s": tps_step / tps, "mfu": fpt * tps / a.nproc / peak_flops,
+            "loss_first": hf["losses"][0], "loss_last": hf["losses"][-1], "run_wall_s": hf["wall_s"],
+            "command": hf["command"], "data": hf["data"], "deepspeed_engine": hf["deepspeed_engine"],
+            "zero_stage_seen": hf["zero_stage"], "optimizer_wrapper": hf["optimizer"], "n_params": hf["n_params"],
+        }
+    res["flops_per_token"] = fpt
+    fw = res["frameworks"]
+    if "zerolm" in fw and "hf_trainer" in fw:
+        res["speedup_vs_hf"] = fw["zerolm"]["tokens_per_s"] / fw["hf_trainer"]["tokens_per_s"]
+    if mem:
+        table = {}
+        for stage, m in sorted(mem.items()):
+            ranks = m["per_rank"]
+
+            def mx(f):
+                return max(f(r) for r in ranks)
+
+            b = lambda r, k: r["in_step"]["bytes"].get(k, 0)  # noqa: E731
+            table[stage] = {
+                "params": mx(lambda r: b(r, "params")),
+                "grads": mx(lambda r: b(r, "grads")),
+                "optimizer": mx(lambda r: b(r, "opt_master") + b(r, "opt_state")),
+                "opt_master": mx(lambda r: b(r, "opt_master")),
+                "opt_state": mx(lambda r: b(r, "opt_state")),
+                "param_opt": mx(lambda r: b(r, "params") + b(r, "opt_master") + b(r, "opt_state")),
+                "param_grad_opt": mx(lambda r: b(r, "params") + b(r, "grads") + b(r, "opt_master") + b(r, "opt_state")),
+                "comm_buckets_allocated": mx(lambda r: b(r, "comm_buckets")),
+                "comm_buckets_resident": mx(lambda r: r["in_step"]["resident"].get("comm_buckets", 0)),
+                "rss_end": mx(lambda r: r["rss_end"]),
+                "rss_end_trimmed": mx(lambda r: r["rss_end_trimmed"]),
+                "aliased_fp32_master_bytes": mx(lambda r: r.get("aliased_fp32_master_bytes", 0)),
+                "peak_rss": mx(lambda r: r["peak_rss"]),
+                "rss_after_model_build": mx(lambda r: r["rss_after_model_build"]),
+                "step_s": mx(lambda r: r["step_s"]),
+                "losses_rank0": ranks[0]["losses"],
+                "wall_s": m["wall_s"],
+            }
+        if "0" in table:
+            base = table["0"]
+            for row in table.values():
+                for k in ("params", "grads", "optimizer", "param_opt", "param_grad_opt", "rss_end", "rss_end_trimmed", "peak_rss"):
+                    row[f"{k}_vs_zero0"] = row[k] / base[k] if base[k] else None
+        res["memory_per_rank"] = table
+    targets = {}
+    if "speedup_vs_hf" in res:
+        targets["speedup_vs_hf>=1.3"] = {"value": res["speedup_vs_hf"], "met": res["speedup_vs_hf"] >= 1.3}
+    if "zerolm" in fw:
+        targets["zerolm_mfu>=0.50"] = {"value": fw["zerolm"]["mfu"], "met": fw["zerolm"]["mfu"] >= 0.5}
+    memt = res.get("memory_per_rank", {})
+    if "3" in memt and "0" in memt:
+        v = memt["3"]["param_opt_vs_zero0"]
+        targets["zero3_param_opt<=0.55x_zero0"] = {"value": v, "met": v <= 0.55}
+    if "3*" in memt and "0" in memt:
+        v = memt["3*"]["param_opt_vs_zero0"]
+        targets["(experiment 3*) same, fp32 master aliased"] = {"value": v, "met": v <= 0.55}
+    res["targets"] = targets
+    return res
+
+
+def render(a, r: dict, peaks: list[dict]) -> str:
+    L = []
+    L.append(f"model: gpt2 {a.n_layer} layers, d_model {a.d_model}, {a.n_head} heads, seq_len {a.seq_len}"
+             + (f", {r['frameworks'].get('zerolm', r['frameworks'].get('hf_trainer', {})).get('n_params', 0) / 1e6:.1f}M params"
+                if r["frameworks"] else "")
+             + f" | {a.nproc} ranks × 1 thread (gloo) | micro-batch {a.micro_batch} × accumulation {a.grad_accum}"
+             f" → {r['tokens_per_step']} tokens/step | {a.precision} | ZeRO-{a.zero_stage}")
+    pk = ", ".join(f"{p['peak_flops_per_rank'] / 1e9:.1f}" for p in peaks)
+    L.append(f"matmul peak per rank (fp32 2048², both ranks at once, 1 thread each): {r['peak_flops_per_rank'] / 1e9:.1f} "
+             f"GFLOP/s (runs: {pk}) | FLOPs/token 6N+12·L·d·T = {r['flops_per_token'] / 1e6:.1f} M"
+             if r.get("flops_per_token") else "")
+    L.append(f"steady state: steps {a.warmup + 1}–{a.warmup + a.steps} ({a.steps} steps after {a.warmup} warm-up), wall clock")
+    L.append("")
+    fw = r["frameworks"]
+    if fw:
+        hdr = f"{'trainer':<26} {'tokens/s':>9} {'s/step':>7} {'MFU':>6} {'vs HF':>6} {'loss first→last':>16}"
+        L += [hdr, "-" * len(hdr)]
+        hf_tps = fw.get("hf_trainer", {}).get("tokens_per_s")
+        names = {"zerolm": "zerolm (python -m pretrain)", "hf_trainer": "HF transformers.Trainer"}
+        for k in ("zerolm", "hf_trainer"):
+            if k in fw:
+                f = fw[k]
+                vs = f"{f['tokens_per_s'] / hf_tps:.2f}x" if hf_tps else "-"
+                L.append(f"{names[k]:<26} {f['tokens_per_s']:>9.0f} {f['step_s']:>7.3f} {f['mfu']:>6.1%} {vs:>6} "
+                         f"{f['loss_first']:>7.3f}→{f['loss_last']:<7.3f}")
+        if "zerolm" in fw:
+            z = fw["zerolm"]
+            L.append(f"  zerolm as its metrics.jsonl reports it: {z['tokens_per_s_trainer_reported']:.0f} tokens/s, "
+                     f"MFU {z['trainer_reported_mfu_mean']:.1%} against its own start-up peak "
+                     f"{z['trainer_own_peak_flops'] / 1e9:.1f} GFLOP/s; data wait {z['data_wait_fraction']:.1%}")
+        if "hf_trainer" in fw:
+            L.append(f"  HF data: {fw['hf_trainer']['data']}; engine {fw['hf_trainer']['deepspeed_engine']} "
+                     f"ZeRO-{fw['hf_trainer']['zero_stage_seen']} ({fw['hf_trainer']['optimizer_wrapper']})")
+        L.append("")
+    mem = r.get("memory_per_rank")
+    if mem:
+        hdr = (f"{'ZeRO':<5} {'params':>8} {'grads':>8} {'optim':>8} {'param+opt':>10} {'vs 0':>6} {'p+g+o':>8} {'vs 0':>6} "
+               f"{'buckets res/alloc':>18} {'RSS end':>8} {'trimmed':>8} {'vs 0':>6} {'peak RSS':>9} {'vs 0':>6} {'s/step':>7}")
+        L.append("memory per rank (MiB; max over ranks; after the last backward: gradients alive, Adam state present)")
+        L += [hdr, "-" * len(hdr)]
+        for stage, m in mem.items():
+            def rt(k):
+                v = m.get(f"{k}_vs_zero0")
+                return f"{v:.2f}x" if v is not None else "-"
+            L.append(f"{stage:<5} {m['params'] / MiB:>8.1f} {m['grads'] / MiB:>8.1f} {m['optimizer'] / MiB:>8.1f} "
+                     f"{m['param_opt'] / MiB:>10.1f} {rt('param_opt'):>6} {m['param_grad_opt'] / MiB:>8.1f} {rt('param_grad_opt'):>6} "
+                     f"{m['comm_buckets_resident'] / MiB:>7.0f}/{m['comm_buckets_allocated'] / MiB:<10.0f} "
+                     f"{m['rss_end'] / MiB:>8.0f} {m['rss_end_trimmed'] / MiB:>8.0f} {rt('rss_end_trimmed'):>6} "
+                     f"{m['peak_rss'] / MiB:>9.0f} {rt('peak_rss'):>6} {m['step_s']:>7.3f}")
+        L.append("optim = fp32 master partition (ZeRO-1/2 clone it even in fp32; ZeRO-3 fp32 aliases the parameter "
+                 "partition) + Adam moments; buckets = gradient reduction buffers (resident pages / allocated);\n"
+                 "trimmed = RSS after malloc_trim(0) (without glibc's cache of freed pages); s/step of the few memory steps")
+        if "3*" in mem:
+            L.append("3* = experiment, not zerolm's behaviour: ZeRO-3 with DeepSpeed's fp32 master partition pointed at the "
+                     f"fp32 parameter partition ({mem['3*']['aliased_fp32_master_bytes'] / MiB:.0f} MiB freed; losses "
+                     + ("identical to ZeRO-3" if mem['3*']['losses_rank0'] == mem.get('3', {}).get('losses_rank0') else
+                        "DIFFER from ZeRO-3") + ")")
+        L.append("")
+    if r["targets"]:
+        L.append("targets:")
+        for k, t in r["targets"].items():
+            v = t["value"]
+            L.append(f"  {k:<32} {v:.3f}  {'MET' if t['met'] else 'NOT MET'}")
+    return "\n".join(L)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", default="data/corpus")
+    ap.add_argument("--tokenizer", default="data/tokenizer")
+    ap.add_argument("--n-layer", type=int, default=6)
+    ap.add_argument("--d-model", type=int, default=512)
+    ap.add_argument("--n-head", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--steps", type=int, default=30, help="measured optimizer steps per trainer")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before them")
+    ap.add_argument("--num-workers", type=int, default=0, help="zerolm data.num_workers (0: tokenize in the rank)")
+    ap.add_argument("--mem-stages", default="0,1,2,3", help="ZeRO stages for the memory table")
+    ap.add_argument("--mem-steps", type=int, default=2)
+    ap.add_argument("--no-alias-experiment", action="store_true",
+                    help="skip the extra ZeRO-3 row with the fp32 master aliased to the parameters (3*)")
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--skip-zerolm", action="store_true")
+    ap.add_argument("--skip-mem", action="store_true")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per phase")
+    ap.add_argument("--work-dir", default=None, help="keep run dirs and logs here (default: a temp dir, removed)")
+    ap.add_argument("--out", default="bench/results/pretrain_throughput.json")
+    a = ap.parse_args()
+    a.nproc = 2
+    if a.warmup < 1:
+        ap.error("--warmup must be ≥ 1 (the first step end is the clock's origin)")
+    os.chdir(ROOT)
+    _check_data(a.corpus, a.tokenizer)
+    load = os.getloadavg()[0]
+    if load > 0.7:
+        print(f"warning: load average {load:.1f} before start: something else is running; figures will be skewed",
+              file=sys.stderr)
+    work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="zerolm_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT))
+    t_start = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def phase(name, fn, *args):
+        print(f"[{time.perf_counter() - t_start:6.1f}s] {name} …", flush=True)
+        t = time.perf_counter()
+        out = fn(*args)
+        phases[name] = time.perf_counter() - t
+        return out
+
+    try:
+        peaks = [phase("matmul peak (start)", measure_peak, a, work, "start")]
+        z = None if a.skip_zerolm else phase("zerolm trainer", run_zerolm, a, work)
+        hf = None if a.skip_hf else phase("HF Trainer", run_hf, a, work)
+        peaks.append(phase("matmul peak (end)", measure_peak, a, work, "end"))
+        mem = {}
+        if not a.skip_mem:
+            stages = [int(x) for x in a.mem_stages.split(",") if x.strip()]
+            for s in stages:
+                mem[str(s)] = phase(f"ZeRO-{s} memory", run_mem, a, work, s)
+            if 3 in stages and a.precision == "fp32" and not a.no_alias_experiment:
+                mem["3*"] = phase("ZeRO-3 memory, fp32 master aliased (experiment)", run_mem, a, work, 3, True)
+    except BaseException:
+        print(f"logs kept in {work}", file=sys.stderr)
+        raise
+    peak = statistics.mean(p["peak_flops_per_rank"] for p in peaks)
+    r = summarize(a, peak, z, hf, mem)
+    total = time.perf_counter() - t_start
+    r.update(peaks=peaks, phases_s=phases, bench_wall_s=total, args=vars(a),
+             command="OMP_NUM_THREADS=1 (set per run) " + " ".join([".venv/bin/python", "bench/pretrain_throughput.py", *sys.argv[1:]]))
+    text = render(a, r, peaks)
+    print()
+    print(text)
+    print(f"\nbench wall time {total:.0f} s (" + ", ".join(f"{k} {v:.0f}" for k, v in phases.items()) + ")")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    r["table"] = text
+    out.write_text(json.dumps(r, indent=1, default=str))
+    print(f"wrote {out}")
+    if not a.work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
