@@ -7,6 +7,8 @@ Face model's own cross-entropy (``labels`` given; causal-LM models shift interna
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 IGNORE_INDEX = -100
@@ -28,6 +30,15 @@ class Objective:
         n = self.predicted_tokens(labels)
         return {"loss_sum": loss.detach().float() * n, "tokens": n.float()}
 
+    def summarize(self, total: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics from the sums over all batches and ranks: ``eval/loss`` (token-weighted mean,
+        nats/token), ``eval/perplexity`` (exp of it) and ``eval/tokens``."""
+        tokens = float(total["tokens"])
+        if not tokens:
+            return {}
+        loss = float(total["loss_sum"]) / tokens
+        return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/tokens": tokens}
+
 
 class MaskedLM(Objective):
     """Masked-LM (BERT-style; Devlin et al. 2019): loss on the masked positions only; evaluation
@@ -43,6 +54,13 @@ class MaskedLM(Objective):
         chosen = labels != IGNORE_INDEX
         sums["correct"] = (logits.argmax(-1)[chosen] == labels[chosen]).sum().float()
         return sums
+
+    def summarize(self, total):
+        """Adds ``eval/accuracy``: masked tokens predicted exactly (argmax) ÷ masked tokens."""
+        out = super().summarize(total)
+        if out:
+            out["eval/accuracy"] = float(total["correct"]) / float(total["tokens"])
+        return out
 
 
 def get_objective(name: str) -> Objective:

@@ -13,8 +13,9 @@ import math
 import random
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,8 +27,9 @@ from pretrain import checkpoint as ckpt
 from pretrain import distributed
 from pretrain.engine import Engine
 from pretrain.metrics import measure_matmul_peak, memory_stats, mfu
-from pretrain.models import build_model, count_parameters, describe_model, flops_per_token, objective_of, resolve_model_config
-from pretrain.objectives import get_objective
+from pretrain.models import (build_model, count_parameters, describe_model, flops_per_token, objective_of,
+                             resolve_model_config, special_ids_of)
+from pretrain.objectives import Objective, get_objective
 from pretrain.tracking import Tracker
 from zerolm.config import ZeroLMConfig, save_config
 from zerolm.errors import ConfigError, TrainingError
@@ -87,38 +89,93 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@dataclass
+class Components:
+    """What a training job plugs into the shared loop (pretraining builds these from the config;
+    finetuning builds its own).
+
+    Attributes:
+        model: the ``transformers`` model, initialised identically on every rank.
+        train_loader: iterable of batch dicts of ``(micro_batch_size, seq_len)`` tensors with
+            ``state_dict()``, ``load_state_dict()`` and ``stats()`` (see ``PackedDataLoader``).
+        make_eval_loader: returns a fresh finite iterable of validation batches for this rank.
+        objective: turns model outputs into evaluation sums and metrics.
+        description: one line for the log (architecture, parameter count).
+        flops_per_token: training FLOPs per token (for MFU).
+        tokens_per_sample: tokens in one sequence (for tokens/s).
+        parameters: parameter count.
+    """
+
+    model: torch.nn.Module
+    train_loader: Any
+    make_eval_loader: Callable[[], Iterable[dict[str, torch.Tensor]]]
+    objective: Objective
+    description: str
+    flops_per_token: float
+    tokens_per_sample: int
+    parameters: int
+
+
+def pretraining_components(cfg: ZeroLMConfig, env: distributed.DistEnv) -> tuple[ZeroLMConfig, Components]:
+    """Model from ``cfg.model`` (preset resolved) with our tokenizer's vocabulary, random init;
+    the packed streaming pipeline for training and validation.
+
+    Returns:
+        The config with the model section resolved, and the components.
+
+    Raises:
+        ConfigError: ``data.objective`` does not match the model family.
+    """
+    model_cfg = resolve_model_config(cfg.model)
+    if objective_of(model_cfg.family) != cfg.data.objective:
+        raise ConfigError(f"data.objective={cfg.data.objective} does not fit model.family={model_cfg.family} "
+                          f"(a {objective_of(model_cfg.family)} model)")
+    cfg = cfg.model_copy(update={"model": model_cfg})
+    tok = load_pipeline_tokenizer(cfg.data.tokenizer_dir)
+    model = build_model(model_cfg, vocab_size=tok.vocab_size, seq_len=cfg.data.seq_len, special_ids=special_ids_of(tok))
+    counts = count_parameters(model)
+    return cfg, Components(
+        model=model,
+        train_loader=PackedDataLoader(cfg.data, rank=env.rank, world_size=env.world_size, tokenizer=tok),
+        make_eval_loader=lambda: PackedDataLoader(cfg.data, split="validation", rank=env.rank,
+                                                  world_size=env.world_size, tokenizer=tok),
+        objective=get_objective(cfg.data.objective),
+        description=describe_model(model_cfg, counts),
+        flops_per_token=flops_per_token(counts["total"], model_cfg.n_layer, model_cfg.d_model, cfg.data.seq_len),
+        tokens_per_sample=cfg.data.seq_len,
+        parameters=counts["total"],
+    )
+
+
 class Trainer:
-    """Pretraining (or any objective) with DeepSpeed on the streaming pipeline.
+    """The shared training loop with DeepSpeed: pretraining by default, any objective through
+    ``build``.
 
     Args:
         cfg: the validated config.
         env: this process's place in the job (:func:`pretrain.distributed.detect`); the process
             group must already be initialised.
+        build: ``(cfg with the derived micro-batch size, env) -> (cfg, Components)``; called after
+            seeding so that every rank initialises the same weights.
     """
 
-    def __init__(self, cfg: ZeroLMConfig, env: distributed.DistEnv) -> None:
+    def __init__(self, cfg: ZeroLMConfig, env: distributed.DistEnv,
+                 build: Callable[[ZeroLMConfig, distributed.DistEnv], tuple[ZeroLMConfig, Components]] = pretraining_components) -> None:
         self.env = env
-        model_cfg = resolve_model_config(cfg.model)
-        if objective_of(model_cfg.family) != cfg.data.objective:
-            raise ConfigError(f"data.objective={cfg.data.objective} does not fit model.family={model_cfg.family} "
-                              f"(a {objective_of(model_cfg.family)} model)")
         micro, self.grad_accum, self.global_batch = batch_arithmetic(cfg, env.world_size)
-        self.cfg = cfg = cfg.model_copy(update={"model": model_cfg, "data": cfg.data.model_copy(update={"micro_batch_size": micro})})
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"micro_batch_size": micro})})
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        cfg, self.parts = build(cfg, env)
+        self.cfg = cfg
         self.run_dir = Path(cfg.train.run_dir)
         self.root = self.run_dir / "checkpoints"
         if env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.objective = get_objective(cfg.data.objective)
-        self.tok = load_pipeline_tokenizer(cfg.data.tokenizer_dir)
-        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        special = {k: getattr(self.tok, f"{k}_id") for k in ("bos", "eos", "pad", "unk", "cls", "sep", "mask")}
-        model = build_model(model_cfg, vocab_size=self.tok.vocab_size, seq_len=cfg.data.seq_len, special_ids=special)
-        self.counts = count_parameters(model)
-        self.flops_per_token = flops_per_token(self.counts["total"], model_cfg.n_layer, model_cfg.d_model, cfg.data.seq_len)
+        self.objective = self.parts.objective
+        self.loader = self.parts.train_loader
         torch.manual_seed(cfg.train.seed + env.rank)  # per-rank dropout stream
-        self.engine = Engine(model, cfg.train, micro, self.grad_accum, env.world_size)
-        self.loader = PackedDataLoader(cfg.data, rank=env.rank, world_size=env.world_size, tokenizer=self.tok)
+        self.engine = Engine(self.parts.model, cfg.train, micro, self.grad_accum, env.world_size)
         self.step = self.tokens_seen = self.nonfinite_total = 0
         self.metrics: dict[str, float] = {}
         self.stop_signal = 0
@@ -129,8 +186,8 @@ class Trainer:
             self.tracker = Tracker(cfg.tracking, self.run_dir, cfg.model_dump(mode="json"), run_id,
                                    resume_step=self.step if self.step else None)
             log.info("%s | global batch %d = micro %d × accumulation %d × %d ranks | seq_len %d | ZeRO-%d | %s",
-                     describe_model(model_cfg, self.counts), self.global_batch, micro, self.grad_accum, env.world_size,
-                     cfg.data.seq_len, cfg.train.zero_stage, cfg.train.precision)
+                     self.parts.description, self.global_batch, micro, self.grad_accum, env.world_size,
+                     self.parts.tokens_per_sample, cfg.train.zero_stage, cfg.train.precision)
 
     # -- resume ----------------------------------------------------------------------------
     def _resume(self) -> str | None:
@@ -181,12 +238,10 @@ class Trainer:
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss (token-weighted, nats), perplexity and (masked-LM) masked-token accuracy
-        on up to ``train.eval_batches`` batches per rank; all ranks run the same number of batches."""
+        """The objective's validation metrics (e.g. loss, perplexity, masked-token accuracy) on up
+        to ``train.eval_batches`` batches per rank; all ranks run the same number of batches."""
         self.engine.eval()
-        loader = PackedDataLoader(self.cfg.data, split="validation", rank=self.env.rank, world_size=self.env.world_size,
-                                  tokenizer=self.tok)
-        it, n, sums = iter(loader), 0, {}
+        it, n, sums = iter(self.parts.make_eval_loader()), 0, {}
         limit = self.cfg.train.eval_batches
         while limit is None or n < limit:
             batch = next(it, None)
@@ -194,18 +249,21 @@ class Trainer:
                 break
             out = self.engine.forward(batch)
             for k, v in self.objective.eval_sums(out.logits, batch["labels"].to(out.logits.device), out.loss).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + v.detach().double().cpu()
             n += 1
         self.engine.train()
         keys = sorted(sums)
-        total = dict(zip(keys, _all_reduce([sums[k] for k in keys]))) if keys else {}
-        if not total.get("tokens"):
+        if not keys:
             return {}
-        loss = total["loss_sum"] / total["tokens"]
-        res = {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0)), "eval/tokens": total["tokens"]}
-        if "correct" in total:
-            res["eval/accuracy"] = total["correct"] / total["tokens"]
-        return res
+        flat = torch.cat([sums[k].reshape(-1) for k in keys])
+        if dist.is_initialized() and self.env.world_size > 1:
+            dist.all_reduce(flat)
+        total, i = {}, 0
+        for k in keys:
+            size = sums[k].numel()
+            total[k] = flat[i : i + size].reshape(sums[k].shape)
+            i += size
+        return self.objective.summarize(total)
 
     # -- the loop --------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -218,7 +276,7 @@ class Trainer:
         for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
             if sig is not None:
                 signal.signal(sig, self._on_signal)
-        tokens_per_step = self.global_batch * self.cfg.data.seq_len
+        tokens_per_step = self.global_batch * self.parts.tokens_per_sample
         consecutive_bad, status = 0, "completed"
         window = {"loss": 0.0, "steps": 0, "tokens": 0, "data_s": 0.0, "t0": time.perf_counter()}
         it = iter(self.loader)
@@ -274,7 +332,7 @@ class Trainer:
                 log.warning("stopping at step %d (%s); resume by running the same command", self.step, status)
                 break
         result = {"status": status, "step": self.step, "tokens_seen": self.tokens_seen,
-                  "nonfinite_skipped": self.nonfinite_total, "parameters": self.counts["total"], **self.metrics}
+                  "nonfinite_skipped": self.nonfinite_total, "parameters": self.parts.parameters, **self.metrics}
         if self.tracker:
             self.tracker.summary(result)
             self.tracker.finish()
@@ -286,7 +344,7 @@ class Trainer:
         m = {
             "train/lr": self.engine.lr,
             "train/tokens_per_second": tps,
-            "train/mfu": mfu(self.flops_per_token, tps / self.env.world_size, self.peak),
+            "train/mfu": mfu(self.parts.flops_per_token, tps / self.env.world_size, self.peak),
             "train/step_time_s": dt / max(w["steps"], 1),
             "train/data_wait_fraction": w["data_s"] / dt,
             "train/tokens_seen": self.tokens_seen,
@@ -308,7 +366,7 @@ class Trainer:
         w.update(loss=0.0, steps=0, tokens=0, data_s=0.0, t0=time.perf_counter())
 
 
-def train(cfg: ZeroLMConfig) -> dict[str, Any]:
+def train(cfg: ZeroLMConfig, build=pretraining_components) -> dict[str, Any]:
     """Run pretraining as this process's part of the job (any launcher, or none) and shut the
     process group down cleanly at the end. Returns the summary (rank 0 also writes
     ``RUN_DIR/result.json``)."""
@@ -317,7 +375,7 @@ def train(cfg: ZeroLMConfig) -> dict[str, Any]:
     env = distributed.detect()
     distributed.init(env)
     try:
-        result = Trainer(cfg, env).run()
+        result = Trainer(cfg, env, build).run()
         if env.is_main:
             (Path(cfg.train.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
         return result

@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=24, help="continuation length (causal-LM)")
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     p.set_defaults(func=_cmd_sample, overrides=[])
+
+    from launch.cli import register
+
+    register(top)
     return parser
 
 
