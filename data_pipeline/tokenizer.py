@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 from zerolm.config import TokenizerConfig
+from zerolm.fsutil import check_replaceable, replace_dir
 from zerolm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -211,28 +212,6 @@ def _manifest_sha256(corpus_dir: Path) -> str | None:
     return hashlib.sha256(manifest.read_bytes()).hexdigest()
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """Refuse to replace anything but an empty folder or a previous tokenizer folder."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"tokenizer output path exists and is not a directory: {out_dir}")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file():
-        raise DataError(
-            f"tokenizer output directory {out_dir} is not empty and holds no {META_FILE}: "
-            "refusing to replace it (choose another --out or remove it)"
-        )
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``, replacing an existing ``out`` (rename, not copy)."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> dict[str, Any]:
     """Train a sentencepiece tokenizer on a sample of a prepared corpus and save it as a HF folder.
 
@@ -271,7 +250,7 @@ def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> dict[str, An
     corpus_dir = Path(cfg.corpus_dir)
     out_dir = Path(cfg.out_dir).resolve()
     files = _train_files(corpus_dir)
-    _check_out_dir(out_dir)
+    check_replaceable(out_dir, lambda d: (d / META_FILE).is_file(), "tokenizer output directory")
     lines, counts = _sample_lines(files, cfg.sample_bytes, cfg.seed, progress)
     skipped = {k: v for k, v in counts.items() if k in ("bad_json", "no_text")}
     if skipped:
@@ -313,7 +292,7 @@ def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> dict[str, An
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         files_written = sorted(p.name for p in tmp.iterdir())
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from zerolm.fsutil import check_replaceable, replace_dir
 from zerolm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -422,31 +423,6 @@ def render_model_card(
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DataError(f"export path exists and is not a directory: {out}")
-    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_META).is_file():
-        raise DataError(
-            f"export directory {out} is not empty and holds no {EXPORT_META}: refusing to replace it "
-            "(choose another output folder or remove it)"
-        )
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _no_live_hf_deepspeed_config() -> None:
     try:
         from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
@@ -499,7 +475,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
     if config_path is None:
         raise DataError(f"no run config {run_dir / 'config.yaml'} (nor {tag_dir / 'config.yaml'}): is {run_dir} a zerolm run directory?")
     cfg = load_config(config_path)
-    _check_out_dir(out)
+    check_replaceable(out, lambda d: (d / EXPORT_META).is_file(), "export directory")
     _no_live_hf_deepspeed_config()
 
     model_cfg = resolve_model_config(cfg.model)
@@ -561,7 +537,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
         for p in tmp.iterdir():
             if p.is_file():
                 os.chmod(p, 0o644)  # safetensors writes its file 0600
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
