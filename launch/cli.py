@@ -42,13 +42,13 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(rendered.script)  # verbatim: no markup, pipe it into a file or `sbatch`
         return 0
-    if args.output:
-        Path(args.output).write_text(rendered.script)
-        Path(args.output).chmod(0o755)
-        _console().print(f"wrote {args.output}", highlight=False)
+    if args.write_script:
+        Path(args.write_script).write_text(rendered.script)
+        Path(args.write_script).chmod(0o755)
+        print(f"wrote {args.write_script}")
         return 0
     res = submit(rendered)
-    _console().print(f"submitted job {res['job_id']}\nscript: {res['script']}\nlog: {res['log']}", highlight=False)
+    print(f"submitted job {res['job_id']}\nscript: {res['script']}\nlog: {res['log']}")  # plain: paths never wrap
     return 0
 
 
@@ -82,13 +82,13 @@ def _cmd_ds_config(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for name, ds in ds_config_variants(args.config, list(args.overrides), args.world_size, gpu).items():
             (out / f"{name}.json").write_text(json.dumps(ds, indent=2) + "\n")
-            _console().print(f"wrote {out / (name + '.json')}", highlight=False)
+            _console().print(f"wrote {out / (name + '.json')}", highlight=False, soft_wrap=True)
         return 0
     ds = ds_config_for(load_config(args.config, list(args.overrides)), args.world_size, gpu)
     text = json.dumps(ds, indent=2) + "\n"
     if args.out:
         Path(args.out).write_text(text)
-        _console().print(f"wrote {args.out}", highlight=False)
+        _console().print(f"wrote {args.out}", highlight=False, soft_wrap=True)
     else:
         sys.stdout.write(text)
     return 0
@@ -97,7 +97,10 @@ def _cmd_ds_config(args: argparse.Namespace) -> int:
 # -- zerolm publish --------------------------------------------------------------------------------
 def _cmd_publish(args: argparse.Namespace) -> int:
     from launch.publish import plan_publish, publish
+    from zerolm.errors import ConfigError
 
+    if args.overrides:
+        raise ConfigError(f"publish takes no key=value overrides (got {' '.join(args.overrides)})")
     plan = plan_publish(
         args.export_dir, args.repo_id, private=args.private, revision=args.revision, license=args.license,
         datasets=args.dataset, extra_tags=args.tag, commit_message=args.message,
@@ -113,18 +116,18 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             print(f"{op['size']:>14,d}  {_human(op['size']):>10}  {op['path']}")
         print(f"{plan.total_bytes:>14,d}  {_human(plan.total_bytes):>10}  total ({len(plan.files)} files)")
         for w in plan.warnings:
-            con.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+            con.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
         con.print(
             f"dry run: would create {'private' if plan.private else 'public'} model repo {plan.repo_id} (if missing) and "
             f"commit {len(plan.files)} files to {plan.revision or 'main'}; nothing was uploaded",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
         return 0
     for w in plan.warnings:
-        con.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        con.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     res = publish(plan)
     con.print(f"published {res['repo_id']} ({len(plan.files)} files, {_human(plan.total_bytes)}) at {res['commit_url']}",
-              highlight=False)
+              highlight=False, soft_wrap=True)
     return 0
 
 
@@ -161,7 +164,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--python", default=None, help="Python of the environment on the nodes (default: this one)")
     p.add_argument("--log-dir", default=None, help="folder for the script, ds_config.json and job logs (default RUN_DIR/slurm)")
     p.add_argument("--dry-run", action="store_true", help="print the script; write and submit nothing")
-    p.add_argument("--output", "-o", default=None, help="write the script here instead of submitting it")
+    p.add_argument("--write-script", default=None, metavar="FILE", help="write the script to FILE instead of submitting it")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=_cmd_slurm)
 

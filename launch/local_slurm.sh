@@ -25,7 +25,7 @@ log() { echo "[local_slurm] $*" >&2; }
 
 apt_retry() {  # apt may briefly hold its lock (another apt, unattended upgrades): retry
     local i
-    for i in 1 2 3 4 5 6 7 8 9 10; do
+    for i in 1 2 3 4 5; do
         if DEBIAN_FRONTEND=noninteractive "$@"; then return 0; fi
         log "apt failed (attempt $i): retrying in 3 s"
         sleep 3

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -241,13 +242,15 @@ def render_sbatch(job: SlurmJob) -> RenderedJob:
     job_name = job.job_name or f"zerolm-{run_dir.name}"
     if not re.fullmatch(r"[\w.\-]+", job_name):
         raise ConfigError(f"job name {job_name!r}: use letters, digits, '.', '_' or '-'")
-    python = Path(job.python)
+    # the environment's interpreter, not resolved: a venv's bin/python is a symlink to the base Python
+    python = Path(os.path.abspath(workdir / job.python)) if "/" in job.python else Path(shutil.which(job.python) or job.python)
     per_node_tasks = job.gpus_per_node if job.launcher == "srun" else 1
 
     resources = []
     env = []
+    cpus = job.cpus_per_task
     if job.cpu:
-        cpus = job.cpus_per_task or (1 if job.launcher == "srun" else job.gpus_per_node)
+        cpus = cpus or (1 if job.launcher == "srun" else job.gpus_per_node)
         resources.append(f"#SBATCH --cpus-per-task={cpus}")
         threads = max(1, cpus // (1 if job.launcher == "srun" else job.gpus_per_node))
         env += ["export DS_ACCELERATOR=cpu", f"export OMP_NUM_THREADS={threads}"]
@@ -288,6 +291,8 @@ def render_sbatch(job: SlurmJob) -> RenderedJob:
         "world": str(world),
         "unit": unit,
         "train_args": " ".join(shlex.quote(a) for a in train_args),
+        # srun does not inherit sbatch's --cpus-per-task since Slurm 22.05: pass it on
+        "srun_cpus": f" --cpus-per-task={cpus}" if cpus else "",
     }
     script = "".join(_fill(_template(t), values) for t in ("sbatch_header.sh", f"launch_{job.launcher}.sh", "sbatch_footer.sh"))
     return RenderedJob(script=script, script_path=log_dir / f"{job_name}.sbatch", log_dir=log_dir, run_dir=run_dir,
@@ -321,7 +326,7 @@ def submit(rendered: RenderedJob, sbatch: str = "sbatch") -> dict[str, str]:
         raise ZeroLMError(f"sbatch refused {path}: {(r.stderr or r.stdout).strip()}")
     job_id = r.stdout.strip().split(";")[0]
     log_path = rendered.log_dir / f"{rendered.job_name}-{job_id}.out"
-    log.info("submitted job %s (%s); log %s", job_id, path, log_path)
+    log.debug("submitted job %s (%s); log %s", job_id, path, log_path)
     return {"job_id": job_id, "script": str(path), "log": str(log_path)}
 
 
@@ -336,8 +341,6 @@ def local_command(config: str, overrides: list[str], nproc: int, python: str = s
     Raises:
         ConfigError: invalid config/overrides or ``nproc`` < 1 (validated before starting).
     """
-    import os
-
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: must be at least 1")
     load_config(config, overrides)

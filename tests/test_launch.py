@@ -109,7 +109,7 @@ def _fake_cluster(tmp: Path) -> tuple[Path, Path]:
         d.mkdir(parents=True)
     recorder = f"""#!{sys.executable}
 import json, os, sys, uuid
-keep = ("SLURM_", "MASTER_", "DS_", "OMP_", "PYTHONPATH")
+keep = ("SLURM", "MASTER_", "DS_", "OMP_", "PYTHONPATH")
 json.dump({{"exe": os.path.basename(sys.argv[0]), "argv": sys.argv[1:],
            "env": {{k: v for k, v in os.environ.items() if k.startswith(keep)}}}},
           open(os.path.join({str(rec)!r}, uuid.uuid4().hex + ".json"), "w"))
@@ -349,12 +349,15 @@ def _wait(env, job: str, log: Path, until, timeout: float = 300) -> dict[str, st
     raise AssertionError(f"job {job}: {info.get('JobState')} ExitCode={info.get('ExitCode')} Restarts={info.get('Restarts')}\n{tail}")
 
 
-def test_two_task_srun_job_trains_and_checkpoints(slurm, data_args, tmp_path):
-    run_dir = tmp_path / "srun"
+@pytest.mark.parametrize("launcher", ["srun", "deepspeed"])
+def test_two_rank_job_trains_and_checkpoints(slurm, data_args, tmp_path, launcher):
+    """srun: a 2-task job, each task one rank (SLURM_PROCID/SLURM_NTASKS). deepspeed: one task running
+    the deepspeed launcher on the hostfile generated from the allocation, which starts 2 ranks."""
+    run_dir = tmp_path / launcher
     t0 = time.time()
-    job, log = _submit(slurm, run_dir, "srun", *data_args, "train.max_steps=6", "train.save_every=3", "train.eval_every=6")
+    job, log = _submit(slurm, run_dir, launcher, *data_args, "train.max_steps=6", "train.save_every=3", "train.eval_every=6")
     info = _wait(slurm, job, log, lambda i: i.get("JobState") == "COMPLETED")
-    print(f"\n2-task srun job {job}: submitted to COMPLETED in {time.time() - t0:.1f} s")
+    print(f"\n2-rank {launcher} job {job}: submitted to COMPLETED in {time.time() - t0:.1f} s")
     assert info["ExitCode"] == "0:0" and info["Restarts"] == "0"
     res = json.loads((run_dir / "result.json").read_text())
     assert res["status"] == "completed" and res["step"] == 6 and res["eval/perplexity"] > 1
@@ -365,6 +368,10 @@ def test_two_task_srun_job_trains_and_checkpoints(slurm, data_args, tmp_path):
     assert len(shards) == 2, f"one ZeRO-2 optimizer shard per rank: {shards}"
     text = log.read_text()
     assert "rendezvous localhost:" in text and "× 2 ranks" in text and "requeue" not in text
+    assert info["NumTasks"] == ("2" if launcher == "srun" else "1")
+    if launcher == "deepspeed":
+        assert (run_dir / "slurm" / f"hostfile-{job}").read_text() == "localhost slots=2\n"
+        assert "node_rank=0" in text and "dist_world_size=2" in text
 
 
 def test_usr1_checkpoints_requeues_and_resumes_to_the_same_final_step(slurm, data_args, tmp_path):
