@@ -7,8 +7,8 @@ torch AdamW as the client optimizer, gradient clipping 1.0), same tokens per opt
 per rank (``OMP_NUM_THREADS=1``):
 
 1. **Matmul peak** per rank: ``pretrain.metrics.measure_matmul_peak`` (fp32 2048² matmul) on both
-   ranks at once, one thread each — what zerolm's trainer measures at start-up — median of 5, at the
-   start and at the end of the bench; MFU uses their mean for both frameworks.
+   ranks at once, one thread each — what zerolm's trainer measures at start-up — median of 5, three
+   times (first, before the HF run, before the memory runs); MFU uses their mean for both frameworks.
 2. **zerolm**: ``torchrun --standalone --nproc_per_node 2 -m pretrain --config <generated yaml>``
    (log every step, no eval/checkpoint until the last step). Steady state = the last ``--steps``
    steps after ``--warmup``: tokens/s by wall clock (arrival times of the per-step lines in
@@ -30,11 +30,12 @@ Targets (reported, not enforced): zerolm ≥ 1.3× HF Trainer tokens/s; zerolm M
 measured peak; ZeRO-3 parameter+optimizer bytes per rank ≤ 0.55× ZeRO-0.
 
 Needs the prepared corpus and tokenizer (``zerolm data prepare --out data/corpus``;
-``zerolm tokenizer train --data data/corpus --out data/tokenizer``). About 7 minutes on 2 cores::
+``zerolm tokenizer train --data data/corpus --out data/tokenizer``). About 7–8 minutes on 2 cores::
 
     .venv/bin/python bench/pretrain_throughput.py [--steps 30] [--warmup 3] [--zero-stage 2]
         [--n-layer 6 --d-model 512 --n-head 8 --seq-len 256 --micro-batch 4 --grad-accum 1]
-        [--mem-stages 0,1,2,3] [--skip-hf] [--skip-mem] [--out bench/results/pretrain_throughput.json]
+        [--mem-stages 0,1,2,3] [--alias-experiment] [--skip-hf] [--skip-mem]
+        [--out bench/results/pretrain_throughput.json]
 
 Run it on a quiet machine: two ranks own both cores, anything else running skews the figures.
 """
@@ -174,7 +175,7 @@ def run_zerolm(a, work: Path) -> dict:
 def run_hf(a, work: Path) -> dict:
     out = work / "hf.json"
     cmd = [*_torchrun(a.nproc), str(WORKER), "hf", "--out", str(out), *_model_args(a), "--zero-stage", str(a.zero_stage),
-           "--steps", str(a.warmup + a.steps)]
+           "--steps", str(a.warmup + a.steps), "--peak-reps", "5"]
     wall = _run("HF Trainer", cmd, work / "hf.log", a.timeout)
     res = json.loads(out.read_text())
     res["wall_s"] = wall
@@ -183,11 +184,11 @@ def run_hf(a, work: Path) -> dict:
     return res
 
 
-def run_mem(a, work: Path, stage: int, alias: bool = False) -> dict:
+def run_mem(a, work: Path, stage: int, alias: bool = False, peak_reps: int = 0) -> dict:
     tag = f"zero{stage}" + ("_alias" if alias else "")
     out = work / f"mem_{tag}.json"
     cmd = [*_torchrun(a.nproc), str(WORKER), "mem", "--out", str(out), *_model_args(a), "--zero-stage", str(stage),
-           "--steps", str(a.mem_steps), *(["--alias-fp32-master"] if alias else [])]
+           "--steps", str(a.mem_steps), "--peak-reps", str(peak_reps), *(["--alias-fp32-master"] if alias else [])]
     wall = _run(f"ZeRO-{stage} memory", cmd, work / f"mem_{tag}.log", a.timeout)
     res = json.loads(out.read_text())
     res["wall_s"] = wall
@@ -350,8 +351,9 @@ def render(a, r: dict, peaks: list[dict]) -> str:
                      f"{m['comm_buckets_resident'] / MiB:>7.0f}/{m['comm_buckets_allocated'] / MiB:<10.0f} "
                      f"{m['rss_end'] / MiB:>8.0f} {m['rss_end_trimmed'] / MiB:>8.0f} {rt('rss_end_trimmed'):>6} "
                      f"{m['peak_rss'] / MiB:>9.0f} {rt('peak_rss'):>6} {m['step_s']:>7.3f}")
-        L.append("optim = fp32 master partition (ZeRO-1/2 clone it even in fp32; ZeRO-3 fp32 aliases the parameter "
-                 "partition) + Adam moments; buckets = gradient reduction buffers (resident pages / allocated);\n"
+        L.append("optim = DeepSpeed's fp32 master partition + Adam moments (in fp32 training the master is a second copy "
+                 "of this rank's parameter partition at every stage);\nbuckets = gradient reduction buffers "
+                 "(resident pages / allocated, reduce_bucket_size 5e8 elements);\n"
                  "trimmed = RSS after malloc_trim(0) (without glibc's cache of freed pages); s/step of the few memory steps")
         if "3*" in mem:
             L.append("3* = experiment, not zerolm's behaviour: ZeRO-3 with DeepSpeed's fp32 master partition pointed at the "
@@ -384,8 +386,9 @@ def main() -> int:
     ap.add_argument("--num-workers", type=int, default=0, help="zerolm data.num_workers (0: tokenize in the rank)")
     ap.add_argument("--mem-stages", default="0,1,2,3", help="ZeRO stages for the memory table")
     ap.add_argument("--mem-steps", type=int, default=2)
-    ap.add_argument("--no-alias-experiment", action="store_true",
-                    help="skip the extra ZeRO-3 row with the fp32 master aliased to the parameters (3*)")
+    ap.add_argument("--alias-experiment", action="store_true",
+                    help="add a ZeRO-3 row (3*) with DeepSpeed's fp32 master partition pointed at the fp32 parameter "
+                         "partition — an experiment, not zerolm's behaviour (+~40 s)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-zerolm", action="store_true")
     ap.add_argument("--skip-mem", action="store_true")
@@ -416,16 +419,21 @@ def main() -> int:
         return out
 
     try:
-        peaks = [phase("matmul peak (start)", measure_peak, a, work, "start")]
+        # the peak is measured three times, bracketing the runs: a job of its own first, then at the start of the
+        # HF job and of the first memory job (no extra start-up)
+        peaks = [dict(phase("matmul peak", measure_peak, a, work, "start"), where="own job, first")]
         z = None if a.skip_zerolm else phase("zerolm trainer", run_zerolm, a, work)
         hf = None if a.skip_hf else phase("HF Trainer", run_hf, a, work)
-        peaks.append(phase("matmul peak (end)", measure_peak, a, work, "end"))
+        if hf and hf.get("peak"):
+            peaks.append(dict(hf["peak"], where="HF job, before training"))
         mem = {}
         if not a.skip_mem:
             stages = [int(x) for x in a.mem_stages.split(",") if x.strip()]
-            for s in stages:
-                mem[str(s)] = phase(f"ZeRO-{s} memory", run_mem, a, work, s)
-            if 3 in stages and a.precision == "fp32" and not a.no_alias_experiment:
+            for i, s in enumerate(stages):
+                mem[str(s)] = phase(f"ZeRO-{s} memory", run_mem, a, work, s, False, 5 if i == 0 else 0)
+                if mem[str(s)]["per_rank"][0].get("peak"):
+                    peaks.append(dict(mem[str(s)]["per_rank"][0]["peak"], where=f"ZeRO-{s} memory job, before the engine"))
+            if 3 in stages and a.precision == "fp32" and a.alias_experiment:
                 mem["3*"] = phase("ZeRO-3 memory, fp32 master aliased (experiment)", run_mem, a, work, 3, True)
     except BaseException:
         print(f"logs kept in {work}", file=sys.stderr)

@@ -49,7 +49,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=33, help="optimizer steps in all")
     ap.add_argument("--warmup", type=int, default=3, help="steps not timed (hf)")
     ap.add_argument("--log-every", type=int, default=1)
-    ap.add_argument("--peak-reps", type=int, default=5)
+    ap.add_argument("--peak-reps", type=int, default=5, help="peak: repetitions; hf/mem: also measure the peak first")
     ap.add_argument("--alias-fp32-master", action="store_true",
                     help="mem, ZeRO-3 fp32: an experiment, not zerolm's behaviour — point DeepSpeed's fp32 master "
                          "partition at the (already fp32) parameter partition instead of keeping a second copy")
@@ -108,21 +108,29 @@ def _gather(obj):
 
 
 # -- peak ------------------------------------------------------------------------------------------
-def run_peak(a: argparse.Namespace) -> None:
+def _peak(reps: int) -> dict:
+    """Median of ``reps`` matmul-peak measurements per rank, all ranks at once (process group up)."""
     import statistics
 
     import torch.distributed as dist
 
     from pretrain.metrics import measure_matmul_peak
 
-    dist.init_process_group("gloo")
     vals = []
-    for _ in range(a.peak_reps):
+    for _ in range(reps):
         dist.barrier()  # all ranks multiply at the same time, as in the trainer
         vals.append(measure_matmul_peak("cpu"))
     per_rank = _gather({"median": statistics.median(vals), "all": vals, "threads": torch.get_num_threads()})
+    return {"per_rank": per_rank, "peak_flops_per_rank": statistics.mean(r["median"] for r in per_rank)}
+
+
+def run_peak(a: argparse.Namespace) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    res = _peak(a.peak_reps)
     if dist.get_rank() == 0:
-        _write(a.out, {"per_rank": per_rank, "peak_flops_per_rank": statistics.mean(r["median"] for r in per_rank)})
+        _write(a.out, res)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -210,6 +218,7 @@ def run_hf(a: argparse.Namespace) -> None:
         def on_step_end(self, args, state, control, **kw):
             self.ends.append(time.perf_counter())
 
+    peak = _peak(a.peak_reps) if a.peak_reps else None
     timer = StepTimer()
     out_dir = tempfile.mkdtemp(prefix="hf_trainer_bench_")
     args = TrainingArguments(
@@ -247,6 +256,7 @@ def run_hf(a: argparse.Namespace) -> None:
     engine = trainer.model_wrapped
     res = {
         "framework": "hf_trainer",
+        "peak": peak,
         "step_ends": [t - timer.begin for t in timer.ends],
         "train_total_s": total,
         "losses": losses,
@@ -401,6 +411,7 @@ def run_mem(a: argparse.Namespace) -> None:
 
     env = distributed.detect()
     distributed.init(env)
+    peak = _peak(a.peak_reps) if a.peak_reps else None
     proc = psutil.Process()
     tok = load_pipeline_tokenizer(a.tokenizer)
     model, n_params, _ = _build_model(a, tok)
@@ -445,6 +456,7 @@ def run_mem(a: argparse.Namespace) -> None:
         "n_params": n_params,
         "optimizer": type(eng.optimizer).__name__,
         "aliased_fp32_master_bytes": aliased,
+        "peak": peak,
     }
     per_rank = _gather(res)
     if env.is_main:

