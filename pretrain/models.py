@@ -19,10 +19,9 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import ValidationError
 
-from zerolm.config import ModelConfig
+from zerolm.config import ModelConfig, read_yaml_mapping
 from zerolm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -54,12 +53,7 @@ def _load_preset(name: str) -> dict[str, Any]:
             f"model.preset: unknown preset {name!r}; available: {', '.join(available_presets()) or '(none)'} "
             f"(files in {presets_dir()})"
         )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"model.preset {name!r}: {path} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"model.preset {name!r}: {path} must be a mapping of model fields")
+    data = read_yaml_mapping(path, f"model.preset {name!r}:")
     unknown = sorted(set(data) - set(PRESET_FIELDS))
     if unknown:
         raise ConfigError(

@@ -210,6 +210,21 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
     return f"invalid config ({origin}):\n  " + "\n  ".join(lines)
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping (an empty file is ``{}``).
+
+    Raises:
+        ConfigError: not valid YAML, or not a mapping; the message names ``what`` and the path.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ZeroLMConfig:
     """Load and validate the config.
 
@@ -231,12 +246,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(raw).__name__}")
+        raw = read_yaml_mapping(p, "config file")
         origin = str(p)
     for ov in overrides:
         if "=" not in ov or ov.startswith("="):
