@@ -7,11 +7,12 @@ torch AdamW as the client optimizer, gradient clipping 1.0), same tokens per opt
 per rank (``OMP_NUM_THREADS=1``):
 
 1. **Matmul peak** per rank: ``pretrain.metrics.measure_matmul_peak`` (fp32 2048² matmul) on both
-   ranks at once, one thread each — what zerolm's trainer measures at start-up — median of 5, three
-   times (first, before the HF run, before the memory runs); MFU uses their mean for both frameworks.
+   ranks at once, one thread each — what zerolm's trainer measures at start-up — the median of 5
+   readings, taken three times (first, before the HF run, before the memory runs); MFU uses their
+   mean for both frameworks.
 2. **zerolm**: ``torchrun --standalone --nproc_per_node 2 -m pretrain --config <generated yaml>``
-   (log every step, no eval/checkpoint until the last step). Steady state = the last ``--steps``
-   steps after ``--warmup``: tokens/s by wall clock (arrival times of the per-step lines in
+   (log every step, no eval/checkpoint until the last step). Steady state = the steps after
+   ``--warmup``: tokens/s by wall clock (arrival times of the per-step lines in
    ``RUN_DIR/metrics.jsonl``, the same measure as the HF callback) and as the trainer reports it
    (``train/tokens_per_second``, which leaves out its own logging call).
 3. **HF Trainer** (``bench/pretrain_throughput_worker.py hf``): ``TrainingArguments(deepspeed=<the
@@ -19,6 +20,10 @@ per rank (``OMP_NUM_THREADS=1``):
    blocks; map-style ``datasets.Dataset``; the Trainer's DistributedSampler shards it), timed by a
    ``TrainerCallback`` at ``on_step_end`` over the same steps.
    MFU = (6·N + 12·L·d_model·T) × tokens/s per rank ÷ peak per rank (``pretrain.models.flops_per_token``).
+   The two trainers run ``--rounds`` times each in ABBA order (zerolm, HF, HF, zerolm), ``--steps``
+   measured steps per trainer split over the rounds: these shared machines change speed by tens of
+   percent within minutes, and the interleaving cancels a steady drift. Tokens/s = all measured
+   tokens ÷ all measured time; the median step is shown as well.
 4. **ZeRO 0/1/2/3 memory per rank** (``… worker mem``): zerolm's ``Engine`` for each stage, a few steps
    on real packed batches; after the last backward (gradients alive, Adam state present) the bytes
    of the distinct tensor storages this rank holds — parameters (module tensors / ZeRO-3
@@ -32,7 +37,7 @@ measured peak; ZeRO-3 parameter+optimizer bytes per rank ≤ 0.55× ZeRO-0.
 Needs the prepared corpus and tokenizer (``zerolm data prepare --out data/corpus``;
 ``zerolm tokenizer train --data data/corpus --out data/tokenizer``). About 7–8 minutes on 2 cores::
 
-    .venv/bin/python bench/pretrain_throughput.py [--steps 30] [--warmup 3] [--zero-stage 2]
+    .venv/bin/python bench/pretrain_throughput.py [--steps 30] [--rounds 2] [--warmup 3] [--zero-stage 2]
         [--n-layer 6 --d-model 512 --n-head 8 --seq-len 256 --micro-batch 4 --grad-accum 1]
         [--mem-stages 0,1,2,3] [--alias-experiment] [--skip-hf] [--skip-mem]
         [--out bench/results/pretrain_throughput.json]
@@ -116,9 +121,9 @@ def measure_peak(a, work: Path, tag: str) -> dict:
     return json.loads(out.read_text())
 
 
-def run_zerolm(a, work: Path) -> dict:
-    run_dir = work / "zerolm_run"
-    total = a.warmup + a.steps
+def run_zerolm(a, work: Path, i: int = 0) -> dict:
+    run_dir = work / f"zerolm_run{i}"
+    total = a.warmup + a.run_steps
     cfg = {
         "data": {
             "sources": [{"name": "bundled", "paths": [os.path.join(os.path.abspath(a.corpus), "train", "*.jsonl")]}],
@@ -134,10 +139,10 @@ def run_zerolm(a, work: Path) -> dict:
         },
         "tracking": {"wandb_mode": "disabled"},
     }
-    cfg_path = work / "zerolm_bench.yaml"
+    cfg_path = work / f"zerolm_bench{i}.yaml"
     cfg_path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
     cmd = [*_torchrun(a.nproc), "-m", "pretrain", "--config", str(cfg_path)]
-    log = work / "zerolm.log"
+    log = work / f"zerolm{i}.log"
     metrics = run_dir / "metrics.jsonl"
     arrivals: dict[int, float] = {}
     t0 = time.perf_counter()
@@ -172,11 +177,11 @@ def run_zerolm(a, work: Path) -> dict:
             "result": json.loads((run_dir / "result.json").read_text())}
 
 
-def run_hf(a, work: Path) -> dict:
-    out = work / "hf.json"
+def run_hf(a, work: Path, i: int = 0) -> dict:
+    out = work / f"hf{i}.json"
     cmd = [*_torchrun(a.nproc), str(WORKER), "hf", "--out", str(out), *_model_args(a), "--zero-stage", str(a.zero_stage),
-           "--steps", str(a.warmup + a.steps), "--peak-reps", "5"]
-    wall = _run("HF Trainer", cmd, work / "hf.log", a.timeout)
+           "--steps", str(a.warmup + a.run_steps), "--peak-reps", "3"]
+    wall = _run("HF Trainer", cmd, work / f"hf{i}.log", a.timeout)
     res = json.loads(out.read_text())
     res["wall_s"] = wall
     res["command"] = "OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node %d %s" % (
@@ -207,39 +212,51 @@ def _median_step(times: list[float], warmup: int, steps: int) -> float:
     return statistics.median(b - a for a, b in zip(t, t[1:]))
 
 
-def summarize(a, peak_flops: float, z: dict | None, hf: dict | None, mem: dict[str, dict]) -> dict:
+def _pool(runs_ends: list[list[float]], warmup: int, steps: int, tps_step: int) -> dict:
+    """Tokens/s over the measured steps of several runs of one trainer (total tokens ÷ total time),
+    the median step's tokens/s over all of them, and each run's tokens/s."""
+    secs = [_steady(e, warmup, steps) for e in runs_ends]
+    durs = [d for e in runs_ends for d in (lambda t: [b - a for a, b in zip(t, t[1:])])(e[warmup - 1:warmup + steps])]
+    return {"tokens_per_s": len(secs) * steps * tps_step / sum(secs),
+            "tokens_per_s_median_step": tps_step / statistics.median(durs),
+            "tokens_per_s_per_run": [steps * tps_step / x for x in secs]}
+
+
+def summarize(a, peak_flops: float, zs: list[dict], hfs: list[dict], mem: dict[str, dict]) -> dict:
     tps_step = a.micro_batch * a.grad_accum * a.nproc * a.seq_len
+    steps = a.run_steps
     res: dict = {"tokens_per_step": tps_step, "peak_flops_per_rank": peak_flops, "frameworks": {}}
     fpt = None
-    if z:
-        rows = {r["step"]: r for r in z["rows"] if "train/tokens_per_second" in r}
-        ends = [z["arrivals"][s] for s in range(1, a.warmup + a.steps + 1)]
-        wall = a.steps * tps_step / _steady(ends, a.warmup, a.steps)
-        meas = [rows[s] for s in range(a.warmup + 1, a.warmup + a.steps + 1)]
-        dt = sum(tps_step / r["train/tokens_per_second"] for r in meas)
-        reported = a.steps * tps_step / dt
+    if zs:
         from pretrain.models import flops_per_token
 
-        fpt = flops_per_token(z["result"]["parameters"], a.n_layer, a.d_model, a.seq_len)
+        n_params = zs[0]["result"]["parameters"]
+        fpt = flops_per_token(n_params, a.n_layer, a.d_model, a.seq_len)
+        ends, meas = [], []
+        for z in zs:
+            rows = {r["step"]: r for r in z["rows"] if "train/tokens_per_second" in r}
+            ends.append([z["arrivals"][s] for s in range(1, a.warmup + steps + 1)])
+            meas += [rows[s] for s in range(a.warmup + 1, a.warmup + steps + 1)]
+        pooled = _pool(ends, a.warmup, steps, tps_step)
+        reported = len(meas) * tps_step / sum(tps_step / r["train/tokens_per_second"] for r in meas)
         # the peak the trainer measured at its start-up, recovered from its (tokens/s, MFU) pairs
         own_peak = statistics.median(fpt * r["train/tokens_per_second"] / a.nproc / r["train/mfu"] for r in meas)
-        losses = [r["train/loss"] for r in z["rows"] if "train/loss" in r]
+        losses = [r["train/loss"] for r in zs[0]["rows"] if "train/loss" in r]
         res["frameworks"]["zerolm"] = {
-            "tokens_per_s": wall, "tokens_per_s_trainer_reported": reported, "step_s": tps_step / wall,
-            "tokens_per_s_median_step": tps_step / _median_step(ends, a.warmup, a.steps),
-            "mfu": fpt * wall / a.nproc / peak_flops, "trainer_own_peak_flops": own_peak,
+            **pooled, "tokens_per_s_trainer_reported": reported, "step_s": tps_step / pooled["tokens_per_s"],
+            "mfu": fpt * pooled["tokens_per_s"] / a.nproc / peak_flops, "trainer_own_peak_flops": own_peak,
             "trainer_reported_mfu_mean": statistics.mean(r["train/mfu"] for r in meas),
             "data_wait_fraction": statistics.mean(r["train/data_wait_fraction"] for r in meas),
             "loss_first": losses[0], "loss_last": losses[-1], "rss_gib": meas[-1].get("memory/rss_gib"),
-            "run_wall_s": z["wall_s"], "command": z["command"], "n_params": z["result"]["parameters"],
+            "run_wall_s": [z["wall_s"] for z in zs], "command": zs[0]["command"], "n_params": n_params,
         }
-    if hf:
+    if hfs:
+        hf = hfs[0]
         fpt = hf["flops_per_token"]
-        tps = a.steps * tps_step / _steady(hf["step_ends"], a.warmup, a.steps)
+        pooled = _pool([h["step_ends"] for h in hfs], a.warmup, steps, tps_step)
         res["frameworks"]["hf_trainer"] = {
-            "tokens_per_s": tps, "step_s": tps_step / tps, "mfu": fpt * tps / a.nproc / peak_flops,
-            "tokens_per_s_median_step": tps_step / _median_step(hf["step_ends"], a.warmup, a.steps),
-            "loss_first": hf["losses"][0], "loss_last": hf["losses"][-1], "run_wall_s": hf["wall_s"],
+            **pooled, "step_s": tps_step / pooled["tokens_per_s"], "mfu": fpt * pooled["tokens_per_s"] / a.nproc / peak_flops,
+            "loss_first": hf["losses"][0], "loss_last": hf["losses"][-1], "run_wall_s": [h["wall_s"] for h in hfs],
             "command": hf["command"], "data": hf["data"], "deepspeed_engine": hf["deepspeed_engine"],
             "zero_stage_seen": hf["zero_stage"], "optimizer_wrapper": hf["optimizer"], "n_params": hf["n_params"],
         }
@@ -310,7 +327,14 @@ def render(a, r: dict, peaks: list[dict]) -> str:
     L.append(f"matmul peak per rank (fp32 2048², both ranks at once, 1 thread each): {r['peak_flops_per_rank'] / 1e9:.1f} "
              f"GFLOP/s (runs: {pk}) | FLOPs/token 6N+12·L·d·T = {r['flops_per_token'] / 1e6:.1f} M"
              if r.get("flops_per_token") else "")
-    L.append(f"steady state: steps {a.warmup + 1}–{a.warmup + a.steps} ({a.steps} steps after {a.warmup} warm-up), wall clock")
+    n = a.rounds
+    L.append(f"steady state, wall clock: {n} run{'s' if n > 1 else ''} per trainer"
+             + (" in ABBA order (zerolm, HF, HF, zerolm …)" if n > 1 else "")
+             + f", each {a.warmup} warm-up + {a.run_steps} measured steps → {n * a.run_steps} measured steps per trainer")
+    spread = max(p["peak_flops_per_rank"] for p in peaks) / min(p["peak_flops_per_rank"] for p in peaks)
+    if spread > 1.15:
+        L.append(f"WARNING: the matmul peak moved {100 * (spread - 1):.0f}% during the bench: the machine's speed changed "
+                 "(other load?); ABBA order cancels a steady drift, not bursts — treat the ratios with care")
     L.append("")
     fw = r["frameworks"]
     if fw:
@@ -327,6 +351,10 @@ def render(a, r: dict, peaks: list[dict]) -> str:
                 vsm = f"{f['tokens_per_s_median_step'] / hf_med:.2f}x" if hf_med else "-"
                 L.append(f"{names[k]:<26} {f['tokens_per_s']:>9.0f} {f['step_s']:>7.3f} {f['mfu']:>6.1%} {vs:>6} "
                          f"{f['tokens_per_s_median_step']:>18.0f} {vsm:>6} {f['loss_first']:>7.3f}→{f['loss_last']:<7.3f}")
+        if n > 1:
+            L.append("  tokens/s per run: " + "; ".join(
+                f"{names[k].split(' ')[0] if k == 'zerolm' else 'HF'} " + ", ".join(f"{x:.0f}" for x in fw[k]["tokens_per_s_per_run"])
+                for k in ("zerolm", "hf_trainer") if k in fw))
         if "zerolm" in fw:
             z = fw["zerolm"]
             L.append(f"  zerolm as its metrics.jsonl reports it: {z['tokens_per_s_trainer_reported']:.0f} tokens/s, "
@@ -381,7 +409,8 @@ def main() -> int:
     ap.add_argument("--grad-accum", type=int, default=1)
     ap.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--steps", type=int, default=30, help="measured optimizer steps per trainer")
+    ap.add_argument("--steps", type=int, default=30, help="measured optimizer steps per trainer (split over the rounds)")
+    ap.add_argument("--rounds", type=int, default=2, help="runs per trainer, in ABBA order")
     ap.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before them")
     ap.add_argument("--num-workers", type=int, default=0, help="zerolm data.num_workers (0: tokenize in the rank)")
     ap.add_argument("--mem-stages", default="0,1,2,3", help="ZeRO stages for the memory table")
@@ -397,14 +426,17 @@ def main() -> int:
     ap.add_argument("--out", default="bench/results/pretrain_throughput.json")
     a = ap.parse_args()
     a.nproc = 2
+    a.run_steps = -(-a.steps // max(a.rounds, 1))
     if a.warmup < 1:
         ap.error("--warmup must be ≥ 1 (the first step end is the clock's origin)")
     os.chdir(ROOT)
     _check_data(a.corpus, a.tokenizer)
-    load = os.getloadavg()[0]
-    if load > 0.7:
-        print(f"warning: load average {load:.1f} before start: something else is running; figures will be skewed",
-              file=sys.stderr)
+    import psutil
+
+    busy = psutil.cpu_percent(interval=1.0)  # the machine's CPU use over the last second, before we start
+    if busy > 25:
+        print(f"warning: the CPUs were {busy:.0f}% busy before start: something else is running; figures will be "
+              "skewed", file=sys.stderr)
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="zerolm_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(ROOT))
@@ -422,10 +454,15 @@ def main() -> int:
         # the peak is measured three times, bracketing the runs: a job of its own first, then at the start of the
         # HF job and of the first memory job (no extra start-up)
         peaks = [dict(phase("matmul peak", measure_peak, a, work, "start"), where="own job, first")]
-        z = None if a.skip_zerolm else phase("zerolm trainer", run_zerolm, a, work)
-        hf = None if a.skip_hf else phase("HF Trainer", run_hf, a, work)
-        if hf and hf.get("peak"):
-            peaks.append(dict(hf["peak"], where="HF job, before training"))
+        zs, hfs = [], []
+        for i in range(a.rounds):  # ABBA: zerolm, HF, HF, zerolm, … (a steady drift in machine speed cancels)
+            for kind in (("zerolm", "hf") if i % 2 == 0 else ("hf", "zerolm")):
+                if kind == "zerolm" and not a.skip_zerolm:
+                    zs.append(phase(f"zerolm trainer (run {i + 1})", run_zerolm, a, work, i))
+                elif kind == "hf" and not a.skip_hf:
+                    hfs.append(phase(f"HF Trainer (run {i + 1})", run_hf, a, work, i))
+                    if hfs[-1].get("peak"):
+                        peaks.append(dict(hfs[-1]["peak"], where=f"HF job {i + 1}, before training"))
         mem = {}
         if not a.skip_mem:
             stages = [int(x) for x in a.mem_stages.split(",") if x.strip()]
@@ -439,7 +476,7 @@ def main() -> int:
         print(f"logs kept in {work}", file=sys.stderr)
         raise
     peak = statistics.mean(p["peak_flops_per_rank"] for p in peaks)
-    r = summarize(a, peak, z, hf, mem)
+    r = summarize(a, peak, zs, hfs, mem)
     total = time.perf_counter() - t_start
     r.update(peaks=peaks, phases_s=phases, bench_wall_s=total, args=vars(a),
              command="OMP_NUM_THREADS=1 (set per run) " + " ".join([".venv/bin/python", "bench/pretrain_throughput.py", *sys.argv[1:]]))

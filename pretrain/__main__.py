@@ -10,4 +10,6 @@ import sys
 from zerolm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["pretrain", *[a for a in sys.argv[1:] if not a.startswith("--local_rank")]]))
+    from pretrain.distributed import exit_process
+
+    exit_process(main(["pretrain", *[a for a in sys.argv[1:] if not a.startswith("--local_rank")]]))

@@ -128,3 +128,6 @@ def main(spec_path: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    from pretrain.distributed import exit_process
+
+    exit_process(0)  # skip the interpreter teardown that can SIGABRT after destroy_process_group
