@@ -7,9 +7,9 @@ torch AdamW as the client optimizer, gradient clipping 1.0), same tokens per opt
 per rank (``OMP_NUM_THREADS=1``):
 
 1. **Matmul peak** per rank: ``pretrain.metrics.measure_matmul_peak`` (fp32 2048² matmul) on both
-   ranks at once, one thread each — what zerolm's trainer measures at start-up — the median of 5
-   readings, taken three times (first, before the HF run, before the memory runs); MFU uses their
-   mean for both frameworks.
+   ranks at once, one thread each — what zerolm's trainer measures at start-up — the median of 3–5
+   readings, taken first, before each HF run and before the memory runs; MFU uses their mean for
+   both frameworks (a warning is printed when they spread by more than 15 %).
 2. **zerolm**: ``torchrun --standalone --nproc_per_node 2 -m pretrain --config <generated yaml>``
    (log every step, no eval/checkpoint until the last step). Steady state = the steps after
    ``--warmup``: tokens/s by wall clock (arrival times of the per-step lines in
@@ -28,14 +28,18 @@ per rank (``OMP_NUM_THREADS=1``):
    on real packed batches; after the last backward (gradients alive, Adam state present) the bytes
    of the distinct tensor storages this rank holds — parameters (module tensors / ZeRO-3
    partitions), gradients, optimizer (fp32 master partition + Adam moments) — plus the gradient
-   reduction buckets (allocated vs resident pages, mincore(2)) and the process RSS (end and peak).
-   Ratios are against ZeRO-0.
+   reduction buckets (allocated vs resident pages, mincore(2)) and the process RSS (end, after
+   ``malloc_trim``, peak). Ratios are against ZeRO-0. In fp32, DeepSpeed 0.19.8 keeps its fp32 master
+   partition as a second copy of the (already fp32) parameter partition at every stage — at ZeRO-3
+   the no-copy branch compares a ``torch.device`` with a device-name string and never fires;
+   ``--alias-experiment`` adds a row (3*) with the copy replaced by the parameter partition.
 
 Targets (reported, not enforced): zerolm ≥ 1.3× HF Trainer tokens/s; zerolm MFU ≥ 50 % of the
 measured peak; ZeRO-3 parameter+optimizer bytes per rank ≤ 0.55× ZeRO-0.
 
 Needs the prepared corpus and tokenizer (``zerolm data prepare --out data/corpus``;
-``zerolm tokenizer train --data data/corpus --out data/tokenizer``). About 7–8 minutes on 2 cores::
+``zerolm tokenizer train --data data/corpus --out data/tokenizer``). About 5½ minutes on 2 quiet
+cores (up to ~9 when the machine is slow)::
 
     .venv/bin/python bench/pretrain_throughput.py [--steps 30] [--rounds 2] [--warmup 3] [--zero-stage 2]
         [--n-layer 6 --d-model 512 --n-head 8 --seq-len 256 --micro-batch 4 --grad-accum 1]

@@ -274,8 +274,11 @@ def run_hf(a: argparse.Namespace) -> None:
     }
     if rank == 0:
         _write(a.out, res)
+    import shutil
+
     import torch.distributed as dist
 
+    shutil.rmtree(out_dir, ignore_errors=True)
     dist.barrier()
     dist.destroy_process_group()
 
