@@ -33,7 +33,7 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
     from launch.slurm import SlurmJob, render_sbatch, submit
 
     job = SlurmJob(
-        config=args.config, overrides=list(args.overrides), nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+        config=args.config, overrides=list(args.overrides), entry=args.entry, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
         time=args.time, partition=args.partition, launcher=args.launcher, cpu=args.cpu, signal_lead=args.signal_lead,
         job_name=args.job_name, cpus_per_task=args.cpus_per_task, account=args.account, qos=args.qos,
         extra_sbatch=list(args.sbatch_option or []), python=args.python or sys.executable, log_dir=args.log_dir,
@@ -58,7 +58,8 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
     from launch.slurm import local_command
 
-    cmd, env = local_command(args.config, list(args.overrides), args.nproc, python=args.python or sys.executable)
+    cmd, env = local_command(args.config, list(args.overrides), args.nproc, python=args.python or sys.executable,
+                             entry=args.entry)
     line = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + " ".join(shlex.quote(c) for c in cmd)
     if args.dry_run:
         print(line.strip())
@@ -133,19 +134,21 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``launch`` and ``publish`` subcommands to the ``zerolm`` parser."""
-    launch = subparsers.add_parser("launch", help="run pretraining on Slurm (sbatch) or on this machine (torchrun)")
+    launch = subparsers.add_parser("launch", help="run pretraining or finetuning on Slurm (sbatch) or on this machine (torchrun)")
     sub = launch.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
 
     p = sub.add_parser(
         "slurm",
         help="render an sbatch script for N nodes x G GPUs and submit it",
-        description="Render an sbatch script that runs `python -m pretrain CONFIG [overrides]` on N nodes x G GPUs "
+        description="Render an sbatch script that runs `python -m pretrain CONFIG [overrides]` (or, with --entry finetune-classify, `python -m finetune classify …`) on N nodes x G GPUs "
         "(srun + torchrun with c10d rendezvous on the first node, plain srun tasks, or the deepspeed launcher with a "
         "hostfile from the allocation), asks Slurm for USR1 before the time limit, checkpoints, requeues itself and "
         "resumes. Prints the script with --dry-run, else submits it with sbatch and prints the job id and log path.",
     )
     p.add_argument("config", help="zerolm YAML config")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.add_argument("--entry", choices=["pretrain", "finetune-classify"], default="pretrain",
+                   help="what to run: pretraining or classification finetuning (default pretrain)")
     p.add_argument("--nodes", "-N", type=int, default=1, help="nodes (default 1)")
     p.add_argument("--gpus-per-node", "-G", type=int, default=8, help="GPUs (= ranks) per node; with --cpu: processes per node (default 8)")
     p.add_argument("--time", "-t", default="24:00:00", help="time limit, sbatch --time format (default 24:00:00)")
@@ -176,6 +179,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", help="zerolm YAML config")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    p.add_argument("--entry", choices=["pretrain", "finetune-classify"], default="pretrain",
+                   help="what to run: pretraining or classification finetuning (default pretrain)")
     p.add_argument("--nproc", "-n", type=int, default=1, help="processes (ranks) on this machine (default 1)")
     p.add_argument("--python", default=None, help="Python whose torchrun to use (default: this one)")
     p.add_argument("--dry-run", action="store_true", help="print the command only")

