@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,38 @@ def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
     padding in finetuning), else every position of ``input_ids`` (packed pretraining batches)."""
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
+def _lock_run_dir(run_dir: Path, env: distributed.DistEnv):
+    """Hold an exclusive lock on ``RUN_DIR/.zerolm.lock`` (rank 0) for the life of the process, so two
+    jobs started on one run directory fail at once instead of interleaving checkpoints. Released when
+    the process exits, however it exits. File systems without ``flock`` support only get a warning.
+
+    Raises:
+        TrainingError: another live process holds the lock (its pid is in the message).
+    """
+    import fcntl
+
+    held = None
+    ok = 1.0
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        held = open(run_dir / ".zerolm.lock", "a+")
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.seek(0)
+            held.truncate()
+            held.write(f"{os.getpid()} {socket.gethostname()}\n")
+            held.flush()
+        except BlockingIOError:
+            ok = 0.0
+        except OSError as e:  # e.g. ENOLCK on a file system without flock
+            log.warning("cannot lock %s (%s): nothing stops a second run from using the same run directory", run_dir, e)
+    if _all_reduce([ok], dist.ReduceOp.MIN)[0] < 1:
+        owner = (run_dir / ".zerolm.lock").read_text().strip() if env.is_main else "another process"
+        raise TrainingError(f"run directory {run_dir} is in use by another zerolm run (pid/host: {owner}); "
+                            "wait for it to finish or choose another train.run_dir")
+    return held
 
 
 def _rng_state() -> dict[str, Any]:
@@ -171,6 +205,7 @@ class Trainer:
                  build: Callable[[ZeroLMConfig, distributed.DistEnv], tuple[ZeroLMConfig, Components]] = pretraining_components) -> None:
         self.env = env
         micro, self.grad_accum, self.global_batch = batch_arithmetic(cfg, env.world_size)
+        self._lock = _lock_run_dir(Path(cfg.train.run_dir), env)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"micro_batch_size": micro})})
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         cfg, self.parts = build(cfg, env)
@@ -196,6 +231,12 @@ class Trainer:
             log.info("%s | global batch %d = micro %d × accumulation %d × %d ranks | seq_len %d | ZeRO-%d | %s",
                      self.parts.description, self.global_batch, micro, self.grad_accum, env.world_size,
                      self.parts.tokens_per_sample, cfg.train.zero_stage, cfg.train.precision)
+
+    def release(self) -> None:
+        """Give up the run-directory lock (training is over; export may follow in this process)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- resume ----------------------------------------------------------------------------
     def _resume(self) -> str | None:
@@ -387,7 +428,11 @@ def train(cfg: ZeroLMConfig, build=pretraining_components) -> dict[str, Any]:
     env = distributed.detect()
     distributed.init(env)
     try:
-        result = Trainer(cfg, env, build).run()
+        trainer = Trainer(cfg, env, build)
+        try:
+            result = trainer.run()
+        finally:
+            trainer.release()
         if env.is_main:
             (Path(cfg.train.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
         return result

@@ -256,3 +256,16 @@ def test_tokens_per_second_counts_real_tokens_not_padding():
               "attention_mask": torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])}
     assert _real_tokens(padded) == 8  # dynamic padding (finetuning): 12 positions, 8 tokens
     assert _real_tokens({"input_ids": torch.ones(3, 4, dtype=torch.long)}) == 12  # packed: every position
+
+
+def test_a_second_run_on_the_same_run_dir_fails_fast(tmp_path):
+    from pretrain.distributed import detect
+    from pretrain.trainer import _lock_run_dir
+    from zerolm.errors import TrainingError
+
+    env = detect({}, set_env=False)  # one process
+    held = _lock_run_dir(tmp_path / "run", env)
+    with pytest.raises(TrainingError, match="in use by another zerolm run"):
+        _lock_run_dir(tmp_path / "run", env)
+    held.close()  # the first run ends (or dies): the directory is free again
+    _lock_run_dir(tmp_path / "run", env).close()
