@@ -104,7 +104,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         raise ConfigError(f"publish takes no key=value overrides (got {' '.join(args.overrides)})")
     plan = plan_publish(
         args.export_dir, args.repo_id, private=args.private, revision=args.revision, license=args.license,
-        datasets=args.dataset, extra_tags=args.tag, commit_message=args.message,
+        datasets=args.dataset, extra_tags=args.tag, commit_message=args.message, eval_dirs=args.evals,
     )
     con = _console()
     if args.dry_run:
@@ -215,6 +215,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
     p.add_argument("--license", default=None, help="Hub license id, replacing the card's (e.g. apache-2.0)")
+    p.add_argument("--evals", action="append", default=None, metavar="DIR",
+                   help="results folder of `zerolm eval fewshot|bias`, repeatable: its tables go into the card and its "
+                   "JSON/PNG files under evals/ in the repo")
     p.add_argument("--dataset", action="append", default=None, metavar="HUB_DATASET_ID",
                    help="training dataset on the Hub, repeatable (default: the bundled corpus sources' origins)")
     p.add_argument("--tag", action="append", default=None, help="extra tag, repeatable")

@@ -269,8 +269,12 @@ def _export_files(export_dir: Path) -> list[Path]:
 
 def plan_publish(export_dir: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
                  license: str | None = None, datasets: list[str] | None = None, extra_tags: list[str] | None = None,
-                 commit_message: str | None = None) -> PublishPlan:
+                 commit_message: str | None = None, eval_dirs: list[str | Path] | None = None) -> PublishPlan:
     """Check an export folder and plan its upload (nothing touches the network).
+
+    ``eval_dirs``: results folders of ``zerolm eval fewshot|bias``; their sections are appended to the
+    card (replacing those of an earlier publish) and their JSON/PNG files are uploaded under
+    ``evals/<folder name>/``.
 
     Raises:
         ConfigError: ``repo_id`` is not ``OWNER/NAME``, the license is not a Hub id, or the completed
@@ -298,6 +302,13 @@ def plan_publish(export_dir: str | Path, repo_id: str, *, private: bool = False,
     if not any(export_dir.glob("*.safetensors")) and not any(export_dir.glob("*.bin")):
         raise DataError(f"{export_dir} holds no weights (*.safetensors)")
     card, metadata, warnings = build_card(export_dir, repo_id, license=license, datasets=datasets, extra_tags=extra_tags)
+    eval_files: list[tuple[str, Path]] = []
+    if eval_dirs:
+        from evals.card import SECTION_MARK, evals_card_sections
+
+        sections, paths = evals_card_sections(list(eval_dirs))
+        card = card.split(SECTION_MARK, 1)[0].rstrip("\n") + f"\n\n{SECTION_MARK}\n{sections}"
+        eval_files = [(f"evals/{p.parent.name}/{p.name}", p) for p in paths]
     problems = validate_card(card)
     if problems:
         raise ConfigError("the model card's Hub metadata is invalid:\n  " + "\n  ".join(problems))
@@ -311,6 +322,9 @@ def plan_publish(export_dir: str | Path, repo_id: str, *, private: bool = False,
         else:
             files.append({"path": rel, "size": p.stat().st_size, "source": str(p)})
             operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(p)))
+    for rel, p in eval_files:
+        files.append({"path": rel, "size": p.stat().st_size, "source": str(p)})
+        operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(p)))
     meta = json.loads((export_dir / EXPORT_META).read_text())
     message = commit_message or f"zerolm: {meta.get('family', 'model')} at step {meta.get('step')} ({meta.get('tag', '')})".strip()
     return PublishPlan(repo_id=repo_id, export_dir=export_dir, private=private, revision=revision, card=card,

@@ -190,3 +190,24 @@ def test_cli_upload_refuses_offline_and_without_token(export_dir, tmp_path):
     assert r.returncode == 2 and "HF_HUB_OFFLINE" in r.stdout and FAKE_TOKEN not in r.stdout + r.stderr
     r = _cli([str(export_dir), "--repo-id", REPO_ID], HF_TOKEN="", HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"))
     assert r.returncode == 2 and "no Hugging Face token" in r.stdout
+
+
+def test_eval_results_go_into_the_card_and_the_commit(export_dir, tmp_path):
+    from evals.bias import run_bias
+    from evals.fewshot import run_fewshot
+
+    bias_dir, fewshot_dir = tmp_path / "bias", tmp_path / "fewshot"
+    bias = run_bias(str(export_dir), ["crows_pairs"], bias_dir, limit=6)
+    fewshot = run_fewshot(str(export_dir), ["piqa"], [0], limit=4, out_dir=fewshot_dir)
+    plan = plan_publish(export_dir, REPO_ID, eval_dirs=[fewshot_dir, bias_dir])
+    assert validate_card(plan.card) == []
+    assert "## Few-shot evaluation" in plan.card and "## Bias evaluation" in plan.card
+    acc = fewshot["results"]["piqa"]["0"]["metrics"]["acc"]
+    assert f"| piqa | 0 | acc | {acc:.4f} |" in plan.card
+    assert bias["suites"]["crows_pairs"]["n"] == 6
+    paths = {f["path"] for f in plan.files}
+    assert {"evals/fewshot/fewshot.json", "evals/bias/bias.json"} <= paths
+    assert any(p.startswith("evals/bias/") and p.endswith(".png") for p in paths)
+    assert [op.path_in_repo for op in plan.operations] == [f["path"] for f in plan.files]
+    with pytest.raises(DataError, match="holds no fewshot.json or bias.json"):
+        plan_publish(export_dir, REPO_ID, eval_dirs=[tmp_path])
