@@ -133,7 +133,11 @@ class LanguageModel:
         """Token ids with the tokenizer's default special tokens (causal LMs: as lm-eval encodes)."""
         return self.tokenizer(text)["input_ids"]
 
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Causal LMs: ``(context ids, continuation ids)`` as lm-evaluation-harness splits them (the
+        context's trailing whitespace moves to the continuation; ``context + continuation`` is encoded
+        whole and the continuation is the tail beyond the context's tokens; an empty context becomes
+        the BOS/EOS token)."""
         n_spaces = len(context) - len(context.rstrip())
         if n_spaces:
             continuation = context[-n_spaces:] + continuation
@@ -291,7 +295,7 @@ class LanguageModel:
         if not requests:
             return []
         if self.kind == "causal":
-            return self._causal_loglikelihood([self._encode_pair(c, x) for c, x in requests])
+            return self._causal_loglikelihood([self.encode_pair(c, x) for c, x in requests])
         return self._masked_loglikelihood(requests)
 
     def loglikelihood_rolling(self, texts: list[str]) -> list[float]:
@@ -323,7 +327,7 @@ class LanguageModel:
 
     # ------------------------------------------------------------------ generation
 
-    def _left_padded(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def _left_padded(self, prompts: list[str], keep: int | None = None) -> dict[str, torch.Tensor]:
         tok = self.tokenizer
         side = tok.padding_side
         tok.padding_side = "left"
@@ -331,7 +335,8 @@ class LanguageModel:
             enc = tok(prompts, return_tensors="pt", padding=True)
         finally:
             tok.padding_side = side
-        return {k: v[:, -self.max_length:].to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        keep = keep or self.max_length
+        return {k: v[:, -keep:].to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
     def generate_until(self, requests: list[tuple[str, list[str], int]]) -> list[str]:
@@ -347,9 +352,9 @@ class LanguageModel:
         order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][0]), i))
         for b in range(0, len(order), self.batch_size):
             idx = order[b:b + self.batch_size]
-            enc = self._left_padded([requests[i][0] for i in idx])
-            max_new = max(requests[i][2] for i in idx)
-            max_new = max(1, min(max_new, self.max_length - enc["input_ids"].shape[1]))
+            max_new = max(1, min(max(requests[i][2] for i in idx), self.max_length - 1))
+            # like lm-eval: the prompt keeps its last (max_length - max_new) tokens, room for the answer
+            enc = self._left_padded([requests[i][0] for i in idx], keep=self.max_length - max_new)
             gen = self.model.generate(**enc, max_new_tokens=max_new, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id)
             new = gen[:, enc["input_ids"].shape[1]:]
@@ -378,7 +383,7 @@ class LanguageModel:
         per_batch = max(1, self.batch_size // max(1, num_samples))
         for b in range(0, len(prompts), per_batch):
             chunk = prompts[b:b + per_batch]
-            enc = self._left_padded(chunk)
+            enc = self._left_padded(chunk, keep=max(1, self.max_length - max_new_tokens))
             gen = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
                                       top_p=top_p, top_k=0, num_return_sequences=num_samples,
                                       pad_token_id=self.tokenizer.pad_token_id)

@@ -1,0 +1,399 @@
+"""k-shot prompting evaluation: multiple-choice by log-likelihood, generation until a stop string.
+
+``run_fewshot(model, tasks, shots, limit, out_dir)`` scores each task (:mod:`evals.tasks`) at each
+k and writes ``out_dir/fewshot.json`` (metrics, standard errors, the exact prompt of the first item,
+items per rank, items/s), ``out_dir/fewshot_items.jsonl`` (one line per scored item) and
+``out_dir/fewshot_accuracy_vs_k.png``.
+
+Request types, as lm-evaluation-harness defines them (Gao et al., "A framework for few-shot
+language model evaluation", v0.4):
+
+* ``multiple_choice``: for each choice c, log p(target_delimiter + c | prompt) in nats. ``acc`` =
+  argmax of the log-likelihoods is the gold choice; ``acc_norm`` = argmax of log-likelihood divided
+  by the choice's length in characters (lm-eval 0.4's ``acc_norm``: ``len(choice)``, which equals
+  the UTF-8 byte count on ASCII text); ``acc_bytes`` divides by the UTF-8 byte count.
+* ``generate_until``: greedy decoding until a stop string (``generation_kwargs.until``, default the
+  few-shot delimiter) or ``max_gen_toks`` tokens; ``exact_match`` compares the generation with the
+  reference (options as lm-eval's ``exact_match``: ``ignore_case``, ``ignore_punctuation``,
+  ``ignore_numbers``, ``regexes_to_ignore``; plus ``strip``: drop surrounding whitespace first),
+  ``token_f1`` is the SQuAD bag-of-words F1 (Rajpurkar et al. 2016).
+
+Standard errors are those of a mean: sample standard deviation (n − 1) / √n (lm-eval's
+``mean_stderr``).
+
+Multiple-choice scoring shares each prompt across its choices: the prompt's tokens run through the
+model once, their key/value cache is reused for every choice, and the vocabulary projection is
+applied only where a log-probability is needed. Tokenisation is lm-eval's (``evals.lm``): the
+continuation is the tail of ``encode(prompt + continuation)`` beyond ``encode(prompt)``, so the
+scores equal one full forward pass per (prompt, choice) up to float rounding, including lm-eval's
+left truncation of inputs longer than the model's positions.
+
+Data parallel: under ``torchrun`` or ``accelerate launch`` each process scores every
+``world_size``-th document (``accelerate.PartialState``), per-item results are gathered, and
+metrics are computed from all items in document order, so 1 and N processes give the same numbers.
+Few-shot examples are drawn per document (:meth:`evals.tasks.Task.fewshot_examples`), independently
+of the split across processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import string
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from evals.scoring import shared_context_loglikelihood
+from evals.tasks import MetricSpec, Task, list_tasks, load_task
+from zerolm.errors import ConfigError, DataError, ZeroLMError
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "fewshot.json"
+ITEMS_FILE = "fewshot_items.jsonl"
+PLOT_FILE = "fewshot_accuracy_vs_k.png"
+
+
+# ------------------------------------------------------------------ metrics
+
+def mean_stderr(values: Sequence[float]) -> float | None:
+    """Standard error of the mean: sample std (ddof 1) / √n; None for fewer than 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    return float(np.std(np.asarray(values, dtype=np.float64), ddof=1) / math.sqrt(n))
+
+
+def _normalise(text: str, options: dict[str, Any]) -> str:
+    if options.get("strip", False):
+        text = text.strip()
+    for pattern in options.get("regexes_to_ignore") or []:
+        text = re.sub(pattern, "", text)
+    if options.get("ignore_case"):
+        text = text.lower()
+    if options.get("ignore_punctuation"):
+        text = text.translate(str.maketrans("", "", string.punctuation))
+    if options.get("ignore_numbers"):
+        text = text.translate(str.maketrans("", "", string.digits))
+    return text
+
+
+def exact_match(prediction: str, reference: str, **options) -> float:
+    """1.0 if the normalised prediction equals the normalised reference, else 0.0 (see module doc)."""
+    return float(_normalise(prediction, options) == _normalise(reference, options))
+
+
+def token_f1(prediction: str, reference: str, **options) -> float:
+    """Bag-of-words F1 between whitespace tokens of prediction and reference (SQuAD's F1,
+    Rajpurkar et al. 2016); 1.0 when both are empty."""
+    p, r = _normalise(prediction, options).split(), _normalise(reference, options).split()
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def multiple_choice_metrics(lls: Sequence[float], choices: Sequence[str], gold: int) -> dict[str, float]:
+    """``acc``, ``acc_norm`` (÷ characters) and ``acc_bytes`` (÷ UTF-8 bytes) of one item.
+
+    Args:
+        lls: log-likelihood (nats) of each choice's continuation.
+        choices: the choice strings (without the target delimiter), for the lengths.
+        gold: index of the right choice.
+
+    Ties go to the first choice (``numpy.argmax``), as in lm-eval.
+    """
+    lls_a = np.asarray(lls, dtype=np.float64)
+    chars = np.asarray([float(len(c)) for c in choices])
+    nbytes = np.asarray([float(len(c.encode("utf-8"))) for c in choices])
+    return {"acc": float(int(np.argmax(lls_a)) == gold),
+            "acc_norm": float(int(np.argmax(lls_a / chars)) == gold),
+            "acc_bytes": float(int(np.argmax(lls_a / nbytes)) == gold)}
+
+
+# ------------------------------------------------------------------ scoring
+
+def _item_record(task: Task, doc_id: int, k: int, seed: int) -> dict[str, Any]:
+    doc = task.test_docs[doc_id]
+    rec: dict[str, Any] = {"doc_id": doc_id, "context": task.build_context(doc_id, k, seed)}
+    if task.config.output_type == "multiple_choice":
+        rec["choices"] = task.doc_to_choice(doc)
+        rec["gold"] = task.gold_index(doc)
+    else:
+        rec["reference"] = task.target_text(doc)
+    return rec
+
+
+def score_items(lm, task: Task, doc_ids: Sequence[int], k: int, seed: int,
+                shared_context: bool = True) -> list[dict[str, Any]]:
+    """Score documents ``doc_ids`` of ``task`` at ``k`` shots on this process.
+
+    Returns:
+        One record per document: ``doc_id``, ``context`` (the prompt), and for multiple-choice
+        ``choices``, ``gold``, ``lls`` (nats per choice), ``greedy``, and the per-item metrics; for
+        generation ``reference``, ``generation`` and the per-item metrics.
+    """
+    cfg = task.config
+    records = [_item_record(task, i, k, seed) for i in doc_ids]
+    if cfg.output_type == "multiple_choice":
+        reqs, owner = [], []
+        for r, rec in enumerate(records):
+            for c in rec["choices"]:
+                reqs.append((rec["context"], cfg.target_delimiter + c))
+                owner.append(r)
+        scorer = shared_context_loglikelihood if shared_context else (lambda m, q: m.loglikelihood(q))
+        out = scorer(lm, reqs)
+        for rec in records:
+            rec["lls"], rec["greedy"] = [], []
+        for r, (ll, greedy) in zip(owner, out):
+            records[r]["lls"].append(ll)
+            records[r]["greedy"].append(greedy)
+        for rec in records:
+            m = multiple_choice_metrics(rec["lls"], rec["choices"], rec["gold"])
+            rec["metrics"] = {spec.name: m[spec.name] for spec in cfg.metric_list}
+    else:
+        gen = cfg.generation_kwargs
+        until = list(gen.get("until") or [cfg.fewshot_delimiter])
+        max_toks = int(gen.get("max_gen_toks", 256))
+        outs = lm.generate_until([(rec["context"], until, max_toks) for rec in records])
+        for rec, text in zip(records, outs):
+            rec["generation"] = text
+            rec["metrics"] = {spec.name: _GEN_METRICS[spec.name](text, rec["reference"], **spec.options)
+                              for spec in cfg.metric_list}
+    return records
+
+
+_GEN_METRICS = {"exact_match": exact_match, "token_f1": token_f1}
+
+
+def aggregate(records: list[dict[str, Any]],
+              metrics: list[MetricSpec]) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Mean and standard error of each metric over the records."""
+    means, errs = {}, {}
+    for spec in metrics:
+        vals = [r["metrics"][spec.name] for r in records]
+        means[spec.name] = float(np.mean(vals)) if vals else float("nan")
+        errs[spec.name] = mean_stderr(vals)
+    return means, errs
+
+
+# ------------------------------------------------------------------ distribution
+
+def _dist_state():
+    """(rank, world_size, gather) from accelerate's PartialState (torchrun / accelerate launch /
+    a single process)."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    # without cpu=True, accelerate treats a CPU-only torchrun process as a lone process (each rank would
+    # score everything): ask for the CPU backend (gloo) whenever there is no GPU
+    state = PartialState(cpu=not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if state.num_processes != launched:
+        raise ZeroLMError(f"fewshot: launched with WORLD_SIZE={launched} but accelerate sees {state.num_processes} "
+                          "process(es); on CPU use torchrun or `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu "
+                          "--num_processes N --num_machines 1 --mixed_precision no --dynamo_backend no`")
+    if state.num_processes == 1:
+        return state, 0, 1, lambda objs: list(objs)
+    return state, state.process_index, state.num_processes, gather_object
+
+
+# ------------------------------------------------------------------ outputs
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def plot_accuracy_vs_k(result: dict[str, Any], path: Path) -> None:
+    """One line per task: its first metric against k, with ±1 standard error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    all_k: set[int] = set()
+    for name, by_k in result["results"].items():
+        ks = sorted(int(k) for k in by_k)
+        metric = result["tasks"][name]["metrics"][0]
+        ys = [by_k[str(k)]["metrics"][metric] for k in ks]
+        es = [by_k[str(k)]["stderr"][metric] or 0.0 for k in ks]
+        all_k.update(ks)
+        ax.errorbar(ks, ys, yerr=es, marker="o", capsize=3, label=f"{name} ({metric})")
+    ax.set_xticks(sorted(all_k))
+    ax.set_xlabel("k (examples in the prompt)")
+    ax.set_ylabel("accuracy / exact match")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"few-shot: {result['model']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of a :func:`run_fewshot` result (task, k, n, metric ± stderr, items/s)."""
+    lines = [f"{'task':<20} {'k':>2} {'n':>5}  {'metric':<12} {'value':>7} {'± se':>7} {'items/s':>8}"]
+    for name, by_k in result["results"].items():
+        for k in sorted(by_k, key=int):
+            e = by_k[k]
+            for metric, v in e["metrics"].items():
+                se = e["stderr"][metric]
+                lines.append(f"{name:<20} {k:>2} {e['n']:>5}  {metric:<12} {v:>7.4f} "
+                             f"{(se if se is not None else float('nan')):>7.4f} {e['items_per_second']:>8.2f}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ entry point
+
+def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | None, out_dir: str | Path,
+                batch_size: int = 16, seed: int = 1234, shared_context: bool = True) -> dict[str, Any]:
+    """Evaluate ``model`` on ``tasks`` at every k in ``shots``; write the result files.
+
+    Args:
+        model: a Hugging Face folder or a built-in name (``smollm2``); see :func:`evals.lm.load_lm`.
+        tasks: built-in task names (:func:`evals.tasks.list_tasks`) or task YAML paths.
+        shots: the k values (examples in each prompt).
+        limit: score only the first ``limit`` test documents of each task (None: all).
+        out_dir: folder for ``fewshot.json``, ``fewshot_items.jsonl`` and ``fewshot_accuracy_vs_k.png``
+            (created; the three files are replaced atomically; written by the main process only).
+        batch_size: sequences per forward pass.
+        seed: seed of the few-shot draws (the ``fewshot_holdout`` split is fixed, seed 1234).
+        shared_context: score multiple-choice with :func:`shared_context_loglikelihood` (default)
+            or with one full forward pass per choice (``LanguageModel.loglikelihood``).
+
+    Returns:
+        The result dict written to ``fewshot.json``: ``model``, ``seed``, ``limit``,
+        ``world_size``, ``tasks`` (per task: source, output type, few-shot mode, sizes, metrics),
+        ``results[task][str(k)]`` with ``n``, ``metrics``, ``stderr``, ``first_prompt``,
+        ``first_continuations`` (multiple-choice), ``items_per_rank``, ``seconds``,
+        ``items_per_second``; and ``table`` (flat rows task/k/metric/value/stderr/n).
+
+    Raises:
+        ConfigError: unknown task, bad task YAML, negative k or limit.
+        DataError: the model or the data cannot be loaded, or a pool too small for k.
+    """
+    from evals.lm import load_lm
+
+    if not tasks:
+        raise ConfigError("fewshot: no tasks given")
+    if not shots or any((not isinstance(k, int)) or k < 0 for k in shots):
+        raise ConfigError(f"fewshot: shots must be non-negative ints, got {shots!r}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"fewshot: limit must be positive, got {limit}")
+    loaded = [load_task(t) for t in tasks]  # validate every task before loading the model
+    names = [t.name for t in loaded]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"fewshot: a task is given twice ({', '.join(names)})")
+    for t in loaded:
+        pool = len(t.fewshot_docs) - (1 if t.fewshot_mode == "same_split" else 0)
+        if max(shots) > pool:
+            raise DataError(f"task {t.name}: {max(shots)}-shot needs {max(shots)} examples, its pool has {pool}")
+
+    state, rank, world, gather = _dist_state()
+    device = str(state.device) if world > 1 and torch.cuda.is_available() else None
+    lm = load_lm(model, batch_size=batch_size, device=device)
+    out = Path(out_dir)
+    result: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "batch_size": batch_size,
+                              "world_size": world, "shared_context": shared_context, "max_length": lm.max_length,
+                              "tasks": {}, "results": {}, "table": []}
+    all_items: list[dict[str, Any]] = []
+    for task in loaded:
+        cfg = task.config
+        n_docs = len(task.test_docs) if limit is None else min(limit, len(task.test_docs))
+        result["tasks"][task.name] = {
+            "source": cfg.source, "yaml": str(cfg.path) if cfg.path else None, "output_type": cfg.output_type,
+            "fewshot_mode": task.fewshot_mode, "n_test_docs": len(task.test_docs),
+            "n_fewshot_pool": len(task.fewshot_docs), "metrics": [m.name for m in cfg.metric_list]}
+        result["results"][task.name] = {}
+        mine = list(range(rank, n_docs, world))
+        for k in sorted(set(shots)):
+            t0 = time.perf_counter()
+            records = score_items(lm, task, mine, k, seed, shared_context=shared_context)
+            seconds = time.perf_counter() - t0
+            counts = gather([len(records)])
+            times = gather([seconds])
+            records = sorted(gather(records), key=lambda r: r["doc_id"])
+            if [r["doc_id"] for r in records] != list(range(n_docs)):
+                raise DataError(f"task {task.name}: gathered items do not cover documents 0..{n_docs - 1} once each")
+            means, errs = aggregate(records, cfg.metric_list)
+            wall = max(times)
+            entry = {"k": k, "n": n_docs, "metrics": means, "stderr": errs,
+                     "first_prompt": records[0]["context"] if records else None,
+                     "items_per_rank": counts, "seconds": round(wall, 4),
+                     "items_per_second": round(n_docs / wall, 3) if wall > 0 else None}
+            if cfg.output_type == "multiple_choice" and records:
+                entry["first_continuations"] = [cfg.target_delimiter + c for c in records[0]["choices"]]
+            result["results"][task.name][str(k)] = entry
+            for name, v in means.items():
+                result["table"].append({"task": task.name, "k": k, "metric": name, "value": v,
+                                        "stderr": errs[name], "n": n_docs})
+            for r in records:
+                all_items.append({"task": task.name, "k": k, **r})
+            log.info("%s k=%d: %s (n=%d, %.1f items/s)", task.name, k,
+                     ", ".join(f"{m}={v:.4f}" for m, v in means.items()), n_docs, entry["items_per_second"] or 0)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out / RESULT_FILE, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        _write_atomic(out / ITEMS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in all_items))
+        plot_accuracy_vs_k(result, out / PLOT_FILE)
+    if world > 1:
+        state.wait_for_everyone()
+    return result
+
+
+# ------------------------------------------------------------------ command line
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zerolm eval fewshot",
+                                description="k-shot prompting evaluation (multiple-choice log-likelihood and "
+                                            "generation) on tasks declared in YAML.")
+    p.add_argument("--model", required=True, help="Hugging Face folder or built-in name (smollm2)")
+    p.add_argument("--tasks", default="piqa",
+                   help=f"comma-separated task names or YAML paths; 'all' = {','.join(list_tasks())}")
+    p.add_argument("--shots", default="0", help="comma-separated k values, e.g. 0,1,5")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N documents of each task")
+    p.add_argument("--out", default="runs/evals/fewshot", help="output folder")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot example draws")
+    p.add_argument("--no-shared-context", action="store_true",
+                   help="score each choice with its own full forward pass")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv`` (the arguments after ``zerolm eval fewshot``), run :func:`run_fewshot`, log the
+    table, and return the result dict. Under torchrun / accelerate launch the process group is shut
+    down at the end (barrier + destroy); the caller should then leave with
+    :func:`pretrain.distributed.exit_process`. Raises what :func:`run_fewshot` raises."""
+    args = build_parser().parse_args(argv)
+    tasks = list_tasks() if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:
+        shots = [int(k) for k in args.shots.split(",") if k.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--shots: {args.shots!r} is not a comma-separated list of ints") from e
+    result = run_fewshot(args.model, tasks, shots, args.limit, args.out, batch_size=args.batch_size, seed=args.seed,
+                         shared_context=not args.no_shared_context)
+    log.info("few-shot results (%s):\n%s", args.out, format_table(result))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from pretrain.distributed import shutdown
+
+        shutdown()  # barrier + destroy the process group (else ranks may abort at exit)
+    return result

