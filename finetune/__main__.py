@@ -1,4 +1,4 @@
-"""``python -m finetune classify --config FILE [key=value …]``: the entry point launchers call
+"""``python -m finetune classify|sentiment --config FILE [key=value …]``: the entry point launchers call
 (one process, ``torchrun --nproc_per_node N -m finetune classify …``, the deepspeed launcher, srun)."""
 
 import sys

@@ -110,6 +110,47 @@ def _cmd_finetune_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune_sentiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from finetune.sentiment import finetune_sentiment
+
+    if args.config is None:  # the packaged defaults of the method (SmolLM2, MiniLM Rotten Tomatoes reward)
+        default = Path(__file__).resolve().parents[1] / "configs" / "finetune" / f"sentiment_{args.method or 'ppo'}.yaml"
+        args.config = str(default) if default.is_file() else None
+    extra = []
+    for opt, key in (("policy", "sentiment.policy"), ("reward", "sentiment.reward"), ("target", "sentiment.target"),
+                     ("method", "sentiment.method"), ("run_dir", "train.run_dir"), ("out", "sentiment.export_dir")):
+        if getattr(args, opt):
+            extra.append(f"{key}={getattr(args, opt)}")
+    cfg = _cfg(args, extra)
+    result = finetune_sentiment(cfg, report=args.report, report_only=args.report_only)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if "report" in result:
+            from finetune.sentiment_report import report_tables
+
+            for table in report_tables(json.loads(Path(result["report"]["json"]).read_text())):
+                console.print(table)
+        console.print_json(json.dumps(result, default=str))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.what == "bias":
+        from evals.bias import main as run_bias_cli
+
+        return run_bias_cli(list(args.args))
+    from evals.fewshot import build_parser, format_table, main as run_fewshot_cli
+
+    result = run_fewshot_cli(list(args.args))
+    if int(os.environ.get("RANK", "0")) == 0:
+        out = build_parser().parse_args(list(args.args)).out
+        console.print(format_table(result), highlight=False, soft_wrap=True)
+        console.print(f"results: {out}/fewshot.json, {out}/fewshot_items.jsonl, {out}/fewshot_accuracy_vs_k.png",
+                      highlight=False, soft_wrap=True)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from pretrain.export import export_checkpoint
 
@@ -226,6 +267,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=_cmd_finetune_classify)
 
+    p = ft_sub.add_parser(
+        "sentiment",
+        help="steer a causal LM's continuations toward a sentiment (control codes or PPO) and export it",
+        description="Steer any causal-LM Hugging Face folder (our GPT export, 'smollm2') toward positive or "
+        "negative continuations, rewarded by a sentiment classifier from `zerolm finetune classify`. "
+        "--method control: finetune on labelled real text prefixed with plain-text control codes (the shared "
+        "DeepSpeed trainer). --method ppo: PPO with a per-token KL penalty against the frozen reference, "
+        "adaptive KL coefficient, value head, GAE (TRL gpt2-sentiment defaults). Prompts are the first 2-8 "
+        "tokens of held-out rows. Exports a Hugging Face folder (RUN_DIR/hf); --report writes "
+        "sentiment_report.json/.png (before vs after: target rate by the reward model and by VADER, mean "
+        "reward, KL, perplexity under the reference, distinct-1/2, samples). Defaults: "
+        "configs/finetune/sentiment_{ppo,control}.yaml. Runs as one process or each rank under torchrun.",
+    )
+    p.add_argument("--policy", default=None, help="causal-LM folder or 'smollm2' (sentiment.policy)")
+    p.add_argument("--reward", default=None, help="sentiment classifier folder (sentiment.reward)")
+    p.add_argument("--target", default=None, choices=["positive", "negative"], help="target sentiment (sentiment.target)")
+    p.add_argument("--method", default=None, choices=["control", "ppo"], help="control | ppo (sentiment.method; default ppo)")
+    p.add_argument("--run-dir", default=None, help="run directory (train.run_dir)")
+    p.add_argument("--out", default=None, help="export folder (sentiment.export_dir; default RUN_DIR/hf)")
+    p.add_argument("--report", action="store_true", help="after training, write and print the before/after report")
+    p.add_argument("--report-only", action="store_true", help="skip training: report on the existing export")
+    _add_common(p)
+    p.set_defaults(func=_cmd_finetune_sentiment)
+
+    ev = top.add_parser("eval", help="evaluate a Hugging Face model folder (ours or any): few-shot tasks, bias probes")
+    ev_sub = ev.add_subparsers(dest="what", required=True, metavar="SUBCOMMAND")
+    for name, text in (
+        ("fewshot", "k-shot prompting on YAML-declared tasks (BoolQ, PIQA, OpenBookQA, Social IQA, CommonsenseQA, "
+                    "Rotten Tomatoes sentiment, generation tasks): log-likelihood and generation scoring; "
+                    "`zerolm eval fewshot --help` for its options"),
+        ("bias", "bias probes: CrowS-Pairs, StereoSet, BBQ, BOLD-style generation sentiment; "
+                 "`zerolm eval bias --help` for its options"),
+    ):
+        p = ev_sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=_cmd_eval, log_level="INFO")
+
     p = top.add_parser(
         "export",
         help="consolidate a checkpoint into a Hugging Face model folder",
@@ -260,14 +338,19 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``zerolm`` console script; returns the process exit status."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    # overrides may also follow options (`… --samples 1 data.seq_len=128`)
-    stray = [u for u in unknown if u.startswith("-") or "=" not in u]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    if unknown:
-        args.overrides = [*getattr(args, "overrides", []), *unknown]
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) >= 2 and argv[0] == "eval" and argv[1] in ("fewshot", "bias"):
+        # the evaluators own their options (argparse cannot hand `--help` etc. through a subparser)
+        args = argparse.Namespace(func=_cmd_eval, what=argv[1], args=argv[2:], log_level="INFO")
+    else:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        # overrides may also follow options (`… --samples 1 data.seq_len=128`)
+        stray = [u for u in unknown if u.startswith("-") or "=" not in u]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        if unknown:
+            args.overrides = [*getattr(args, "overrides", []), *unknown]
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
     if rank > 0:  # one voice per job: other ranks report warnings and errors only

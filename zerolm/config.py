@@ -190,6 +190,89 @@ class FinetuneConfig(_Section):
     export_dir: str | None = None
 
 
+class SentimentConfig(_Section):
+    """``zerolm finetune sentiment``: steer a causal LM's continuations toward a sentiment.
+
+    ``policy`` is any causal-LM Hugging Face folder (our ``zerolm export`` GPT, or ``smollm2``);
+    ``reward`` a sentiment classifier folder from ``zerolm finetune classify``. ``target``
+    (positive/negative) is mapped to one of the classifier's labels (fresh/rotten, pos/neg, …) unless
+    ``target_label`` names it. ``reward_type``: ``logit`` = the target class's logit (TRL's
+    gpt2-sentiment), ``logit_margin`` = log p(target) − log(1 − p(target)) (for two classes the
+    target logit minus the other), ``log_prob`` = log p(target).
+
+    Real text: ``data`` (a labelled dataset, as ``finetune.data``) split exactly like ``finetune
+    classify`` does (``validation_fraction``, ``test_fraction``, ``split_seed``: keep the reward
+    model's values so prompts are never its training rows). PPO takes its prompts from the
+    validation split, the report from the test split; prompts are the first
+    ``prompt_min_tokens``–``prompt_max_tokens`` tokens of a row, responses
+    ``response_min_tokens``–``response_max_tokens`` sampled tokens.
+
+    ``method=control``: causal-LM finetuning (``train.*``, ``data.micro_batch_size``) on training
+    rows written ``"<code> <text>"`` with the plain-text ``control_codes``; ``method=ppo``: PPO with
+    a per-token KL penalty (``batch_size`` prompts per step, ``ppo_epochs`` passes in mini-batches of
+    ``mini_batch_size``; TRL's gpt2-sentiment defaults otherwise; ``trainable_layers`` = k trains
+    only the top k blocks, the final norm and the value head, for CPU budgets; ``max_minutes``
+    time-boxes the run). Both export ``export_dir`` (default ``RUN_DIR/hf``).
+    """
+
+    policy: str = "smollm2"
+    reward: str | None = None
+    target: Literal["positive", "negative"] = "positive"
+    target_label: str | None = None
+    reward_type: Literal["logit", "logit_margin", "log_prob"] = "logit"
+    method: Literal["control", "ppo"] = "ppo"
+    data: str = "rotten_tomatoes"
+    text_column: str = "text"
+    label_column: str = "label"
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    split_seed: int = 1234
+    max_examples: int | None = Field(default=None, ge=10)
+    prompt_min_tokens: int = Field(default=2, ge=1)
+    prompt_max_tokens: int = Field(default=8, ge=1)
+    response_min_tokens: int = Field(default=4, ge=1)
+    response_max_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_k: int = Field(default=0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    control_codes: dict[str, str] = {"positive": "Positive review:", "negative": "Negative review:"}
+    control_max_length: int = Field(default=64, ge=8)
+    batch_size: int = Field(default=16, ge=1)
+    mini_batch_size: int = Field(default=16, ge=1)
+    ppo_epochs: int = Field(default=4, ge=1)
+    steps: int = Field(default=50, ge=1)
+    lr: float = Field(default=1.41e-5, gt=0)
+    init_kl_coef: float = Field(default=0.2, ge=0)
+    adaptive_kl: bool = True
+    target_kl: float = Field(default=6.0, gt=0)
+    kl_horizon: int = Field(default=10000, ge=1)
+    cliprange: float = Field(default=0.2, gt=0)
+    cliprange_value: float = Field(default=0.2, gt=0)
+    vf_coef: float = Field(default=0.1, ge=0)
+    gamma: float = Field(default=1.0, ge=0, le=1)
+    lam: float = Field(default=0.95, ge=0, le=1)
+    grad_clip: float = Field(default=1.0, ge=0)
+    trainable_layers: int | None = Field(default=None, ge=1)
+    max_minutes: float | None = Field(default=None, gt=0)
+    log_every: int = Field(default=1, ge=1)
+    report_prompts: int = Field(default=128, ge=1)
+    report_samples: int = Field(default=10, ge=0)
+    export_dir: str | None = None
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SentimentConfig":
+        if self.prompt_min_tokens > self.prompt_max_tokens:
+            raise ValueError(f"prompt_min_tokens={self.prompt_min_tokens} > prompt_max_tokens={self.prompt_max_tokens}")
+        if self.response_min_tokens > self.response_max_tokens:
+            raise ValueError(f"response_min_tokens={self.response_min_tokens} > response_max_tokens={self.response_max_tokens}")
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(f"batch_size={self.batch_size} is not a multiple of mini_batch_size={self.mini_batch_size}")
+        if set(self.control_codes) != {"positive", "negative"} or not all(c.strip() for c in self.control_codes.values()):
+            raise ValueError(f"control_codes needs non-empty 'positive' and 'negative' codes, got {self.control_codes}")
+        return self
+
+
 class ZeroLMConfig(_Section):
     """The root config: one section per component."""
 
@@ -200,6 +283,7 @@ class ZeroLMConfig(_Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    sentiment: SentimentConfig = SentimentConfig()
 
 
 def _format_validation_error(err: ValidationError, origin: str) -> str:

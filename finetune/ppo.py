@@ -1,0 +1,360 @@
+"""A compact PPO for language models: RL from a reward classifier with a per-token KL penalty.
+
+The algorithm of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences") as the
+classic TRL ``PPOTrainer`` ran it in the gpt2-sentiment example; written here from the papers:
+
+1. **Rollout**: each rank takes its share of ``batch_size`` prompts, samples a response per prompt
+   (``response_min_tokens``–``response_max_tokens`` tokens, pure sampling), and the reward model
+   scores the decoded ``query + response`` text: ``score`` ``(B,)``.
+2. **Rewards per token** (Ziegler et al. eq. 2): ``r_t = −β (log π(y_t) − log π_ref(y_t))`` for each
+   response token, plus ``score`` on the last one. ``π_ref`` is the frozen initial policy; β is
+   adapted (:class:`AdaptiveKLController`, Ziegler et al. §2.2) toward ``target_kl`` nats/sample.
+3. **Advantages**: GAE (Schulman et al. 2016) with ``gamma``, ``lam`` over the response tokens from
+   a value head (a linear layer on the policy's last hidden state, zero-initialised so that it
+   starts at 0 and sends no gradient into the policy until it has learnt something); advantages are
+   whitened over the whole batch (all ranks); returns = advantages + values (before whitening).
+4. **Updates** (Schulman et al. 2017): ``ppo_epochs`` passes over the batch in shuffled mini-batches;
+   clipped policy loss (``cliprange``), clipped value loss (``cliprange_value``, weight ``vf_coef``),
+   Adam, gradient clipping at ``grad_clip``. Rewards are not normalised.
+
+Distribution: the policy + value head run under ``torch.nn.parallel.DistributedDataParallel``
+(gloo on CPU, NCCL on GPUs) so that every rank applies the same averaged gradients; rank 0 logs
+``ppo/*`` metrics through :class:`pretrain.tracking.Tracker` (W&B + ``metrics.jsonl``) and exports the
+policy (without the value head) at the end. There is no mid-run checkpoint: a run is short and
+``sentiment.max_minutes`` time-boxes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from finetune import sentiment as S
+from zerolm.config import ZeroLMConfig
+
+log = logging.getLogger(__name__)
+
+
+class AdaptiveKLController:
+    """β of the KL penalty, adapted toward a target KL (Ziegler et al. 2019 §2.2):
+    ``e = clip(KL / target − 1, −0.2, 0.2)``, ``β ← β (1 + e · n / horizon)`` after ``n`` samples.
+    With ``adaptive=False`` β stays fixed."""
+
+    def __init__(self, init: float, target: float, horizon: int, adaptive: bool = True) -> None:
+        self.value, self.target, self.horizon, self.adaptive = init, target, horizon, adaptive
+
+    def update(self, kl: float, n_samples: int) -> float:
+        """``kl``: mean KL of the batch, nats/sample. Returns the new β."""
+        if self.adaptive:
+            err = float(np.clip(kl / self.target - 1, -0.2, 0.2))
+            self.value *= 1 + err * n_samples / self.horizon
+        return self.value
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is 1 (0-dim)."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``(x − mean) / sqrt(var + eps)`` with mean and (population) variance over the masked entries of
+    all ranks; masked-out entries become 0."""
+    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stats)
+    mean = stats[0] / stats[2].clamp(min=1)
+    var = (stats[1] / stats[2].clamp(min=1) - mean ** 2).clamp(min=0)
+    return ((x - mean.float()) * torch.rsqrt(var.float() + eps)) * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over right-padded response tokens.
+
+    Args:
+        rewards, values, mask: ``(B, R)``; ``mask`` is 1 on each response's tokens (a prefix of the row).
+
+    Returns:
+        ``(advantages, returns)`` ``(B, R)``: ``δ_t = r_t + γ V_{t+1} − V_t`` (``V`` = 0 after the last
+        token), ``A_t = δ_t + γ λ A_{t+1}``, returns ``= A + V``; zero where ``mask`` is 0.
+    """
+    rewards, values = rewards * mask, values * mask
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        nxt = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last)
+        last = rewards[:, t] + gamma * nxt - values[:, t] + gamma * lam * last
+        adv[:, t] = last
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def ppo_losses(logp: torch.Tensor, values: torch.Tensor, old_logp: torch.Tensor, old_values: torch.Tensor,
+               advantages: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange: float,
+               cliprange_value: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Clipped PPO losses (Schulman et al. 2017), masked means over response tokens ``(B, R)``.
+
+    Policy: ``max(−A ρ, −A clip(ρ, 1 ± ε))`` with ``ρ = exp(log π − log π_old)``. Value:
+    ``½ max((V − R)², (V_clip − R)²)``, ``V_clip = V_old + clip(V − V_old, ± ε_v)``.
+
+    Returns:
+        ``(policy_loss, value_loss, stats)`` with ``clipfrac`` (tokens whose clipped term was taken) and
+        ``approx_kl`` (``½ E[(log π − log π_old)²]``, nats/token).
+    """
+    ratio = torch.exp(logp - old_logp)
+    pg1, pg2 = -advantages * ratio, -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
+    policy_loss = masked_mean(torch.maximum(pg1, pg2), mask)
+    v_clip = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    value_loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (v_clip - returns) ** 2), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": float(masked_mean((pg2 > pg1).float(), mask)),
+                 "approx_kl": float(0.5 * masked_mean((logp - old_logp) ** 2, mask))}
+    return policy_loss, value_loss, stats
+
+
+class PolicyWithValueHead(torch.nn.Module):
+    """A causal LM plus a scalar value head on its last hidden state (the module DDP wraps).
+
+    ``forward(batch)`` on a :func:`finetune.sentiment.pack` batch returns ``(logits (B, R, V),
+    values (B, R))`` at the positions that predict the response tokens.
+    """
+
+    def __init__(self, lm: torch.nn.Module, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.lm, self.temperature = lm, temperature
+        hidden = lm.config.get_text_config().hidden_size
+        self.v_head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.v_head.weight)
+        torch.nn.init.zeros_(self.v_head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids, response, response_mask):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "response": response}
+        logits, h = S.response_logits(self.lm, batch, self.temperature, hidden=True)
+        return logits, self.v_head(h.float()).squeeze(-1)
+
+
+def freeze_lower_layers(lm: torch.nn.Module, trainable_layers: int | None) -> int:
+    """Leave only the top ``trainable_layers`` transformer blocks and the normalisation layers after
+    them trainable (embeddings, LM head and lower blocks frozen; TRL's ``num_shared_layers`` idea):
+    backward stops at the lowest trainable block, and the optimizer state and gradient all-reduce
+    shrink to the trained part. ``None`` trains everything. Returns the number of trainable parameters.
+
+    Raises:
+        ConfigError: no ``ModuleList`` of ``num_hidden_layers`` blocks is found in the model.
+    """
+    from zerolm.errors import ConfigError
+
+    if trainable_layers is None:
+        return sum(p.numel() for p in lm.parameters() if p.requires_grad)
+    n = lm.config.get_text_config().num_hidden_layers
+    blocks = next((m for m in lm.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n), None)
+    if blocks is None:
+        raise ConfigError(f"sentiment.trainable_layers: no list of {n} transformer blocks in {type(lm).__name__}")
+    lm.requires_grad_(False)
+    for block in list(blocks)[max(0, n - trainable_layers):]:
+        block.requires_grad_(True)
+    inside = {id(m) for m in blocks.modules()}
+    for m in lm.modules():
+        if id(m) not in inside and "norm" in type(m).__name__.lower():
+            m.requires_grad_(True)  # the final norm (LlamaRMSNorm, GPT-2's ln_f LayerNorm)
+    return sum(p.numel() for p in lm.parameters() if p.requires_grad)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of all parameters' bytes in order (equal digests = identical weights)."""
+    h = hashlib.sha256()
+    for p in module.parameters():
+        h.update(p.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+class PromptStream:
+    """The global prompt order, identical on every rank: a seeded permutation of the pool per epoch;
+    step ``s`` takes the next ``batch_size`` prompts and a response length for each; rank ``r`` of
+    ``w`` keeps every ``w``-th."""
+
+    def __init__(self, pool: list[list[int]], batch_size: int, lo: int, hi: int, seed: int, rank: int, world: int) -> None:
+        self.pool, self.batch, self.lo, self.hi = pool, batch_size, lo, hi
+        self.rng, self.rank, self.world = np.random.default_rng(seed), rank, world
+        self.order: list[int] = []
+
+    def next(self) -> tuple[list[list[int]], list[int]]:
+        while len(self.order) < self.batch:
+            self.order += self.rng.permutation(len(self.pool)).tolist()
+        idx, self.order = self.order[: self.batch], self.order[self.batch:]
+        lengths = self.rng.integers(self.lo, self.hi + 1, size=self.batch).tolist()
+        mine = range(self.rank, self.batch, self.world)
+        return [self.pool[idx[i]] for i in mine], [lengths[i] for i in mine]
+
+
+def train_ppo(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
+    """Run PPO as this process's part of the job (1 process, or each rank under torchrun/srun), then
+    export the policy on rank 0 (:func:`finetune.sentiment.export_policy`).
+
+    Returns:
+        ``status``, ``steps``, ``seconds``, ``first``/``final`` (mean metrics of the first/last five
+        steps), ``rank_weight_sha256`` (one digest per rank at the end: equal when the ranks stayed in
+        sync); rank 0 also ``export_dir``.
+
+    Raises:
+        ConfigError: ``batch_size``/``mini_batch_size`` not divisible by the number of ranks.
+        DataError: no prompt survives the length filter, or unreadable models/data.
+    """
+    from pretrain import distributed
+    from pretrain.tracking import Tracker
+    from zerolm.errors import ConfigError, DataError
+
+    sc = cfg.sentiment
+    env = distributed.detect()
+    if sc.batch_size % env.world_size or sc.mini_batch_size % env.world_size:
+        raise ConfigError(f"sentiment.batch_size={sc.batch_size} and mini_batch_size={sc.mini_batch_size} must be "
+                          f"divisible by the {env.world_size} ranks")
+    distributed.init(env)
+    try:
+        t_start = time.perf_counter()
+        torch.manual_seed(sc.seed)  # the same value head on every rank (DDP also broadcasts rank 0's)
+        lm, tok = S.load_policy(sc.policy)
+        ref, _ = S.load_policy(sc.policy)
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        reward = S.RewardModel(sc.reward, sc.target, sc.target_label, sc.reward_type)
+        stops = S.stop_ids(lm, tok)
+        pool = S.make_queries(tok, S.split_texts(sc)["validation"][0], sc.prompt_min_tokens, sc.prompt_max_tokens,
+                              np.random.default_rng(sc.seed))
+        if not pool:
+            raise DataError(f"{sc.data}: no validation row has {sc.prompt_min_tokens}+ tokens to make a prompt")
+        stream = PromptStream(pool, sc.batch_size, sc.response_min_tokens, sc.response_max_tokens, sc.seed + 1,
+                              env.rank, env.world_size)
+        trainable = freeze_lower_layers(lm, sc.trainable_layers)
+        model = PolicyWithValueHead(lm, sc.temperature).eval()  # eval: no dropout, so ratios start at exactly 1
+        ddp = model
+        if env.world_size > 1:
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=sc.lr)
+        kl_ctl = AdaptiveKLController(sc.init_kl_coef, sc.target_kl, sc.kl_horizon, sc.adaptive_kl)
+        gen = torch.Generator().manual_seed(sc.seed * 1000 + env.rank)
+        shuffle = torch.Generator().manual_seed(sc.seed * 1000 + 500 + env.rank)
+        run_dir = Path(cfg.train.run_dir)
+        tracker = None
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tracker = Tracker(cfg.tracking, run_dir, cfg.model_dump(mode="json"), None)
+            log.info("PPO: %s (%.1fM parameters, %.1fM trained) → %s (%s) of %s | %d prompts | %d/step = %d ranks × %d | "
+                     "%d epochs × mini-batch %d | lr %.2e | β0 %.2f → KL %.1f", sc.policy,
+                     sum(p.numel() for p in lm.parameters()) / 1e6, trainable / 1e6,
+                     sc.target, reward.label, sc.reward, len(pool), sc.batch_size, env.world_size,
+                     sc.batch_size // env.world_size, sc.ppo_epochs, sc.mini_batch_size, sc.lr, kl_ctl.value, sc.target_kl)
+        history: list[dict[str, float]] = []
+        status, step = "completed", 0
+        while step < sc.steps:
+            t0 = time.perf_counter()
+            queries, lengths = stream.next()
+            responses = S.sample_responses(lm, queries, lengths, pad_id=tok.pad_token_id, stops=stops,
+                                           temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, generator=gen)
+            texts = [tok.decode(q + r, skip_special_tokens=True) for q, r in zip(queries, responses)]
+            scores = reward.score(texts)
+            batch = S.pack(queries, responses, tok.pad_token_id)
+            mask = batch["response_mask"]
+            with torch.no_grad():
+                logits, old_values = model(**batch)
+                old_logp = S.token_logprobs(logits, batch["response"])
+                ref_logp = S.token_logprobs(S.response_logits(ref, batch, sc.temperature)[0], batch["response"])
+                del logits
+                kl_tok = (old_logp - ref_logp) * mask
+                rewards = -kl_ctl.value * kl_tok
+                last = mask.sum(1).long() - 1
+                rewards[torch.arange(len(queries)), last] += scores
+                adv, returns = gae(rewards, old_values, mask, sc.gamma, sc.lam)
+                adv = masked_whiten(adv, mask)
+            t_roll = time.perf_counter() - t0
+            mini = sc.mini_batch_size // env.world_size
+            acc: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy")}
+            for _ in range(sc.ppo_epochs):
+                perm = torch.randperm(len(queries), generator=shuffle)
+                for s in range(0, len(queries), mini):
+                    i = perm[s : s + mini]
+                    sub = {k: v[i] for k, v in batch.items()}
+                    logits, values = ddp(**sub)
+                    logp = S.token_logprobs(logits, sub["response"])
+                    pl, vl, st = ppo_losses(logp, values, old_logp[i], old_values[i], adv[i], returns[i],
+                                            mask[i], sc.cliprange, sc.cliprange_value)
+                    opt.zero_grad(set_to_none=True)
+                    (pl + sc.vf_coef * vl).backward()
+                    if sc.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
+                    opt.step()
+                    with torch.no_grad():
+                        lp = torch.log_softmax(logits.detach(), -1)
+                        st["entropy"] = float(masked_mean(-(lp.exp() * lp).sum(-1), mask[i]))
+                    for k, v in (("policy_loss", float(pl)), ("value_loss", float(vl)), *st.items()):
+                        acc[k].append(v)
+                    del logits, values, lp
+            tokens = float(batch["attention_mask"].sum())
+            local = {"mean_reward": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+                     "kl": float(kl_tok.sum(1).mean()), "mean_non_score_reward": float(rewards.sum(1).mean() - scores.mean()),
+                     "response_tokens": float(mask.sum(1).mean()), "returns": float(masked_mean(returns, mask)),
+                     "tokens": tokens, **{k: float(np.mean(v)) for k, v in acc.items()}}
+            m = _mean_over_ranks(local)
+            step += 1
+            kl_coef = kl_ctl.value
+            kl_ctl.update(m["kl"], sc.batch_size)
+            dt = time.perf_counter() - t0
+            m = {f"ppo/{k}": v for k, v in m.items() if k != "tokens"} | {
+                "ppo/kl_coef": kl_coef, "ppo/tokens_per_second": m["tokens"] * env.world_size / dt, "ppo/step_time_s": dt, "ppo/rollout_time_s": t_roll,
+                "ppo/lr": sc.lr, "train/loss": m["policy_loss"] + sc.vf_coef * m["value_loss"]}
+            history.append(m)
+            if tracker and (step % sc.log_every == 0 or step == sc.steps):
+                tracker.log(m, step)
+                log.info("step %d/%d | reward %.3f | KL %.2f nats | β %.3f | policy %.4f | value %.4f | clipfrac %.3f | "
+                         "entropy %.2f | %.0f tok/s | %.1f s", step, sc.steps, m["ppo/mean_reward"], m["ppo/kl"], kl_coef,
+                         m["ppo/policy_loss"], m["ppo/value_loss"], m["ppo/clipfrac"], m["ppo/entropy"],
+                         m["ppo/tokens_per_second"], dt)
+            late = sc.max_minutes is not None and time.perf_counter() - t_start > 60 * sc.max_minutes
+            if _mean_over_ranks({"late": float(late)})["late"] > 0 and step < sc.steps:
+                status = "time_limit"
+                log.warning("stopping after step %d: sentiment.max_minutes=%s reached", step, sc.max_minutes)
+                break
+        digests: list[Any] = [None] * env.world_size
+        mine = weights_digest(model)
+        if dist.is_initialized() and env.world_size > 1:
+            dist.all_gather_object(digests, mine)
+        else:
+            digests = [mine]
+
+        def window(rows):
+            return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+        seconds = round(time.perf_counter() - t_start, 1)
+        result: dict[str, Any] = {"method": "ppo", "status": status, "steps": step, "seconds": seconds,
+                                  "first": window(history[:5]), "final": window(history[-5:]),
+                                  "rank_weight_sha256": digests}
+        if tracker:
+            tracker.summary({k: v for k, v in result["final"].items()} | {"ppo/steps": step, "ppo/seconds": seconds})
+            tracker.finish()
+        if env.is_main:
+            out = S.export_policy(lm, tok, sc.export_dir or run_dir / "hf", S._meta(
+                cfg, "ppo", reward.label, steps=step, status=status, seconds=seconds, final_metrics=result["final"],
+                first_metrics=result["first"], ppo={k: getattr(sc, k) for k in (
+                    "batch_size", "mini_batch_size", "ppo_epochs", "lr", "init_kl_coef", "adaptive_kl", "target_kl",
+                    "kl_horizon", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam", "grad_clip", "temperature",
+                    "top_k", "top_p", "prompt_min_tokens", "prompt_max_tokens", "response_min_tokens",
+                    "response_max_tokens", "trainable_layers")}, world_size=env.world_size))
+            result["export_dir"] = str(out)
+        return result
+    finally:
+        distributed.shutdown()

@@ -1,0 +1,375 @@
+"""Sentiment-controlled continuation: steer a causal LM so its continuations carry a target sentiment.
+
+:func:`finetune_sentiment` is the job behind ``zerolm finetune sentiment`` (``python -m finetune
+sentiment``; 1 or N processes under torchrun). Two methods, one export format:
+
+* ``control`` — control codes (Keskar et al. 2019, CTRL): the policy is finetuned with the shared
+  DeepSpeed loop (:class:`pretrain.trainer.Trainer`, causal-LM objective) on labelled real text
+  written ``<code tokens> <text tokens> EOS``, the loss on the text only. Codes are *plain text*
+  (``sentiment.control_codes``, default ``"Positive review:"`` / ``"Negative review:"``) tokenized as
+  ``code + "\\n"`` and concatenated with the text's tokens: no vocabulary change, any tokenizer works,
+  and a pretrained LM starts from words it knows (CTRL's own codes were text too, e.g. ``Reviews
+  Rating: 5.0``). Generation = code tokens + prompt tokens.
+* ``ppo`` — RL from the reward classifier with a per-token KL penalty against the frozen reference
+  (Ziegler et al. 2019), in :mod:`finetune.ppo`.
+
+The control method lives in :mod:`finetune.sentiment_control`. Shared pieces here: mapping
+``positive``/``negative`` to the classifier's label names (:func:`resolve_target_label`), the reward (:class:`RewardModel`), prompts cut from held-out real
+rows (:func:`split_texts`, :func:`make_queries`), batched sampling with a KV cache
+(:func:`sample_responses`) and response log-probabilities (:func:`pack`, :func:`response_logits`).
+The report (before vs after) is :func:`finetune.sentiment_report.sentiment_report`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune import data as fdata
+from zerolm.config import ZeroLMConfig
+from zerolm.errors import ConfigError, DataError
+from zerolm.fsutil import check_replaceable, replace_dir
+
+log = logging.getLogger(__name__)
+
+MARKER = "zerolm_sentiment.json"
+SYNONYMS = {
+    "positive": ("positive", "pos", "fresh", "good", "favorable", "favourable", "like", "happy"),
+    "negative": ("negative", "neg", "rotten", "bad", "unfavorable", "unfavourable", "dislike", "sad"),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Labels and the reward
+# --------------------------------------------------------------------------------------------------
+
+
+def polarity_of(label: str) -> str | None:
+    """``"positive"``/``"negative"`` for a label name in :data:`SYNONYMS` (case-insensitive), else None."""
+    key = str(label).strip().lower()
+    return next((p for p, names in SYNONYMS.items() if key in names), None)
+
+
+def resolve_target_label(id2label: dict[int, str], target: str, target_label: str | None = None,
+                         where: str = "the reward model") -> int:
+    """The class index of ``target`` (positive/negative) among a classifier's labels.
+
+    ``target_label`` (``sentiment.target_label``) names the class explicitly; otherwise exactly one
+    label must be a synonym of ``target`` (fresh/rotten, pos/neg, positive/negative, good/bad …).
+
+    Raises:
+        ConfigError: ``target_label`` is not a label, or no label (or more than one) maps to ``target``;
+            the message lists the labels and says to set ``sentiment.target_label``.
+    """
+    names = {int(i): str(n) for i, n in id2label.items()}
+    if target_label is not None:
+        hits = [i for i, n in names.items() if n == target_label]
+        if not hits:
+            raise ConfigError(f"sentiment.target_label={target_label!r} is not a label of {where} "
+                              f"(labels: {sorted(names.values())})")
+        return hits[0]
+    hits = [i for i, n in names.items() if polarity_of(n) == target]
+    if len(hits) != 1:
+        raise ConfigError(f"cannot map target {target!r} to one label of {where} (labels: {sorted(names.values())}; "
+                          f"known {target} names: {', '.join(SYNONYMS[target])}): set sentiment.target_label")
+    return hits[0]
+
+
+class RewardModel:
+    """A sequence classifier folder (``zerolm finetune classify`` export) used as the reward.
+
+    ``score(texts)`` gives one reward per text, shape ``(N,)``: with ``reward_type`` ``logit`` the
+    target class's logit (TRL gpt2-sentiment: the pipeline's raw ``POSITIVE`` score), ``logit_margin``
+    ``log p_t − log(1 − p_t)`` (two classes: target logit minus the other), ``log_prob`` ``log p_t``.
+    Texts are tokenized with the classifier's own tokenizer (truncated to ``max_length`` tokens).
+
+    Raises:
+        DataError: the folder is not a sequence classifier. ConfigError: see :func:`resolve_target_label`.
+    """
+
+    def __init__(self, path: str, target: str, target_label: str | None = None, reward_type: str = "logit",
+                 max_length: int = 128, batch_size: int = 64) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            self.tok = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot load a sequence classifier from sentiment.reward={path}: {e}") from e
+        self.labels = {int(i): n for i, n in self.model.config.id2label.items()}
+        self.index = resolve_target_label(self.labels, target, target_label, f"the reward model {path}")
+        self.label = self.labels[self.index]
+        self.reward_type, self.max_length, self.batch_size = reward_type, max_length, batch_size
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def logits(self, texts: list[str]) -> torch.Tensor:
+        """Class logits ``(N, C)`` (float32)."""
+        out = []
+        for s in range(0, len(texts), self.batch_size):
+            enc = self.tok(texts[s : s + self.batch_size], truncation=True, max_length=self.max_length,
+                           padding=True, return_tensors="pt")
+            out.append(self.model(**enc).logits.float())
+        return torch.cat(out) if out else torch.zeros(0, len(self.labels))
+
+    def rewards_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` logits → ``(N,)`` rewards of ``reward_type``."""
+        t = self.index
+        if self.reward_type == "logit":
+            return logits[:, t]
+        logp = torch.log_softmax(logits, -1)
+        if self.reward_type == "log_prob":
+            return logp[:, t]
+        others = torch.cat([logits[:, :t], logits[:, t + 1 :]], 1)
+        return logits[:, t] - torch.logsumexp(others, -1)
+
+    def score(self, texts: list[str]) -> torch.Tensor:
+        """Rewards ``(N,)`` for texts."""
+        return self.rewards_from_logits(self.logits(texts))
+
+
+# --------------------------------------------------------------------------------------------------
+# Models, prompts, sampling, log-probabilities
+# --------------------------------------------------------------------------------------------------
+
+
+def load_policy(path: str):
+    """``(AutoModelForCausalLM in fp32, eval mode; tokenizer with a pad token)`` from a folder or a
+    built-in name (``smollm2``). Raises DataError when it is not a causal LM."""
+    from transformers import AutoModelForCausalLM
+
+    from finetune.classify import load_tokenizer
+
+    folder = fdata.resolve_model_path(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot load a causal LM from sentiment.policy={path}: {e}") from e
+    return model.eval(), load_tokenizer(folder)
+
+
+def stop_ids(model, tok) -> set[int]:
+    """Token ids that end a response: the tokenizer's EOS and the generation config's EOS id(s)."""
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen if isinstance(gen, (list, tuple)) else [gen] if gen is not None else [])
+    return ids
+
+
+def split_texts(sc) -> dict[str, tuple[list[str], list[str]]]:
+    """``{split: (texts, labels)}`` of ``sc.data`` split like ``finetune classify`` (stratified,
+    ``sc.validation_fraction``/``test_fraction``/``split_seed``), so that the validation and test rows
+    are never the rows a classifier trained with the same settings saw."""
+    d = fdata.load_labelled(sc.data, sc.text_column, sc.label_column)
+    idx = fdata.stratified_split(d.labels, sc.validation_fraction, sc.test_fraction, sc.split_seed)
+    return {s: ([d.texts[i] for i in ix], [d.labels[i] for i in ix]) for s, ix in idx.items()}
+
+
+def make_queries(tok, texts: list[str], lo: int, hi: int, rng: np.random.Generator) -> list[list[int]]:
+    """Prompts: the first ``k`` tokens of each text (``k`` uniform in ``[lo, hi]``, no special tokens);
+    a text with fewer than ``lo`` tokens is dropped."""
+    enc = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    ks = rng.integers(lo, hi + 1, size=len(enc))
+    return [ids[: int(k)] for ids, k in zip(enc, ks) if len(ids) >= lo]
+
+
+def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
+    """One token per row from ``(B, V)`` logits (temperature, then top-k, then nucleus top-p)."""
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, -1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        srt, order = torch.sort(logits, -1, descending=True)
+        cum = torch.softmax(srt, -1).cumsum(-1)
+        drop = cum - torch.softmax(srt, -1) > top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def sample_responses(model, queries: list[list[int]], max_lengths: list[int], *, pad_id: int, stops: set[int],
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator=None,
+                     batch_size: int = 32) -> list[list[int]]:
+    """Sample a continuation of each query with the model's KV cache (queries left-padded, positions
+    from the attention mask). Response ``i`` has at most ``max_lengths[i]`` tokens and ends early at a
+    stop token (kept). Defaults (temperature 1, no top-k/top-p) sample from the model itself, which
+    the KL estimates of PPO and the report assume."""
+    out: list[list[int]] = []
+    for s in range(0, len(queries), batch_size):
+        qs, lim = queries[s : s + batch_size], max_lengths[s : s + batch_size]
+        width = max(map(len, qs))
+        ids = torch.full((len(qs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, q in enumerate(qs):
+            ids[i, width - len(q):], mask[i, width - len(q):] = torch.tensor(q), 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        resp: list[list[int]] = [[] for _ in qs]
+        done = [False] * len(qs)
+        for _ in range(max(lim)):
+            nxt = _draw(o.logits[:, -1], temperature, top_k, top_p, generator)
+            for i, t in enumerate(nxt.tolist()):
+                if not done[i]:
+                    resp[i].append(t)
+                    done[i] = t in stops or len(resp[i]) >= lim[i]
+            if all(done):
+                break
+            mask = torch.cat([mask, torch.ones(len(qs), 1, dtype=torch.long)], 1)
+            pos = pos[:, -1:] + 1
+            o = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                      past_key_values=o.past_key_values, use_cache=True)
+        out += resp
+    return out
+
+
+def pack(queries: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch ``[left pad | query | response | right pad]``: ``input_ids``/``attention_mask``/
+    ``position_ids`` ``(B, Q + R)``, ``response`` and ``response_mask`` ``(B, R)`` (Q, R = longest)."""
+    q_w, r_w = max(map(len, queries)), max(1, max(map(len, responses)))
+    ids = torch.full((len(queries), q_w + r_w), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (q, r) in enumerate(zip(queries, responses)):
+        ids[i, q_w - len(q): q_w + len(r)] = torch.tensor(q + r)
+        mask[i, q_w - len(q): q_w + len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
+            "response": ids[:, q_w:], "response_mask": mask[:, q_w:].float()}
+
+
+def response_logits(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                    hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits ``(B, R, V)`` that predict each response token (positions Q−1 … Q+R−2, divided by
+    ``temperature``) and, with ``hidden``, the last hidden states at those positions ``(B, R, H)``."""
+    r_w = batch["response"].shape[1]
+    o = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+              logits_to_keep=r_w + 1, output_hidden_states=hidden, use_cache=False)
+    h = o.hidden_states[-1][:, -(r_w + 1): -1] if hidden else None
+    return o.logits[:, :-1].float() / temperature, h
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``log π(token)`` ``(B, R)`` from logits ``(B, R, V)`` (nats)."""
+    return torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+
+
+@torch.no_grad()
+def sequence_logprobs(model, queries, responses, pad_id: int, temperature: float = 1.0,
+                      batch_size: int = 32) -> list[torch.Tensor]:
+    """Per-token log-probabilities of each response given its query (a list of ``(len_i,)`` tensors)."""
+    out = []
+    for s in range(0, len(queries), batch_size):
+        b = pack(queries[s : s + batch_size], responses[s : s + batch_size], pad_id)
+        lp = token_logprobs(response_logits(model, b, temperature)[0], b["response"])
+        out += [lp[i, : len(r)] for i, r in enumerate(responses[s : s + batch_size])]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Export (both methods)
+# --------------------------------------------------------------------------------------------------
+
+
+def export_policy(model, tok, out_dir: str | Path, meta: dict[str, Any]) -> Path:
+    """Write the steered causal LM as a Hugging Face folder: ``save_pretrained`` (safetensors), the
+    tokenizer, ``README.md`` (model card: method, target, reward model, final metrics) and
+    :data:`MARKER` (``meta``). Written to a temporary folder and renamed into place.
+
+    Raises:
+        DataError: ``out_dir`` holds something other than a previous export of this kind.
+    """
+    from finetune.sentiment_report import model_card
+
+    out = Path(out_dir).resolve()
+    check_replaceable(out, lambda d: (d / MARKER).is_file(), "export directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / MARKER).write_text(json.dumps(meta, indent=1, default=str) + "\n")
+        (tmp / "README.md").write_text(model_card(out.name, meta), encoding="utf-8")
+        replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported the steered policy to %s", out)
+    return out
+
+
+def _meta(cfg: ZeroLMConfig, method: str, reward_label: str, **extra) -> dict[str, Any]:
+    sc = cfg.sentiment
+    return {"format": "zerolm-sentiment/1", "method": method, "policy": str(fdata.resolve_model_path(sc.policy)),
+            "reward": sc.reward, "target": sc.target, "target_label": reward_label, "reward_type": sc.reward_type,
+            "data": sc.data, **extra}
+
+
+# --------------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------------
+
+
+def check_reward(sc) -> str:
+    """Fail fast (before any model or process group) on a missing reward folder or a target that maps
+    to none of its labels. Returns the reward label of the target."""
+    from transformers import AutoConfig
+
+    if not sc.reward:
+        raise ConfigError("sentiment.reward is required: a classifier folder from `zerolm finetune classify` (--reward)")
+    if not Path(sc.reward).is_dir():
+        raise DataError(f"sentiment.reward={sc.reward}: no such folder; train one first, e.g. `zerolm finetune classify` "
+                        "(MiniLM on Rotten Tomatoes; exports runs/finetune/classify/hf)")
+    try:
+        conf = AutoConfig.from_pretrained(sc.reward)
+    except (OSError, ValueError) as e:
+        raise DataError(f"sentiment.reward={sc.reward}: not a Hugging Face model folder: {e}") from e
+    return conf.id2label[resolve_target_label(conf.id2label, sc.target, sc.target_label, f"the reward model {sc.reward}")]
+
+
+def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: bool = False) -> dict[str, Any]:
+    """Steer ``cfg.sentiment.policy`` toward ``cfg.sentiment.target`` with ``method`` control or ppo,
+    export it (``export_dir``, default ``RUN_DIR/hf``) and, with ``report``, write the before/after
+    report on rank 0 (:func:`finetune.sentiment_report.sentiment_report`). ``report_only`` skips
+    training and reports on an existing export.
+
+    Returns:
+        The training summary (rank 0: also ``export_dir`` and, when reported, ``report``).
+
+    Raises:
+        ConfigError: no reward model or an unmappable target. DataError: unreadable models or data.
+    """
+    sc = cfg.sentiment
+    reward_label = check_reward(sc)
+    out = Path(sc.export_dir or Path(cfg.train.run_dir) / "hf")
+    run_dir = Path(cfg.train.run_dir)
+    if report_only:  # keep the training summary of the run, if any, and add the report to it
+        previous = run_dir / "result.json"
+        result: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
+        result["export_dir"] = str(out)
+    elif sc.method == "ppo":
+        from finetune.ppo import train_ppo
+
+        result = train_ppo(cfg, reward_label)
+    else:
+        from finetune.sentiment_control import train_control
+
+        result = train_control(cfg, reward_label)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return result
+    if report or report_only:
+        from finetune.sentiment_report import sentiment_report
+
+        rep = sentiment_report(cfg, out)
+        result["report"] = {k: rep[k] for k in ("before", "before_with_code", "after", "delta", "json", "png") if k in rep}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    return result

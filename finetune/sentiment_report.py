@@ -1,0 +1,278 @@
+"""Before vs after: how far a steered policy moved toward the target sentiment, and at what cost.
+
+:func:`sentiment_report` samples continuations of the same held-out prompts (the first 2–8 tokens of
+test-split rows, never the reward model's training rows nor PPO's prompts) from the reference policy
+("before") and the steered one ("after"; for control codes also "before_with_code": the reference
+prompted with the code, i.e. what prompting alone does) with the same seeds and lengths, and measures:
+
+* ``reward_target_rate``: share classified as the target class by the reward model (argmax);
+* ``judge_target_rate``: share judged target by an independent judge that was never optimised, the
+  VADER lexicon (Hutto & Gilbert 2014; ``vaderSentiment``): positive = compound ≥ 0.05, negative =
+  compound ≤ −0.05 (the thresholds VADER's authors recommend), on ``prompt + continuation`` — the text
+  the reward model scores — and ``judge_target_rate_continuation`` on the continuation alone;
+* ``mean_reward`` (the training reward, ``sentiment.reward_type``);
+* ``kl_to_reference``: nats/sample, ``mean_i Σ_t log π(y_t) − log π_ref(y_t)`` over the sampled
+  response tokens (an unbiased estimate of KL(π‖π_ref) when sampling is pure: temperature 1, no
+  top-k/top-p); for control codes π conditions on code + prompt, π_ref on the prompt;
+* ``reference_perplexity``: exp of the reference model's mean NLL per continuation token;
+* ``distinct_1``/``distinct_2`` (Li et al. 2016): unique word n-grams ÷ all word n-grams over all
+  continuations (lower-cased, whitespace words);
+* ten sample continuations side by side.
+
+Writes ``sentiment_report.json`` and ``sentiment_report.png`` into the run directory and the export
+folder, and adds a "Before vs after" table to the export's model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from finetune import sentiment as S
+from finetune.sentiment_control import code_ids
+from zerolm.config import ZeroLMConfig
+from zerolm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+REPORT_JSON, REPORT_PNG = "sentiment_report.json", "sentiment_report.png"
+METRICS = ("reward_target_rate", "judge_target_rate", "judge_target_rate_continuation", "mean_reward",
+           "kl_to_reference", "reference_perplexity", "distinct_1", "distinct_2", "mean_response_tokens")
+VADER_THRESHOLD = 0.05
+
+
+def vader_compound(texts: list[str]) -> list[float]:
+    """VADER compound polarity in [−1, 1] per text."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    sia = SentimentIntensityAnalyzer()
+    return [sia.polarity_scores(t)["compound"] for t in texts]
+
+
+def judge_hits(compound: list[float], target: str) -> list[bool]:
+    """VADER verdicts: positive = compound ≥ 0.05, negative = compound ≤ −0.05."""
+    return [c >= VADER_THRESHOLD if target == "positive" else c <= -VADER_THRESHOLD for c in compound]
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique word n-grams ÷ word n-grams, pooled over ``texts`` (0 when there are none)."""
+    grams = [tuple(w[i : i + n]) for w in (t.lower().split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _variant(model, ref, tok, reward, sc, queries, prefix, lengths, stops) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(sc.seed)
+    prompts = [prefix + q for q in queries]
+    resp = S.sample_responses(model, prompts, lengths, pad_id=tok.pad_token_id, stops=stops, temperature=sc.temperature,
+                              top_k=sc.top_k, top_p=sc.top_p, generator=gen)
+    full = [tok.decode(q + r, skip_special_tokens=True) for q, r in zip(queries, resp)]
+    cont = [tok.decode(r, skip_special_tokens=True) for r in resp]
+    logits = reward.logits(full)
+    rewards = reward.rewards_from_logits(logits)
+    lp_ref = S.sequence_logprobs(ref, queries, resp, tok.pad_token_id, sc.temperature)
+    lp = lp_ref if model is ref and not prefix else S.sequence_logprobs(model, prompts, resp, tok.pad_token_id, sc.temperature)
+    kl = [float((a - b).sum()) for a, b in zip(lp, lp_ref)]
+    n_tok = sum(len(r) for r in resp)
+    vf, vc = vader_compound(full), vader_compound(cont)
+    metrics = {
+        "reward_target_rate": float((logits.argmax(-1) == reward.index).float().mean()),
+        "judge_target_rate": float(np.mean(judge_hits(vf, sc.target))),
+        "judge_target_rate_continuation": float(np.mean(judge_hits(vc, sc.target))),
+        "mean_reward": float(rewards.mean()),
+        "kl_to_reference": float(np.mean(kl)),
+        "reference_perplexity": math.exp(-sum(float(x.sum()) for x in lp_ref) / max(n_tok, 1)),
+        "distinct_1": distinct_n(cont, 1), "distinct_2": distinct_n(cont, 2),
+        "mean_response_tokens": n_tok / len(resp),
+    }
+    return {"metrics": metrics, "continuations": cont, "rewards": rewards.tolist(), "vader": vf}
+
+
+def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path) -> dict[str, Any]:
+    """Compare the reference policy and the steered export on ``sentiment.report_prompts`` held-out
+    prompts; write the JSON + PNG (run dir and export folder) and update the model card.
+
+    Returns:
+        The report: ``before``/``after`` (and for control ``before_with_code``) metric dicts (see the
+        module docstring), ``delta`` (after − before), ``samples``, settings, ``json``/``png`` paths.
+
+    Raises:
+        DataError: ``steered_dir`` is not an export of ``zerolm finetune sentiment``.
+    """
+    t0 = time.perf_counter()
+    sc = cfg.sentiment
+    steered_dir = Path(steered_dir)
+    if not (steered_dir / S.MARKER).is_file():
+        raise DataError(f"{steered_dir} holds no {S.MARKER}: not a `zerolm finetune sentiment` export (train first)")
+    meta = json.loads((steered_dir / S.MARKER).read_text())
+    ref, tok = S.load_policy(meta.get("policy") or sc.policy)
+    steered, _ = S.load_policy(str(steered_dir))
+    reward = S.RewardModel(sc.reward or meta["reward"], sc.target, sc.target_label, sc.reward_type)
+    stops = S.stop_ids(ref, tok)
+    rng = np.random.default_rng(sc.seed + 7)
+    texts = S.split_texts(sc)["test"][0]
+    texts = [texts[i] for i in rng.permutation(len(texts))]
+    queries = S.make_queries(tok, texts, sc.prompt_min_tokens, sc.prompt_max_tokens, rng)[: sc.report_prompts]
+    lengths = rng.integers(sc.response_min_tokens, sc.response_max_tokens + 1, size=len(queries)).tolist()
+    code = code_ids(tok, meta.get("control_codes", sc.control_codes)[sc.target]) if meta["method"] == "control" else []
+    runs = {"before": _variant(ref, ref, tok, reward, sc, queries, [], lengths, stops),
+            "after": _variant(steered, ref, tok, reward, sc, queries, code, lengths, stops)}
+    if code:
+        runs["before_with_code"] = _variant(ref, ref, tok, reward, sc, queries, code, lengths, stops)
+    rep: dict[str, Any] = {
+        "method": meta["method"], "policy": meta.get("policy"), "steered": str(steered_dir.resolve()),
+        "reward": str(sc.reward or meta.get("reward")), "reward_type": sc.reward_type, "target": sc.target, "target_label": reward.label,
+        "judge": f"VADER compound {'>=' if sc.target == 'positive' else '<='} "
+                 f"{VADER_THRESHOLD if sc.target == 'positive' else -VADER_THRESHOLD}",
+        "prompts": {"data": sc.data, "split": "test", "count": len(queries), "tokens": [sc.prompt_min_tokens, sc.prompt_max_tokens],
+                    "split_seed": sc.split_seed},
+        "response_tokens": [sc.response_min_tokens, sc.response_max_tokens],
+        "generation": {"temperature": sc.temperature, "top_k": sc.top_k, "top_p": sc.top_p, "seed": sc.seed},
+        **{name: r["metrics"] for name, r in runs.items()},
+        "delta": {k: runs["after"]["metrics"][k] - runs["before"]["metrics"][k] for k in METRICS},
+        "training": {k: meta.get(k) for k in ("steps", "seconds", "status", "final_metrics", "control_codes") if k in meta},
+        "samples": [{"prompt": tok.decode(queries[i], skip_special_tokens=True),
+                     **{name: r["continuations"][i] for name, r in runs.items()},
+                     **{f"reward_{name}": round(r["rewards"][i], 3) for name, r in runs.items()},
+                     **{f"vader_{name}": r["vader"][i] for name, r in runs.items()}}
+                    for i in range(min(sc.report_samples, len(queries)))],
+    }
+    rep["seconds"] = round(time.perf_counter() - t0, 1)
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rewards = {name: r["rewards"] for name, r in runs.items()}
+    for folder in (run_dir, steered_dir):
+        _atomic_write(folder / REPORT_JSON, json.dumps(rep, indent=1) + "\n")
+        plot_report(rep, rewards, folder / REPORT_PNG, run_dir / "metrics.jsonl")
+    card = steered_dir / "README.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8").split("\n## Before vs after")[0].rstrip() + "\n"
+        _atomic_write(card, text + report_markdown(rep))
+    rep["json"], rep["png"] = str(run_dir / REPORT_JSON), str(run_dir / REPORT_PNG)
+    log.info("report: %s rate %.3f → %.3f (VADER), %.3f → %.3f (reward model) | mean reward %.3f → %.3f | KL %.2f nats | %.1f s",
+             sc.target, rep["before"]["judge_target_rate"], rep["after"]["judge_target_rate"],
+             rep["before"]["reward_target_rate"], rep["after"]["reward_target_rate"], rep["before"]["mean_reward"],
+             rep["after"]["mean_reward"], rep["after"]["kl_to_reference"], rep["seconds"])
+    return rep
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def plot_report(rep: dict[str, Any], rewards: dict[str, list[float]], path: Path, metrics_jsonl: Path | None = None) -> None:
+    """Target-sentiment rates (reward model, VADER) before/after, reward histograms and, when the run
+    logged PPO metrics, mean reward and KL per step. Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    if metrics_jsonl is not None and metrics_jsonl.is_file():
+        rows = [r for r in (json.loads(l) for l in metrics_jsonl.read_text().splitlines() if l) if "ppo/mean_reward" in r]
+    names = [n for n in ("before", "before_with_code", "after") if n in rep]
+    fig, axes = plt.subplots(1, 3 if rows else 2, figsize=(15 if rows else 10, 4))
+    keys = ("reward_target_rate", "judge_target_rate", "judge_target_rate_continuation")
+    w = 0.8 / len(names)
+    for j, n in enumerate(names):
+        axes[0].bar(np.arange(len(keys)) + j * w, [rep[n][k] for k in keys], w, label=n)
+    axes[0].set_xticks(np.arange(len(keys)) + w * (len(names) - 1) / 2, ["reward model", "VADER", "VADER (cont.)"])
+    axes[0].set_ylim(0, 1)
+    axes[0].set_ylabel(f"{rep['target']} rate")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"{rep['method']}: KL {rep['after']['kl_to_reference']:.2f} nats/sample", fontsize=10)
+    for n in names:
+        axes[1].hist(rewards[n], bins=20, alpha=0.5, label=f"{n} (mean {rep[n]['mean_reward']:.2f})")
+    axes[1].set_xlabel(f"reward ({rep['reward_type']} of {rep['target_label']})")
+    axes[1].legend(fontsize=8)
+    if rows:
+        ax = axes[2]
+        ax.plot([r["step"] for r in rows], [r["ppo/mean_reward"] for r in rows], label="mean reward")
+        ax.set_xlabel("PPO step")
+        ax.set_ylabel("mean reward")
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in rows], [r["ppo/kl"] for r in rows], color="tab:red", label="KL (nats/sample)")
+        ax2.set_ylabel("KL (nats/sample)", color="tab:red")
+        ax.set_title("training", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def report_markdown(rep: dict[str, Any]) -> str:
+    """The "Before vs after" section of the model card."""
+    names = [n for n in ("before", "before_with_code", "after") if n in rep]
+    lines = ["", "## Before vs after", "",
+             f"{rep['prompts']['count']} held-out prompts ({rep['prompts']['data']} {rep['prompts']['split']} split, first "
+             f"{rep['prompts']['tokens'][0]}–{rep['prompts']['tokens'][1]} tokens), continuations of "
+             f"{rep['response_tokens'][0]}–{rep['response_tokens'][1]} tokens; judge: {rep['judge']}.", "",
+             "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k in METRICS:
+        lines.append(f"| {k} | " + " | ".join(f"{rep[n][k]:.3f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def model_card(name: str, meta: dict[str, Any]) -> str:
+    """A Hugging Face model card for a steered policy: method, target, reward model, final metrics."""
+    how = ("control codes (Keskar et al. 2019): prefix a prompt with the code "
+           + ", ".join(f"`{c}` ({p})" for p, c in meta.get("control_codes", {}).items()) + " and a newline"
+           if meta["method"] == "control" else
+           "PPO with a per-token KL penalty against the initial policy (Ziegler et al. 2019): prompt as is")
+    final = "\n".join(f"| {k} | {v:.4g} |" for k, v in (meta.get("final_metrics") or {}).items()
+                      if isinstance(v, (int, float)))
+    prefix = meta.get("control_codes", {}).get(meta["target"], "")
+    prompt = (prefix + "\\n" if prefix else "") + "The film"
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags: [zerolm, sentiment, {'control-codes' if meta['method'] == 'control' else 'ppo'}]
+---
+
+# {name}
+
+`{Path(str(meta['policy'])).name}` steered toward **{meta['target']}** continuations with {how}. Reward
+model: `{meta['reward']}` (class `{meta['target_label']}`, reward = {meta['reward_type']}); text: `{meta['data']}`.
+{meta.get('steps')} steps in {meta.get('seconds')} s. Settings and numbers: `zerolm_sentiment.json`.
+
+| final training metric | value |
+|---|---|
+{final}
+
+```python
+from transformers import pipeline
+gen = pipeline("text-generation", model="{name}")
+print(gen("{prompt}", max_new_tokens=16, do_sample=True)[0]["generated_text"])
+```
+"""
+
+
+def report_tables(rep: dict[str, Any]) -> list[Any]:
+    """``rich`` tables of a report (metrics before/after; sample continuations) for the CLI to print."""
+    from rich.table import Table
+
+    names = [n for n in ("before", "before_with_code", "after") if n in rep]
+    t = Table(title=f"{rep['method']} → {rep['target']} ({rep['prompts']['count']} held-out prompts; judge {rep['judge']})")
+    t.add_column("metric")
+    for n in names:
+        t.add_column(n, justify="right")
+    t.add_column("after − before", justify="right")
+    for k in METRICS:
+        t.add_row(k, *(f"{rep[n][k]:.3f}" for n in names), f"{rep['delta'][k]:+.3f}")
+    s = Table(title="sample continuations (reward)", show_lines=True)
+    s.add_column("prompt")
+    for n in names:
+        s.add_column(n)
+    for row in rep["samples"]:
+        s.add_row(row["prompt"], *(f"{row[n]} ({row[f'reward_{n}']:+.2f})" for n in names))
+    return [t, s]

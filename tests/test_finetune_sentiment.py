@@ -1,0 +1,332 @@
+"""Sentiment-controlled continuation on tiny models and real Rotten Tomatoes text.
+
+A tiny BERT reward classifier (our tokenizer) is trained on real Rotten Tomatoes rows with
+finetune.classify's data and model pieces; the control-code method finetunes the tiny GPT on code-
+prefixed RT reviews through the CLI (shared DeepSpeed trainer) and reports; PPO (the CLI, one process,
+then two under torchrun) starts from that export — a random-init GPT samples uniformly over 2,000
+tokens, so no reward signal is reachable in a few updates — and must raise the reward, track KL,
+keep both ranks' weights identical and export a folder that AutoModelForCausalLM loads. Unit tests
+check GAE, whitening, the adaptive KL rule, the clipped losses, label mapping, distinct-n and the
+VADER thresholds against hand-computed values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from finetune import sentiment as S
+from finetune import sentiment_control as C
+from finetune.ppo import AdaptiveKLController, gae, masked_whiten, ppo_losses
+from finetune.sentiment_report import METRICS, distinct_n, judge_hits, vader_compound
+from zerolm.config import load_config
+from zerolm.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PPO_KEYS = ("ppo/mean_reward", "ppo/kl", "ppo/kl_coef", "ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac",
+            "ppo/entropy", "ppo/tokens_per_second", "ppo/approx_kl", "train/loss")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline",
+            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "WANDB_API_KEY": "", "HF_TOKEN": ""}
+
+
+def sentiment_cli(args: list[str], nproc: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "finetune"] if nproc == 1 else \
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "finetune"]
+    r = subprocess.run([*launcher, "sentiment", *map(str, args)], cwd=REPO, env=_env(), capture_output=True, text=True,
+                       timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError(f"finetune sentiment failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tiny_bert, tmp_path_factory):
+    """A tiny BERT fresh/rotten classifier: 300 steps of 32 real RT training rows (classify's split,
+    so the sentiment prompts are never its training rows), saved as a text-classification folder."""
+    from finetune import data as fdata
+    from finetune.classify import build_classifier, load_tokenizer, predict, prepare_data, tokenize
+    from zerolm.config import FinetuneConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fc = FinetuneConfig(model=str(tiny_bert), data="rotten_tomatoes", max_length=32)
+        prep = prepare_data(fc)
+        tok = load_tokenizer(fc.model)
+        train = tokenize(tok, *prep["splits"]["train"], 32)
+        torch.manual_seed(0)
+        model = build_classifier(fc.model, prep["label_names"], tok.pad_token_id)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+        g = torch.Generator().manual_seed(0)
+        model.train()
+        for _ in range(300):
+            batch = fdata.collate([train[i] for i in torch.randint(len(train), (32,), generator=g).tolist()], tok.pad_token_id)
+            loss = model(**batch).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        texts, labels = prep["splits"]["test"]
+        acc = float(np.mean([p == y for p, y in zip(predict(model, tok, texts[:400], 32), labels[:400])]))
+        out = tmp_path_factory.mktemp("reward")
+        model.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
+        (out / "accuracy.json").write_text(json.dumps({"test_accuracy_400": acc}))
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def control_run(tiny_gpt, reward_dir, tmp_path_factory):
+    """`python -m finetune sentiment --method control --report` on the tiny GPT: 120 steps of 32 RT rows."""
+    run = tmp_path_factory.mktemp("control")
+    sentiment_cli(["--method", "control", "--policy", tiny_gpt, "--reward", reward_dir, "--run-dir", run, "--report",
+                   "sentiment.report_prompts=24", "data.micro_batch_size=32", "train.max_steps=120", "train.lr=3e-3",
+                   "train.warmup_steps=5", "train.log_every=40", "train.eval_every=120", "train.eval_batches=4",
+                   "train.peak_flops=1e10", "tracking.wandb_mode=disabled"])
+    return run
+
+
+@pytest.fixture(scope="module")
+def ppo_run(control_run, reward_dir, tmp_path_factory):
+    """`python -m finetune sentiment --method ppo --report`, one process, 18 PPO steps of 16 prompts."""
+    run = tmp_path_factory.mktemp("ppo")
+    sentiment_cli(["--method", "ppo", "--policy", control_run / "hf", "--reward", reward_dir, "--run-dir", run, "--report",
+                   "sentiment.steps=18", "sentiment.batch_size=16", "sentiment.mini_batch_size=8", "sentiment.lr=5e-4",
+                   "sentiment.trainable_layers=null", "sentiment.max_minutes=null",
+                   "sentiment.init_kl_coef=0.05", "sentiment.reward_type=logit_margin", "sentiment.prompt_max_tokens=2",
+                   "sentiment.response_min_tokens=8", "sentiment.report_prompts=24", "tracking.wandb_mode=offline"])
+    return run
+
+
+def test_tiny_reward_model_learned_sentiment(reward_dir):
+    acc = json.loads((reward_dir / "accuracy.json").read_text())["test_accuracy_400"]
+    assert acc > 0.62, acc  # majority class (fresh) is 0.578
+    r = S.RewardModel(str(reward_dir), "negative")
+    assert r.label == "rotten"
+    assert r.score(["A dull, lifeless, boring mess."]).item() > r.score(["A gorgeous, funny, moving film."]).item()
+
+
+def test_ppo_raises_reward_and_tracks_kl(ppo_run):
+    rows = [json.loads(line) for line in (ppo_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 19))
+    assert all(k in r and math.isfinite(r[k]) for r in rows for k in PPO_KEYS)
+    reward = [r["ppo/mean_reward"] for r in rows]
+    assert np.mean(reward[-4:]) > np.mean(reward[:4]) + 0.3, reward
+    kl = [r["ppo/kl"] for r in rows]
+    assert abs(kl[0]) < 1e-4  # step 1 samples from the reference itself
+    assert np.mean(kl[-4:]) > 0.1, kl
+    # adaptive β (Ziegler et al.): β1 = β0 (1 + clip(KL/6 − 1, ±0.2) · 16/10000)
+    beta1 = 0.05 * (1 + float(np.clip(kl[0] / 6 - 1, -0.2, 0.2)) * 16 / 10000)
+    assert rows[1]["ppo/kl_coef"] == pytest.approx(beta1, rel=1e-9) and rows[0]["ppo/kl_coef"] == 0.05
+    assert list((ppo_run / "wandb").glob("offline-run-*")), "no offline W&B run"
+    result = json.loads((ppo_run / "result.json").read_text())
+    assert result["status"] == "completed" and result["steps"] == 18 and len(result["rank_weight_sha256"]) == 1
+
+
+def test_ppo_export_loads_and_generates(ppo_run, control_run):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    hf = ppo_run / "hf"
+    model = AutoModelForCausalLM.from_pretrained(str(hf))
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    ids = tok("The film", return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=6, min_new_tokens=6, do_sample=True, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 6
+    saved = load_file(str(hf / "model.safetensors"))
+    assert not any("v_head" in k for k in saved)  # the policy without the value head
+    before = load_file(str(control_run / "hf" / "model.safetensors"))
+    assert any(not torch.equal(saved[k], before[k]) for k in saved)  # PPO changed the weights
+    meta = json.loads((hf / S.MARKER).read_text())
+    assert meta["method"] == "ppo" and meta["target_label"] == "fresh" and meta["steps"] == 18
+    card = (hf / "README.md").read_text()
+    assert "PPO" in card and "ppo/mean_reward" in card and "## Before vs after" in card
+
+
+def _check_report(run: Path, variants: tuple[str, ...]) -> dict:
+    rep = json.loads((run / "sentiment_report.json").read_text())
+    assert (run / "sentiment_report.png").stat().st_size > 5000
+    assert (run / "hf" / "sentiment_report.json").is_file()
+    for v in variants:
+        assert set(METRICS) <= set(rep[v]), (v, rep[v])
+        assert 0 <= rep[v]["judge_target_rate"] <= 1 and 0 <= rep[v]["distinct_2"] <= 1
+        assert rep[v]["reference_perplexity"] > 1
+    assert rep["before"]["kl_to_reference"] == 0.0 and rep["after"]["kl_to_reference"] > 0
+    assert rep["prompts"]["count"] == 24 and rep["prompts"]["split"] == "test"
+    assert len(rep["samples"]) == 10 and all(set(variants) <= set(s) for s in rep["samples"])
+    assert rep["delta"]["mean_reward"] == pytest.approx(rep["after"]["mean_reward"] - rep["before"]["mean_reward"])
+    return rep
+
+
+def test_reports_have_every_field(ppo_run, control_run):
+    ppo = _check_report(ppo_run, ("before", "after"))
+    assert ppo["method"] == "ppo" and "before_with_code" not in ppo
+    assert ppo["after"]["mean_reward"] > ppo["before"]["mean_reward"]
+    ctl = _check_report(control_run, ("before", "before_with_code", "after"))
+    assert ctl["method"] == "control" and ctl["before_with_code"]["kl_to_reference"] != 0
+
+
+def test_control_export_generates_after_the_code(control_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = json.loads((control_run / "result.json").read_text())
+    assert result["step"] == 120 and result["eval/loss"] < 6.5  # random init: ln(2000) = 7.6 nats/token
+    hf = control_run / "hf"
+    meta = json.loads((hf / S.MARKER).read_text())
+    assert meta["method"] == "control" and meta["control_codes"]["positive"] == "Positive review:"
+    model = AutoModelForCausalLM.from_pretrained(str(hf))
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    prompt = C.code_ids(tok, meta["control_codes"]["positive"]) + tok("The film", add_special_tokens=False)["input_ids"]
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=True,
+                         pad_token_id=tok.pad_token_id)
+    assert out.shape[1] == len(prompt) + 8 and out[0, : len(prompt)].tolist() == prompt
+
+
+def test_ppo_two_processes_keep_identical_weights(control_run, reward_dir, tmp_path):
+    """DDP over gloo with the packaged default sentiment.trainable_layers=8 (all of the tiny GPT's blocks,
+    embeddings frozen): frozen and trained parameters alike end identical on both ranks."""
+    run = tmp_path / "ppo2"
+    sentiment_cli(["--method", "ppo", "--policy", control_run / "hf", "--reward", reward_dir, "--run-dir", run,
+                   "sentiment.steps=2", "sentiment.batch_size=8", "sentiment.mini_batch_size=4", "sentiment.lr=5e-4",
+                   "tracking.wandb_mode=disabled"], nproc=2)
+    result = json.loads((run / "result.json").read_text())
+    digests = result["rank_weight_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert result["steps"] == 2 and result["final"]["ppo/kl"] != 0
+    assert (run / "hf" / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Units (hand-computed)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_gae_hand_computed():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 5.0]])
+    values = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the second response has 2 tokens
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.95)
+    # row 0: δ2 = 1 − .5 = .5; A1 = 0 + .95·.5; A0 = .95·A1.  row 1: δ1 = 1 − .5 (V after the end = 0)
+    assert torch.allclose(adv[0], torch.tensor([0.45125, 0.475, 0.5]))
+    assert torch.allclose(adv[1], torch.tensor([0.475, 0.5, 0.0]))
+    assert torch.allclose(ret, (adv + values) * mask)
+    w = masked_whiten(adv, mask)
+    sel = w[mask.bool()]
+    assert abs(float(sel.mean())) < 1e-5 and abs(float((sel ** 2).mean()) - 1) < 1e-3 and float(w[1, 2]) == 0
+
+
+def test_adaptive_kl_and_clipped_losses_hand_computed():
+    ctl = AdaptiveKLController(0.2, 6.0, 10000)
+    assert ctl.update(12.0, 16) == pytest.approx(0.2 * (1 + 0.2 * 16 / 10000))  # error clipped at +0.2
+    assert ctl.update(5.4, 16) == pytest.approx(0.2 * 1.00032 * (1 - 0.1 * 16 / 10000))
+    fixed = AdaptiveKLController(0.2, 6.0, 10000, adaptive=False)
+    assert fixed.update(50.0, 16) == 0.2
+    old = torch.zeros(1, 2)
+    logp = torch.log(torch.tensor([[1.5, 0.5]]))  # ratios 1.5 and 0.5
+    adv = torch.ones(1, 2)
+    mask = torch.ones(1, 2)
+    values, old_v, returns = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[2.0, 0.1]])
+    pl, vl, st = ppo_losses(logp, values, old, old_v, adv, returns, mask, 0.2, 0.2)
+    # A = +1: ratio 1.5 → max(−1.5, −1.2) = −1.2 (clipped); ratio 0.5 → max(−0.5, −0.8) = −0.5
+    assert float(pl) == pytest.approx((-1.2 - 0.5) / 2) and st["clipfrac"] == 0.5
+    # value: V = 1 vs V_clip = 0.2 toward R = 2 → ½ max(1, 3.24); second: ½ max(.01, .01)
+    assert float(vl) == pytest.approx(0.5 * (3.24 + 0.01) / 2)
+
+
+def test_target_label_mapping():
+    assert S.resolve_target_label({0: "fresh", 1: "rotten"}, "positive") == 0
+    assert S.resolve_target_label({0: "fresh", 1: "rotten"}, "negative") == 1
+    assert S.resolve_target_label({0: "NEG", 1: "POS"}, "positive") == 1
+    assert S.resolve_target_label({0: "negative", 1: "neutral", 2: "positive"}, "negative") == 0
+    with pytest.raises(ConfigError, match="target_label"):
+        S.resolve_target_label({0: "LABEL_0", 1: "LABEL_1"}, "positive")
+    assert S.resolve_target_label({0: "LABEL_0", 1: "LABEL_1"}, "positive", "LABEL_1") == 1
+    with pytest.raises(ConfigError, match="not a label"):
+        S.resolve_target_label({0: "fresh", 1: "rotten"}, "positive", "good")
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from zerolm.cli import main
+
+    unlabelled = tmp_path / "clf"
+    BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                                             intermediate_size=8)).save_pretrained(str(unlabelled))
+    assert main(["finetune", "sentiment", "--reward", str(unlabelled), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "sentiment.target_label" in capsys.readouterr().out
+    assert main(["finetune", "sentiment", "--reward", str(tmp_path / "nope")]) == 2
+    assert "zerolm finetune classify" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="prompt_min_tokens"):
+        load_config(None, ["sentiment.prompt_min_tokens=9"])
+    with pytest.raises(ConfigError, match="mini_batch_size"):
+        load_config(None, ["sentiment.batch_size=10", "sentiment.mini_batch_size=4"])
+    cfg = load_config(REPO / "configs" / "finetune" / "sentiment_ppo.yaml")
+    assert (cfg.sentiment.init_kl_coef, cfg.sentiment.target_kl, cfg.sentiment.kl_horizon, cfg.sentiment.lam) == (0.2, 6.0, 10000, 0.95)
+    assert load_config(REPO / "configs" / "finetune" / "sentiment_control.yaml").sentiment.method == "control"
+
+
+def test_distinct_n_and_vader_judge():
+    texts = ["the cat the cat", "A dog"]
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)  # the, cat, a, dog of 6 words
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)  # (the cat) twice, (cat the), (a dog)
+    assert distinct_n(["one"], 2) == 0.0
+    assert judge_hits([0.05, 0.049, -0.05, 0.0], "positive") == [True, False, False, False]
+    assert judge_hits([0.05, -0.049, -0.05, 0.0], "negative") == [False, False, True, False]
+    pos, neg, neutral = vader_compound(["A gorgeous, witty, seductive movie.", "A dull, boring mess.", "The film is about a man."])
+    assert pos >= 0.05 and neg <= -0.05 and neutral == 0.0
+
+
+def test_sampling_and_logprobs_agree_with_an_unpadded_forward(tiny_gpt):
+    model, tok = S.load_policy(str(tiny_gpt))
+    queries = [tok("A gorgeous", add_special_tokens=False)["input_ids"], tok("The plot of this film", add_special_tokens=False)["input_ids"]]
+    assert len(queries[0]) < len(queries[1])  # left padding is exercised
+    g = torch.Generator().manual_seed(0)
+    resp = S.sample_responses(model, queries, [5, 3], pad_id=tok.pad_token_id, stops=set(), generator=g)
+    assert [len(r) for r in resp] == [5, 3]
+    lps = S.sequence_logprobs(model, queries, resp, tok.pad_token_id)
+    for q, r, lp in zip(queries, resp, lps):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([q + r])).logits[0, len(q) - 1 : -1]
+        assert torch.allclose(lp, torch.log_softmax(logits, -1).gather(1, torch.tensor(r)[:, None])[:, 0], atol=1e-5)
+
+
+def test_control_rows_mask_the_code(tiny_gpt):
+    _, tok = S.load_policy(str(tiny_gpt))
+    sc = load_config(None, ["sentiment.control_max_length=16"]).sentiment
+    ex = C.control_examples(tok, sc, ["A gorgeous film.", "A dull mess.", "Meh."], ["fresh", "rotten", "neutral"], tok.eos_token_id)
+    assert len(ex) == 2  # the neutral row has no polarity
+    pos_code, neg_code = C.code_ids(tok, "Positive review:"), C.code_ids(tok, "Negative review:")
+    assert ex[0][0][: len(pos_code)] == pos_code and ex[1][0][: len(neg_code)] == neg_code
+    assert ex[0][1] == len(pos_code) and ex[0][0][-1] == tok.eos_token_id and len(ex[0][0]) <= 16
+    batch = next(iter(C.ControlCodeLoader(ex, 2, tok.pad_token_id, infinite=False)))  # rows in order
+    for row, (ids_list, n) in enumerate(ex):
+        labels, mask = batch["labels"][row], batch["attention_mask"][row]
+        assert int(mask.sum()) == len(ids_list)
+        assert (labels[:n] == -100).all() and (labels[mask == 0] == -100).all()  # no loss on the code or padding
+        assert labels[n : len(ids_list)].tolist() == ids_list[n:]
+
+
+def test_freeze_lower_layers(tiny_gpt):
+    from finetune.ppo import freeze_lower_layers
+
+    model, _ = S.load_policy(str(tiny_gpt))
+    total = sum(p.numel() for p in model.parameters())
+    assert freeze_lower_layers(model, None) == total
+    n = freeze_lower_layers(model, 1)
+    expected = {name for name, _ in model.named_parameters() if name.startswith(("transformer.h.1.", "transformer.ln_f."))}
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
+    assert n == sum(p.numel() for name, p in model.named_parameters() if name in expected) < total
