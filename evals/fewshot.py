@@ -322,6 +322,11 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
             "source": cfg.source, "yaml": str(cfg.path) if cfg.path else None, "output_type": cfg.output_type,
             "fewshot_mode": task.fewshot_mode, "n_test_docs": len(task.test_docs),
             "n_fewshot_pool": len(task.fewshot_docs), "metrics": [m.name for m in cfg.metric_list]}
+        if cfg.output_type == "generate_until" and lm.kind != "causal":
+            # a masked LM scores choices (pseudo-log-likelihood) but does not generate
+            result["tasks"][task.name]["not_applicable"] = f"{cfg.output_type} needs a causal LM; {model} is a masked LM"
+            log.warning("%s: skipped (%s)", task.name, result["tasks"][task.name]["not_applicable"])
+            continue
         result["results"][task.name] = {}
         mine = list(range(rank, n_docs, world))
         for k in sorted(set(shots)):
@@ -379,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` (the arguments after ``zerolm eval fewshot``), run :func:`run_fewshot`, log the
-    table, and return the result dict. Under torchrun / accelerate launch the process group is shut
+    """Parse ``argv`` (the arguments after ``zerolm eval fewshot``), run :func:`run_fewshot` and return
+    the result dict (the CLI prints :func:`format_table` of it). Under torchrun / accelerate launch the process group is shut
     down at the end (barrier + destroy); the caller should then leave with
     :func:`pretrain.distributed.exit_process`. Raises what :func:`run_fewshot` raises."""
     args = build_parser().parse_args(argv)
@@ -391,7 +396,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ConfigError(f"--shots: {args.shots!r} is not a comma-separated list of ints") from e
     result = run_fewshot(args.model, tasks, shots, args.limit, args.out, batch_size=args.batch_size, seed=args.seed,
                          shared_context=not args.no_shared_context)
-    log.info("few-shot results (%s):\n%s", args.out, format_table(result))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         from pretrain.distributed import shutdown
 

@@ -278,3 +278,21 @@ def test_fewshot_pool_too_small_fails_before_loading_a_model(tmp_path):
         fewshot.run_fewshot("/nonexistent-model", ["gender_star"], [0, 42], limit=1, out_dir=tmp_path)
     with pytest.raises(ConfigError, match="--shots"):
         fewshot.main(["--model", "x", "--shots", "0,one"])
+
+
+def test_masked_lm_scores_choices_by_pll_and_skips_generation(tiny_bert, tmp_path):
+    from evals.lm import load_lm
+
+    result = fewshot.run_fewshot(str(tiny_bert), ["piqa", "opposite_sentences"], [0], limit=3, out_dir=tmp_path)
+    assert "generate_until needs a causal LM" in result["tasks"]["opposite_sentences"]["not_applicable"]
+    assert "opposite_sentences" not in result["results"]
+    lm = load_lm(tiny_bert)
+    task = load_task("piqa")
+    hits = []
+    for doc_id in range(3):
+        ctx = task.build_context(doc_id, 0, 1234)
+        doc = task.test_docs[doc_id]
+        choices = task.doc_to_choice(doc)
+        lls = [s for s, _ in lm.loglikelihood([(ctx, " " + c) for c in choices])]
+        hits.append(float(max(range(len(choices)), key=lambda i: lls[i]) == task.gold_index(doc)))
+    assert result["results"]["piqa"]["0"]["metrics"]["acc"] == pytest.approx(sum(hits) / 3)
