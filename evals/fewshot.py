@@ -385,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv`` (the arguments after ``zerolm eval fewshot``), run :func:`run_fewshot` and return
-    the result dict (the CLI prints :func:`format_table` of it). Under torchrun / accelerate launch the process group is shut
-    down at the end (barrier + destroy); the caller should then leave with
+    the result dict (the CLI prints :func:`format_table` of it). Under torchrun / accelerate launch the
+    process group is shut down at the end (barrier + destroy); the caller should then leave with
     :func:`pretrain.distributed.exit_process`. Raises what :func:`run_fewshot` raises."""
     args = build_parser().parse_args(argv)
     tasks = list_tasks() if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
