@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from evals.bias import vader_compound  # noqa: F401  (the one VADER judge, shared with the BOLD-style probe)
 from finetune import sentiment as S
 from finetune.sentiment_control import code_ids
 from zerolm.config import ZeroLMConfig
@@ -46,14 +47,6 @@ REPORT_JSON, REPORT_PNG = "sentiment_report.json", "sentiment_report.png"
 METRICS = ("reward_target_rate", "judge_target_rate", "judge_target_rate_continuation", "mean_reward",
            "kl_to_reference", "reference_perplexity", "distinct_1", "distinct_2", "mean_response_tokens")
 VADER_THRESHOLD = 0.05
-
-
-def vader_compound(texts: list[str]) -> list[float]:
-    """VADER compound polarity in [−1, 1] per text."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    sia = SentimentIntensityAnalyzer()
-    return [sia.polarity_scores(t)["compound"] for t in texts]
 
 
 def judge_hits(compound: list[float], target: str) -> list[bool]:
