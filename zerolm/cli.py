@@ -89,21 +89,24 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_finetune_classify(args: argparse.Namespace) -> int:
+def _finetune_cfg(args: argparse.Namespace, default_yaml: str, options: tuple[tuple[str, str], ...]) -> ZeroLMConfig:
+    """The config of a finetune subcommand: ``--config`` or ``configs/finetune/<default_yaml>``, then the
+    given ``(option, config key)`` pairs as overrides, then the command line's own overrides."""
     from pathlib import Path
 
+    if args.config is None:
+        default = Path(__file__).resolve().parents[1] / "configs" / "finetune" / default_yaml
+        args.config = str(default) if default.is_file() else None
+    return _cfg(args, [f"{key}={getattr(args, opt)}" for opt, key in options if getattr(args, opt)])
+
+
+def _cmd_finetune_classify(args: argparse.Namespace) -> int:
     from finetune.classify import finetune_classify
 
-    if args.config is None:  # the packaged defaults (MiniLM on Rotten Tomatoes, finetuning learning rate)
-        default = Path(__file__).resolve().parents[1] / "configs" / "finetune" / "classify.yaml"
-        args.config = str(default) if default.is_file() else None
-    extra = []
-    for opt, key in (("model", "finetune.model"), ("data", "finetune.data"), ("run_dir", "train.run_dir"),
-                     ("out", "finetune.export_dir"), ("text_column", "finetune.text_column"),
-                     ("label_column", "finetune.label_column")):
-        if getattr(args, opt):
-            extra.append(f"{key}={getattr(args, opt)}")
-    cfg = _cfg(args, extra)
+    # the packaged defaults: MiniLM on Rotten Tomatoes, finetuning learning rate
+    cfg = _finetune_cfg(args, "classify.yaml", (
+        ("model", "finetune.model"), ("data", "finetune.data"), ("run_dir", "train.run_dir"),
+        ("out", "finetune.export_dir"), ("text_column", "finetune.text_column"), ("label_column", "finetune.label_column")))
     result = finetune_classify(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         console.print_json(json.dumps(result, default=str))
@@ -115,15 +118,10 @@ def _cmd_finetune_sentiment(args: argparse.Namespace) -> int:
 
     from finetune.sentiment import finetune_sentiment
 
-    if args.config is None:  # the packaged defaults of the method (SmolLM2, MiniLM Rotten Tomatoes reward)
-        default = Path(__file__).resolve().parents[1] / "configs" / "finetune" / f"sentiment_{args.method or 'ppo'}.yaml"
-        args.config = str(default) if default.is_file() else None
-    extra = []
-    for opt, key in (("policy", "sentiment.policy"), ("reward", "sentiment.reward"), ("target", "sentiment.target"),
-                     ("method", "sentiment.method"), ("run_dir", "train.run_dir"), ("out", "sentiment.export_dir")):
-        if getattr(args, opt):
-            extra.append(f"{key}={getattr(args, opt)}")
-    cfg = _cfg(args, extra)
+    # the packaged defaults of the method: SmolLM2 policy, MiniLM Rotten Tomatoes reward
+    cfg = _finetune_cfg(args, f"sentiment_{args.method or 'ppo'}.yaml", (
+        ("policy", "sentiment.policy"), ("reward", "sentiment.reward"), ("target", "sentiment.target"),
+        ("method", "sentiment.method"), ("run_dir", "train.run_dir"), ("out", "sentiment.export_dir")))
     result = finetune_sentiment(cfg, report=args.report, report_only=args.report_only)
     if int(os.environ.get("RANK", "0")) == 0:
         if "report" in result:
