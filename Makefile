@@ -31,8 +31,8 @@ quickstart: setup
 	$(BIN)/zerolm data prepare --out data/corpus
 	$(BIN)/zerolm tokenizer train --data data/corpus --out data/tokenizer
 	$(BIN)/zerolm data inspect --data data/corpus --tokenizer data/tokenizer --batches 20
-	$(TORCHRUN) -m pretrain --config configs/pretrain/quickstart_gpt.yaml
-	$(TORCHRUN) -m pretrain --config configs/pretrain/quickstart_bert.yaml
+	$(TORCHRUN) -m zerolm.pretrain --config configs/pretrain/quickstart_gpt.yaml
+	$(TORCHRUN) -m zerolm.pretrain --config configs/pretrain/quickstart_bert.yaml
 	$(BIN)/zerolm export runs/quickstart/gpt runs/quickstart/gpt-hf
 	$(BIN)/zerolm export runs/quickstart/bert runs/quickstart/bert-hf
 	$(BIN)/zerolm sample runs/quickstart/gpt-hf

@@ -4,7 +4,7 @@ logistic-regression baseline on the same stratified splits, all in one run.
     .venv/bin/python bench/classify.py                      # MiniLM-L6, quickstart BERT/GPT (if exported), TF-IDF+LR
     .venv/bin/python bench/classify.py --models minilm --datasets bbc_news --steps-scale 0.5
 
-Each finetune is ``python -m finetune classify`` in its own process (the same entry point users run;
+Each finetune is ``python -m zerolm.finetune classify`` in its own process (the same entry point users run;
 one process, ZeRO-2, fp32); the baseline (scikit-learn, ``pip install -e '.[dev]'``) reads the very
 splits :func:`finetune.classify.prepare_data` makes. Models ``bert``/``gpt`` are the quickstart exports
 ``runs/quickstart/{bert,gpt}-hf`` (``make quickstart``), skipped when absent. Targets (issue 5):
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 MODELS = {"minilm": "minilm", "bert": "runs/quickstart/bert-hf", "gpt": "runs/quickstart/gpt-hf"}
 # per dataset: max_length, micro batch, steps (≈ 1 epoch of RT, ≈ 1.3 of BBC), per model family: lr
@@ -38,7 +37,7 @@ def tfidf_baseline(dataset: str, seed: int) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
 
-    from finetune.classify import prepare_data
+    from zerolm.finetune.classify import prepare_data
     from zerolm.config import FinetuneConfig
 
     t0 = time.perf_counter()
@@ -56,13 +55,13 @@ def finetune(model: str, dataset: str, work: Path, scale: float, seed: int) -> d
     d = DATASETS[dataset]
     steps = max(10, int(d["steps"] * scale))
     run_dir = work / f"{model}-{dataset}"
-    cmd = [sys.executable, "-m", "finetune", "classify", "--model", MODELS[model], "--data", dataset,
+    cmd = [sys.executable, "-m", "zerolm.finetune", "classify", "--model", MODELS[model], "--data", dataset,
            "--run-dir", str(run_dir), f"finetune.max_length={d['max_length']}", f"finetune.split_seed={seed}",
            f"data.micro_batch_size={d['micro']}", f"train.max_steps={steps}", f"train.warmup_steps={max(1, steps // 10)}",
            f"train.lr={LR[model]}", "train.eval_every=100000", f"train.log_every={max(1, steps // 5)}",
            "tracking.wandb_mode=disabled"]
     t0 = time.perf_counter()
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")

@@ -26,14 +26,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# this file is named like the package it measures: keep bench/ off the import path
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import torch  # noqa: E402
 
 
 def run_zerolm(files, tokdir, objective, seq_len, batch):
-    from data_pipeline.loader import PackedDataLoader
+    from zerolm.data_pipeline.loader import PackedDataLoader
     from zerolm.config import DataConfig, SourceConfig
 
     src = [SourceConfig(name="bench", paths=files)]
@@ -67,7 +64,7 @@ def run_baseline(files, tokdir, objective, seq_len, batch):
 
 
 def corpus_tokens(files, tokdir):
-    from data_pipeline.tokenizer import load_pipeline_tokenizer
+    from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
     import json
 
     tok = load_pipeline_tokenizer(tokdir)

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 for _k, _v in {"DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
                "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_k, _v)
@@ -43,7 +42,7 @@ MODELS = {"gpt": "runs/quickstart/gpt-hf", "smollm2": "smollm2"}
 
 
 def _time_ours(lm, task, n: int, k: int, seed: int, shared: bool = True) -> tuple[float, list[dict]]:
-    from evals.fewshot import score_items
+    from zerolm.evals.fewshot import score_items
 
     t0 = time.perf_counter()
     records = score_items(lm, task, list(range(n)), k, seed, shared_context=shared)
@@ -54,9 +53,9 @@ def bench_one(model: str, lm, hflm, task_name: str, k: int, limit: int, seed: in
               batch_size: int, with_full: bool) -> dict:
     import numpy as np
 
-    from evals.fewshot import aggregate
-    from evals.lm_eval_ref import lm_eval_reference
-    from evals.tasks import load_task
+    from zerolm.evals.fewshot import aggregate
+    from zerolm.evals.lm_eval_ref import lm_eval_reference
+    from zerolm.evals.tasks import load_task
 
     task = load_task(task_name)
     n = min(limit, len(task.test_docs))
@@ -106,8 +105,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
-    from evals.lm_eval_ref import make_lm_eval_model
-    from evals.lm import load_lm
+    from zerolm.evals.lm_eval_ref import make_lm_eval_model
+    from zerolm.evals.lm import load_lm
 
     configs = [(int(c.split(":")[0]), int(c.split(":")[1])) for c in args.configs.split(",")]
     work = Path(args.out).parent / "evals_work"

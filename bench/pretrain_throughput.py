@@ -10,7 +10,7 @@ per rank (``OMP_NUM_THREADS=1``):
    ranks at once, one thread each — what zerolm's trainer measures at start-up — the median of 3–5
    readings, taken first, before each HF run and before the memory runs; MFU uses their mean for
    both frameworks (a warning is printed when they spread by more than 15 %).
-2. **zerolm**: ``torchrun --standalone --nproc_per_node 2 -m pretrain --config <generated yaml>``
+2. **zerolm**: ``torchrun --standalone --nproc_per_node 2 -m zerolm.pretrain --config <generated yaml>``
    (log every step, no eval/checkpoint until the last step). Steady state = the steps after
    ``--warmup``: tokens/s by wall clock (arrival times of the per-step lines in
    ``RUN_DIR/metrics.jsonl``, the same measure as the HF callback) and as the trainer reports it
@@ -62,6 +62,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_args import add_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "pretrain_throughput_worker.py"
@@ -145,7 +147,7 @@ def run_zerolm(a, work: Path, i: int = 0) -> dict:
     }
     cfg_path = work / f"zerolm_bench{i}.yaml"
     cfg_path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
-    cmd = [*_torchrun(a.nproc), "-m", "pretrain", "--config", str(cfg_path)]
+    cmd = [*_torchrun(a.nproc), "-m", "zerolm.pretrain", "--config", str(cfg_path)]
     log = work / f"zerolm{i}.log"
     metrics = run_dir / "metrics.jsonl"
     arrivals: dict[int, float] = {}
@@ -176,7 +178,7 @@ def run_zerolm(a, work: Path, i: int = 0) -> dict:
         _fail("zerolm trainer", log, proc.returncode)
     rows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
     return {"command": " ".join(["OMP_NUM_THREADS=1", "torchrun --standalone --nproc_per_node", str(a.nproc),
-                                 "-m pretrain --config", str(cfg_path)]),
+                                 "-m zerolm.pretrain --config", str(cfg_path)]),
             "config": cfg, "rows": rows, "arrivals": arrivals, "wall_s": time.perf_counter() - t0,
             "result": json.loads((run_dir / "result.json").read_text())}
 
@@ -232,7 +234,7 @@ def summarize(a, peak_flops: float, zs: list[dict], hfs: list[dict], mem: dict[s
     res: dict = {"tokens_per_step": tps_step, "peak_flops_per_rank": peak_flops, "frameworks": {}}
     fpt = None
     if zs:
-        from pretrain.models import flops_per_token
+        from zerolm.pretrain.models import flops_per_token
 
         n_params = zs[0]["result"]["parameters"]
         fpt = flops_per_token(n_params, a.n_layer, a.d_model, a.seq_len)
@@ -346,7 +348,7 @@ def render(a, r: dict, peaks: list[dict]) -> str:
                f"{'vs HF':>6} {'loss first→last':>16}")
         L += [hdr, "-" * len(hdr)]
         hf_tps = fw.get("hf_trainer", {}).get("tokens_per_s")
-        names = {"zerolm": "zerolm (python -m pretrain)", "hf_trainer": "HF transformers.Trainer"}
+        names = {"zerolm": "zerolm (python -m zerolm.pretrain)", "hf_trainer": "HF transformers.Trainer"}
         for k in ("zerolm", "hf_trainer"):
             if k in fw:
                 f = fw[k]
@@ -403,16 +405,7 @@ def render(a, r: dict, peaks: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default="data/corpus")
-    ap.add_argument("--tokenizer", default="data/tokenizer")
-    ap.add_argument("--n-layer", type=int, default=6)
-    ap.add_argument("--d-model", type=int, default=512)
-    ap.add_argument("--n-head", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--micro-batch", type=int, default=4)
-    ap.add_argument("--grad-accum", type=int, default=1)
-    ap.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    add_run_args(ap)
     ap.add_argument("--steps", type=int, default=30, help="measured optimizer steps per trainer (split over the rounds)")
     ap.add_argument("--rounds", type=int, default=2, help="runs per trainer, in ABBA order")
     ap.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before them")
@@ -443,7 +436,6 @@ def main() -> int:
               "skewed", file=sys.stderr)
     work = Path(a.work_dir) if a.work_dir else Path(tempfile.mkdtemp(prefix="zerolm_bench_"))
     work.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(ROOT))
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
 

@@ -21,31 +21,21 @@ import os
 import sys
 import time
 
-# bench/ holds a file named like the data_pipeline package: keep bench/ off the import path
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from bench_args import add_run_args  # noqa: E402
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["peak", "hf", "mem"])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--corpus", default="data/corpus")
-    ap.add_argument("--tokenizer", default="data/tokenizer")
+    add_run_args(ap)
     ap.add_argument("--family", default="gpt2")
-    ap.add_argument("--n-layer", type=int, default=6)
-    ap.add_argument("--d-model", type=int, default=512)
-    ap.add_argument("--n-head", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--micro-batch", type=int, default=4)
-    ap.add_argument("--grad-accum", type=int, default=1)
-    ap.add_argument("--zero-stage", type=int, default=2)
-    ap.add_argument("--precision", default="fp32")
     ap.add_argument("--steps", type=int, default=33, help="optimizer steps in all")
     ap.add_argument("--warmup", type=int, default=3, help="steps not timed (hf)")
     ap.add_argument("--log-every", type=int, default=1)
@@ -57,21 +47,14 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 
 def _rank_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    from zerolm.pretrain.distributed import detect
 
-
-def _skip_shm_build() -> None:
-    """As pretrain.distributed.init: DeepSpeed's CPU backend JIT-builds a shared-memory all-reduce
-    (inference only; ZeRO training uses gloo). Skip the build on both sides alike."""
-    import importlib
-
-    ds_torch_comm = importlib.import_module("deepspeed.comm.torch")  # (``import … as`` would give torch itself)
-    if hasattr(ds_torch_comm, "build_shm_op"):
-        ds_torch_comm.build_shm_op = lambda: None
+    env = detect(set_env=False)
+    return env.rank, env.world_size
 
 
 def _model_cfg(a: argparse.Namespace):
-    from pretrain.models import resolve_model_config
+    from zerolm.pretrain.models import resolve_model_config
     from zerolm.config import ModelConfig
 
     return resolve_model_config(ModelConfig(family=a.family, n_layer=a.n_layer, d_model=a.d_model, n_head=a.n_head))
@@ -84,7 +67,7 @@ def _train_cfg(a: argparse.Namespace):
 
 
 def _build_model(a: argparse.Namespace, tok):
-    from pretrain.models import build_model, count_parameters, flops_per_token, special_ids_of
+    from zerolm.pretrain.models import build_model, count_parameters, flops_per_token, special_ids_of
 
     mcfg = _model_cfg(a)
     torch.manual_seed(_train_cfg(a).seed)  # identical initial weights on every rank (as the trainer)
@@ -114,7 +97,7 @@ def _peak(reps: int) -> dict:
 
     import torch.distributed as dist
 
-    from pretrain.metrics import measure_matmul_peak
+    from zerolm.pretrain.metrics import measure_matmul_peak
 
     vals = []
     for _ in range(reps):
@@ -188,15 +171,15 @@ def run_hf(a: argparse.Namespace) -> None:
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
     from transformers.utils import logging as hf_logging
 
-    from data_pipeline.tokenizer import load_hf_tokenizer, load_pipeline_tokenizer
-    from pretrain.engine import build_ds_config
+    from zerolm.data_pipeline.tokenizer import load_hf_tokenizer, load_pipeline_tokenizer
+    from zerolm.pretrain.engine import build_ds_config, skip_shm_build
 
     hf_logging.set_verbosity_warning()
     rank, world = _rank_world()
-    _skip_shm_build()
+    skip_shm_build()  # as the trainer does (pretrain.engine.init_distributed)
     # transformers' DeepSpeed path gives accelerate no backend on a CPU-only machine, which then sees one process
     # (train_batch_size assertion); a DeepSpeed PartialState on gloo, configured before the TrainingArguments, is the
-    # route that works under torchrun (see /work/shared/STACK_FACTS.md, Accelerate on CPU)
+    # route that works under torchrun (docs/stack-notes.md, Accelerate on CPU)
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     PartialState(backend="gloo")
 
@@ -406,10 +389,10 @@ def run_mem(a: argparse.Namespace) -> None:
 
     import psutil
 
-    from data_pipeline.loader import PackedDataLoader
-    from data_pipeline.tokenizer import load_pipeline_tokenizer
-    from pretrain import distributed
-    from pretrain.engine import Engine
+    from zerolm.data_pipeline.loader import PackedDataLoader
+    from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
+    from zerolm.pretrain import distributed
+    from zerolm.pretrain.engine import Engine
     from zerolm.config import DataConfig, SourceConfig
 
     env = distributed.detect()

@@ -25,18 +25,15 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Iterator
 
-from rich.table import Table
 from tqdm.auto import tqdm
 
 from zerolm.config import CorpusConfig
-from zerolm.fsutil import check_replaceable, replace_dir
+from zerolm.fsutil import check_replaceable, staged_dir, write_json
 from zerolm.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -299,9 +296,7 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> dict[str, Any]:
                 st["duplicates_removed"], st["excluded_eval_overlap"], st["skipped_empty"], st["skipped_invalid"],
             )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         files: list[dict[str, Any]] = []
         sources: list[dict[str, Any]] = []
         for split in SPLITS:
@@ -334,12 +329,7 @@ def prepare_corpus(cfg: CorpusConfig, progress: bool = True) -> dict[str, Any]:
                 "bytes": {s: sum(x["bytes"][s] for x in sources) for s in SPLITS},
             },
         }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / MANIFEST_NAME, manifest, indent=2, ensure_ascii=False)
     t = manifest["totals"]
     logger.info(
         "wrote %s: %d train / %d validation documents, %.2f MB, %d files",
@@ -386,47 +376,3 @@ def load_manifest(corpus_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def format_manifest_table(manifest: dict[str, Any]) -> Table:
-    """A rich table of a corpus manifest: one row per source and a total row.
-
-    Args:
-        manifest: as returned by :func:`prepare_corpus` or :func:`load_manifest`.
-
-    Returns:
-        A :class:`rich.table.Table` with documents (train/validation), MB, duplicates removed,
-        documents held out because they overlap an evaluation set, and license per source.
-    """
-    table = Table(title="zerolm bundled corpus")
-    table.add_column("source", no_wrap=True)
-    table.add_column("train docs", justify="right")
-    table.add_column("val docs", justify="right")
-    table.add_column("MB", justify="right")
-    table.add_column("dups removed", justify="right")
-    table.add_column("eval held out", justify="right")
-    table.add_column("license")
-    dup = excl = 0
-    for s in manifest["sources"]:
-        dup += s.get("duplicates_removed", 0)
-        excl += s.get("excluded_eval_overlap", 0)
-        table.add_row(
-            s["name"],
-            f"{s['documents']['train']:,}",
-            f"{s['documents']['validation']:,}",
-            f"{(s['bytes']['train'] + s['bytes']['validation']) / 1e6:.2f}",
-            f"{s.get('duplicates_removed', 0):,}",
-            f"{s.get('excluded_eval_overlap', 0):,}",
-            s.get("license", ""),
-        )
-    t = manifest["totals"]
-    table.add_section()
-    table.add_row(
-        "total",
-        f"{t['documents']['train']:,}",
-        f"{t['documents']['validation']:,}",
-        f"{(t['bytes']['train'] + t['bytes']['validation']) / 1e6:.2f}",
-        f"{dup:,}",
-        f"{excl:,}",
-        "",
-        style="bold",
-    )
-    return table

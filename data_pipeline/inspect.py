@@ -6,11 +6,8 @@ import time
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.panel import Panel
-from rich.table import Table
 
-from data_pipeline.loader import PackedDataLoader
+from zerolm.data_pipeline.loader import PackedDataLoader
 from zerolm.config import DataConfig
 
 
@@ -73,29 +70,3 @@ def inspect_pipeline(cfg: DataConfig, num_samples: int = 2, num_batches: int = 5
         **loader.stats(),
         "samples": samples,
     }
-
-
-def render_inspection(report: dict[str, Any], console: Console) -> None:
-    """Print an :func:`inspect_pipeline` report: samples as panels, statistics as a table."""
-    c = report["config"]
-    for i, s in enumerate(report["samples"]):
-        console.print(Panel(s, title=f"packed sample {i} ({c['objective']}, seq_len {c['seq_len']})", expand=False), highlight=False)
-    t = Table(title="streaming pipeline", show_header=False)
-    srcs = ", ".join(f"{s['name']} ({s['files']} files, weight {s['weight']:g})" for s in c["sources"])
-    rows = [
-        ("sources", srcs),
-        ("objective / seq_len / micro-batch", f"{c['objective']} / {c['seq_len']} / {c['micro_batch_size']}"),
-        ("loader workers", str(c["num_workers"])),
-        ("vocab size", str(c["vocab_size"])),
-        ("batches / tokens", f"{report['batches']} / {report['tokens']:,}"),
-        ("documents read", f"{report['documents']:,}"),
-        ("tokens/s (incl. loader start)", f"{report['tokens_per_second']:,.0f}"),
-        ("padding fraction", f"{report['padding_fraction']:.2%}"),
-    ]
-    if report["masked_fraction"] is not None:
-        rows.append(("masked fraction (labels ≠ -100)", f"{report['masked_fraction']:.2%}"))
-    skipped = report["skipped_documents"]
-    rows.append(("skipped documents", ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"))
-    for k, v in rows:
-        t.add_row(k, v)
-    console.print(t)

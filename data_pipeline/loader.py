@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_pipeline.masking import IGNORE_INDEX, mask_tokens
-from data_pipeline.packing import SourcePacker
-from data_pipeline.sources import FileRef, ShardedReader, mix64, resolve_files
+from zerolm.data_pipeline.masking import IGNORE_INDEX, mask_tokens
+from zerolm.data_pipeline.packing import SourcePacker
+from zerolm.data_pipeline.sources import FileRef, ShardedReader, mix64, resolve_files
 from zerolm.config import DataConfig, SourceConfig
 from zerolm.errors import DataError
 
@@ -39,7 +39,7 @@ STATE_FORMAT = "zerolm-data-state/1"
 
 
 def _load_tokenizer(cfg: DataConfig):
-    from data_pipeline.tokenizer import load_pipeline_tokenizer
+    from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
 
     return load_pipeline_tokenizer(cfg.tokenizer_dir)
 

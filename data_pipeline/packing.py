@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from data_pipeline.sources import Doc, DocPosition, ShardedReader
+from zerolm.data_pipeline.sources import Doc, DocPosition, ShardedReader
 
 
 class BatchEncoder(Protocol):

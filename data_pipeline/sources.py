@@ -24,6 +24,7 @@ format that is not supported raises :class:`~zerolm.errors.DataError` before any
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
@@ -38,6 +39,8 @@ from zerolm.errors import DataError
 log = logging.getLogger(__name__)
 
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
+# the package that gives fsspec a codec the standard library lacks (Python < 3.14 has no zstd)
+_CODEC_PACKAGES = {"zstd": "zstandard"}
 _FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 _SNIFF_BYTES = 8192
 _READ_CHUNK = 1 << 20
@@ -114,8 +117,9 @@ def resolve_files(source: SourceConfig, key: str = "data.sources") -> list[FileR
         The source's files (at least one).
 
     Raises:
-        DataError: a path or glob matches nothing, or a file's format cannot be told from its name
-            (set ``format`` explicitly) — the message names the path and the config key.
+        DataError: a path or glob matches nothing, a file's format cannot be told from its name
+            (set ``format`` explicitly), or its compression has no codec installed (``.zst`` needs
+            the ``zstandard`` package) — the message names the path and the config key.
     """
     files: list[FileRef] = []
     for pattern in source.paths:
@@ -134,8 +138,37 @@ def resolve_files(source: SourceConfig, key: str = "data.sources") -> list[FileR
                     f"{key} (source {source.name!r}): unknown format of {url!r}; supported: "
                     ".txt, .jsonl, .parquet (optionally .gz/.bz2/.xz/.zst), or set format explicitly"
                 )
+            if comp is not None and comp not in fsspec.available_compressions():
+                raise DataError(
+                    f"{key} (source {source.name!r}): {url!r} is {comp}-compressed but fsspec has no {comp} "
+                    f"codec in this environment; install {_CODEC_PACKAGES.get(comp, 'a ' + comp + ' codec')!r}"
+                )
             files.append(FileRef(url, fmt, comp))
     return files
+
+
+def _head(f) -> bytes:
+    """Up to the first ``_SNIFF_BYTES`` bytes of a stream positioned at 0, leaving it at 0
+    (a seekable file is rewound; a forward-only stream wrapped in ``io.BufferedReader`` is peeked)."""
+    if isinstance(f, io.BufferedReader) and not f.seekable():
+        return f.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+    head = f.read(_SNIFF_BYTES)
+    f.seek(0)
+    return head
+
+
+def _skip_to(f, offset: int) -> None:
+    """Move a stream at position 0 to byte ``offset`` of the uncompressed data (forward-only streams
+    are read and discarded in ``_READ_CHUNK`` pieces)."""
+    if f.seekable():
+        f.seek(offset)
+        return
+    left = offset
+    while left > 0:
+        chunk = f.read(min(left, _READ_CHUNK))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 class ShardedReader:
@@ -217,6 +250,8 @@ class ShardedReader:
         owner_of_file = first == 0  # the reader owning record 0 speaks for file-level problems
         try:
             f = fsspec.open(ref.url, "rb", compression=ref.compression).open()
+            if not f.seekable():  # zstd streams: no seek, no readline; buffer them (peek, readline)
+                f = io.BufferedReader(f, buffer_size=_SNIFF_BYTES)
         except Exception as e:
             if owner_of_file and rec == 0:
                 log.warning("cannot open %s: %s", ref.url, e)
@@ -224,15 +259,13 @@ class ShardedReader:
             return
         with f:
             if rec == 0:
-                head = f.read(_SNIFF_BYTES)
-                if b"\x00" in head:
+                if b"\x00" in _head(f):
                     if owner_of_file:
                         log.warning("skipping binary file %s", ref.url)
                         yield Skip("binary_file", ref.url)
                     return
-                f.seek(0)
             elif off:
-                f.seek(off)
+                _skip_to(f, off)
             cap = self.max_document_bytes
             while True:
                 line = f.readline(cap + 1)

@@ -17,7 +17,7 @@ ever comes out of encode), digits split. The HF side mirrors it with a ``Replace
 normaliser, a non-prepending ``Metaspace`` pre-tokenizer and a ``Replace → ByteFallback → Fuse``
 decoder. The ``transformers`` sentencepiece wrappers (``LlamaTokenizer``, ``T5Tokenizer``) are not
 used: they silently disagree with sentencepiece on whitespace-heavy text or decode byte-fallback pieces
-as literal ``<0x0A>`` (STACK_FACTS).
+as literal ``<0x0A>`` (docs/stack-notes.md).
 
 Known, shared limits (sentencepiece and HF behave identically, both documented here):
 
@@ -42,16 +42,13 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 from zerolm.config import TokenizerConfig
-from zerolm.fsutil import check_replaceable, replace_dir
+from zerolm.fsutil import check_replaceable, staged_dir, write_json
 from zerolm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -267,10 +264,7 @@ def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> dict[str, An
     del lines
     logger.info("sentencepiece trained in %.1f s", train_seconds)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
+    with staged_dir(out_dir) as tmp:
         model_path = tmp / SPM_MODEL_FILE
         model_path.write_bytes(proto)
         hf_tok = build_hf_tokenizer(model_path)
@@ -290,12 +284,8 @@ def train_tokenizer(cfg: TokenizerConfig, progress: bool = True) -> dict[str, An
             "corpus_manifest_sha256": _manifest_sha256(corpus_dir),
             "sentencepiece_version": _spm().__version__,
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(tmp / META_FILE, meta, indent=2)
         files_written = sorted(p.name for p in tmp.iterdir())
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     seconds = time.perf_counter() - t0
     logger.info("tokenizer saved to %s (%.1f s)", out_dir, seconds)
     return {

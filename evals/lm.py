@@ -22,40 +22,16 @@ of the original token at that position is summed.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from zerolm.errors import DataError
-from zerolm.hf_models import resolve_model_path
+from zerolm.hf_models import KIND_NAMES, ModelKind, model_kind, resolve_model_path  # noqa: F401  (model_kind re-exported)
 
 log = logging.getLogger(__name__)
-
-Kind = Literal["causal", "masked"]
-
-
-def model_kind(model_dir: str | Path) -> Kind:
-    """``"causal"`` or ``"masked"`` from ``config.json``'s ``architectures``.
-
-    Raises:
-        DataError: no ``config.json``, or an architecture that is neither ``*ForCausalLM`` /
-            ``*LMHeadModel`` nor ``*ForMaskedLM``.
-    """
-    cfg_path = Path(model_dir) / "config.json"
-    if not cfg_path.is_file():
-        raise DataError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
-    archs = json.loads(cfg_path.read_text()).get("architectures") or []
-    for a in archs:
-        if a.endswith("ForCausalLM") or a.endswith("LMHeadModel"):
-            return "causal"
-        if a.endswith("ForMaskedLM"):
-            return "masked"
-    raise DataError(f"{cfg_path}: architectures {archs} are neither a causal LM (*ForCausalLM) nor a masked LM "
-                    "(*ForMaskedLM); evals need a language-model head")
 
 
 def load_lm(path_or_name: str | Path, batch_size: int = 16, max_length: int | None = None,
@@ -77,12 +53,12 @@ def load_lm(path_or_name: str | Path, batch_size: int = 16, max_length: int | No
 
     path = resolve_model_path(str(path_or_name))
     kind = model_kind(path)
-    cls = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+    cls = AutoModelForCausalLM if kind == "clm" else AutoModelForMaskedLM
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = cls.from_pretrained(path, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot load {path} as a {kind} LM: {e}") from e
+        raise DataError(f"cannot load {path} as a {KIND_NAMES[kind]}: {e}") from e
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev).eval()
     return LanguageModel(model, tok, kind, name=str(path_or_name), batch_size=batch_size,
@@ -102,7 +78,7 @@ class LanguageModel:
     """A loaded causal or masked LM with batched scoring and generation (see the module docstring).
 
     Attributes:
-        kind: ``"causal"`` or ``"masked"``.
+        kind: ``"clm"`` (causal LM) or ``"mlm"`` (masked LM), as :func:`zerolm.hf_models.model_kind` tells.
         model, tokenizer: the ``transformers`` objects.
         name: what the user passed.
         device: where the model runs.
@@ -110,7 +86,7 @@ class LanguageModel:
         batch_size: sequences per forward pass.
     """
 
-    def __init__(self, model, tokenizer, kind: Kind, name: str, batch_size: int = 16,
+    def __init__(self, model, tokenizer, kind: ModelKind, name: str, batch_size: int = 16,
                  max_length: int | None = None, device: torch.device | None = None) -> None:
         self.model, self.tokenizer, self.kind, self.name = model, tokenizer, kind, name
         self.batch_size = max(1, int(batch_size))
@@ -118,7 +94,7 @@ class LanguageModel:
         self.max_length = min(max_length or _positions(model), _positions(model))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        if kind == "masked" and tokenizer.mask_token_id is None:
+        if kind == "mlm" and tokenizer.mask_token_id is None:
             raise DataError(f"{name}: a masked LM whose tokenizer has no mask token")
 
     # ------------------------------------------------------------------ tokenisation
@@ -172,7 +148,7 @@ class LanguageModel:
         Raises:
             DataError: called on a masked LM, or a list longer than ``max_length``.
         """
-        if self.kind != "causal":
+        if self.kind != "clm":
             raise DataError("token_logprobs needs a causal LM; use pseudo_log_likelihoods for a masked LM")
         out: list[torch.Tensor | None] = [None] * len(input_ids)
         order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
@@ -246,7 +222,7 @@ class LanguageModel:
     @torch.no_grad()
     def _pll(self, input_ids: list[list[int]], positions: list[list[int]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """PLL scores and, per position, whether the masked argmax is the original token."""
-        if self.kind != "masked":
+        if self.kind != "mlm":
             raise DataError("pseudo_log_likelihoods needs a masked LM; use token_logprobs for a causal LM")
         for ids in input_ids:
             if len(ids) > self.max_length:
@@ -294,7 +270,7 @@ class LanguageModel:
         """
         if not requests:
             return []
-        if self.kind == "causal":
+        if self.kind == "clm":
             return self._causal_loglikelihood([self.encode_pair(c, x) for c, x in requests])
         return self._masked_loglikelihood(requests)
 
@@ -305,7 +281,7 @@ class LanguageModel:
         the first on BOS/EOS; texts longer than ``max_length`` are scored in consecutive windows,
         each conditioned on the token before it. Masked: the PLL of every non-special token.
         """
-        if self.kind == "masked":
+        if self.kind == "mlm":
             seqs, spans = [], []
             for t in texts:
                 prefix, plain, suffix = self._strip_specials(t)
@@ -346,7 +322,7 @@ class LanguageModel:
         Raises:
             DataError: on a masked LM.
         """
-        if self.kind != "causal":
+        if self.kind != "clm":
             raise DataError("generate_until needs a causal LM")
         out: list[str | None] = [None] * len(requests)
         order = sorted(range(len(requests)), key=lambda i: (-len(requests[i][0]), i))
@@ -376,7 +352,7 @@ class LanguageModel:
         Raises:
             DataError: on a masked LM.
         """
-        if self.kind != "causal":
+        if self.kind != "clm":
             raise DataError("sample needs a causal LM")
         torch.manual_seed(seed)
         out = []

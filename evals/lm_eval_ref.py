@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from evals.tasks import Task, load_task
+from zerolm.evals.tasks import Task, load_task
 
 log = logging.getLogger(__name__)
 

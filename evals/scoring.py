@@ -67,7 +67,7 @@ def shared_context_loglikelihood(lm, requests: list[tuple[str, str]],
     """
     if not requests:
         return []
-    if lm.kind != "causal" or not _plain_full_attention(lm.model):
+    if lm.kind != "clm" or not _plain_full_attention(lm.model):
         return lm.loglikelihood(requests)
     from transformers import DynamicCache
 

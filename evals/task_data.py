@@ -135,7 +135,7 @@ def _load_commonsense_qa() -> dict[str, list[dict]]:
 
 
 def _load_rotten_tomatoes() -> dict[str, list[dict]]:
-    from finetune.data import load_labelled
+    from zerolm.data_pipeline.labelled import load_labelled
 
     data = load_labelled("rotten_tomatoes")
     docs = [{"text": t, "label": int(y == "fresh")} for t, y in zip(data.texts, data.labels)]

@@ -61,7 +61,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from evals.task_data import BUILTIN_SOURCES, _read_table
+from zerolm.evals.task_data import BUILTIN_SOURCES, _read_table
 from zerolm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

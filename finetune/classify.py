@@ -1,6 +1,6 @@
 """Finetune a sequence classifier with the shared DeepSpeed loop, then export it for Hugging Face.
 
-:func:`finetune_classify` is the whole job (``zerolm finetune classify`` / ``python -m finetune``):
+:func:`finetune_classify` is the whole job (``zerolm finetune classify`` / ``python -m zerolm.finetune``):
 
 1. every rank reads the labelled data, splits it (stratified, deterministic) and tokenizes it with
    the base model's tokenizer (truncation to ``finetune.max_length``; dynamic padding per batch);
@@ -8,7 +8,7 @@
    ``AutoModelForSequenceClassification.from_pretrained(base)`` (an encoder gets a head on its
    first token, a causal LM one on its last non-pad token) inside :class:`Classifier`, which adds
    optional class weights to the loss; the objective is :class:`ClassificationObjective`;
-3. rank 0 consolidates the final checkpoint (:func:`pretrain.export.consolidated_state_dict`, any
+3. rank 0 consolidates the final checkpoint (:func:`pretrain.engine.load_checkpoint_weights`, any
    ZeRO stage), writes a Hugging Face folder with ``id2label``/``label2id`` and the tokenizer, and
    evaluates it on the test split: ``classification_metrics.json`` (accuracy, macro-F1, per-class
    precision/recall/F1, confusion matrix, class balance) and ``confusion_matrix.png``.
@@ -25,8 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from finetune import data as fdata
-from pretrain.objectives import Objective
+from zerolm.data_pipeline.labelled import load_labelled
+from zerolm.hf_models import resolve_model_path
+from zerolm import card as modelcard
+from zerolm import fsutil
+from zerolm.finetune import data as fdata
+from zerolm.pretrain.objectives import Objective
 from zerolm.config import ZeroLMConfig
 from zerolm.errors import DataError
 
@@ -139,7 +143,7 @@ def prepare_data(fc) -> dict[str, Any]:
         DataError: unreadable data or a missing column; a validation/test label the training split
             lacks; fewer than two classes.
     """
-    main = fdata.load_labelled(fc.data, fc.text_column, fc.label_column)
+    main = load_labelled(fc.data, fc.text_column, fc.label_column)
     skipped = dict(main.skipped)
     if fc.validation_data or fc.test_data:
         idx = fdata.stratified_split(main.labels, fc.validation_fraction if not fc.validation_data else 1e-9,
@@ -147,7 +151,7 @@ def prepare_data(fc) -> dict[str, Any]:
         parts = {s: ([main.texts[i] for i in idx[s]], [main.labels[i] for i in idx[s]]) for s in idx}
         for split, path in (("validation", fc.validation_data), ("test", fc.test_data)):
             if path:
-                extra = fdata.load_labelled(path, fc.text_column, fc.label_column)
+                extra = load_labelled(path, fc.text_column, fc.label_column)
                 for k, v in extra.skipped.items():
                     skipped[k] = skipped.get(k, 0) + v
                 parts[split] = (extra.texts, extra.labels)
@@ -197,11 +201,11 @@ def build_classifier(model_dir: str, label_names: list[str], pad_id: int):
 def classification_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any] | None = None) -> tuple[ZeroLMConfig, Any]:
     """The ``build`` of :class:`pretrain.trainer.Trainer` for classification finetuning
     (``prepared``: the output of :func:`prepare_data`, computed here when not given)."""
-    from pretrain.models import flops_per_token
-    from pretrain.trainer import Components
+    from zerolm.pretrain.models import flops_per_token
+    from zerolm.pretrain.trainer import Components
 
     fc = cfg.finetune
-    model_dir = fdata.resolve_model_path(fc.model)
+    model_dir = resolve_model_path(fc.model)
     prepared = prepared or prepare_data(fc)
     names = prepared["label_names"]
     tok = load_tokenizer(model_dir)
@@ -232,6 +236,7 @@ def classification_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any] |
         flops_per_token=flops_per_token(n_params, n_layer, d_model, fc.max_length),
         tokens_per_sample=fc.max_length,
         parameters=n_params,
+        job="classify",
     )
 
 
@@ -291,93 +296,81 @@ def export_classifier(cfg: ZeroLMConfig, out_dir: str | Path, prepared: dict[str
     """Consolidate the run's newest checkpoint into a Hugging Face folder and evaluate it on the test split.
 
     Writes ``out_dir`` (``config.json`` with ``id2label``/``label2id``, ``model.safetensors``, the
-    tokenizer, ``classification_metrics.json``, ``confusion_matrix.png``) and returns the metrics.
+    tokenizer, ``classification_metrics.json``, ``confusion_matrix.png``, ``README.md``) and returns the
+    metrics. The folder is built in a temporary sibling and renamed into place (:func:`zerolm.fsutil.staged_dir`).
+
+    Raises:
+        DataError: ``out_dir`` is not empty and holds no previous classifier export.
     """
     from transformers import AutoModelForSequenceClassification
 
-    from pretrain.export import _no_live_hf_deepspeed_config, consolidated_state_dict, load_weights, resolve_checkpoint
+    from zerolm.pretrain.engine import load_checkpoint_weights, no_live_hf_deepspeed_config
 
     t0 = time.perf_counter()
     fc = cfg.finetune
     out = Path(out_dir)
-    if out.is_dir() and any(out.iterdir()) and not (out / METRICS_FILE).is_file():
-        raise DataError(f"export directory {out} is not empty and holds no {METRICS_FILE}: refusing to write into it")
-    model_dir = fdata.resolve_model_path(fc.model)
+    is_ours = lambda d: (d / METRICS_FILE).is_file()  # noqa: E731 - a previous classifier export
+    fsutil.check_replaceable(out, is_ours, "export directory")  # before any work
+    model_dir = resolve_model_path(fc.model)
     prepared = prepared or prepare_data(fc)
     names = prepared["label_names"]
-    _no_live_hf_deepspeed_config()
-    tag_dir, complete = resolve_checkpoint(cfg.train.run_dir)
-    sd, source = consolidated_state_dict(tag_dir)
-    sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    no_live_hf_deepspeed_config()
     tok = load_tokenizer(model_dir)
     torch.manual_seed(0)
     model = build_classifier(model_dir, names, tok.pad_token_id)
-    load_weights(model, sd)
-    del sd
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    # reload what we wrote: the metrics are those of the exported folder
-    model = AutoModelForSequenceClassification.from_pretrained(str(out))
-    texts, true = prepared["splits"]["test"]
-    pred = predict(model, tok, texts, fc.max_length)
-    cm = confusion_matrix(true, pred, len(names))
-    m = metrics_from_confusion(cm, names)
-    result = {
-        "split": "test", "model": str(model_dir), "data": fc.data, "checkpoint": str(tag_dir), "weights_from": source,
-        "step": complete.get("step"), "validation": complete.get("metrics") or {},
-        **{k: m[k] for k in ("accuracy", "macro_f1", "examples", "labels", "per_class", "confusion_matrix")},
-        "class_balance": prepared["balance"], "skipped": prepared["skipped"],
-        "class_weights": bool(fc.class_weights), "max_length": fc.max_length,
-    }
-    (out / METRICS_FILE).write_text(json.dumps(result, indent=1) + "\n")
-    (out / "README.md").write_text(_model_card(out, result), encoding="utf-8")
-    plot_confusion(m["confusion_matrix"], names, out / CONFUSION_PNG,
-                   f"{Path(str(model_dir)).name} on {Path(fc.data).name}: test accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
+    tag_dir, complete, source = load_checkpoint_weights(model, cfg.train.run_dir, prefix="model.")
+    with fsutil.staged_dir(out, is_ours=is_ours, what="export directory") as tmp:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        # reload what we wrote: the metrics are those of the exported folder
+        model = AutoModelForSequenceClassification.from_pretrained(str(tmp))
+        texts, true = prepared["splits"]["test"]
+        pred = predict(model, tok, texts, fc.max_length)
+        cm = confusion_matrix(true, pred, len(names))
+        m = metrics_from_confusion(cm, names)
+        result = {
+            "split": "test", "model": str(model_dir), "data": fc.data, "checkpoint": str(tag_dir), "weights_from": source,
+            "step": complete.get("step"), "validation": complete.get("metrics") or {},
+            **{k: m[k] for k in ("accuracy", "macro_f1", "examples", "labels", "per_class", "confusion_matrix")},
+            "class_balance": prepared["balance"], "skipped": prepared["skipped"],
+            "class_weights": bool(fc.class_weights), "max_length": fc.max_length,
+        }
+        fsutil.write_json(tmp / METRICS_FILE, result, indent=1)
+        modelcard.write_card(tmp, _model_card(out, result))
+        plot_confusion(m["confusion_matrix"], names, tmp / CONFUSION_PNG,
+                       f"{Path(str(model_dir)).name} on {Path(fc.data).name}: test accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     log.info("exported %s to %s | test accuracy %.4f | macro-F1 %.4f (%d examples) | %.1f s",
              tag_dir, out, m["accuracy"], m["macro_f1"], m["examples"], time.perf_counter() - t0)
     return result
 
 
 def _model_card(out: Path, r: dict[str, Any]) -> str:
-    """A short Hugging Face model card: metadata, test metrics per class, usage."""
+    """The classifier's model card (composed by :func:`zerolm.card.compose`): metadata, test metrics per
+    class, usage."""
     rows = "\n".join(f"| {y} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
                      for y, c in r["per_class"].items())
-    return f"""---
-library_name: transformers
-pipeline_tag: text-classification
-tags: [zerolm, text-classification]
----
-
-# {out.name}
-
-`{Path(r['model']).name}` finetuned with zerolm (DeepSpeed) to classify `{r['data']}` into
-{', '.join(r['labels'])} ({r['step']} optimizer steps, max {r['max_length']} tokens).
-
-Held-out test split ({r['examples']} examples, stratified): accuracy **{r['accuracy']:.4f}**, macro-F1
-**{r['macro_f1']:.4f}**. Confusion matrix: `confusion_matrix.png`; all numbers: `{METRICS_FILE}`.
-
-| class | precision | recall | F1 | support |
-|---|---|---|---|---|
-{rows}
-
-```python
-from transformers import pipeline
-clf = pipeline("text-classification", model="{out.name}")
-print(clf("An absorbing, beautifully acted film."))
-```
-"""
+    metadata = {"library_name": "transformers", "pipeline_tag": "text-classification",
+                "tags": ["zerolm", "text-classification"]}
+    return modelcard.compose(metadata, out.name, [
+        f"`{Path(r['model']).name}` finetuned with zerolm (DeepSpeed) to classify `{r['data']}` into\n"
+        f"{', '.join(r['labels'])} ({r['step']} optimizer steps, max {r['max_length']} tokens).",
+        f"Held-out test split ({r['examples']} examples, stratified): accuracy **{r['accuracy']:.4f}**, macro-F1\n"
+        f"**{r['macro_f1']:.4f}**. Confusion matrix: `{CONFUSION_PNG}`; all numbers: `{METRICS_FILE}`.",
+        "| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n" + rows,
+        "```python\nfrom transformers import pipeline\n"
+        f'clf = pipeline("text-classification", model="{out.name}")\n'
+        'print(clf("An absorbing, beautifully acted film."))\n```',
+    ])
 
 
 def _log_test_to_tracker(cfg: ZeroLMConfig, result: dict[str, Any]) -> None:
     """Add the test metrics to the W&B run of the training (resumed by id), best effort."""
     try:
-        from pretrain.tracking import Tracker
+        from zerolm.pretrain.checkpoint import resolve
+        from zerolm.pretrain.tracking import Tracker, run_config
 
-        rec_path = Path(cfg.train.run_dir) / "checkpoints" / "latest"
-        tag = rec_path.read_text().strip()
-        run_id = json.loads((rec_path.parent / tag / "zerolm_complete.json").read_text()).get("wandb_run_id")
-        tr = Tracker(cfg.tracking, Path(cfg.train.run_dir), cfg.model_dump(mode="json"), run_id, resume_step=result.get("step"))
+        run_id = resolve(cfg.train.run_dir)[1].get("wandb_run_id")
+        tr = Tracker(cfg.tracking, Path(cfg.train.run_dir), run_config(cfg, "classify"), run_id, resume_step=result.get("step"))
         flat = {"test/accuracy": result["accuracy"], "test/macro_f1": result["macro_f1"]}
         for name, pc in result["per_class"].items():
             flat[f"test/precision/{name}"] = pc["precision"]
@@ -395,17 +388,17 @@ def finetune_classify(cfg: ZeroLMConfig) -> dict[str, Any]:
         The trainer's summary; on rank 0 also ``export_dir`` and ``test`` (accuracy, macro-F1, …).
     """
     import functools
-    import os
 
-    from pretrain.trainer import train
+    from zerolm.pretrain.distributed import is_main_process
+    from zerolm.pretrain.trainer import train
 
     prepared = prepare_data(cfg.finetune)  # bad data fails here, before any process group or model
     result = train(cfg, build=functools.partial(classification_components, prepared=prepared))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         out = cfg.finetune.export_dir or str(Path(cfg.train.run_dir) / "hf")
         test = export_classifier(cfg, out, prepared)
         _log_test_to_tracker(cfg, test)
         result = {**result, "export_dir": out,
                   "test": {k: test[k] for k in ("accuracy", "macro_f1", "examples")}}
-        (Path(cfg.train.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
+        fsutil.write_json(Path(cfg.train.run_dir) / "result.json", result)
     return result

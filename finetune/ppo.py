@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from finetune import sentiment as S
+from zerolm.finetune import sentiment as S
+from zerolm.finetune.sentiment_export import export_meta, export_policy
 from zerolm.config import ZeroLMConfig
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class PromptStream:
 
 def train_ppo(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
     """Run PPO as this process's part of the job (1 process, or each rank under torchrun/srun), then
-    export the policy on rank 0 (:func:`finetune.sentiment.export_policy`).
+    export the policy on rank 0 (:func:`finetune.sentiment_export.export_policy`).
 
     Returns:
         ``status``, ``steps``, ``seconds``, ``first``/``final`` (mean metrics of the first/last five
@@ -215,8 +216,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
         ConfigError: ``batch_size``/``mini_batch_size`` not divisible by the number of ranks.
         DataError: no prompt survives the length filter, or unreadable models/data.
     """
-    from pretrain import distributed
-    from pretrain.tracking import Tracker
+    from zerolm.pretrain import distributed
+    from zerolm.pretrain.tracking import Tracker, run_config
     from zerolm.errors import ConfigError, DataError
 
     sc = cfg.sentiment
@@ -253,7 +254,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
         tracker = None
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            tracker = Tracker(cfg.tracking, run_dir, cfg.model_dump(mode="json"), None)
+            tracker = Tracker(cfg.tracking, run_dir, run_config(cfg, "sentiment_ppo"), None)
             log.info("PPO: %s (%.1fM parameters, %.1fM trained) → %s (%s) of %s | %d prompts | %d/step = %d ranks × %d | "
                      "%d epochs × mini-batch %d | lr %.2e | β0 %.2f → KL %.1f", sc.policy,
                      sum(p.numel() for p in lm.parameters()) / 1e6, trainable / 1e6,
@@ -347,7 +348,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
             tracker.summary({k: v for k, v in result["final"].items()} | {"ppo/steps": step, "ppo/seconds": seconds})
             tracker.finish()
         if env.is_main:
-            out = S.export_policy(lm, tok, sc.export_dir or run_dir / "hf", S._meta(
+            out = export_policy(lm, tok, sc.export_dir or run_dir / "hf", export_meta(
                 cfg, "ppo", reward.label, steps=step, status=status, seconds=seconds, final_metrics=result["final"],
                 first_metrics=result["first"], ppo={k: getattr(sc, k) for k in (
                     "batch_size", "mini_batch_size", "ppo_epochs", "lr", "init_kl_coef", "adaptive_kl", "target_kl",

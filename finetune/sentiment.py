@@ -1,41 +1,37 @@
-"""Sentiment-controlled continuation: steer a causal LM so its continuations carry a target sentiment.
+"""Primitives of sentiment-controlled continuation (``zerolm finetune sentiment``): the bottom layer
+the methods, the report and the job build on; it imports none of them.
 
-:func:`finetune_sentiment` is the job behind ``zerolm finetune sentiment`` (``python -m finetune
-sentiment``; 1 or N processes under torchrun). Two methods, one export format:
+* labels and the reward: mapping ``positive``/``negative`` to a classifier's label names
+  (:func:`polarity_of`, :func:`resolve_target_label`) and the reward classifier (:class:`RewardModel`);
+* the policy: :func:`load_policy`, :func:`stop_ids`;
+* prompts: rows split like ``finetune classify`` (:func:`split_texts`), the first tokens of held-out
+  rows (:func:`make_queries`), control-code tokens (:func:`code_ids`);
+* sampling with a KV cache (:func:`sample_responses`) and response log-probabilities (:func:`pack`,
+  :func:`response_logits`, :func:`token_logprobs`, :func:`sequence_logprobs`).
 
-* ``control`` — control codes (Keskar et al. 2019, CTRL): the policy is finetuned with the shared
-  DeepSpeed loop (:class:`pretrain.trainer.Trainer`, causal-LM objective) on labelled real text
-  written ``<code tokens> <text tokens> EOS``, the loss on the text only. Codes are *plain text*
-  (``sentiment.control_codes``, default ``"Positive review:"`` / ``"Negative review:"``) tokenized as
-  ``code + "\\n"`` and concatenated with the text's tokens: no vocabulary change, any tokenizer works,
-  and a pretrained LM starts from words it knows (CTRL's own codes were text too, e.g. ``Reviews
-  Rating: 5.0``). Generation = code tokens + prompt tokens.
-* ``ppo`` — RL from the reward classifier with a per-token KL penalty against the frozen reference
-  (Ziegler et al. 2019), in :mod:`finetune.ppo`.
+Above them: the two methods — ``control`` (control codes, Keskar et al. 2019, CTRL;
+:mod:`finetune.sentiment_control`) and ``ppo`` (RL from the reward with a per-token KL penalty against
+the frozen reference, Ziegler et al. 2019; :mod:`finetune.ppo`) — the export
+(:mod:`finetune.sentiment_export`), the before/after report (:mod:`finetune.sentiment_report`), and at
+the top the job, :func:`finetune.sentiment_job.finetune_sentiment`.
 
-The control method lives in :mod:`finetune.sentiment_control`. Shared pieces here: mapping
-``positive``/``negative`` to the classifier's label names (:func:`resolve_target_label`), the reward (:class:`RewardModel`), prompts cut from held-out real
-rows (:func:`split_texts`, :func:`make_queries`), batched sampling with a KV cache
-(:func:`sample_responses`) and response log-probabilities (:func:`pack`, :func:`response_logits`).
-The report (before vs after) is :func:`finetune.sentiment_report.sentiment_report`.
+Control codes are *plain text* (``sentiment.control_codes``, default ``"Positive review:"`` /
+``"Negative review:"``) tokenized as ``code + "\\n"`` and concatenated with the text's tokens: no
+vocabulary change, any tokenizer works, and a pretrained LM starts from words it knows (CTRL's own
+codes were text too, e.g. ``Reviews Rating: 5.0``). Generation = code tokens + prompt tokens.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from finetune import data as fdata
-from zerolm.config import ZeroLMConfig
+from zerolm.data_pipeline.labelled import load_labelled
+from zerolm.hf_models import resolve_model_path
 from zerolm.errors import ConfigError, DataError
-from zerolm.fsutil import check_replaceable, replace_dir
+from zerolm.finetune import data as fdata
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +142,9 @@ def load_policy(path: str):
     built-in name (``smollm2``). Raises DataError when it is not a causal LM."""
     from transformers import AutoModelForCausalLM
 
-    from finetune.classify import load_tokenizer
+    from zerolm.finetune.classify import load_tokenizer
 
-    folder = fdata.resolve_model_path(path)
+    folder = resolve_model_path(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     except (OSError, ValueError) as e:
@@ -168,7 +164,7 @@ def split_texts(sc) -> dict[str, tuple[list[str], list[str]]]:
     """``{split: (texts, labels)}`` of ``sc.data`` split like ``finetune classify`` (stratified,
     ``sc.validation_fraction``/``test_fraction``/``split_seed``), so that the validation and test rows
     are never the rows a classifier trained with the same settings saw."""
-    d = fdata.load_labelled(sc.data, sc.text_column, sc.label_column)
+    d = load_labelled(sc.data, sc.text_column, sc.label_column, setting="sentiment")
     idx = fdata.stratified_split(d.labels, sc.validation_fraction, sc.test_fraction, sc.split_seed)
     return {s: ([d.texts[i] for i in ix], [d.labels[i] for i in ix]) for s, ix in idx.items()}
 
@@ -179,6 +175,12 @@ def make_queries(tok, texts: list[str], lo: int, hi: int, rng: np.random.Generat
     enc = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
     ks = rng.integers(lo, hi + 1, size=len(enc))
     return [ids[: int(k)] for ids, k in zip(enc, ks) if len(ids) >= lo]
+
+
+def code_ids(tok, code: str) -> list[int]:
+    """The tokens of a control code as prefixed to a text or a prompt: ``code + "\\n"``, no special
+    tokens (``sentiment.control_codes``; see :mod:`finetune.sentiment_control`)."""
+    return tok(code + "\n", add_special_tokens=False)["input_ids"]
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
@@ -270,106 +272,3 @@ def sequence_logprobs(model, queries, responses, pad_id: int, temperature: float
         lp = token_logprobs(response_logits(model, b, temperature)[0], b["response"])
         out += [lp[i, : len(r)] for i, r in enumerate(responses[s : s + batch_size])]
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Export (both methods)
-# --------------------------------------------------------------------------------------------------
-
-
-def export_policy(model, tok, out_dir: str | Path, meta: dict[str, Any]) -> Path:
-    """Write the steered causal LM as a Hugging Face folder: ``save_pretrained`` (safetensors), the
-    tokenizer, ``README.md`` (model card: method, target, reward model, final metrics) and
-    :data:`MARKER` (``meta``). Written to a temporary folder and renamed into place.
-
-    Raises:
-        DataError: ``out_dir`` holds something other than a previous export of this kind.
-    """
-    from finetune.sentiment_report import model_card
-
-    out = Path(out_dir).resolve()
-    check_replaceable(out, lambda d: (d / MARKER).is_file(), "export directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        (tmp / MARKER).write_text(json.dumps(meta, indent=1, default=str) + "\n")
-        (tmp / "README.md").write_text(model_card(out.name, meta), encoding="utf-8")
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported the steered policy to %s", out)
-    return out
-
-
-def _meta(cfg: ZeroLMConfig, method: str, reward_label: str, **extra) -> dict[str, Any]:
-    sc = cfg.sentiment
-    return {"format": "zerolm-sentiment/1", "method": method, "policy": str(fdata.resolve_model_path(sc.policy)),
-            "reward": sc.reward, "target": sc.target, "target_label": reward_label, "reward_type": sc.reward_type,
-            "data": sc.data, **extra}
-
-
-# --------------------------------------------------------------------------------------------------
-# The job
-# --------------------------------------------------------------------------------------------------
-
-
-def check_reward(sc) -> str:
-    """Fail fast (before any model or process group) on a missing reward folder or a target that maps
-    to none of its labels. Returns the reward label of the target."""
-    from transformers import AutoConfig
-
-    if not sc.reward:
-        raise ConfigError("sentiment.reward is required: a classifier folder from `zerolm finetune classify` (--reward)")
-    if not Path(sc.reward).is_dir():
-        raise DataError(f"sentiment.reward={sc.reward}: no such folder; train one first, e.g. `zerolm finetune classify` "
-                        "(MiniLM on Rotten Tomatoes; exports runs/finetune/classify/hf)")
-    try:
-        conf = AutoConfig.from_pretrained(sc.reward)
-    except (OSError, ValueError) as e:
-        raise DataError(f"sentiment.reward={sc.reward}: not a Hugging Face model folder: {e}") from e
-    return conf.id2label[resolve_target_label(conf.id2label, sc.target, sc.target_label, f"the reward model {sc.reward}")]
-
-
-def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: bool = False) -> dict[str, Any]:
-    """Steer ``cfg.sentiment.policy`` toward ``cfg.sentiment.target`` with ``method`` control or ppo,
-    export it (``export_dir``, default ``RUN_DIR/hf``) and, with ``report``, write the before/after
-    report on rank 0 (:func:`finetune.sentiment_report.sentiment_report`). ``report_only`` skips
-    training and reports on an existing export.
-
-    Returns:
-        The training summary (rank 0: also ``export_dir`` and, when reported, ``report``).
-
-    Raises:
-        ConfigError: no reward model or an unmappable target. DataError: unreadable models or data.
-    """
-    sc = cfg.sentiment
-    reward_label = check_reward(sc)
-    out = Path(sc.export_dir or Path(cfg.train.run_dir) / "hf")
-    run_dir = Path(cfg.train.run_dir)
-    if report_only:  # keep the training summary of the run, if any, and add the report to it
-        previous = run_dir / "result.json"
-        result: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
-        result["export_dir"] = str(out)
-    elif sc.method == "ppo":
-        from finetune.ppo import train_ppo
-
-        result = train_ppo(cfg, reward_label)
-    else:
-        from finetune.sentiment_control import train_control
-
-        result = train_control(cfg, reward_label)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return result
-    if report or report_only:
-        from finetune.sentiment_report import sentiment_report
-
-        rep = sentiment_report(cfg, out)
-        result["report"] = {k: rep[k] for k in ("before", "before_with_code", "after", "delta", "json", "png") if k in rep}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "result.json").write_text(json.dumps(result, indent=1, default=str))
-    return result

@@ -6,27 +6,23 @@ written ``<code tokens> <text tokens> EOS``, the loss on the text only (the code
 −100). Codes are plain text (``sentiment.control_codes``) tokenized as ``code + "\\n"`` and
 concatenated with the text's tokens, so generation = code tokens + prompt tokens sees exactly the
 token boundary it was trained on. Rank 0 then consolidates the final checkpoint and exports it with
-:func:`finetune.sentiment.export_policy`.
+:func:`finetune.sentiment_export.export_policy`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from finetune import data as fdata
-from finetune.sentiment import _meta, export_policy, load_policy, polarity_of, split_texts
 from zerolm.config import ZeroLMConfig
 from zerolm.errors import DataError
-
-
-def code_ids(tok, code: str) -> list[int]:
-    """The tokens of a control code as prefixed to a text: ``code + "\\n"``, no special tokens."""
-    return tok(code + "\n", add_special_tokens=False)["input_ids"]
+from zerolm.finetune import data as fdata
+from zerolm.finetune.sentiment import code_ids, load_policy, polarity_of, split_texts
+from zerolm.finetune.sentiment_export import export_meta, export_policy
+from zerolm.pretrain.distributed import is_main_process
 
 
 class ControlCodeLoader(fdata.ClassificationLoader):
@@ -63,9 +59,9 @@ def control_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any]):
     """The ``build`` of :class:`pretrain.trainer.Trainer` for the control-code method: the policy as
     ``AutoModelForCausalLM``, code-prefixed training rows (validation rows for ``eval/loss``), the
     causal-LM :class:`pretrain.objectives.Objective`."""
-    from pretrain.models import flops_per_token
-    from pretrain.objectives import Objective
-    from pretrain.trainer import Components
+    from zerolm.pretrain.models import flops_per_token
+    from zerolm.pretrain.objectives import Objective
+    from zerolm.pretrain.trainer import Components
 
     sc = cfg.sentiment
     model, tok = load_policy(sc.policy)
@@ -89,6 +85,7 @@ def control_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any]):
         flops_per_token=flops_per_token(n_params, n_layer, d_model, sc.control_max_length),
         tokens_per_sample=sc.control_max_length,
         parameters=n_params,
+        job="sentiment_control",
     )
 
 
@@ -97,8 +94,8 @@ def train_control(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
     DeepSpeed checkpoint and export it (:func:`export_policy`). Returns the trainer's summary."""
     import functools
 
-    from pretrain.export import _no_live_hf_deepspeed_config, consolidated_state_dict, load_weights, resolve_checkpoint
-    from pretrain.trainer import train
+    from zerolm.pretrain.engine import load_checkpoint_weights, no_live_hf_deepspeed_config
+    from zerolm.pretrain.trainer import train
 
     sc = cfg.sentiment
     t0 = time.perf_counter()
@@ -108,15 +105,12 @@ def train_control(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
         keep = fdata.stratified_split(labels, 1e-9, 1e-9, sc.seed, sc.max_examples)["train"]
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     result = train(cfg, build=functools.partial(control_components, prepared={**splits, "train": (texts, labels)}))
-    if int(os.environ.get("RANK", "0")) == 0:
-        _no_live_hf_deepspeed_config()
-        tag_dir, complete = resolve_checkpoint(cfg.train.run_dir)
-        sd, _ = consolidated_state_dict(tag_dir)
+    if is_main_process():
+        no_live_hf_deepspeed_config()
         model, tok = load_policy(sc.policy)
-        load_weights(model, sd)
-        del sd
+        load_checkpoint_weights(model, cfg.train.run_dir)
         final = {k: v for k, v in result.items() if k.startswith("eval/")}
-        out = export_policy(model, tok, sc.export_dir or Path(cfg.train.run_dir) / "hf", _meta(
+        out = export_policy(model, tok, sc.export_dir or Path(cfg.train.run_dir) / "hf", export_meta(
             cfg, "control", reward_label, control_codes=dict(sc.control_codes), steps=result["step"],
             training_rows=len(texts), seconds=round(time.perf_counter() - t0, 1), final_metrics=final,
             train={"lr": cfg.train.lr, "micro_batch_size": cfg.data.micro_batch_size, "max_steps": cfg.train.max_steps}))

@@ -35,23 +35,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from evals.bias import vader_compound  # noqa: F401  (the one VADER judge, shared with the BOLD-style probe)
-from finetune import sentiment as S
-from finetune.sentiment_control import code_ids
+from zerolm import card as modelcard
 from zerolm.config import ZeroLMConfig
 from zerolm.errors import DataError
+from zerolm.evals.judge import VADER_THRESHOLD, judge_hits, vader_compound  # the one judge, shared with the bias probe
+from zerolm.finetune import sentiment as S
+from zerolm.fsutil import save_figure, write_json
 
 log = logging.getLogger(__name__)
 
 REPORT_JSON, REPORT_PNG = "sentiment_report.json", "sentiment_report.png"
 METRICS = ("reward_target_rate", "judge_target_rate", "judge_target_rate_continuation", "mean_reward",
            "kl_to_reference", "reference_perplexity", "distinct_1", "distinct_2", "mean_response_tokens")
-VADER_THRESHOLD = 0.05
-
-
-def judge_hits(compound: list[float], target: str) -> list[bool]:
-    """VADER verdicts: positive = compound ≥ 0.05, negative = compound ≤ −0.05."""
-    return [c >= VADER_THRESHOLD if target == "positive" else c <= -VADER_THRESHOLD for c in compound]
 
 
 def distinct_n(texts: list[str], n: int) -> float:
@@ -113,7 +108,7 @@ def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path) -> dict[str, An
     texts = [texts[i] for i in rng.permutation(len(texts))]
     queries = S.make_queries(tok, texts, sc.prompt_min_tokens, sc.prompt_max_tokens, rng)[: sc.report_prompts]
     lengths = rng.integers(sc.response_min_tokens, sc.response_max_tokens + 1, size=len(queries)).tolist()
-    code = code_ids(tok, meta.get("control_codes", sc.control_codes)[sc.target]) if meta["method"] == "control" else []
+    code = S.code_ids(tok, meta.get("control_codes", sc.control_codes)[sc.target]) if meta["method"] == "control" else []
     runs = {"before": _variant(ref, ref, tok, reward, sc, queries, [], lengths, stops),
             "after": _variant(steered, ref, tok, reward, sc, queries, code, lengths, stops)}
     if code:
@@ -141,24 +136,16 @@ def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path) -> dict[str, An
     run_dir.mkdir(parents=True, exist_ok=True)
     rewards = {name: r["rewards"] for name, r in runs.items()}
     for folder in (run_dir, steered_dir):
-        _atomic_write(folder / REPORT_JSON, json.dumps(rep, indent=1) + "\n")
+        write_json(folder / REPORT_JSON, rep)
         plot_report(rep, rewards, folder / REPORT_PNG, run_dir / "metrics.jsonl")
-    card = steered_dir / "README.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8").split("\n## Before vs after")[0].rstrip() + "\n"
-        _atomic_write(card, text + report_markdown(rep))
+    if (steered_dir / modelcard.CARD_FILE).is_file():
+        modelcard.write_card(steered_dir, modelcard.set_section(modelcard.read_card(steered_dir), report_markdown(rep)))
     rep["json"], rep["png"] = str(run_dir / REPORT_JSON), str(run_dir / REPORT_PNG)
     log.info("report: %s rate %.3f → %.3f (VADER), %.3f → %.3f (reward model) | mean reward %.3f → %.3f | KL %.2f nats | %.1f s",
              sc.target, rep["before"]["judge_target_rate"], rep["after"]["judge_target_rate"],
              rep["before"]["reward_target_rate"], rep["after"]["reward_target_rate"], rep["before"]["mean_reward"],
              rep["after"]["mean_reward"], rep["after"]["kl_to_reference"], rep["seconds"])
     return rep
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def plot_report(rep: dict[str, Any], rewards: dict[str, list[float]], path: Path, metrics_jsonl: Path | None = None) -> None:
@@ -197,14 +184,14 @@ def plot_report(rep: dict[str, Any], rewards: dict[str, list[float]], path: Path
         ax2.set_ylabel("KL (nats/sample)", color="tab:red")
         ax.set_title("training", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        save_figure(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def report_markdown(rep: dict[str, Any]) -> str:
-    """The "Before vs after" section of the model card."""
+    """The "Before vs after" section of the model card (put in place by :func:`zerolm.card.set_section`)."""
     names = [n for n in ("before", "before_with_code", "after") if n in rep]
     lines = ["", "## Before vs after", "",
              f"{rep['prompts']['count']} held-out prompts ({rep['prompts']['data']} {rep['prompts']['split']} split, first "
@@ -217,7 +204,8 @@ def report_markdown(rep: dict[str, Any]) -> str:
 
 
 def model_card(name: str, meta: dict[str, Any]) -> str:
-    """A Hugging Face model card for a steered policy: method, target, reward model, final metrics."""
+    """A Hugging Face model card for a steered policy (composed by :func:`zerolm.card.compose`): method,
+    target, reward model, final metrics, usage."""
     how = ("control codes (Keskar et al. 2019): prefix a prompt with the code "
            + ", ".join(f"`{c}` ({p})" for p, c in meta.get("control_codes", {}).items()) + " and a newline"
            if meta["method"] == "control" else
@@ -226,46 +214,15 @@ def model_card(name: str, meta: dict[str, Any]) -> str:
                       if isinstance(v, (int, float)))
     prefix = meta.get("control_codes", {}).get(meta["target"], "")
     prompt = (prefix + "\\n" if prefix else "") + "The film"
-    return f"""---
-library_name: transformers
-pipeline_tag: text-generation
-tags: [zerolm, sentiment, {'control-codes' if meta['method'] == 'control' else 'ppo'}]
----
+    metadata = {"library_name": "transformers", "pipeline_tag": "text-generation",
+                "tags": ["zerolm", "sentiment", "control-codes" if meta["method"] == "control" else "ppo"]}
+    return modelcard.compose(metadata, name, [
+        f"`{Path(str(meta['policy'])).name}` steered toward **{meta['target']}** continuations with {how}. Reward\n"
+        f"model: `{meta['reward']}` (class `{meta['target_label']}`, reward = {meta['reward_type']}); text: `{meta['data']}`.\n"
+        f"{meta.get('steps')} steps in {meta.get('seconds')} s. Settings and numbers: `zerolm_sentiment.json`.",
+        "| final training metric | value |\n|---|---|\n" + final,
+        "```python\nfrom transformers import pipeline\n"
+        f'gen = pipeline("text-generation", model="{name}")\n'
+        f'print(gen("{prompt}", max_new_tokens=16, do_sample=True)[0]["generated_text"])\n```',
+    ])
 
-# {name}
-
-`{Path(str(meta['policy'])).name}` steered toward **{meta['target']}** continuations with {how}. Reward
-model: `{meta['reward']}` (class `{meta['target_label']}`, reward = {meta['reward_type']}); text: `{meta['data']}`.
-{meta.get('steps')} steps in {meta.get('seconds')} s. Settings and numbers: `zerolm_sentiment.json`.
-
-| final training metric | value |
-|---|---|
-{final}
-
-```python
-from transformers import pipeline
-gen = pipeline("text-generation", model="{name}")
-print(gen("{prompt}", max_new_tokens=16, do_sample=True)[0]["generated_text"])
-```
-"""
-
-
-def report_tables(rep: dict[str, Any]) -> list[Any]:
-    """``rich`` tables of a report (metrics before/after; sample continuations) for the CLI to print."""
-    from rich.table import Table
-
-    names = [n for n in ("before", "before_with_code", "after") if n in rep]
-    t = Table(title=f"{rep['method']} → {rep['target']} ({rep['prompts']['count']} held-out prompts; judge {rep['judge']})")
-    t.add_column("metric")
-    for n in names:
-        t.add_column(n, justify="right")
-    t.add_column("after − before", justify="right")
-    for k in METRICS:
-        t.add_row(k, *(f"{rep[n][k]:.3f}" for n in names), f"{rep['delta'][k]:+.3f}")
-    s = Table(title="sample continuations (reward)", show_lines=True)
-    s.add_column("prompt")
-    for n in names:
-        s.add_column(n)
-    for row in rep["samples"]:
-        s.add_row(row["prompt"], *(f"{row[n]} ({row[f'reward_{n}']:+.2f})" for n in names))
-    return [t, s]

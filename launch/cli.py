@@ -1,7 +1,8 @@
 """CLI wiring of ``zerolm launch`` (slurm, local, ds-config) and ``zerolm publish``.
 
 The commands parse arguments, call the library (:mod:`launch.slurm`, :mod:`launch.publish`) and
-print; the library raises :class:`zerolm.errors.ZeroLMError` subclasses, which ``zerolm.cli.main``
+print (through :data:`zerolm.console.console`, shared with :mod:`zerolm.cli`, which registers these
+commands); the library raises :class:`zerolm.errors.ZeroLMError` subclasses, which ``zerolm.cli.main``
 turns into one-line messages.
 """
 
@@ -13,24 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-
-def _console():
-    from zerolm.cli import console
-
-    return console
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
+from zerolm.console import console, human_bytes
 
 
 # -- zerolm launch slurm ---------------------------------------------------------------------------
 def _cmd_slurm(args: argparse.Namespace) -> int:
-    from launch.slurm import SlurmJob, render_sbatch, submit
+    from zerolm.launch.slurm import SlurmJob, render_sbatch, submit
 
     job = SlurmJob(
         config=args.config, overrides=list(args.overrides), entry=args.entry, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
@@ -56,7 +45,7 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
 def _cmd_local(args: argparse.Namespace) -> int:
     import shlex
 
-    from launch.slurm import local_command
+    from zerolm.launch.slurm import local_command
 
     cmd, env = local_command(args.config, list(args.overrides), args.nproc, python=args.python or sys.executable,
                              entry=args.entry)
@@ -64,7 +53,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(line.strip())
         return 0
-    _console().print(f"running: {line.strip()}", highlight=False, soft_wrap=True)
+    console.print(f"running: {line.strip()}", highlight=False, soft_wrap=True)
     sys.stdout.flush()
     sys.stderr.flush()
     # exec: signals (Ctrl-C, SIGTERM, SIGUSR1) reach torchrun, which forwards them to the ranks
@@ -74,7 +63,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
 # -- zerolm launch ds-config -----------------------------------------------------------------------
 def _cmd_ds_config(args: argparse.Namespace) -> int:
-    from launch.slurm import ds_config_for, ds_config_variants
+    from zerolm.launch.slurm import ds_config_for, ds_config_variants
     from zerolm.config import load_config
 
     gpu = not args.cpu
@@ -83,13 +72,13 @@ def _cmd_ds_config(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for name, ds in ds_config_variants(args.config, list(args.overrides), args.world_size, gpu).items():
             (out / f"{name}.json").write_text(json.dumps(ds, indent=2) + "\n")
-            _console().print(f"wrote {out / (name + '.json')}", highlight=False, soft_wrap=True)
+            console.print(f"wrote {out / (name + '.json')}", highlight=False, soft_wrap=True)
         return 0
     ds = ds_config_for(load_config(args.config, list(args.overrides)), args.world_size, gpu)
     text = json.dumps(ds, indent=2) + "\n"
     if args.out:
         Path(args.out).write_text(text)
-        _console().print(f"wrote {args.out}", highlight=False, soft_wrap=True)
+        console.print(f"wrote {args.out}", highlight=False, soft_wrap=True)
     else:
         sys.stdout.write(text)
     return 0
@@ -97,7 +86,7 @@ def _cmd_ds_config(args: argparse.Namespace) -> int:
 
 # -- zerolm publish --------------------------------------------------------------------------------
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from launch.publish import plan_publish, publish
+    from zerolm.launch.publish import plan_publish, publish
     from zerolm.errors import ConfigError
 
     if args.overrides:
@@ -106,7 +95,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
         args.export_dir, args.repo_id, private=args.private, revision=args.revision, license=args.license,
         datasets=args.dataset, extra_tags=args.tag, commit_message=args.message, eval_dirs=args.evals,
     )
-    con = _console()
+    con = console
     if args.dry_run:
         con.rule("model card (README.md)")
         sys.stdout.write(plan.card)
@@ -114,8 +103,8 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
         con.rule("files")
         for op in plan.files:
-            print(f"{op['size']:>14,d}  {_human(op['size']):>10}  {op['path']}")
-        print(f"{plan.total_bytes:>14,d}  {_human(plan.total_bytes):>10}  total ({len(plan.files)} files)")
+            print(f"{op['size']:>14,d}  {human_bytes(op['size']):>10}  {op['path']}")
+        print(f"{plan.total_bytes:>14,d}  {human_bytes(plan.total_bytes):>10}  total ({len(plan.files)} files)")
         for w in plan.warnings:
             con.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
         con.print(
@@ -127,7 +116,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     for w in plan.warnings:
         con.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)
     res = publish(plan)
-    con.print(f"published {res['repo_id']} ({len(plan.files)} files, {_human(plan.total_bytes)}) at {res['commit_url']}",
+    con.print(f"published {res['repo_id']} ({len(plan.files)} files, {human_bytes(plan.total_bytes)}) at {res['commit_url']}",
               highlight=False, soft_wrap=True)
     return 0
 
@@ -140,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "slurm",
         help="render an sbatch script for N nodes x G GPUs and submit it",
-        description="Render an sbatch script that runs `python -m pretrain CONFIG [overrides]` (or, with --entry finetune-classify, `python -m finetune classify …`) on N nodes x G GPUs "
+        description="Render an sbatch script that runs `python -m zerolm.pretrain CONFIG [overrides]` (or, with --entry finetune-classify, `python -m zerolm.finetune classify …`) on N nodes x G GPUs "
         "(srun + torchrun with c10d rendezvous on the first node, plain srun tasks, or the deepspeed launcher with a "
         "hostfile from the allocation), asks Slurm for USR1 before the time limit, checkpoints, requeues itself and "
         "resumes. Prints the script with --dry-run, else submits it with sbatch and prints the job id and log path.",
@@ -174,7 +163,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "local",
         help="train on this machine with torchrun (N processes)",
-        description="Run `torchrun --standalone --nproc-per-node N -m pretrain CONFIG [overrides]` on this machine "
+        description="Run `torchrun --standalone --nproc-per-node N -m zerolm.pretrain CONFIG [overrides]` on this machine "
         "(SIGTERM/SIGUSR1 are forwarded: the ranks checkpoint and exit; run it again to resume).",
     )
     p.add_argument("config", help="zerolm YAML config")

@@ -10,7 +10,7 @@
 #
 # Everything — config, state, spool, logs, pid files — lives under DIR, so several clusters (a test
 # run beside a developer's) can coexist: each start picks free TCP ports. Configuration as found by
-# trying Slurm 22.05 on Debian 12 without systemd/cgroups (../shared/STACK_FACTS.md):
+# trying Slurm 22.05 on Debian 12 without systemd/cgroups (docs/stack-notes.md):
 # proctrack/linuxproc, task/none, select/cons_tres + CR_Core, the node line from `slurmd -C`,
 # NodeName=localhost NodeAddr=127.0.0.1, `slurmd -N localhost`, auth/none + cred/none,
 # MailProg=/bin/true. Clients find the cluster through SLURM_CONF.

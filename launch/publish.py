@@ -12,8 +12,10 @@ Two steps, so that ``--dry-run`` shows exactly what the upload would do:
 2. :func:`publish` creates the repository (``create_repo(exist_ok=True)``), the branch when a
    revision is given, and makes one commit (``create_commit``) with those operations.
 
-The token comes from ``HF_TOKEN`` or the cached ``hf auth login`` (``huggingface_hub.get_token``); it
-is passed to the API only, never logged or put in a message.
+The card is composed by the one card module (:mod:`zerolm.card`: front matter, title, the evaluation
+sections after its mark, redaction). The token comes from ``HF_TOKEN`` or the cached ``hf auth login``
+(``huggingface_hub.get_token``); it is passed to the API only and redacted (:mod:`zerolm.redact`) from the
+card and from every message.
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from typing import Any
 
 import yaml
 
+from zerolm import card as modelcard
 from zerolm.errors import ConfigError, DataError, ZeroLMError
+from zerolm.redact import redact_text
 
 log = logging.getLogger(__name__)
 
 EXPORT_META = "zerolm_export.json"
-CARD = "README.md"
+CARD = modelcard.CARD_FILE
 REQUIRED_FILES = (CARD, EXPORT_META, "config.json")
 
 # Hub license identifiers (https://huggingface.co/docs/hub/repositories-licenses).
@@ -85,14 +89,14 @@ class PublishPlan:
 
 
 # -- the card --------------------------------------------------------------------------------------
-def _split_front_matter(text: str) -> tuple[dict[str, Any], str]:
-    m = re.match(r"^---\s*\n(.*?)\n---\s*\n?", text, re.S)
-    if not m:
-        return {}, text
-    meta = yaml.safe_load(m.group(1)) or {}
-    if not isinstance(meta, dict):
-        raise DataError("the model card's YAML front matter is not a mapping")
-    return meta, text[m.end():]
+def _hub_token() -> str | None:
+    """The Hub token (``HF_TOKEN`` or the cached login), only to redact it; None when there is none."""
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # noqa: BLE001 - an unreadable token cache means: nothing extra to redact
+        return None
 
 
 def _datasets_from_export(meta: dict[str, Any]) -> list[str]:
@@ -144,7 +148,7 @@ def validate_card(card: str) -> list[str]:
 
     problems: list[str] = []
     try:
-        meta, _ = _split_front_matter(card)
+        meta, _ = modelcard.split_front_matter(card)
     except yaml.YAMLError as e:
         return [f"front matter is not YAML: {e}"]
     if not meta:
@@ -212,15 +216,15 @@ def build_card(export_dir: str | Path, repo_id: str, *, license: str | None = No
         meta = json.loads((export_dir / EXPORT_META).read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{export_dir / EXPORT_META}: unreadable export metadata: {e}") from e
+    text = modelcard.read_card(export_dir)
     try:
-        front, body = _split_front_matter((export_dir / CARD).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        front, body = modelcard.split_front_matter(text)
+    except yaml.YAMLError as e:
         raise DataError(f"{export_dir / CARD}: unreadable model card: {e}") from e
     warnings: list[str] = []
     name = repo_id.split("/")[-1]
-    old = export_dir.resolve().name
-    body = re.sub(rf"^# {re.escape(old)}[ \t]*$", f"# {name}", body, count=1, flags=re.M)
-    body = body.replace(f'"{old}"', f'"{repo_id}"')
+    old = modelcard.title_of(body) or export_dir.resolve().name  # the export's name: title and usage snippet
+    body = modelcard.retitle(body, name).replace(f'"{old}"', f'"{repo_id}"')
 
     objective = meta.get("objective") or ("mlm" if front.get("pipeline_tag") == "fill-mask" else "clm")
     pipeline_tag = front.get("pipeline_tag") or PIPELINE_TAGS.get(objective, "text-generation")
@@ -251,8 +255,7 @@ def build_card(export_dir: str | Path, repo_id: str, *, license: str | None = No
         warnings.append("no training datasets named (no corpus manifest of the bundled sources): pass --dataset HUB_ID")
     if not data.eval_results:
         warnings.append("the export has no validation metrics: the card has no model-index")
-    card = f"---\n{data.to_yaml().strip()}\n---\n{body if body.startswith(chr(10)) else chr(10) + body}"
-    return card, data.to_dict(), warnings
+    return modelcard.render(data, body, extra_secrets=[_hub_token()]), data.to_dict(), warnings
 
 
 # -- the plan and the upload -----------------------------------------------------------------------
@@ -304,10 +307,10 @@ def plan_publish(export_dir: str | Path, repo_id: str, *, private: bool = False,
     card, metadata, warnings = build_card(export_dir, repo_id, license=license, datasets=datasets, extra_tags=extra_tags)
     eval_files: list[tuple[str, Path]] = []
     if eval_dirs:
-        from evals.card import SECTION_MARK, evals_card_sections
+        from zerolm.evals.card import evals_card_sections
 
         sections, paths = evals_card_sections(list(eval_dirs))
-        card = card.split(SECTION_MARK, 1)[0].rstrip("\n") + f"\n\n{SECTION_MARK}\n{sections}"
+        card = modelcard.set_evals(card, sections, extra_secrets=[_hub_token()])
         eval_files = [(f"evals/{p.parent.name}/{p.name}", p) for p in paths]
     problems = validate_card(card)
     if problems:
@@ -329,10 +332,6 @@ def plan_publish(export_dir: str | Path, repo_id: str, *, private: bool = False,
     message = commit_message or f"zerolm: {meta.get('family', 'model')} at step {meta.get('step')} ({meta.get('tag', '')})".strip()
     return PublishPlan(repo_id=repo_id, export_dir=export_dir, private=private, revision=revision, card=card,
                        metadata=metadata, files=files, operations=operations, commit_message=message, warnings=warnings)
-
-
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
 
 
 def publish(plan: PublishPlan, api: Any = None) -> dict[str, Any]:
@@ -364,7 +363,7 @@ def publish(plan: PublishPlan, api: Any = None) -> dict[str, Any]:
         commit = api.create_commit(plan.repo_id, plan.operations, commit_message=plan.commit_message,
                                    repo_type="model", revision=plan.revision)
     except Exception as e:  # noqa: BLE001 - HTTP/validation errors of the Hub, reported without the token
-        raise ZeroLMError(_redact(f"upload to {plan.repo_id} failed: {type(e).__name__}: {e}", token)) from None
+        raise ZeroLMError(redact_text(f"upload to {plan.repo_id} failed: {type(e).__name__}: {e}", [token])) from None
     log.info("published %s: %d files, %d bytes", plan.repo_id, len(plan.files), plan.total_bytes)
     return {"repo_id": plan.repo_id, "repo_url": str(repo_url), "commit_url": getattr(commit, "commit_url", ""),
             "commit_oid": getattr(commit, "oid", ""), "revision": plan.revision or "main"}

@@ -3,7 +3,7 @@
 The script is assembled from the templates in ``launch/templates/``: a header (``#SBATCH`` lines,
 rendezvous on the first node of ``SLURM_JOB_NODELIST`` with ``MASTER_PORT = 20000 + job id % 10000``,
 the USR1 trap), one launcher block and a footer (wait for the training step, requeue after a
-preemption/time-limit warning). Three launchers start the same entry point, ``python -m pretrain``:
+preemption/time-limit warning). Three launchers start the same entry point, ``python -m zerolm.pretrain``:
 
 * ``torchrun`` (default): ``srun`` starts one torchrun agent per node; c10d rendezvous;
 * ``srun``: one Slurm task per GPU; each rank reads ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``;
@@ -38,10 +38,9 @@ from zerolm.errors import ConfigError, ZeroLMError
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LAUNCHERS = ("torchrun", "srun", "deepspeed")
 # what a job runs: the ``python -m`` module (and subcommand) of each entry point
-ENTRIES = {"pretrain": "pretrain", "finetune-classify": "finetune classify"}
+ENTRIES = {"pretrain": "zerolm.pretrain", "finetune-classify": "zerolm.finetune classify"}
 PORT_BASE = 20000  # the same derivation as pretrain.distributed (MASTER_PORT = 20000 + job id % 10000)
 
 Launcher = Literal["torchrun", "srun", "deepspeed"]
@@ -54,8 +53,8 @@ class SlurmJob:
     Attributes:
         config: the zerolm YAML config (made absolute).
         overrides: ``key.sub=value`` overrides passed on to the entry point.
-        entry: what runs: ``pretrain`` (``python -m pretrain``) or ``finetune-classify``
-            (``python -m finetune classify``); both run the shared trainer, so checkpoint-on-USR1 and
+        entry: what runs: ``pretrain`` (``python -m zerolm.pretrain``) or ``finetune-classify``
+            (``python -m zerolm.finetune classify``); both run the shared trainer, so checkpoint-on-USR1 and
             requeue-resume work the same.
         nodes: number of nodes.
         gpus_per_node: GPUs per node (= training processes per node); with ``cpu``, processes per node.
@@ -156,8 +155,8 @@ def ds_config_for(cfg: ZeroLMConfig, world_size: int, gpu: bool = True) -> dict[
     Raises:
         ConfigError: the batch sizes do not divide over ``world_size`` ranks.
     """
-    from pretrain.engine import build_ds_config
-    from pretrain.trainer import batch_arithmetic
+    from zerolm.pretrain.engine import build_ds_config
+    from zerolm.pretrain.trainer import batch_arithmetic
 
     micro, gas, _ = batch_arithmetic(cfg, world_size)
     with _assume_cuda(gpu):
@@ -291,7 +290,6 @@ def render_sbatch(job: SlurmJob) -> RenderedJob:
         "log_dir": str(log_dir),
         "extra_lines": "".join(line + "\n" for line in extra),
         "workdir": shlex.quote(str(workdir)),
-        "project_root": shlex.quote(str(PROJECT_ROOT)),
         "env_lines": "".join(line + "\n" for line in env),
         "python": shlex.quote(str(python)),
         "bin_dir": shlex.quote(str(python.parent)),
@@ -367,7 +365,6 @@ def local_command(config: str, overrides: list[str], nproc: int, python: str = s
         env["DS_ACCELERATOR"] = "cpu"
         if "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     return cmd, env
 
 

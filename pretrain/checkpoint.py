@@ -1,5 +1,4 @@
-"""Checkpoints that are never half-picked: write everything, then a completion record, then the
-``latest`` pointer; resume from the newest checkpoint that is complete and intact.
+"""The checkpoint layout, in one place: writing, completeness, discovery, compatibility, retention.
 
 Layout (``RUN_DIR/checkpoints``)::
 
@@ -8,28 +7,55 @@ Layout (``RUN_DIR/checkpoints``)::
         zerolm_client_rank{r}.pt        per rank: data-pipeline state, RNG states
         config.yaml                     the resolved config of the run
         zerolm_complete.json            written after every rank saved: step, tokens, metrics,
+                                        the run's shape (``run``: world size, batch arithmetic,
+                                        ZeRO stage, objective, model tensor shapes, data layout)
                                         and the size of every file (truncation check)
+    step_00000040.unloadable/           a checkpoint zerolm could not load, moved aside (never
+                                        deleted) when this run line reached the same step
 
-A checkpoint whose completion record is missing, or whose files no longer have the recorded
-sizes (a kill mid-write, a truncated copy), is skipped with a warning and the previous good one
-is used.
+Resume rules (:func:`plan_resume`):
+
+* A **damaged** checkpoint (no completion record, an unreadable one, a listed file missing or of
+  another size) is skipped with a warning: the newest intact one before it is used.
+* An **intact but incompatible** checkpoint (another data-parallel world size, global batch, ZeRO
+  stage, objective, model shape or data layout) is never skipped: the run stops before any work,
+  with an error that names what differs and what to do. This is decided from the completion record
+  (and, for checkpoints written before it carried ``run``, the checkpoint's ``config.yaml``), never
+  by catching DeepSpeed's exceptions.
+* A run directory that holds checkpoints never starts again from step 0: when none of them can be
+  loaded the run stops with an error naming each and why.
+
+Retention (:func:`prune`, after each completed save): a checkpoint is deleted only when it belongs
+to this run line (the checkpoint it resumed from, the ones before it, and the ones it wrote) and
+``keep_last`` newer checkpoints of the line exist; damaged checkpoints are never deleted, and
+checkpoints newer than the resumed one that this line did not write are never counted nor deleted
+(:func:`set_aside` moves one out of the way when the line reaches its step). Debris of an
+interrupted save (a folder without completion record) is deleted only once a good checkpoint of a
+later or the same step has been completed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
+import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from zerolm.errors import DataError
+from zerolm.fsutil import write_text, write_with
+
 log = logging.getLogger(__name__)
 
 COMPLETE = "zerolm_complete.json"
 LATEST = "latest"
+SET_ASIDE = ".unloadable"
+_TAG = re.compile(r"^step_(\d{8})$")
+_ANY_TAG = re.compile(r"^step_(\d{8})(\.unloadable(\.\d+)?)?$")
 
 
 def tag_for(step: int) -> str:
@@ -37,12 +63,15 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def step_of(tag: str) -> int:
+    """The optimizer step of a tag (``step_00000040`` → 40; also of a set-aside folder name)."""
+    m = _ANY_TAG.match(tag)
+    if not m:
+        raise ValueError(f"not a checkpoint tag: {tag!r}")
+    return int(m.group(1))
 
 
+# -- writing ------------------------------------------------------------------------------------
 def client_state_file(root: Path, tag: str, rank: int) -> Path:
     """Where a rank's client state lives."""
     return root / tag / f"zerolm_client_rank{rank}.pt"
@@ -52,9 +81,7 @@ def save_client_state(root: Path, tag: str, rank: int, state: dict[str, Any]) ->
     """Write one rank's client state (temp file + rename)."""
     path = client_state_file(root, tag, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_with(path, lambda p: torch.save(state, p))
 
 
 def load_client_state(root: Path, tag: str, rank: int) -> dict[str, Any]:
@@ -62,60 +89,320 @@ def load_client_state(root: Path, tag: str, rank: int) -> dict[str, Any]:
     return torch.load(client_state_file(root, tag, rank), map_location="cpu", weights_only=False)
 
 
-def mark_complete(root: Path, tag: str, record: dict[str, Any], keep_last: int) -> None:
+def mark_complete(root: Path, tag: str, record: dict[str, Any]) -> None:
     """On rank 0, after every rank saved: write the completion record with the size of every
-    file, then point ``latest`` at ``tag``, then delete checkpoints beyond the newest ``keep_last``.
-    """
+    file, then point ``latest`` at ``tag``. Retention is separate (:func:`prune`)."""
     d = root / tag
     files = {str(p.relative_to(d)): p.stat().st_size for p in sorted(d.rglob("*")) if p.is_file() and p.name != COMPLETE}
-    _atomic_write(d / COMPLETE, json.dumps({**record, "tag": tag, "files": files}, indent=1, sort_keys=True))
-    _atomic_write(root / LATEST, tag + "\n")
-    complete = [t for t in list_tags(root) if (root / t / COMPLETE).is_file()]
-    for old in complete[:-keep_last]:
-        shutil.rmtree(root / old, ignore_errors=True)
-    for t in list_tags(root):  # debris of interrupted saves older than the newest good one
-        if t < tag and not (root / t / COMPLETE).is_file():
-            shutil.rmtree(root / t, ignore_errors=True)
+    write_text(d / COMPLETE, json.dumps({**record, "tag": tag, "files": files}, indent=1, sort_keys=True))
+    write_text(root / LATEST, tag + "\n")
 
 
+def set_aside(root: Path, tag: str) -> Path:
+    """Move the folder ``root/tag`` (a checkpoint this run could not load, or debris of an
+    interrupted save) out of the way to ``<tag>.unloadable`` (``.unloadable.2`` … if taken), so that
+    a new checkpoint of the same step can be written without overwriting it. Returns the new path."""
+    dest, n = root / (tag + SET_ASIDE), 1
+    while dest.exists():
+        n += 1
+        dest = root / f"{tag}{SET_ASIDE}.{n}"
+    (root / tag).rename(dest)
+    return dest
+
+
+# -- discovery and completeness ------------------------------------------------------------------
 def list_tags(root: Path) -> list[str]:
-    """All ``step_*`` directories, oldest first."""
+    """All ``step_NNNNNNNN`` directories (complete or not), oldest first."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and _TAG.match(p.name))
 
 
 def check(root: Path, tag: str) -> str | None:
-    """Why ``tag`` cannot be resumed from, or None when it is complete and intact."""
+    """Why ``root/tag`` is damaged, or None when it is complete and intact.
+
+    Damaged: no completion record (interrupted while saving), an unreadable record, a file the record
+    lists that is missing or has another size than was written.
+    """
     rec_path = root / tag / COMPLETE
     if not rec_path.is_file():
         return "no completion record (interrupted while saving)"
     try:
         rec = json.loads(rec_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        if not isinstance(rec, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError, UnicodeDecodeError) as e:
         return f"unreadable completion record: {e}"
-    for name, size in rec.get("files", {}).items():
+    for name, size in (rec.get("files") or {}).items():
         p = root / tag / name
         if not p.is_file():
             return f"missing file {name}"
-        if p.stat().st_size != size:
+        if size is not None and p.stat().st_size != int(size):
             return f"{name} has {p.stat().st_size} bytes, {size} were written (truncated or changed)"
     return None
 
 
 def read_record(root: Path, tag: str) -> dict[str, Any]:
-    """The completion record of a checkpoint."""
+    """The completion record of a checkpoint (``check`` it first)."""
     return json.loads((root / tag / COMPLETE).read_text())
 
 
-def resumable_tags(root: Path) -> list[str]:
-    """Tags to try, newest first: the intact ones. Logs a warning for each newer checkpoint that
-    is skipped and why (a corrupt newest checkpoint means falling back to the previous one)."""
-    good = []
-    for tag in reversed(list_tags(root)):
+def latest_tag(root: Path) -> str | None:
+    """The tag the ``latest`` pointer names, or None when there is no (or an empty) pointer."""
+    p = root / LATEST
+    if not p.is_file():
+        return None
+    return p.read_text().strip() or None
+
+
+def resolve(run_dir: str | Path, tag: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """A complete, intact checkpoint of a run directory, for reading it (export, finetuning).
+
+    Args:
+        run_dir: the run directory (holds ``checkpoints/``).
+        tag: a checkpoint tag (``step_00000040``); ``None`` = the one ``checkpoints/latest`` names.
+
+    Returns:
+        ``(tag_dir, record)``: the checkpoint folder and its parsed completion record.
+
+    Raises:
+        DataError: no ``latest`` pointer, no such tag folder, or the checkpoint is damaged
+            (:func:`check`); the message names the path.
+    """
+    root = Path(run_dir) / "checkpoints"
+    if tag is None:
+        tag = latest_tag(root)
+        if tag is None:
+            raise DataError(f"no checkpoint pointer {root / LATEST} (or it is empty): the run has no complete "
+                            "checkpoint (or pass a tag)")
+    tag_dir = root / tag
+    if not tag_dir.is_dir():
+        have = list_tags(root)
+        raise DataError(f"checkpoint {tag_dir} not found (tags in {root}: {have or 'none'})")
+    why = check(root, tag)
+    if why is not None:
+        raise DataError(f"checkpoint {tag_dir} is incomplete or damaged: {why}")
+    record = read_record(root, tag)
+    if record.get("tag") not in (None, tag):
+        log.warning("%s names tag %r, but it is in folder %r", tag_dir / COMPLETE, record.get("tag"), tag)
+    return tag_dir, record
+
+
+# -- compatibility -------------------------------------------------------------------------------
+_MODEL_FIELDS = ("family", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_position_embeddings",
+                 "tie_word_embeddings")
+_DATA_FIELDS = ("seq_len", "num_workers", "sources")
+
+
+def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
+    """``{parameter name: shape}`` of a model (DeepSpeed's full shape for ZeRO-3 partitions)."""
+    return {n: list(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
+
+
+def run_signature(*, world_size: int, micro_batch_size: int, gradient_accumulation_steps: int,
+                  global_batch_size: int, zero_stage: int, objective: str, precision: str,
+                  model_config: dict[str, Any] | None, shapes: dict[str, list[int]] | None,
+                  data_layout: dict[str, Any] | None) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed by a run (stored as ``run`` in its record).
+
+    Args:
+        world_size: data-parallel size. micro_batch_size, gradient_accumulation_steps,
+            global_batch_size: the batch arithmetic (global = micro × accumulation × world size).
+        zero_stage: 0–3. objective: ``clm``/``mlm`` (or a finetuning objective's name).
+        precision: ``fp32``/``bf16``/``fp16`` (recorded, not compared).
+        model_config: the resolved ``model`` section (readable names for a shape change).
+        shapes: :func:`model_shapes` of the model. data_layout: the data loader's layout
+            (``seq_len``, ``num_workers``, ``sources``: its ``state_dict()`` fields).
+    """
+    return {
+        "world_size": world_size, "micro_batch_size": micro_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps, "global_batch_size": global_batch_size,
+        "zero_stage": zero_stage, "objective": objective, "precision": precision,
+        "model_config": {k: (model_config or {}).get(k) for k in _MODEL_FIELDS},
+        "model_shapes": shapes,
+        "data_layout": {k: v for k, v in (data_layout or {}).items() if k in _DATA_FIELDS},
+    }
+
+
+def saved_signature(root: Path, tag: str) -> dict[str, Any]:
+    """The run signature of an intact checkpoint: its record's ``run``; for records written before
+    zerolm stored it, rebuilt from the record's ``world_size`` and the checkpoint's ``config.yaml``
+    (model tensor shapes are then unknown: the model section is compared instead)."""
+    rec = read_record(root, tag)
+    if isinstance(rec.get("run"), dict):
+        return rec["run"]
+    import yaml
+
+    cfg_path = root / tag / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    data, train, model = cfg.get("data") or {}, cfg.get("train") or {}, cfg.get("model") or {}
+    world = rec.get("world_size")
+    micro = data.get("micro_batch_size")
+    gas, glob = train.get("gradient_accumulation_steps"), train.get("global_batch_size")
+    if world and micro:
+        if gas is None and glob is None:
+            gas = 1
+        if glob is None:
+            glob = micro * gas * world
+        elif gas is None:
+            gas = glob // (micro * world)
+    return run_signature(world_size=world, micro_batch_size=micro, gradient_accumulation_steps=gas,
+                         global_batch_size=glob, zero_stage=train.get("zero_stage"), objective=data.get("objective"),
+                         precision=train.get("precision"), model_config=model, shapes=None,
+                         data_layout={k: data.get(k) for k in ("seq_len", "num_workers")})
+
+
+def incompatibilities(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
+    """What differs between the run that saved a checkpoint and this one, as ``(what differs, what to
+    set to resume)`` pairs; empty when the checkpoint can be resumed. Values unknown on either side
+    (an older record) are not compared. A different micro-batch size and gradient accumulation with
+    the same global batch is compatible."""
+    out: list[tuple[str, str]] = []
+
+    def known(k: str) -> bool:
+        return saved.get(k) is not None and current.get(k) is not None and saved[k] != current[k]
+
+    if known("world_size"):
+        a = saved["world_size"]
+        out.append((f"data-parallel world size {a} → {current['world_size']}",
+                    f"run on {a} data-parallel ranks (e.g. torchrun --nproc_per_node {a}; resuming on another "
+                    "world size needs a universal checkpoint, which zerolm does not convert to yet)"))
+    if known("global_batch_size"):
+        a = saved["global_batch_size"]
+        out.append((f"global batch {a} → {current['global_batch_size']}", f"set train.global_batch_size={a}"))
+    if known("zero_stage"):
+        a = saved["zero_stage"]
+        out.append((f"ZeRO stage {a} → {current['zero_stage']}",
+                    f"set train.zero_stage={a} (a ZeRO checkpoint loads only into its own stage)"))
+    if known("objective"):
+        a = saved["objective"]
+        out.append((f"objective {a} → {current['objective']}", f"set data.objective={a}"))
+    s_shapes, c_shapes = saved.get("model_shapes"), current.get("model_shapes")
+    s_model, c_model = saved.get("model_config") or {}, current.get("model_config") or {}
+    named = [f"{k} {s_model[k]} → {c_model[k]}" for k in _MODEL_FIELDS
+             if s_model.get(k) is not None and c_model.get(k) is not None and s_model[k] != c_model[k]]
+    if s_shapes is not None and c_shapes is not None:
+        if s_shapes != c_shapes:
+            if not named:
+                diff = sorted(set(s_shapes) ^ set(c_shapes))
+                if diff:
+                    named = [f"tensor {diff[0]} {'only in the checkpoint' if diff[0] in s_shapes else 'only in this run'}"]
+                else:
+                    k = next(k for k in sorted(s_shapes) if s_shapes[k] != c_shapes[k])
+                    named = [f"tensor {k} {tuple(s_shapes[k])} → {tuple(c_shapes[k])}"]
+            out.append((f"model shape ({', '.join(named)})",
+                        "use the model section (and tokenizer) of the checkpoint's config.yaml"))
+    elif named:
+        out.append((f"model shape ({', '.join(named)})", "use the model section of the checkpoint's config.yaml"))
+    s_data, c_data = saved.get("data_layout") or {}, current.get("data_layout") or {}
+    for k in _DATA_FIELDS:
+        if s_data.get(k) is not None and c_data.get(k) is not None and s_data[k] != c_data[k]:
+            out.append((f"data.{k} {s_data[k]} → {c_data[k]}", f"set data.{k}={s_data[k]}"))
+    return out
+
+
+@dataclass
+class ResumePlan:
+    """What rank 0 decided about a run directory's checkpoints (before any DeepSpeed load).
+
+    Attributes:
+        candidates: intact, compatible tags to try, newest first (an older one only if a newer
+            one fails to load).
+        damaged: ``{tag: why}`` for the damaged tags passed over (newer than the candidates).
+        blocked: ``(tag, message)`` of the newest intact checkpoint that this run cannot resume
+            (incompatible), if reached; ``message`` is the full error for the user.
+        existing: every ``step_*`` tag found (a non-empty list means: never start from step 0).
+    """
+
+    candidates: list[str] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)
+    blocked: tuple[str, str] | None = None
+    existing: list[str] = field(default_factory=list)
+
+    def error(self, root: Path, failed: dict[str, str] | None = None) -> str | None:
+        """The error that stops the run when no candidate is left (``failed``: candidates that did
+        not load, with why), or None when the run may start (from a candidate or, with no
+        checkpoints at all, from step 0)."""
+        if self.blocked is not None:
+            return self.blocked[1]
+        if not self.existing:
+            return None
+        reasons = {**self.damaged, **(failed or {})}
+        lines = "; ".join(f"{t}: {reasons.get(t, 'not tried')}" for t in sorted(reasons, reverse=True))
+        return (f"{root} holds checkpoints, but none of them can be loaded ({lines}). zerolm does not start a "
+                "run directory with checkpoints again from step 0, and deletes nothing it could not load: "
+                "repair or move the damaged checkpoints away, or choose another train.run_dir.")
+
+
+def plan_resume(root: Path, current: dict[str, Any]) -> ResumePlan:
+    """Decide, from completion records only, which checkpoints of ``root`` this run may resume from.
+
+    Walks the tags newest first: damaged ones are passed over with a warning; the first intact one
+    is checked against ``current`` (a :func:`run_signature`): if compatible it is the first
+    candidate, and the older intact compatible ones follow (fallbacks should it fail to load); the
+    first incompatible intact one ends the walk as ``blocked`` (an older checkpoint is never used
+    in place of an intact newer one this run cannot continue).
+    """
+    plan = ResumePlan(existing=list_tags(root))
+    for tag in reversed(plan.existing):
         why = check(root, tag)
+        if why is not None:
+            if not plan.candidates:
+                plan.damaged[tag] = why
+                log.warning("checkpoint %s is not usable (%s); falling back to an older one", root / tag, why)
+            continue
+        diffs = incompatibilities(saved_signature(root, tag), current)
+        if diffs:
+            plan.blocked = (tag, (
+                f"cannot resume from checkpoint {root / tag}: it is intact, but this run differs from the run "
+                f"that saved it: {', '.join(d for d, _ in diffs)}. To continue it: "
+                f"{'; '.join(fix for _, fix in diffs)}. To start afresh, choose another train.run_dir. "
+                f"Nothing in {root.parent} was changed."))
+            break
+        plan.candidates.append(tag)
+    return plan
+
+
+def notes_on_resume(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Compatible changes worth a log line (micro-batch size and gradient accumulation traded at an
+    unchanged global batch)."""
+    notes = []
+    for k, name in (("micro_batch_size", "micro-batch size"), ("gradient_accumulation_steps", "gradient accumulation steps")):
+        if saved.get(k) is not None and current.get(k) is not None and saved[k] != current[k]:
+            notes.append(f"{name} {saved[k]} → {current[k]}")
+    return notes
+
+
+# -- retention -----------------------------------------------------------------------------------
+def lineage(root: Path, resumed: str | None) -> set[str]:
+    """The tags a run that resumed from ``resumed`` descends from: it and every older tag."""
+    if resumed is None:
+        return set()
+    return {t for t in list_tags(root) if t <= resumed}
+
+
+def prune(root: Path, keep_last: int, line: set[str], newest: str) -> list[str]:
+    """Retention after ``newest`` (a tag of this run line) was completed.
+
+    Deletes a checkpoint only when it is in ``line`` (this run line's tags), is intact, and
+    ``keep_last`` newer complete checkpoints of the line exist; and debris of interrupted saves (a
+    ``step_*`` folder, or one set aside, without completion record) of a step not after ``newest``.
+    Checkpoints outside the line (newer than the one the line resumed from, not written by it) and
+    damaged ones are never deleted. Returns the deleted folder names.
+    """
+    removed = []
+    ours = sorted(t for t in line if (root / t / COMPLETE).is_file())
+    for t in ours[:-keep_last] if keep_last > 0 else []:
+        why = check(root, t)
         if why is None:
-            good.append(tag)
+            shutil.rmtree(root / t, ignore_errors=True)
+            removed.append(t)
         else:
-            log.warning("checkpoint %s is not usable (%s); falling back to an older one", root / tag, why)
-    return good
+            log.warning("keeping damaged checkpoint %s (%s): zerolm deletes only intact checkpoints", root / t, why)
+    limit = step_of(newest)
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if (p.is_dir() and p.name != newest and _ANY_TAG.match(p.name) and step_of(p.name) <= limit
+                and not (p / COMPLETE).exists()):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed

@@ -60,6 +60,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def rank_of(environ: dict[str, str] | None = None) -> int:
+    """This process's global rank as :func:`detect` reads it (0 when no launcher set one), without
+    touching the environment or opening a port: what code that only needs "am I rank 0" calls."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"])
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"])
+    return 0
+
+
+def is_main_process(environ: dict[str, str] | None = None) -> bool:
+    """True on global rank 0 (the process that prints, tracks and writes shared files)."""
+    return rank_of(environ) == 0
+
+
 def detect(environ: dict[str, str] | None = None, set_env: bool = True) -> DistEnv:
     """Read the launcher's variables and (with ``set_env``) export the ``env://`` ones.
 
@@ -76,7 +92,7 @@ def detect(environ: dict[str, str] | None = None, set_env: bool = True) -> DistE
         launcher = "deepspeed" if "LOCAL_SIZE" in env and "TORCHELASTIC_RUN_ID" not in env else "torchrun"
         local_world = int(env.get("LOCAL_WORLD_SIZE", env.get("LOCAL_SIZE", env["WORLD_SIZE"])))
         d = DistEnv(
-            int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), local_world, launcher,
+            rank_of(env), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), local_world, launcher,
             env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)),
         )
     elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
@@ -84,7 +100,7 @@ def detect(environ: dict[str, str] | None = None, set_env: bool = True) -> DistE
         tasks_per_node = env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_NTASKS_PER_NODE", env["SLURM_NTASKS"]))
         local_world = int(re.match(r"\d+", tasks_per_node).group(0))
         d = DistEnv(
-            int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), local_world, "slurm",
+            rank_of(env), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), local_world, "slurm",
             env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "127.0.0.1"))),
             int(env.get("MASTER_PORT") or _DEFAULT_PORT_BASE + job % 10000),
         )
@@ -99,7 +115,8 @@ def detect(environ: dict[str, str] | None = None, set_env: bool = True) -> DistE
 
 
 def init(env: DistEnv) -> None:
-    """Start the process group through DeepSpeed: NCCL when CUDA is present, else gloo.
+    """Start the process group: NCCL when CUDA is present, else gloo (through the engine wrapper,
+    :func:`zerolm.pretrain.engine.init_distributed`, the one place that imports DeepSpeed).
 
     One thread per process when ranks share a node's cores (measured here: two ranks with two
     threads each on 2 cores ran 0.247 s/step against 0.155 s with one thread each).
@@ -107,24 +124,12 @@ def init(env: DistEnv) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
         cores = os.cpu_count() or 1
         if env.local_world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, cores // env.local_world_size))
-    import deepspeed
+    from zerolm.pretrain.engine import init_distributed
 
-    if not torch.cuda.is_available():
-        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce on every first start
-        # (30–80 s with ninja+gcc on a fresh machine); it only serves inference all-reduce, while
-        # ZeRO training uses the gloo collectives. Skip building it.
-        import sys
-
-        ds_torch_comm = sys.modules.get("deepspeed.comm.torch")
-        if ds_torch_comm is not None and hasattr(ds_torch_comm, "build_shm_op"):
-            ds_torch_comm.build_shm_op = lambda: None
-    if torch.cuda.is_available():
-        torch.cuda.set_device(env.local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    init_distributed(env.local_rank)
 
 
 def exit_process(code: int) -> None:

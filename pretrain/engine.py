@@ -1,23 +1,86 @@
-"""The one place zerolm touches DeepSpeed: building the engine, stepping it, checkpointing it.
+"""The one place zerolm touches DeepSpeed: starting the process group, building the engine,
+stepping it, checkpointing it, and reading a checkpoint back as fp32 Hugging Face weights.
 
-The trainer sees :class:`Engine` only. Everything DeepSpeed-specific — the generated ds_config,
-ZeRO stage 0–3, CPU offload, precision, the optimizer handed in as a client optimizer (torch
-AdamW: no JIT-compiled op is needed on the default path), the LR schedule, checkpoint save/load —
-lives here, so the same trainer runs on CPU/gloo and on N nodes × 8 GPUs/NCCL.
+The trainer sees :class:`Engine` only. Everything DeepSpeed-specific — the process group
+(:func:`init_distributed`), the generated ds_config, ZeRO stage 0–3, CPU offload, precision, the
+optimizer handed in as a client optimizer (torch AdamW: no JIT-compiled op is needed on the
+default path), the LR schedule, checkpoint save/load, and consolidating a (ZeRO-sharded) checkpoint
+into one fp32 state dict (:func:`consolidated_state_dict`, :func:`load_checkpoint_weights`, used by
+export and finetuning) — lives here, so the same trainer runs on CPU/gloo and on N nodes × 8
+GPUs/NCCL. The checkpoint *layout* (completion record, discovery, retention) is
+:mod:`zerolm.pretrain.checkpoint`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from zerolm.config import TrainConfig
+from zerolm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+
+def skip_shm_build() -> None:
+    """Stop DeepSpeed's CPU backend from JIT-compiling its shared-memory all-reduce op.
+
+    DeepSpeed 0.19.8's ``TorchBackend`` builds ``deepspeed_shm_comm`` with ninja+gcc in every
+    ``init_distributed`` on Linux (30–80 s on a fresh machine); it only serves inference all-reduce,
+    while ZeRO training uses the gloo collectives. Call after ``import deepspeed``, before
+    ``deepspeed.init_distributed``. (``sys.modules``: ``import deepspeed.comm.torch as m`` would give
+    the torch package, which ``deepspeed.comm`` re-exports under that name.)
+    """
+    import deepspeed  # noqa: F401 - loads deepspeed.comm.torch
+
+    ds_torch_comm = sys.modules.get("deepspeed.comm.torch")
+    if ds_torch_comm is not None and hasattr(ds_torch_comm, "build_shm_op"):
+        ds_torch_comm.build_shm_op = lambda: None
+
+
+def init_distributed(local_rank: int) -> None:
+    """Start the process group through DeepSpeed from the ``env://`` variables
+    (:func:`zerolm.pretrain.distributed.detect` sets them): NCCL on this process's GPU when CUDA is
+    present, else gloo (without building the shared-memory op, see :func:`skip_shm_build`)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    else:
+        skip_shm_build()
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a precision this machine's accelerator cannot train in, before any work.
+
+    DeepSpeed's accelerator reports what it supports (its CPU accelerator: bf16 yes, fp16 no — its
+    ``deepspeed.initialize`` would otherwise fail after the model, data and run directory were built).
+
+    Raises:
+        ConfigError: ``train.precision`` is fp16 or bf16 and the accelerator does not support it.
+    """
+    if precision == "fp32":
+        return
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    supported = acc.is_fp16_supported() if precision == "fp16" else acc.is_bf16_supported()
+    if not supported:
+        usable = ["bf16"] if precision == "fp16" and acc.is_bf16_supported() else []
+        raise ConfigError(f"train.precision={precision}: the {acc.device_name()} accelerator of this machine cannot "
+                          f"train in {precision} (DeepSpeed's accelerator reports it unsupported); use "
+                          + " or ".join(f"train.precision={p}" for p in [*usable, "fp32"]))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -117,6 +180,10 @@ class Engine:
             model=model, optimizer=opt, lr_scheduler=sched, config=self.ds_config
         )
         self.device = self.engine.device
+        # DeepSpeed computes the pre-clipping gradient norm inside its ZeRO / mixed-precision
+        # optimizers; at ZeRO-0 in fp32 it clips without keeping the norm, so we measure it here
+        self._own_grad_norm = cfg.zero_stage == 0 and cfg.precision == "fp32"
+        self._grad_norm: torch.Tensor | None = None
 
     # -- the step --------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
@@ -131,6 +198,10 @@ class Engine:
         """Advance one micro-step; at the accumulation boundary apply the optimizer unless the
         gradients are non-finite (ZeRO 1–3 detect it) or ``skip`` is set (stage 0)."""
         self._client_opt.overflow = bool(skip) and self.cfg.zero_stage == 0
+        if self._own_grad_norm and self.engine.is_gradient_accumulation_boundary():
+            # gradients are reduced over ranks and scaled by 1/grad_accum by now (DeepSpeed's backward)
+            grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+            self._grad_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads else None
         self.engine.step()
         self._client_opt.overflow = False
 
@@ -145,10 +216,22 @@ class Engine:
 
     def grad_norm(self) -> float | None:
         """Global gradient 2-norm of the last applied step (before clipping), or None."""
-        n = self.engine.get_global_grad_norm()
+        n = self._grad_norm if self._own_grad_norm else self.engine.get_global_grad_norm()
         if n is None:
             return None
         return float(n.item() if torch.is_tensor(n) else n)
+
+    def features(self) -> dict[str, bool]:
+        """What the built engine really does, read from DeepSpeed's ZeRO optimizer and the model
+        (not from our config): ``offload_optimizer`` (optimizer state on the CPU),
+        ``offload_params`` (ZeRO-3 parameters on the CPU), ``activation_checkpointing`` (the
+        ``transformers`` model recomputes activations in backward)."""
+        opt = self.engine.optimizer
+        return {
+            "offload_optimizer": bool(getattr(opt, "offload_optimizer", getattr(opt, "cpu_offload", False))),
+            "offload_params": bool(getattr(opt, "offload_param", False)),
+            "activation_checkpointing": bool(getattr(self.engine.module, "is_gradient_checkpointing", False)),
+        }
 
     def train(self) -> None:
         self.engine.train()
@@ -178,3 +261,142 @@ class Engine:
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
+
+
+# -- reading a checkpoint back as Hugging Face weights ---------------------------------------------
+def no_live_hf_deepspeed_config() -> None:
+    """Unset a ZeRO-3 ``HfDeepSpeedConfig`` left alive in this process (by a training that ran
+    here): while it lives, ``transformers`` builds models partitioned and ``from_pretrained`` on one
+    rank deadlocks. Call before building the model a checkpoint is loaded into."""
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+    except ImportError:  # pragma: no cover
+        return
+    if is_deepspeed_zero3_enabled():
+        log.warning("a ZeRO-3 HfDeepSpeedConfig is alive in this process; unsetting it to read the checkpoint")
+        unset_hf_deepspeed_config()
+
+
+def consolidated_state_dict(tag_dir: str | Path) -> tuple[dict[str, Any], str]:
+    """The full fp32 state dict of a DeepSpeed checkpoint folder (one process, no process group).
+
+    ZeRO 1–3 (any ``*_optim_states.pt``): DeepSpeed's ``get_fp32_state_dict_from_zero_checkpoint``
+    merges the fp32 master partitions of all ranks (shared parameters come back as one tensor under
+    both names). ZeRO 0 (no optimizer shards): the ``module`` entry of ``mp_rank_00_model_states.pt``,
+    cast to fp32 (a bf16/fp16 ZeRO-0 run keeps no fp32 master copy: a warning says so).
+
+    Args:
+        tag_dir: ``RUN_DIR/checkpoints/<tag>``.
+
+    Returns:
+        ``(state_dict, source)`` with ``source`` = ``"zero_to_fp32"`` or ``"module"``.
+
+    Raises:
+        DataError: the folder holds neither layout, or DeepSpeed cannot read it.
+    """
+    tag_dir = Path(tag_dir)
+    if any(tag_dir.glob("*_optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):  # zero_to_fp32 prints its progress
+                sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+            raise DataError(f"cannot consolidate DeepSpeed checkpoint {tag_dir}: {e}") from e
+        finally:
+            for line in out.getvalue().splitlines():
+                log.debug("zero_to_fp32: %s", line)
+        return sd, "zero_to_fp32"
+    model_file = tag_dir / "mp_rank_00_model_states.pt"
+    if not model_file.is_file():
+        raise DataError(
+            f"{tag_dir} holds no DeepSpeed checkpoint (neither *_optim_states.pt nor mp_rank_00_model_states.pt)"
+        )
+    try:
+        states = torch.load(model_file, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - pickle/zip errors of a damaged file
+        raise DataError(f"cannot read {model_file}: {e}") from e
+    module = states.get("module") if isinstance(states, dict) else None
+    if not isinstance(module, dict):
+        raise DataError(f"{model_file} has no 'module' state dict")
+    sd = {}
+    for k, v in module.items():
+        if torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float32:
+            log.warning("%s: %s is %s (no fp32 master copy in a ZeRO-0 checkpoint); reading it as fp32", model_file, k, v.dtype)
+            v = v.float()
+        sd[k] = v
+    return sd, "module"
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict[str, Any]) -> None:
+    """Load a consolidated state dict into a freshly built model, strictly, keeping tied weights tied.
+
+    A key may be absent only when it names the same tensor as a present key (a tied alias such as
+    ``lm_head.weight`` of ``transformer.wte.weight``); when both are present they must be equal.
+
+    Raises:
+        DataError: missing or unexpected keys, a shape mismatch (e.g. the tokenizer's vocabulary differs
+            from the one the run trained with), or tied aliases with different values.
+    """
+    expected = model.state_dict(keep_vars=True)
+    groups: dict[int, list[str]] = {}
+    for name, t in expected.items():
+        groups.setdefault(id(t), []).append(name)
+    aliases = {name: groups[id(t)] for name, t in expected.items()}
+    missing = [k for k in expected if k not in state_dict and not any(a in state_dict for a in aliases[k])]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        raise DataError(
+            f"checkpoint does not match the model built from config.yaml: missing keys {missing[:10]}, "
+            f"unexpected keys {unexpected[:10]}"
+        )
+    for k, v in state_dict.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise DataError(
+                f"checkpoint tensor {k} has shape {tuple(v.shape)}, the model built from config.yaml expects "
+                f"{tuple(expected[k].shape)} (another tokenizer/vocabulary or model shape than the run used?)"
+            )
+    for names in groups.values():
+        present = [n for n in names if n in state_dict]
+        for n in present[1:]:
+            if not torch.equal(state_dict[n], state_dict[present[0]]):
+                raise DataError(f"tied weights {present[0]} and {n} differ in the checkpoint")
+    result = model.load_state_dict(state_dict, strict=False)
+    left = [k for k in result.missing_keys if not any(a in state_dict for a in aliases[k])]
+    if left or result.unexpected_keys:  # pragma: no cover - checked above
+        raise DataError(f"load_state_dict: missing {left}, unexpected {result.unexpected_keys}")
+    after = model.state_dict(keep_vars=True)  # load_state_dict copies in place: ties survive
+    for names in groups.values():
+        if any(after[n] is not after[names[0]] for n in names):  # pragma: no cover - defensive
+            raise DataError(f"tied weights {names} came apart while loading")
+
+
+def load_checkpoint_weights(model: torch.nn.Module, run_dir: str | Path, tag: str | None = None,
+                            prefix: str = "") -> tuple[Path, dict[str, Any], str]:
+    """Load a run's checkpoint (``tag``, default the ``latest`` one) into ``model`` as fp32 weights.
+
+    Args:
+        model: a freshly built model of the checkpoint's shape (build it after
+            :func:`no_live_hf_deepspeed_config`).
+        run_dir: the trainer's run directory.
+        tag: a checkpoint tag, or None for ``checkpoints/latest``.
+        prefix: only the keys starting with it are loaded, with it removed (``"model."`` when the
+            trained module wrapped ``model`` as its attribute ``model``).
+
+    Returns:
+        ``(tag_dir, record, source)``: the checkpoint folder, its completion record, and where the
+        weights came from (``zero_to_fp32`` or ``module``).
+
+    Raises:
+        DataError: no complete checkpoint (:func:`zerolm.pretrain.checkpoint.resolve`), or the weights
+            do not fit the model (:func:`load_weights`).
+    """
+    from zerolm.pretrain.checkpoint import resolve
+
+    tag_dir, record = resolve(run_dir, tag)
+    sd, source = consolidated_state_dict(tag_dir)
+    if prefix:
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    load_weights(model, sd)
+    return tag_dir, record, source

@@ -1,17 +1,12 @@
 """``zerolm export RUN_DIR OUT_DIR``: a DeepSpeed checkpoint → a Hugging Face model folder.
 
-The run directory is the one the trainer writes::
+The run directory is the one the trainer writes; :mod:`zerolm.pretrain.checkpoint` owns its layout
+and picks the checkpoint (``checkpoint.resolve``: the ``latest`` one, or a tag; complete and intact).
 
-    RUN_DIR/config.yaml                               the resolved ZeroLMConfig
-    RUN_DIR/checkpoints/latest                        the newest complete tag ("step_00000040")
-    RUN_DIR/checkpoints/<tag>/                        engine.save_checkpoint(..., tag=<tag>)
-    RUN_DIR/checkpoints/<tag>/zerolm_complete.json    written last: tag, step, tokens_seen, metrics, files
-
-The export consolidates the fp32 weights with DeepSpeed's own utility
-(``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint``, ZeRO 1–3 including
-sharded ZeRO-3; a ZeRO-0 checkpoint's weights are the ``module`` of ``mp_rank_00_model_states.pt``),
-rebuilds the model from ``config.yaml`` (:func:`pretrain.models.build_model`), loads the weights
-strictly (tied weights are one tensor: ``lm_head.weight`` / ``wte.weight``), and writes::
+The export consolidates the fp32 weights through the engine wrapper
+(:func:`zerolm.pretrain.engine.consolidated_state_dict`, DeepSpeed's own ``zero_to_fp32`` route),
+rebuilds the model from the checkpoint's ``config.yaml`` (:func:`pretrain.models.build_model`), loads
+the weights strictly (tied weights are one tensor: ``lm_head.weight`` / ``wte.weight``), and writes::
 
     OUT_DIR/config.json, model.safetensors             (save_pretrained; safetensors)
     OUT_DIR/generation_config.json                     (causal LMs: bos/eos/pad, sampling defaults)
@@ -26,28 +21,24 @@ process (the CLI does): a live ZeRO-3 ``HfDeepSpeedConfig`` changes how transfor
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
-import os
-import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from zerolm.fsutil import check_replaceable, replace_dir
+from zerolm import card as modelcard
+from zerolm import fsutil
+from zerolm.fsutil import check_replaceable
+from zerolm.redact import redact
 from zerolm.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "zerolm-export/1"
 EXPORT_META = "zerolm_export.json"
-COMPLETE_MARKER = "zerolm_complete.json"
 
 # Corpus license strings (data_pipeline.corpus) → Hugging Face license identifiers.
 _HF_LICENSES = {
@@ -62,192 +53,14 @@ _HF_LICENSES = {
     "mit": "mit",
 }
 
-_SECRET_WORDS = {"token", "key", "secret", "password", "passwd", "apikey", "credential", "credentials", "auth", "pat"}
-
-
-def _looks_secret(key: str) -> bool:
-    """True for keys like ``hf_token``, ``WANDB_API_KEY``, ``password``, ``client_secret``.
-
-    The key is split into words at ``_ - .``; it is secret when its last word is a secret word or it
-    contains ``secret``/``password``/``api_key`` anywhere. ``bos_token_id``, ``tokenizer_dir`` and
-    ``tokens_seen`` are not.
-    """
-    k = key.lower()
-    if any(s in k for s in ("secret", "password", "passwd", "api_key", "apikey")):
-        return True
-    words = [w for w in re.split(r"[_\-.\s]+", k) if w]
-    return bool(words) and words[-1] in _SECRET_WORDS
-
-
-def scrub_secrets(obj: Any) -> Any:
-    """A copy of a JSON-like value with every value under a secret-looking key replaced by ``"***"``."""
-    if isinstance(obj, dict):
-        return {k: ("***" if _looks_secret(str(k)) and v not in (None, "") else scrub_secrets(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [scrub_secrets(v) for v in obj]
-    return obj
-
-
-def _secret_env_values() -> list[str]:
-    """Values of environment variables with secret-looking names (at least 8 characters)."""
-    return sorted({v for k, v in os.environ.items() if _looks_secret(k) and len(v) >= 8}, key=len, reverse=True)
-
-
-def _redact_text(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        text = text.replace(s, "***")
-    return text
-
-
 # --------------------------------------------------------------------------------------------------
 # Reading the run directory
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_checkpoint(run_dir: str | Path, tag: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Find a complete checkpoint of a run directory.
-
-    Args:
-        run_dir: the run directory (holds ``checkpoints/``).
-        tag: a checkpoint tag (``step_00000040``); ``None`` = the one named by ``checkpoints/latest``.
-
-    Returns:
-        ``(tag_dir, complete)``: the checkpoint folder and its parsed ``zerolm_complete.json``.
-
-    Raises:
-        DataError: no ``latest`` pointer (or an empty one), no such tag folder, no completion marker
-            (an interrupted save), an unreadable marker, or a file the marker lists that is missing or
-            has another size; the message names the path.
-    """
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    if tag is None:
-        latest = ckpt_dir / "latest"
-        if not latest.is_file():
-            raise DataError(f"no checkpoint pointer {latest}: the run has no complete checkpoint (or pass a tag)")
-        tag = latest.read_text().strip()
-        if not tag:
-            raise DataError(f"checkpoint pointer {latest} is empty")
-    tag_dir = ckpt_dir / tag
-    if not tag_dir.is_dir():
-        have = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir()) if ckpt_dir.is_dir() else []
-        raise DataError(f"checkpoint {tag_dir} not found (tags in {ckpt_dir}: {have or 'none'})")
-    marker = tag_dir / COMPLETE_MARKER
-    if not marker.is_file():
-        raise DataError(f"checkpoint {tag_dir} is incomplete: no {COMPLETE_MARKER} (an interrupted save?)")
-    try:
-        complete = json.loads(marker.read_text())
-        if not isinstance(complete, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DataError(f"{marker}: unreadable completion marker: {e}") from e
-    for rel, size in (complete.get("files") or {}).items():
-        p = tag_dir / rel
-        if not p.is_file():
-            raise DataError(f"checkpoint {tag_dir} is incomplete: {p} is missing")
-        if size is not None and p.stat().st_size != int(size):
-            raise DataError(f"checkpoint {tag_dir} is incomplete: {p} has {p.stat().st_size} bytes, expected {size}")
-    if complete.get("tag") not in (None, tag):
-        logger.warning("%s names tag %r, but it is in folder %r", marker, complete.get("tag"), tag)
-    return tag_dir, complete
-
-
-def consolidated_state_dict(tag_dir: str | Path) -> tuple[dict[str, Any], str]:
-    """The full fp32 state dict of a DeepSpeed checkpoint folder.
-
-    ZeRO 1–3 (any ``*_optim_states.pt``, e.g. ``zero_pp_rank_0_mp_rank_00_optim_states.pt``): DeepSpeed's
-    ``get_fp32_state_dict_from_zero_checkpoint`` merges the fp32 master partitions of all ranks (shared
-    parameters come back as one tensor under both names). ZeRO 0 (no optimizer shards): the
-    ``module`` entry of ``mp_rank_00_model_states.pt``, cast to fp32.
-
-    Args:
-        tag_dir: ``RUN_DIR/checkpoints/<tag>``.
-
-    Returns:
-        ``(state_dict, source)`` with ``source`` = ``"zero_to_fp32"`` or ``"module"``.
-
-    Raises:
-        DataError: the folder holds neither layout, or DeepSpeed cannot read it.
-    """
-    import torch
-
-    tag_dir = Path(tag_dir)
-    if any(tag_dir.glob("*_optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        out = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out):  # zero_to_fp32 prints its progress
-                sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
-        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-            raise DataError(f"cannot consolidate DeepSpeed checkpoint {tag_dir}: {e}") from e
-        finally:
-            for line in out.getvalue().splitlines():
-                logger.debug("zero_to_fp32: %s", line)
-        return sd, "zero_to_fp32"
-    model_file = tag_dir / "mp_rank_00_model_states.pt"
-    if not model_file.is_file():
-        raise DataError(
-            f"{tag_dir} holds no DeepSpeed checkpoint (neither *_optim_states.pt nor mp_rank_00_model_states.pt)"
-        )
-    try:
-        states = torch.load(model_file, map_location="cpu", weights_only=False)
-    except Exception as e:  # pickle/zip errors of a damaged file
-        raise DataError(f"cannot read {model_file}: {e}") from e
-    module = states.get("module") if isinstance(states, dict) else None
-    if not isinstance(module, dict):
-        raise DataError(f"{model_file} has no 'module' state dict")
-    sd = {}
-    for k, v in module.items():
-        if torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float32:
-            logger.warning("%s: %s is %s (no fp32 master copy in a ZeRO-0 checkpoint); exporting it as fp32", model_file, k, v.dtype)
-            v = v.float()
-        sd[k] = v
-    return sd, "module"
-
-
-def load_weights(model, state_dict: dict[str, Any]) -> None:
-    """Load a consolidated state dict into a freshly built model, strictly, keeping tied weights tied.
-
-    A key may be absent only when it names the same tensor as a present key (a tied alias such as
-    ``lm_head.weight`` of ``transformer.wte.weight``); when both are present they must be equal.
-
-    Raises:
-        DataError: missing or unexpected keys, a shape mismatch (e.g. the tokenizer's vocabulary differs
-            from the one the run trained with), or tied aliases with different values.
-    """
-    import torch
-
-    expected = model.state_dict(keep_vars=True)
-    groups: dict[int, list[str]] = {}
-    for name, t in expected.items():
-        groups.setdefault(id(t), []).append(name)
-    aliases = {name: groups[id(t)] for name, t in expected.items()}
-    missing = [k for k in expected if k not in state_dict and not any(a in state_dict for a in aliases[k])]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected:
-        raise DataError(
-            f"checkpoint does not match the model built from config.yaml: missing keys {missing[:10]}, "
-            f"unexpected keys {unexpected[:10]}"
-        )
-    for k, v in state_dict.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise DataError(
-                f"checkpoint tensor {k} has shape {tuple(v.shape)}, the model built from config.yaml expects "
-                f"{tuple(expected[k].shape)} (another tokenizer/vocabulary or model shape than the run used?)"
-            )
-    for names in groups.values():
-        present = [n for n in names if n in state_dict]
-        for n in present[1:]:
-            if not torch.equal(state_dict[n], state_dict[present[0]]):
-                raise DataError(f"tied weights {present[0]} and {n} differ in the checkpoint")
-    result = model.load_state_dict(state_dict, strict=False)
-    left = [k for k in result.missing_keys if not any(a in state_dict for a in aliases[k])]
-    if left or result.unexpected_keys:  # pragma: no cover - checked above
-        raise DataError(f"load_state_dict: missing {left}, unexpected {result.unexpected_keys}")
-    after = model.state_dict(keep_vars=True)  # load_state_dict copies in place: ties survive
-    for names in groups.values():
-        if any(after[n] is not after[names[0]] for n in names):  # pragma: no cover - defensive
-            raise DataError(f"tied weights {names} came apart while loading")
+# The checkpoint layout (completion record, discovery) is zerolm.pretrain.checkpoint's, reading a
+# DeepSpeed checkpoint back as fp32 weights is the engine wrapper's (zerolm.pretrain.engine): export
+# asks them (checkpoint.resolve, engine.consolidated_state_dict / load_weights).
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,40 +107,36 @@ def render_model_card(
     vocab_size: int,
     tokenizer_type: str,
 ) -> str:
-    """The ``README.md`` of an export: Hugging Face metadata (YAML front matter) + a human description.
+    """The ``README.md`` of an export, composed by :func:`zerolm.card.compose`: Hugging Face metadata
+    (YAML front matter) + the pretraining sections.
 
     Metadata (validated by ``huggingface_hub.ModelCardData``): ``license`` (the corpus sources' license
     when they share one, else ``other``), ``language: en``, ``library_name: transformers``,
     ``pipeline_tag`` (text-generation or fill-mask), ``tags`` (zerolm, causal-lm|masked-lm, family).
     Body: architecture and parameter counts, training (steps, tokens, final validation metrics), data
-    (from the corpus ``manifest.json``), usage, and the resolved config with secret-looking values
-    replaced by ``***``.
+    (from the corpus ``manifest.json``), usage, and the resolved config (redacted by
+    :func:`zerolm.redact.redact`).
     """
-    from huggingface_hub import ModelCardData
-
-    from pretrain.models import objective_of
+    from zerolm.pretrain.models import objective_of
 
     objective = objective_of(model_cfg.family)
     causal = objective == "clm"
     manifest = _corpus_manifest(cfg)
-    data = ModelCardData(
-        language="en",
-        license=_hf_license(manifest),
-        library_name="transformers",
-        pipeline_tag="text-generation" if causal else "fill-mask",
-        tags=["zerolm", "causal-lm" if causal else "masked-lm", model_cfg.family],
-    )
+    license_id = _hf_license(manifest)
+    metadata = {
+        "language": "en",
+        "license": license_id,
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation" if causal else "fill-mask",
+        "tags": ["zerolm", "causal-lm" if causal else "masked-lm", model_cfg.family],
+    }
     arch = (hf_cfg.architectures or [type(hf_cfg).__name__])[0]
     metrics = complete.get("metrics") or {}
     positions = getattr(hf_cfg, "max_position_embeddings", None)
-    lines: list[str] = ["---", data.to_yaml().strip(), "---", ""]
-    lines += [
-        f"# {name}",
-        "",
-        f"A {model_cfg.family} {'causal' if causal else 'masked'} language model ({arch}) pretrained from "
-        "scratch with zerolm (DeepSpeed ZeRO), exported from checkpoint "
-        f"`{tag}`. It is a small research model: expect fluent-looking but unreliable text.",
-        "",
+    intro = (f"A {model_cfg.family} {'causal' if causal else 'masked'} language model ({arch}) pretrained from "
+             "scratch with zerolm (DeepSpeed ZeRO), exported from checkpoint "
+             f"`{tag}`. It is a small research model: expect fluent-looking but unreliable text.")
+    model = [
         "## Model",
         "",
         "| | |",
@@ -343,7 +152,8 @@ def render_model_card(
         f"| vocabulary | {vocab_size} ({tokenizer_type}) |",
         f"| tied input/output embeddings | {'yes' if model_cfg.tie_word_embeddings else 'no'} |",
         f"| parameters | {_fmt(counts['total'])} ({_fmt(counts['non_embedding'])} non-embedding) |",
-        "",
+    ]
+    training = [
         "## Training",
         "",
         f"- objective: {'causal language modelling (next-token prediction)' if causal else 'masked language modelling (BERT-style, ' + format(cfg.data.mlm_probability, '.0%') + ' of tokens)'}",
@@ -356,10 +166,10 @@ def render_model_card(
         f"- final validation perplexity: {_fmt(metrics.get('eval/perplexity'), 2)}",
     ]
     if "eval/accuracy" in metrics:
-        lines.append(f"- final validation masked-token accuracy: {_fmt(metrics.get('eval/accuracy'))}")
-    lines += ["", "## Data", ""]
+        training.append(f"- final validation masked-token accuracy: {_fmt(metrics.get('eval/accuracy'))}")
+    data = ["## Data", ""]
     if manifest:
-        lines += [
+        data += [
             "Trained on the zerolm corpus prepared by `zerolm data prepare` (deduplicated; "
             "train/validation split by a hash of each document).",
             "",
@@ -368,69 +178,54 @@ def render_model_card(
         ]
         for s in manifest.get("sources", []):
             docs = s.get("documents", {})
-            lines.append(
+            data.append(
                 f"| {s.get('name')} | {s.get('license', 'unknown')} | {_fmt(docs.get('train'))} | "
                 f"{_fmt(docs.get('validation'))} | {s.get('description', '')} |"
             )
         tot = (manifest.get("totals") or {}).get("documents", {})
         licenses = sorted({str(s.get("license", "unknown")) for s in manifest.get("sources", [])})
-        lines += [
+        data += [
             "",
             f"Total: {_fmt(tot.get('train'))} training and {_fmt(tot.get('validation'))} validation documents.",
             "",
-            f"Licenses of the training text: {', '.join(licenses)} (model card license: `{data.license}`; "
+            f"Licenses of the training text: {', '.join(licenses)} (model card license: `{license_id}`; "
             "check each source's terms before reuse).",
         ]
     else:
-        lines += ["Training sources (paths as configured):", ""]
+        data += ["Training sources (paths as configured):", ""]
         for s in cfg.data.sources:
-            lines.append(f"- {s.name} (weight {s.weight}): {', '.join(s.paths)}")
-    lines += ["", "## How to use", "", "```python"]
-    if causal:
-        lines += [
-            "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
-            "",
-            f'model = AutoModelForCausalLM.from_pretrained("{name}")',
-            f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
-            f'generator = pipeline("text-generation", model="{name}")',
-            'print(generator("The history of", max_new_tokens=30)[0]["generated_text"])',
-        ]
-    else:
-        lines += [
-            "from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline",
-            "",
-            f'model = AutoModelForMaskedLM.from_pretrained("{name}")',
-            f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
-            f'fill = pipeline("fill-mask", model="{name}")',
-            'print(fill("The capital of France is [MASK]."))',
-        ]
-    lines += ["```", ""]
+            data.append(f"- {s.name} (weight {s.weight}): {', '.join(s.paths)}")
+    auto, task, example = (("AutoModelForCausalLM", "text-generation", 'generator = pipeline("text-generation", model="{}")\n'
+                            'print(generator("The history of", max_new_tokens=30)[0]["generated_text"])') if causal else
+                           ("AutoModelForMaskedLM", "fill-mask", 'fill = pipeline("fill-mask", model="{}")\n'
+                            'print(fill("The capital of France is [MASK]."))'))
+    usage = [
+        "## How to use",
+        "",
+        "```python",
+        f"from transformers import {auto}, AutoTokenizer, pipeline",
+        "",
+        f'model = {auto}.from_pretrained("{name}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+        example.format(name),
+        "```",
+    ]
     if not causal:
-        lines += ["The tokenizer adds `[CLS] … [SEP]` around each text, as BERT's does.", ""]
-    lines += [
+        usage += ["", "The tokenizer adds `[CLS] … [SEP]` around each text, as BERT's does."]
+    config = [
         "## Resolved zerolm config",
         "",
         "```yaml",
-        yaml.safe_dump(scrub_secrets(cfg.model_dump(mode="json")), sort_keys=False).rstrip(),
+        yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False).rstrip(),
         "```",
-        "",
     ]
-    return "\n".join(lines)
+    blocks = [intro, model, training, data, usage, config]
+    return modelcard.compose(metadata, name, [b if isinstance(b, str) else "\n".join(b) for b in blocks])
 
 
 # --------------------------------------------------------------------------------------------------
 # Export
 # --------------------------------------------------------------------------------------------------
-
-
-def _no_live_hf_deepspeed_config() -> None:
-    try:
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
-    except ImportError:  # pragma: no cover
-        return
-    if is_deepspeed_zero3_enabled():
-        logger.warning("a ZeRO-3 HfDeepSpeedConfig is alive in this process; unsetting it for the export")
-        unset_hf_deepspeed_config()
 
 
 def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> dict[str, Any]:
@@ -448,7 +243,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
         ``weights_from`` (``zero_to_fp32`` or ``module``), ``files`` (name → bytes), ``seconds``.
 
     Raises:
-        DataError: no complete checkpoint (see :func:`resolve_checkpoint`); no ``config.yaml`` (the
+        DataError: no complete checkpoint (see :func:`zerolm.pretrain.checkpoint.resolve`); no ``config.yaml`` (the
             checkpoint's own copy ``<tag>/config.yaml`` is preferred, else ``RUN_DIR/config.yaml``); the
             tokenizer folder is missing; the weights do not fit the model the config describes; the
             output folder is not replaceable. Each message names the path.
@@ -457,18 +252,20 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
     import torch
     from transformers import GenerationConfig
 
-    from data_pipeline.tokenizer import (
+    from zerolm.data_pipeline.tokenizer import (
         load_hf_tokenizer,
         load_pipeline_tokenizer,
         save_hf_tokenizer,
         set_special_tokens_template,
     )
-    from pretrain.models import build_model, count_parameters, objective_of, resolve_model_config, special_ids_of
+    from zerolm.pretrain.models import build_model, count_parameters, objective_of, resolve_model_config, special_ids_of
     from zerolm.config import load_config
+    from zerolm.pretrain.checkpoint import resolve
+    from zerolm.pretrain.engine import consolidated_state_dict, load_weights, no_live_hf_deepspeed_config
 
     t0 = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir).resolve()
-    tag_dir, complete = resolve_checkpoint(run_dir, tag)
+    tag_dir, complete = resolve(run_dir, tag)
     tag = tag_dir.name
     # the config the checkpoint was saved with (the trainer keeps a copy per tag), else the run's
     config_path = next((p for p in (tag_dir / "config.yaml", run_dir / "config.yaml") if p.is_file()), None)
@@ -476,7 +273,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
         raise DataError(f"no run config {run_dir / 'config.yaml'} (nor {tag_dir / 'config.yaml'}): is {run_dir} a zerolm run directory?")
     cfg = load_config(config_path)
     check_replaceable(out, lambda d: (d / EXPORT_META).is_file(), "export directory")
-    _no_live_hf_deepspeed_config()
+    no_live_hf_deepspeed_config()
 
     model_cfg = resolve_model_config(cfg.model)
     objective = objective_of(model_cfg.family)
@@ -508,17 +305,14 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
     set_special_tokens_template(hf_tok, objective)
     hf_tok.model_max_length = positions
 
-    secrets = _secret_env_values()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with fsutil.staged_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         save_hf_tokenizer(hf_tok, tmp)
         card = render_model_card(
             name=out.name, cfg=cfg, model_cfg=model_cfg, hf_cfg=model.config, counts=counts, complete=complete,
             tag=tag, vocab_size=ptok.vocab_size, tokenizer_type=f"sentencepiece {ptok.model_type}",
         )
-        (tmp / "README.md").write_text(_redact_text(card, secrets), encoding="utf-8")
+        modelcard.write_card(tmp, card)
         meta = {
             "format": EXPORT_FORMAT,
             "run_dir": str(run_dir.resolve()),
@@ -530,17 +324,9 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
             "objective": objective,
             "params": counts,
             "weights_from": weights_from,
-            "config": scrub_secrets(cfg.model_dump(mode="json")),
+            "config": cfg.model_dump(mode="json"),
         }
-        (tmp / EXPORT_META).write_text(_redact_text(json.dumps(meta, indent=2), secrets) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        for p in tmp.iterdir():
-            if p.is_file():
-                os.chmod(p, 0o644)  # safetensors writes its file 0600
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fsutil.write_json(tmp / EXPORT_META, redact(meta), indent=2)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     summary = {
         "out_dir": str(out),
@@ -562,10 +348,6 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
 
 
 __all__ = [
-    "consolidated_state_dict",
     "export_checkpoint",
-    "load_weights",
     "render_model_card",
-    "resolve_checkpoint",
-    "scrub_secrets",
 ]

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from zerolm.hf_models import model_kind
+
 DEFAULT_PROMPTS = ["The court ruled that", "The Prime Minister said", "The river flows through", "In 1998, the company"]
 DEFAULT_MASKED = [
     "The court ruled that the [MASK] was unconstitutional.",
@@ -31,26 +33,30 @@ def sample(model_dir: str | Path, prompts: list[str] | None = None, max_new_toke
         seed: sampling seed (generation uses top-k 40, temperature 0.8).
 
     Returns:
-        ``{"kind": "causal-lm"|"masked-lm", "validation": {...} or None, "samples": [...]}``.
+        ``{"kind": "clm"|"mlm", "validation": {...} or None, "samples": [...]}`` (the kind as
+        :func:`zerolm.hf_models.model_kind` tells it: the config's vocabulary).
+
+    Raises:
+        DataError: the folder holds no causal or masked LM.
     """
-    from transformers import AutoConfig, pipeline, set_seed
+    from transformers import pipeline, set_seed
 
     model_dir = Path(model_dir)
-    cfg = AutoConfig.from_pretrained(model_dir)
+    kind = model_kind(model_dir)
     meta_path = model_dir / "zerolm_export.json"
     validation = json.loads(meta_path.read_text()).get("metrics") if meta_path.is_file() else None
-    if getattr(cfg, "is_decoder", False) or any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in cfg.architectures or []):
+    if kind == "clm":
         gen = pipeline("text-generation", model=str(model_dir))
         set_seed(seed)
         out = []
         for p in prompts or DEFAULT_PROMPTS:
             text = gen(p, max_new_tokens=max_new_tokens, do_sample=True, top_k=40, temperature=0.8)[0]["generated_text"]
             out.append({"prompt": p, "continuation": text[len(p):]})
-        return {"kind": "causal-lm", "validation": validation, "samples": out}
+        return {"kind": kind, "validation": validation, "samples": out}
     fill = pipeline("fill-mask", model=str(model_dir), top_k=5)
     mask = fill.tokenizer.mask_token
     out = []
     for s in prompts or DEFAULT_MASKED:
         preds = fill(s.replace("[MASK]", mask))
         out.append({"text": s, "predictions": [(p["token_str"].strip(), round(float(p["score"]), 3)) for p in preds]})
-    return {"kind": "masked-lm", "validation": validation, "samples": out}
+    return {"kind": kind, "validation": validation, "samples": out}

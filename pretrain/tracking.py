@@ -2,39 +2,70 @@
 
 W&B never waits on the network by default: ``tracking.wandb_mode=auto`` runs online only when
 an API key or a login is present, else offline (``wandb sync RUN_DIR/wandb/offline-run-*``
-uploads it later). A resumed run continues the same W&B run id. Secrets are scrubbed from
-everything written.
+uploads it later). A resumed run continues the same W&B run id.
+
+The W&B run config holds the config sections the job uses (:data:`JOB_SECTIONS`: a pretraining
+run logs ``data``, ``model``, ``train`` and ``tracking``, not the finetuning defaults), and
+everything handed to W&B — config, run name, tags and the command line W&B records — goes
+through the one secret redactor, :mod:`zerolm.redact`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import re
 import secrets
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from zerolm.config import TrackingConfig
+from zerolm import fsutil
+from zerolm.config import TrackingConfig, ZeroLMConfig
+from zerolm.redact import redact, redact_text
 
 log = logging.getLogger(__name__)
 
-_SECRET_KEY = re.compile(r"(token|secret|password|api_?key|credential)", re.I)
+# Which config sections (and, where only a few fields matter, which fields) each job reads; its W&B
+# run config holds exactly these. ``None`` = the whole section.
+JOB_SECTIONS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "pretrain": {"data": None, "model": None, "train": None, "tracking": None},
+    "classify": {"finetune": None, "data": ("micro_batch_size", "seed"), "train": None, "tracking": None},
+    "sentiment_control": {"sentiment": None, "data": ("micro_batch_size", "seed"), "train": None, "tracking": None},
+    "sentiment_ppo": {"sentiment": None, "train": ("run_dir",), "tracking": None},
+}
 
 
-def scrub(obj: Any) -> Any:
-    """A copy of a nested dict/list with the values of secret-looking keys replaced by ``***``
-    and any literal value of ``WANDB_API_KEY``/``HF_TOKEN`` in strings removed."""
-    secrets = [v for k, v in os.environ.items() if _SECRET_KEY.search(k) and v and len(v) >= 8]
-    if isinstance(obj, dict):
-        return {k: ("***" if _SECRET_KEY.search(str(k)) else scrub(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [scrub(v) for v in obj]
-    if isinstance(obj, str):
-        for s in secrets:
-            obj = obj.replace(s, "***")
-    return obj
+def run_config(cfg: ZeroLMConfig, job: str | None) -> dict[str, Any]:
+    """The part of the resolved config that ``job`` uses, as JSON-like data (the W&B run config).
+
+    Args:
+        cfg: the resolved config.
+        job: a key of :data:`JOB_SECTIONS`, or ``None`` for every section.
+
+    Raises:
+        ValueError: an unknown job name.
+    """
+    full = cfg.model_dump(mode="json")
+    if job is None:
+        return full
+    if job not in JOB_SECTIONS:
+        raise ValueError(f"unknown job {job!r} (known: {', '.join(JOB_SECTIONS)})")
+    return {name: (full[name] if fields is None else {f: full[name][f] for f in fields})
+            for name, fields in JOB_SECTIONS[job].items()}
+
+
+@contextlib.contextmanager
+def _redacted_argv() -> Iterator[None]:
+    """W&B records ``sys.argv`` as run metadata when the run starts: show it the redacted command line
+    (a secret in an override would otherwise be uploaded) and restore the real one afterwards."""
+    saved = sys.argv
+    sys.argv = [redact_text(a) for a in saved]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def _wandb_mode(cfg: TrackingConfig) -> str:
@@ -59,7 +90,7 @@ class Tracker:
     Args:
         cfg: the tracking section.
         run_dir: the run directory.
-        config: the resolved config (logged as the W&B run config, scrubbed).
+        config: the W&B run config (normally :func:`run_config` of the job); redacted here.
         run_id: a W&B run id to continue (from the checkpoint), or None for a new run.
         resume_step: on resume, metrics.jsonl lines after this step (written by the interrupted
             run after its last checkpoint) are dropped so the file matches the resumed history.
@@ -71,7 +102,7 @@ class Tracker:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if resume_step is not None and self.metrics_path.exists():
             kept = [l for l in self.metrics_path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
-            self.metrics_path.write_text("".join(l + "\n" for l in kept))
+            fsutil.write_text(self.metrics_path, "".join(l + "\n" for l in kept))
         elif resume_step is None and self.metrics_path.exists():
             self.metrics_path.unlink()
         self.mode = _wandb_mode(cfg)
@@ -83,11 +114,14 @@ class Tracker:
             os.environ.setdefault("WANDB_DIR", str(self.run_dir))
             os.environ.setdefault("WANDB_CACHE_DIR", str(self.run_dir / ".wandb_cache"))
             os.environ.setdefault("WANDB_SILENT", "true")
-            self.run = wandb.init(
-                project=cfg.project, entity=cfg.entity, name=cfg.run_name, tags=cfg.tags or None,
-                id=run_id or secrets.token_hex(4), resume="allow", mode=self.mode,
-                dir=str(self.run_dir), config=scrub(config),
-            )
+            with _redacted_argv():
+                self.run = wandb.init(
+                    project=cfg.project, entity=cfg.entity,
+                    name=redact_text(cfg.run_name) if cfg.run_name else None,
+                    tags=[redact_text(t) for t in cfg.tags] or None,
+                    id=run_id or secrets.token_hex(4), resume="allow", mode=self.mode,
+                    dir=str(self.run_dir), config=redact(config),
+                )
             self.run_id = self.run.id
             log.info("W&B run %s (%s)", self.run_id, self.mode)
 
@@ -123,9 +157,8 @@ class Tracker:
         ax.set_title(self.run_dir.name)
         ax.grid(alpha=0.3)
         ax.legend()
-        out = self.run_dir / "loss.png"
         fig.tight_layout()
-        fig.savefig(out, dpi=110)
+        out = fsutil.save_figure(fig, self.run_dir / "loss.png", dpi=110)
         plt.close(fig)
         return out
 

@@ -4,6 +4,11 @@ Reads top to bottom: set up (batch arithmetic, model, engine, data, resume, trac
 optimizer step: ``gradient_accumulation_steps`` micro-batches of forward/backward, the optimizer
 step (skipped if any rank saw a non-finite loss), logging, evaluation, checkpointing, and a stop
 check (max steps, ``stop_at_step``, SIGTERM/SIGUSR1).
+
+Resume safety (rules in :mod:`zerolm.pretrain.checkpoint`): before the engine is built, rank 0
+decides from the checkpoints' completion records which one to resume; an intact checkpoint this run
+cannot continue (another world size, global batch, ZeRO stage, objective, model shape) stops the run
+with a :class:`TrainingError` before anything in the run directory is written.
 """
 
 from __future__ import annotations
@@ -23,18 +28,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data_pipeline.loader import PackedDataLoader
-from data_pipeline.tokenizer import load_pipeline_tokenizer
-from pretrain import checkpoint as ckpt
-from pretrain import distributed
-from pretrain.engine import Engine
-from pretrain.metrics import measure_matmul_peak, memory_stats, mfu
-from pretrain.models import (build_model, count_parameters, describe_model, flops_per_token, objective_of,
+from zerolm.data_pipeline.loader import PackedDataLoader
+from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
+from zerolm.pretrain import checkpoint as ckpt
+from zerolm.pretrain import distributed
+from zerolm.pretrain.engine import Engine, check_precision
+from zerolm.pretrain.metrics import measure_matmul_peak, memory_stats, mfu
+from zerolm.pretrain.models import (build_model, count_parameters, describe_model, flops_per_token, objective_of,
                              resolve_model_config, special_ids_of)
-from pretrain.objectives import Objective, get_objective
-from pretrain.tracking import Tracker
+from zerolm.pretrain.objectives import Objective, get_objective
+from zerolm.pretrain.tracking import Tracker, run_config
 from zerolm.config import ZeroLMConfig, save_config
 from zerolm.errors import ConfigError, TrainingError
+from zerolm.fsutil import write_json
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +136,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _test_self_signal(rank: int) -> tuple[int, int] | None:
+    """Test hook (the signal tests' only way to know the step a signal arrives in):
+    ``ZEROLM_TEST_SIGNAL_AT_STEP=STEP:SIGNAME[:RANK]`` makes the process (of rank RANK, or every
+    rank) send itself SIGNAME as optimizer step STEP begins, as a scheduler's signal would arrive
+    mid-step. Unset in normal use."""
+    spec = os.environ.get("ZEROLM_TEST_SIGNAL_AT_STEP")
+    if not spec:
+        return None
+    step, name, *who = spec.split(":")
+    if who and int(who[0]) != rank:
+        return None
+    return int(step), int(getattr(signal, name))
+
+
 @dataclass
 class Components:
     """What a training job plugs into the shared loop (pretraining builds these from the config;
@@ -146,6 +166,8 @@ class Components:
         tokens_per_sample: tokens in one full sequence (shown in the run summary; tokens/s and
             tokens seen count the real tokens of each batch: its attention mask's ones).
         parameters: parameter count.
+        job: the job's name in :data:`pretrain.tracking.JOB_SECTIONS` (which config sections its W&B
+            run config holds); ``None`` = the whole config.
     """
 
     model: torch.nn.Module
@@ -156,6 +178,7 @@ class Components:
     flops_per_token: float
     tokens_per_sample: int
     parameters: int
+    job: str | None = None
 
 
 def pretraining_components(cfg: ZeroLMConfig, env: distributed.DistEnv) -> tuple[ZeroLMConfig, Components]:
@@ -186,6 +209,7 @@ def pretraining_components(cfg: ZeroLMConfig, env: distributed.DistEnv) -> tuple
         flops_per_token=flops_per_token(counts["total"], model_cfg.n_layer, model_cfg.d_model, cfg.data.seq_len),
         tokens_per_sample=cfg.data.seq_len,
         parameters=counts["total"],
+        job="pretrain",
     )
 
 
@@ -204,6 +228,7 @@ class Trainer:
     def __init__(self, cfg: ZeroLMConfig, env: distributed.DistEnv,
                  build: Callable[[ZeroLMConfig, distributed.DistEnv], tuple[ZeroLMConfig, Components]] = pretraining_components) -> None:
         self.env = env
+        check_precision(cfg.train.precision)
         micro, self.grad_accum, self.global_batch = batch_arithmetic(cfg, env.world_size)
         self._lock = _lock_run_dir(Path(cfg.train.run_dir), env)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"micro_batch_size": micro})})
@@ -212,25 +237,39 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(cfg.train.run_dir)
         self.root = self.run_dir / "checkpoints"
-        if env.is_main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
         self.objective = self.parts.objective
         self.loader = self.parts.train_loader
+        loader_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else {}
+        self.signature = ckpt.run_signature(
+            world_size=env.world_size, micro_batch_size=micro, gradient_accumulation_steps=self.grad_accum,
+            global_batch_size=self.global_batch, zero_stage=cfg.train.zero_stage, objective=self.objective.name,
+            precision=cfg.train.precision, model_config=cfg.model.model_dump(mode="json"),
+            shapes=ckpt.model_shapes(self.parts.model), data_layout=loader_state)
+        # decided from the checkpoints' records before anything is built or written: an intact
+        # checkpoint this run cannot continue stops it here (metrics, checkpoints, config untouched)
+        plan = self._plan_resume()
         torch.manual_seed(cfg.train.seed + env.rank)  # per-rank dropout stream
         self.engine = Engine(self.parts.model, cfg.train, micro, self.grad_accum, env.world_size)
         self.step = self.tokens_seen = self.nonfinite_total = 0
         self.metrics: dict[str, float] = {}
         self.stop_signal = 0
-        run_id = self._resume()
+        self.written: set[str] = set()  # tags this process saved
+        run_id, resumed = self._resume(plan)
+        self.line = ckpt.lineage(self.root, resumed)  # this run line's tags (retention counts only these)
+        if env.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            write_json(self.run_dir / "ds_config.json", self.engine.ds_config)
         self.peak = cfg.train.peak_flops or _all_reduce([measure_matmul_peak(self.engine.device)])[0] / env.world_size
         self.tracker = None
         if env.is_main:
-            self.tracker = Tracker(cfg.tracking, self.run_dir, cfg.model_dump(mode="json"), run_id,
+            self.tracker = Tracker(cfg.tracking, self.run_dir, run_config(cfg, self.parts.job), run_id,
                                    resume_step=self.step if self.step else None)
-            log.info("%s | global batch %d = micro %d × accumulation %d × %d ranks | seq_len %d | ZeRO-%d | %s",
+            on = [k.replace("_", " ") for k, v in self.engine.features().items() if v]
+            log.info("%s | global batch %d = micro %d × accumulation %d × %d ranks | seq_len %d | ZeRO-%d | %s%s",
                      self.parts.description, self.global_batch, micro, self.grad_accum, env.world_size,
-                     self.parts.tokens_per_sample, cfg.train.zero_stage, cfg.train.precision)
+                     self.parts.tokens_per_sample, cfg.train.zero_stage, cfg.train.precision,
+                     f" | {', '.join(on)}" if on else "")
 
     def release(self) -> None:
         """Give up the run-directory lock (training is over; export may follow in this process)."""
@@ -239,20 +278,42 @@ class Trainer:
             self._lock = None
 
     # -- resume ----------------------------------------------------------------------------
-    def _resume(self) -> str | None:
-        # rank 0 decides which checkpoints are intact; every rank then tries the same ones in order
-        tags = [ckpt.resumable_tags(self.root) if self.env.is_main else None]
+    def _plan_resume(self) -> ckpt.ResumePlan:
+        """Rank 0 reads the checkpoints' records (:func:`checkpoint.plan_resume`) and every rank gets
+        its decision.
+
+        Raises:
+            TrainingError: the newest intact checkpoint is incompatible with this run (the message
+                names what differs and what to set), or checkpoints exist and all are damaged.
+        """
+        box = [ckpt.plan_resume(self.root, self.signature) if self.env.is_main else None]
         if dist.is_initialized() and self.env.world_size > 1:
-            dist.broadcast_object_list(tags, src=0)
-        for tag in tags[0]:
+            dist.broadcast_object_list(box, src=0)
+        plan = box[0]
+        if not plan.candidates and plan.error(self.root):
+            raise TrainingError(plan.error(self.root))
+        return plan
+
+    def _resume(self, plan: ckpt.ResumePlan) -> tuple[str | None, str | None]:
+        """Load the newest candidate that every rank can read (an unreadable one falls back to the
+        next older candidate). Returns ``(W&B run id, resumed tag)``, both None for a fresh start.
+
+        Raises:
+            TrainingError: checkpoints exist but none could be loaded (each named with why).
+        """
+        failed: dict[str, str] = {}
+        for tag in plan.candidates:
+            why = ""
             try:
                 self.engine.load(self.root, tag)
                 client = ckpt.load_client_state(self.root, tag, self.env.rank)
                 ok = 1.0
-            except Exception as e:  # noqa: BLE001 - any unreadable file means: try the previous one
-                log.warning("cannot load checkpoint %s: %s", self.root / tag, e)
+            except Exception as e:  # noqa: BLE001 - an unreadable file (damage the sizes did not show)
+                why = f"{type(e).__name__}: {e}"
+                log.warning("cannot load checkpoint %s: %s", self.root / tag, why)
                 ok = 0.0
             if _all_reduce([ok], dist.ReduceOp.MIN)[0] < 1:
+                failed[tag] = why or "another rank could not read it"
                 log.warning("falling back from checkpoint %s to an older one", self.root / tag)
                 continue
             rec = ckpt.read_record(self.root, tag)
@@ -261,27 +322,41 @@ class Trainer:
             self.step, self.tokens_seen = rec["step"], rec["tokens_seen"]
             self.nonfinite_total = rec.get("nonfinite_skipped", 0)
             self.metrics = rec.get("metrics", {})
-            log.info("resumed from %s (step %d, %d tokens seen)", self.root / tag, self.step, self.tokens_seen)
-            return rec.get("wandb_run_id")
-        return None
+            notes = ckpt.notes_on_resume(rec.get("run") or {}, self.signature)
+            log.info("resumed from %s (step %d, %d tokens seen)%s", self.root / tag, self.step, self.tokens_seen,
+                     f"; global batch {self.global_batch} unchanged, {', '.join(notes)}" if notes else "")
+            return rec.get("wandb_run_id"), tag
+        err = plan.error(self.root, failed)
+        if err:
+            raise TrainingError(err)
+        return None, None
 
     def save(self) -> None:
-        """Checkpoint at the current step on every rank; rank 0 marks it complete last."""
+        """Checkpoint at the current step on every rank; rank 0 marks it complete last, then applies
+        retention (:func:`checkpoint.prune`). A folder already at this step that this run did not
+        write (a checkpoint it could not load, or debris) is first moved aside, never overwritten."""
         tag = ckpt.tag_for(self.step)
-        if (self.root / tag / ckpt.COMPLETE).is_file():
+        if tag in self.written:
             return
+        if self.env.is_main and (self.root / tag).exists():
+            moved = ckpt.set_aside(self.root, tag)
+            log.warning("%s was not written by this run (it could not be loaded); moved to %s, not overwritten",
+                        self.root / tag, moved)
+        dist.barrier()
         self.engine.save(self.root, tag)
         ckpt.save_client_state(self.root, tag, self.env.rank, {"data": self.loader.state_dict(), "rng": _rng_state()})
         if self.env.is_main:
             save_config(self.cfg, self.root / tag / "config.yaml")
         dist.barrier()
+        self.written.add(tag)
         if self.env.is_main:
             ckpt.mark_complete(self.root, tag, {
                 "step": self.step, "tokens_seen": self.tokens_seen, "nonfinite_skipped": self.nonfinite_total,
                 "metrics": self.metrics, "wandb_run_id": self.tracker.run_id if self.tracker else None,
-                "world_size": self.env.world_size,
-            }, self.cfg.train.keep_last)
-            log.info("saved checkpoint %s", self.root / tag)
+                "world_size": self.env.world_size, "run": self.signature,
+            })
+            removed = ckpt.prune(self.root, self.cfg.train.keep_last, self.line | self.written, tag)
+            log.info("saved checkpoint %s%s", self.root / tag, f" (removed {', '.join(removed)})" if removed else "")
         dist.barrier()
 
     # -- evaluation ------------------------------------------------------------------------
@@ -329,7 +404,10 @@ class Trainer:
         window = {"loss": 0.0, "steps": 0, "tokens": 0, "data_s": 0.0, "t0": time.perf_counter()}
         it = iter(self.loader)
         self.engine.train()
+        self_signal = _test_self_signal(self.env.rank)
         while self.step < tc.max_steps:
+            if self_signal and self.step + 1 == self_signal[0]:
+                os.kill(os.getpid(), self_signal[1])  # test hook: a signal arriving during this step
             poisoned = False
             loss_sum, local_tokens = 0.0, 0
             for micro in range(self.grad_accum):
@@ -423,8 +501,6 @@ def train(cfg: ZeroLMConfig, build=pretraining_components) -> dict[str, Any]:
     """Run pretraining as this process's part of the job (any launcher, or none) and shut the
     process group down cleanly at the end. Returns the summary (rank 0 also writes
     ``RUN_DIR/result.json``)."""
-    import json
-
     env = distributed.detect()
     distributed.init(env)
     try:
@@ -434,7 +510,7 @@ def train(cfg: ZeroLMConfig, build=pretraining_components) -> dict[str, Any]:
         finally:
             trainer.release()
         if env.is_main:
-            (Path(cfg.train.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
+            write_json(Path(cfg.train.run_dir) / "result.json", result)
         return result
     finally:
         distributed.shutdown()

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def prepared_corpus(tmp_path_factory):
     """The bundled real corpus prepared by `zerolm data prepare` (directory path)."""
-    from data_pipeline.corpus import prepare_corpus
+    from zerolm.data_pipeline.corpus import prepare_corpus
     from zerolm.config import CorpusConfig
 
     out = tmp_path_factory.mktemp("corpus")
@@ -27,7 +27,7 @@ def prepared_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_tokenizer(prepared_corpus, tmp_path_factory):
     """A small (vocab 2000) BPE tokenizer trained on a 3 MB sample of the prepared corpus (directory path)."""
-    from data_pipeline.tokenizer import train_tokenizer
+    from zerolm.data_pipeline.tokenizer import train_tokenizer
     from zerolm.config import TokenizerConfig
 
     out = tmp_path_factory.mktemp("tokenizer")
@@ -43,8 +43,8 @@ def _tiny_hf_model(trained_tokenizer, out, family: str):
     as a Hugging Face folder: the shape of a `zerolm export` of a run."""
     import torch
 
-    from data_pipeline.tokenizer import load_hf_tokenizer, load_pipeline_tokenizer, save_hf_tokenizer, set_special_tokens_template
-    from pretrain.models import build_model, resolve_model_config, special_ids_of
+    from zerolm.data_pipeline.tokenizer import load_hf_tokenizer, load_pipeline_tokenizer, save_hf_tokenizer, set_special_tokens_template
+    from zerolm.pretrain.models import build_model, resolve_model_config, special_ids_of
     from zerolm.config import ModelConfig
 
     ptok = load_pipeline_tokenizer(trained_tokenizer)

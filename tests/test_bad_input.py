@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.loader import PackedDataLoader
-from data_pipeline.tokenizer import load_pipeline_tokenizer
+from zerolm.data_pipeline.loader import PackedDataLoader
+from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
 from zerolm.config import DataConfig, SourceConfig
+from zerolm.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +99,83 @@ def test_fsspec_url_with_gzip(trained_tokenizer, tok, real_docs):
     )
     docs, skipped = _one_pass(cfg, tok)
     assert docs == real_docs[:5] and skipped == {}
+
+
+def _compress(data: bytes, codec: str) -> bytes:
+    """``data`` compressed with the codec's own library (not through fsspec, which the reader uses)."""
+    import bz2
+    import lzma
+
+    if codec == "gz":
+        return gzip.compress(data)
+    if codec == "bz2":
+        return bz2.compress(data)
+    if codec == "xz":
+        return lzma.compress(data, format=lzma.FORMAT_XZ)
+    try:
+        import zstandard
+    except ImportError:  # a zerolm dependency: the README promises .zst inputs
+        pytest.fail("the zstandard package is not installed, so .zst inputs (a README claim) cannot be read")
+    return zstandard.ZstdCompressor(level=3).compress(data)
+
+
+@pytest.mark.parametrize("codec", ["gz", "bz2", "xz", "zst"])
+def test_compressed_inputs_read_exactly_like_the_plain_file(tmp_path, prepared_corpus, trained_tokenizer, tok, codec):
+    """The bundled validation documents as .jsonl and as .jsonl.<codec> (also a .txt.<codec>): the same
+    documents in the same order and bitwise the same token blocks, on 2 ranks x 2 workers."""
+    docs = [json.loads(line)["text"] for p in sorted((prepared_corpus / "validation").glob("*.jsonl"))
+            for line in p.open(encoding="utf-8")]
+    jsonl = "".join(json.dumps({"text": t}) + "\n" for t in docs).encode("utf-8")
+    txt = "".join(t.replace("\n", " ") + "\n" for t in docs).encode("utf-8")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "packed").mkdir()
+    (tmp_path / "plain" / "docs.jsonl").write_bytes(jsonl)
+    (tmp_path / "packed" / f"docs.jsonl.{codec}").write_bytes(_compress(jsonl, codec))
+    (tmp_path / "plain" / "lines.txt").write_bytes(txt)
+    (tmp_path / "packed" / f"lines.txt.{codec}").write_bytes(_compress(txt, codec))
+
+    def blocks(folder: str) -> list[np.ndarray]:
+        cfg = DataConfig(validation_sources=[SourceConfig(name="s", paths=[str(tmp_path / folder / "*")])],
+                         tokenizer_dir=str(trained_tokenizer), seq_len=128, micro_batch_size=4, num_workers=0)
+        loader = PackedDataLoader(cfg, split="validation", tokenizer=tok)
+        out = [b["input_ids"].numpy() for b in loader]
+        assert loader.stats()["skipped_documents"] == {}, f"{folder}: {loader.stats()['skipped_documents']}"
+        return out
+
+    plain, packed = blocks("plain"), blocks("packed")
+    assert len(plain) == len(packed) > 10
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(plain, packed)), f".{codec}: other token blocks"
+    ids = np.concatenate([b[b != tok.pad_id] for b in packed])
+    cuts = np.flatnonzero(ids == tok.eos_id)
+    decoded = [tok.decode(ids[a + 1 : b].tolist()) for a, b in zip(np.r_[-1, cuts[:-1]], cuts)]
+    assert decoded == docs + [t.replace("\n", " ") for t in docs], f".{codec}: not the documents written"
+    cfg = DataConfig(validation_sources=[SourceConfig(name="s", paths=[str(tmp_path / "packed" / "*")])],
+                     tokenizer_dir=str(trained_tokenizer), seq_len=128, micro_batch_size=4, num_workers=2)
+    sharded, skipped = _one_pass(cfg, tok, (0, 2))  # 4 readers, each walking the compressed streams
+    assert Counter(sharded) == Counter(decoded) and skipped == {}
+    # exact resume in the middle of a compressed file (a forward seek in the uncompressed stream)
+    train = DataConfig(sources=[SourceConfig(name="s", paths=[str(tmp_path / "packed" / "docs.jsonl.*")])],
+                       tokenizer_dir=str(trained_tokenizer), seq_len=128, micro_batch_size=4, num_workers=0)
+    it = iter(PackedDataLoader(train, tokenizer=tok))
+    reference = [next(it)["input_ids"] for _ in range(7)]
+    first = PackedDataLoader(train, tokenizer=tok)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = first.state_dict()
+    assert state["workers"]["0"]["sources"]["s"]["offset"] > 0, "the stop falls inside a document"
+    assert state["workers"]["0"]["sources"]["s"]["pos"][3] > 0, "the resume position is past the file's start"
+    resumed = PackedDataLoader(train, tokenizer=tok)
+    resumed.load_state_dict(state)
+    it = iter(resumed)
+    assert all(bool((next(it)["input_ids"] == want).all()) for want in reference[3:]), f".{codec}: resume differs"
+
+
+def test_a_compression_without_codec_fails_before_reading(tmp_path, trained_tokenizer, tok, monkeypatch):
+    """An environment whose fsspec lacks a codec refuses the file up front, naming it and the package,
+    instead of skipping every file as unreadable."""
+    (tmp_path / "docs.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd")  # never read
+    monkeypatch.setattr(fsspec, "available_compressions", lambda: [None, "gzip", "bz2", "xz"])
+    cfg = DataConfig(sources=[SourceConfig(name="z", paths=[str(tmp_path / "*.zst")])], tokenizer_dir=str(trained_tokenizer))
+    with pytest.raises(DataError, match=r"docs\.jsonl\.zst.*zstd.*install 'zstandard'"):
+        PackedDataLoader(cfg, tokenizer=tok)

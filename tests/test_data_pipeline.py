@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_pipeline.loader import PackedDataLoader
-from data_pipeline.tokenizer import load_pipeline_tokenizer
+from zerolm.data_pipeline.loader import PackedDataLoader
+from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
 from zerolm.config import DataConfig, SourceConfig
 from zerolm.errors import DataError
 
@@ -108,32 +108,105 @@ def test_exact_resume_at_several_points_2_ranks_x_2_workers(prepared_corpus, tra
     assert mid_document_stops > 0, "some stops must fall in the middle of a document"
 
 
-def test_ranks_and_workers_read_disjoint_documents(prepared_corpus, trained_tokenizer, tok):
-    cfg = _cfg(prepared_corpus, trained_tokenizer, seq_len=256, micro_batch_size=8)
-    loaders = [PackedDataLoader(cfg, rank=r, world_size=2, tokenizer=tok) for r in range(2)]
-    firsts = [_take(L, 6) for L in loaders]
-    positions = set()
-    for L in loaders:
-        for w, st in L.state_dict()["workers"].items():
-            p = st["sources"]["corpus"]
-            assert p["documents"] > 0
-            positions.add((L.rank, w, tuple(p["pos"])))
-    assert len(positions) == 4, "2 ranks × 2 workers each hold their own position"
-    rows = {tuple(row.tolist()) for b in sum(firsts, []) for row in b["input_ids"]}
-    assert len(rows) == sum(b["input_ids"].shape[0] for b in sum(firsts, [])), "no block repeated across ranks/workers"
+def _shard_epochs(cfg, tok, world_size: int = 2) -> dict[tuple[int, int], list[str]]:
+    """Read the training stream of every (rank, worker) until it comes back to its first document
+    (``shuffle_files=False``: each epoch replays the same plan) and return the documents of its first
+    epoch, decoded from the emitted token ids (cut at EOS; a block may end mid-document)."""
+    shards: dict[tuple[int, int], list[str]] = {}
+    for rank in range(world_size):
+        loader = PackedDataLoader(cfg, rank=rank, world_size=world_size, tokenizer=tok)
+        tail: dict[int, np.ndarray] = {}
+        docs: dict[int, list[str]] = {w: [] for w in range(cfg.num_workers)}
+        wrapped: set[int] = set()
+        for batch in loader:
+            w = loader.last_worker
+            if w in wrapped:
+                continue
+            ids = np.concatenate([tail.get(w, np.array([], dtype=np.int64)), batch["input_ids"].numpy().ravel()])
+            start = 0
+            for cut in np.flatnonzero(ids == tok.eos_id):
+                text = tok.decode(ids[start:cut].tolist())
+                start = cut + 1
+                if docs[w] and text == docs[w][0]:
+                    wrapped.add(w)
+                    break
+                docs[w].append(text)
+            tail[w] = ids[start:]
+            if len(wrapped) == cfg.num_workers:
+                break
+        shards.update({(rank, w): d for w, d in docs.items()})
+    return shards
+
+
+@pytest.mark.parametrize("pattern", ["train/bbc_xsum-*.jsonl", "train/legal_multilexsum-*.jsonl"])
+def test_ranks_and_workers_read_disjoint_documents(prepared_corpus, trained_tokenizer, tok, pattern):
+    """The training stream of 2 ranks x 2 workers, decoded: bbc_xsum has 3 files for 4 shards (split by
+    record), legal_multilexsum 4 (split by file). Each shard's epoch holds distinct documents, the shards'
+    document sets are disjoint and together are exactly the source's documents."""
+    cfg = _cfg(prepared_corpus, trained_tokenizer, pattern=pattern, seq_len=256, micro_batch_size=16, shuffle_files=False)
+    shards = _shard_epochs(cfg, tok)
+    expected = _corpus_docs(prepared_corpus, pattern)
+    assert len(set(expected)) == len(expected), "the prepared corpus is deduplicated"
+    sets = {k: set(v) for k, v in shards.items()}
+    for k, docs in shards.items():
+        assert len(docs) == len(sets[k]), f"shard {k} repeats a document within one epoch"
+        assert len(docs) > 0.15 * len(expected), f"shard {k} got {len(docs)} of {len(expected)} documents"
+    keys = sorted(sets)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            shared = len(sets[a] & sets[b])
+            assert shared == 0, f"(rank, worker) {a} and {b} share {shared} documents"
+    union = set().union(*sets.values())
+    unread, foreign = len(set(expected) - union), len(union - set(expected))
+    assert unread == foreign == 0, f"{unread} documents unread, {foreign} not in the corpus"
+    # with the default per-epoch file shuffle (all shards must agree on the order), the first
+    # documents of each shard are still disjoint
+    shuffled = _cfg(prepared_corpus, trained_tokenizer, pattern=pattern, seq_len=256, micro_batch_size=4)
+    firsts: dict[tuple[int, int], set[str]] = {}
+    for rank in range(2):
+        loader = PackedDataLoader(shuffled, rank=rank, world_size=2, tokenizer=tok)
+        by_worker: dict[int, list] = {}
+        for batch in loader:
+            by_worker.setdefault(loader.last_worker, []).append(batch["input_ids"].numpy().ravel())
+            if min((len(v) for v in by_worker.values()), default=0) >= 6 and len(by_worker) == 2:
+                break
+        for w, parts in by_worker.items():
+            ids = np.concatenate(parts)
+            cuts = np.flatnonzero(ids == tok.eos_id)
+            firsts[(rank, w)] = {tok.decode(ids[a + 1 : b].tolist()) for a, b in zip(np.r_[-1, cuts[:-1]], cuts)}
+    assert all(len(v) >= 3 for v in firsts.values()), {k: len(v) for k, v in firsts.items()}
+    read = set().union(*firsts.values())
+    assert sum(map(len, firsts.values())) == len(read), "shuffled shards overlap"
+    assert not read - set(expected), "documents that are not in the corpus"
+
+
+def _source_of_block(row: np.ndarray, tok, texts: dict[str, str]) -> str:
+    """The source whose text contains the block's longest EOS-free run of tokens, decoded (a block cut
+    inside a byte-fallback character decodes it as U+FFFD: the longest clean part is used)."""
+    pieces = [p[p != tok.eos_id] for p in np.split(row, np.flatnonzero(row == tok.eos_id))]
+    longest = max(pieces, key=len)
+    fragment = max(tok.decode(longest.tolist()).split("\ufffd"), key=len).strip()
+    assert len(fragment) >= 40, f"fragment too short to attribute: {fragment!r}"
+    hits = [name for name, text in texts.items() if fragment in text]
+    assert len(hits) == 1, f"block attributed to {hits}: {fragment[:80]!r}"
+    return hits[0]
 
 
 def test_mixture_follows_weights(prepared_corpus, trained_tokenizer, tok):
-    srcs = [
-        SourceConfig(name="news", paths=[str(prepared_corpus / "train/bbc_xsum-*.jsonl")], weight=3.0),
-        SourceConfig(name="legal", paths=[str(prepared_corpus / "train/legal_multilexsum-*.jsonl")], weight=1.0),
-    ]
+    """Weights 3:1 over BBC news and legal case summaries. Each emitted block is attributed to its
+    source by finding its decoded text in the sources' documents (independent of the loader's counters);
+    the news share of 600 blocks is a Binomial(600, 0.75) draw: sd 0.0177, tolerance 4 sd (±0.071)."""
+    pats = {"news": "train/bbc_xsum-*.jsonl", "legal": "train/legal_multilexsum-*.jsonl"}
+    srcs = [SourceConfig(name="news", paths=[str(prepared_corpus / pats["news"])], weight=3.0),
+            SourceConfig(name="legal", paths=[str(prepared_corpus / pats["legal"])], weight=1.0)]
     cfg = _cfg(prepared_corpus, trained_tokenizer, sources=srcs, num_workers=0, micro_batch_size=20)
-    loader = PackedDataLoader(cfg, tokenizer=tok)
-    _take(loader, 30)  # 600 blocks
-    w = loader.state_dict()["workers"]["0"]["sources"]
-    share = w["news"]["tokens"] / (w["news"]["tokens"] + w["legal"]["tokens"])
-    assert 0.69 < share < 0.81, f"news share of blocks {share:.3f}, weight 0.75"
+    texts = {name: "\n".join(_corpus_docs(prepared_corpus, p)) for name, p in pats.items()}
+    blocks = np.concatenate([b["input_ids"].numpy() for b in _take(PackedDataLoader(cfg, tokenizer=tok), 30)])
+    counts = Counter(_source_of_block(row, tok, texts) for row in blocks)
+    n = len(blocks)
+    assert n == 600 and set(counts) == {"news", "legal"}
+    share, sd = counts["news"] / n, (0.75 * 0.25 / n) ** 0.5
+    assert abs(share - 0.75) < 4 * sd, f"news share of blocks {share:.3f}, weight 0.75 (sd {sd:.4f})"
 
 
 def test_mlm_masking_follows_bert_recipe(prepared_corpus, trained_tokenizer, tok):
@@ -155,7 +228,7 @@ def test_mlm_masking_follows_bert_recipe(prepared_corpus, trained_tokenizer, tok
     again = _take(PackedDataLoader(cfg, tokenizer=tok), 1)[0]
     assert bool((again["labels"] == batches[0]["labels"]).all()), "the same sample index masks identically"
     # dynamic masking: the same block drawn under another sample seed gets another mask
-    from data_pipeline.masking import mask_tokens
+    from zerolm.data_pipeline.masking import mask_tokens
 
     block = ids[0].copy()
     kw = dict(mask_id=tok.mask_id, special_ids=np.array([tok.cls_id, tok.sep_id]), random_low=7, vocab_size=tok.vocab_size)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from evals import bias
-from evals import bias_data as bd
-from evals.lm import load_lm
+from zerolm.evals import bias
+from zerolm.evals import bias_data as bd
+from zerolm.evals.lm import load_lm
 from zerolm.errors import ConfigError
 
 
@@ -329,7 +329,7 @@ def test_run_bias_end_to_end_causal(tiny_gpt, tmp_path):
     out = tmp_path / "gpt"
     res = bias.run_bias(str(tiny_gpt), "all", out, limit=6, samples_per_prompt=2, batch_size=8, max_new_tokens=6)
     assert json.loads((out / "bias.json").read_text()) == json.loads(json.dumps(res))
-    assert list(res["suites"]) == list(bias.SUITES) and res["kind"] == "causal"
+    assert list(res["suites"]) == list(bias.SUITES) and res["kind"] == "clm"
     for suite in bias.SUITES:
         assert (out / f"bias_{suite}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "bias_records_crows_pairs.jsonl").read_text().splitlines()) == 6
@@ -345,11 +345,13 @@ def test_run_bias_end_to_end_causal(tiny_gpt, tmp_path):
 
 
 def test_cli_masked_model_reports_bold_not_applicable(tiny_bert, tmp_path, capsys):
+    from zerolm.cli import main
+
     out = tmp_path / "bert"
-    assert bias.main(["--model", str(tiny_bert), "--suites", "crows_pairs,bold_style", "--limit", "3",
-                      "--out", str(out)]) == 0
+    assert main(["eval", "bias", "--model", str(tiny_bert), "--suites", "crows_pairs,bold_style", "--limit", "3",
+                 "--out", str(out)]) == 0
     res = json.loads((out / "bias.json").read_text())
-    assert res["kind"] == "masked" and res["suites"]["crows_pairs"]["n"] == 3
+    assert res["kind"] == "mlm" and res["suites"]["crows_pairs"]["n"] == 3
     assert res["suites"]["bold_style"]["applicable"] is False and res["suites"]["bold_style"]["png"] is None
     assert not (out / "bias_bold_style.png").exists() and (out / "bias_crows_pairs.png").exists()
     printed = capsys.readouterr().out

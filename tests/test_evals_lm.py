@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evals.lm import load_lm, model_kind
+from zerolm.evals.lm import load_lm, model_kind
 from zerolm.errors import DataError
 
 SENTENCES = [
@@ -23,8 +23,18 @@ def _manual_causal(model, ids: list[int]) -> list[float]:
 
 
 def test_model_kind_and_errors(tiny_gpt, tiny_bert, tmp_path):
-    assert model_kind(tiny_gpt) == "causal"
-    assert model_kind(tiny_bert) == "masked"
+    """One vocabulary, the config's (clm/mlm), from a folder, a config or a model alike."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, BertConfig, BertForSequenceClassification, GPT2Config, LlamaConfig
+
+    assert model_kind(tiny_gpt) == "clm" and load_lm(tiny_gpt).kind == "clm"
+    assert model_kind(tiny_bert) == "mlm" and load_lm(tiny_bert).kind == "mlm"
+    assert model_kind(AutoConfig.from_pretrained(tiny_gpt)) == "clm"
+    assert model_kind(AutoModelForMaskedLM.from_pretrained(tiny_bert)) == "mlm"
+    # configs never saved (no architectures): told by model type; a BERT decoder is causal
+    assert [model_kind(c) for c in (GPT2Config(), LlamaConfig(), BertConfig(), BertConfig(is_decoder=True))] == \
+        ["clm", "clm", "mlm", "clm"]
+    with pytest.raises(DataError, match="neither a causal LM"):  # the class decides, not the config it came from
+        model_kind(BertForSequenceClassification(AutoConfig.from_pretrained(tiny_bert)))
     with pytest.raises(DataError, match="config.json"):
         model_kind(tmp_path)
     (tmp_path / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')

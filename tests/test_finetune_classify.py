@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune import data as fdata
-from finetune.classify import ClassificationObjective, metrics_from_confusion, prepare_data
+from zerolm.data_pipeline.labelled import load_labelled
+from zerolm.finetune import data as fdata
+from zerolm.finetune.classify import ClassificationObjective, metrics_from_confusion, prepare_data
 from zerolm.config import FinetuneConfig, load_config
 from zerolm.errors import DataError
 
@@ -26,12 +27,12 @@ BIN = Path(sys.executable).parent
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline",
-            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "WANDB_API_KEY": "", "HF_TOKEN": ""}
+            "HF_HUB_OFFLINE": "1", "WANDB_API_KEY": "", "HF_TOKEN": ""}
 
 
 def finetune(args: list[str], nproc: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "finetune"] if nproc == 1 else \
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "finetune"]
+    launcher = [sys.executable, "-m", "zerolm.finetune"] if nproc == 1 else \
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "zerolm.finetune"]
     r = subprocess.run([*launcher, "classify", *args], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise AssertionError(f"finetune failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
@@ -40,7 +41,7 @@ def finetune(args: list[str], nproc: int = 1, timeout: int = 300) -> subprocess.
 
 @pytest.fixture(scope="module")
 def bbc_run(tiny_bert, tmp_path_factory):
-    """`python -m finetune classify` (the CLI) on all of BBC News: 200 steps of 16 (~15 s)."""
+    """`python -m zerolm.finetune classify` (the CLI) on all of BBC News: 200 steps of 16 (~15 s)."""
     run_dir = tmp_path_factory.mktemp("bbc_run")
     finetune(["--model", str(tiny_bert), "--data", "bbc_news", "--run-dir", str(run_dir),
               "finetune.max_length=64", "data.micro_batch_size=16", "train.max_steps=200", "train.lr=3e-3",
@@ -66,21 +67,37 @@ def test_finetuned_tiny_bert_beats_chance_on_held_out_bbc(bbc_run):
 
 
 def test_export_loads_in_text_classification_pipeline(bbc_run):
-    from transformers import AutoModelForSequenceClassification, pipeline
+    """On the whole test split: a direct forward pass over the exported folder, one text at a time (no
+    padding), reproduces the metrics file's confusion matrix and accuracy, and
+    ``pipeline("text-classification")`` gives the same label and probability for every item."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     hf = bbc_run / "hf"
-    model = AutoModelForSequenceClassification.from_pretrained(str(hf))
-    assert model.config.id2label[3] == "sports" and model.config.label2id["tech"] == 4
-    clf = pipeline("text-classification", model=str(hf))
-    out = clf(["The striker scored twice as United won the cup final.", "Shares fell as profits slumped."])
-    assert [o["label"] in model.config.label2id for o in out] == [True, True]
-    # the pipeline agrees with the metrics file on the test texts
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf)).eval()
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    names = ["business", "entertainment", "politics", "sports", "tech"]
+    assert model.config.id2label == dict(enumerate(names)) and model.config.label2id == {y: i for i, y in enumerate(names)}
     m = json.loads((hf / "classification_metrics.json").read_text())
     cfg = load_config(bbc_run / "config.yaml")
     texts, labels = prepare_data(cfg.finetune)["splits"]["test"]
-    preds = clf(texts[:40], truncation=True, max_length=64)
-    acc = sum(model.config.label2id[p["label"]] == y for p, y in zip(preds, labels[:40])) / 40
-    assert abs(acc - m["accuracy"]) < 0.25
+    assert len(texts) == m["examples"] == 223 and m["max_length"] == 64
+    direct, prob = [], []
+    with torch.no_grad():
+        for text in texts:
+            logits = model(**tok(text, truncation=True, max_length=64, return_tensors="pt")).logits[0]
+            direct.append(int(logits.argmax()))
+            prob.append(float(logits.softmax(-1).max()))
+    confusion = [[0] * len(names) for _ in names]
+    for y, p in zip(labels, direct):
+        confusion[y][p] += 1  # rows: true class, columns: predicted
+    assert m["confusion_matrix"] == confusion, "the metrics file does not describe the exported model's predictions"
+    assert m["accuracy"] == pytest.approx(sum(p == y for p, y in zip(direct, labels)) / len(labels), abs=1e-12)
+    assert len(set(direct)) >= 3, "a trained classifier predicts more than one or two classes"
+    clf = pipeline("text-classification", model=str(hf))
+    out = clf(texts, truncation=True, max_length=64)
+    mismatches = [i for i, (o, p) in enumerate(zip(out, direct)) if o["label"] != names[p]]
+    assert not mismatches, f"pipeline and forward pass disagree on {len(mismatches)} of {len(texts)} items: {mismatches[:10]}"
+    assert [o["score"] for o in out] == pytest.approx(prob, abs=1e-5)
 
 
 def test_two_process_zero3_torchrun(tiny_bert, tmp_path):
@@ -97,7 +114,7 @@ def test_two_process_zero3_torchrun(tiny_bert, tmp_path):
 
 
 def test_splits_are_deterministic_stratified_and_disjoint():
-    labels = fdata.load_labelled("bbc_news").labels
+    labels = load_labelled("bbc_news").labels
     a = fdata.stratified_split(labels, 0.1, 0.1, seed=7)
     b = fdata.stratified_split(labels, 0.1, 0.1, seed=7)
     c = fdata.stratified_split(labels, 0.1, 0.1, seed=8)
@@ -113,9 +130,9 @@ def test_splits_are_deterministic_stratified_and_disjoint():
 
 
 def test_builtin_datasets_sizes():
-    rt = fdata.load_labelled("rotten_tomatoes")
+    rt = load_labelled("rotten_tomatoes")
     assert len(rt.texts) == 12808 and Counter(rt.labels) == {"fresh": 7403, "rotten": 5405}
-    tw = fdata.load_labelled("tweets")
+    tw = load_labelled("tweets")
     assert Counter(tw.labels) == {"negative": 16186, "neutral": 15018, "positive": 6954}
 
 
@@ -169,13 +186,13 @@ def test_bad_input(tmp_path):
     f = tmp_path / "d.csv"
     pd.DataFrame({"sentence": ["good film", "", "bad film", "  ", "fine", "awful"], "y": ["p", "p", "n", "n", "p", "n"]}).to_csv(f, index=False)
     with pytest.raises(DataError, match="no label column 'label'.*sentence, y"):
-        fdata.load_labelled(str(f), "sentence", "label")
+        load_labelled(str(f), "sentence", "label")
     with pytest.raises(DataError, match="no text column 'text'"):
-        fdata.load_labelled(str(f), "text", "y")
-    d = fdata.load_labelled(str(f), "sentence", "y")
+        load_labelled(str(f), "text", "y")
+    d = load_labelled(str(f), "sentence", "y")
     assert d.skipped == {"empty_text": 2} and len(d.texts) == 4
     with pytest.raises(DataError, match="neither a built-in"):
-        fdata.load_labelled(str(tmp_path / "missing.jsonl"))
+        load_labelled(str(tmp_path / "missing.jsonl"))
     # a label seen only in the test file
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
     pd.DataFrame({"text": [f"text {i}" for i in range(20)], "label": ["a", "b"] * 10}).to_json(train, orient="records", lines=True)

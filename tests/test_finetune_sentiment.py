@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from finetune import sentiment as S
-from finetune import sentiment_control as C
-from finetune.ppo import AdaptiveKLController, gae, masked_whiten, ppo_losses
-from finetune.sentiment_report import METRICS, distinct_n, judge_hits, vader_compound
+from zerolm.finetune import sentiment as S
+from zerolm.finetune import sentiment_control as C
+from zerolm.finetune.ppo import AdaptiveKLController, gae, masked_whiten, ppo_losses
+from zerolm.evals.judge import judge_hits, vader_compound
+from zerolm.finetune.sentiment_report import METRICS, distinct_n
 from zerolm.config import load_config
 from zerolm.errors import ConfigError
 
@@ -38,12 +39,12 @@ PPO_KEYS = ("ppo/mean_reward", "ppo/kl", "ppo/kl_coef", "ppo/policy_loss", "ppo/
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline",
-            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "WANDB_API_KEY": "", "HF_TOKEN": ""}
+            "HF_HUB_OFFLINE": "1", "WANDB_API_KEY": "", "HF_TOKEN": ""}
 
 
 def sentiment_cli(args: list[str], nproc: int = 1, timeout: int = 300) -> subprocess.CompletedProcess:
-    launcher = [sys.executable, "-m", "finetune"] if nproc == 1 else \
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "finetune"]
+    launcher = [sys.executable, "-m", "zerolm.finetune"] if nproc == 1 else \
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "zerolm.finetune"]
     r = subprocess.run([*launcher, "sentiment", *map(str, args)], cwd=REPO, env=_env(), capture_output=True, text=True,
                        timeout=timeout)
     if r.returncode != 0:
@@ -55,8 +56,8 @@ def sentiment_cli(args: list[str], nproc: int = 1, timeout: int = 300) -> subpro
 def reward_dir(tiny_bert, tmp_path_factory):
     """A tiny BERT fresh/rotten classifier: 300 steps of 32 real RT training rows (classify's split,
     so the sentiment prompts are never its training rows), saved as a text-classification folder."""
-    from finetune import data as fdata
-    from finetune.classify import build_classifier, load_tokenizer, predict, prepare_data, tokenize
+    from zerolm.finetune import data as fdata
+    from zerolm.finetune.classify import build_classifier, load_tokenizer, predict, prepare_data, tokenize
     from zerolm.config import FinetuneConfig
 
     threads = torch.get_num_threads()
@@ -90,7 +91,7 @@ def reward_dir(tiny_bert, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def control_run(tiny_gpt, reward_dir, tmp_path_factory):
-    """`python -m finetune sentiment --method control --report` on the tiny GPT: 120 steps of 32 RT rows."""
+    """`python -m zerolm.finetune sentiment --method control --report` on the tiny GPT: 120 steps of 32 RT rows."""
     run = tmp_path_factory.mktemp("control")
     sentiment_cli(["--method", "control", "--policy", tiny_gpt, "--reward", reward_dir, "--run-dir", run, "--report",
                    "sentiment.report_prompts=24", "data.micro_batch_size=32", "train.max_steps=120", "train.lr=3e-3",
@@ -101,7 +102,7 @@ def control_run(tiny_gpt, reward_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ppo_run(control_run, reward_dir, tmp_path_factory):
-    """`python -m finetune sentiment --method ppo --report`, one process, 18 PPO steps of 16 prompts."""
+    """`python -m zerolm.finetune sentiment --method ppo --report`, one process, 18 PPO steps of 16 prompts."""
     run = tmp_path_factory.mktemp("ppo")
     sentiment_cli(["--method", "ppo", "--policy", control_run / "hf", "--reward", reward_dir, "--run-dir", run, "--report",
                    "sentiment.steps=18", "sentiment.batch_size=16", "sentiment.mini_batch_size=8", "sentiment.lr=5e-4",
@@ -179,6 +180,29 @@ def test_reports_have_every_field(ppo_run, control_run):
     assert ctl["method"] == "control" and ctl["before_with_code"]["kl_to_reference"] != 0
 
 
+def test_report_only_reports_on_an_existing_export(control_run, reward_dir, tmp_path):
+    """`--report-only` on a copy of the control run's export: no training (weights untouched, no
+    metrics.jsonl), and the report equals the one written right after training (same prompts, seeds,
+    models), printed as tables by the CLI."""
+    import shutil
+
+    run = tmp_path / "again"
+    shutil.copytree(control_run / "hf", run / "hf")
+    weights = (run / "hf" / "model.safetensors").read_bytes()
+    r = sentiment_cli(["--method", "control", "--policy", "/nonexistent-policy-the-export-names-its-own",
+                       "--reward", reward_dir, "--run-dir", run, "--report-only", "sentiment.report_prompts=24"])
+    assert "after − before" in r.stdout and "sample continuations" in r.stdout
+    assert (run / "hf" / "model.safetensors").read_bytes() == weights and not (run / "metrics.jsonl").exists()
+    again = json.loads((run / "sentiment_report.json").read_text())
+    first = json.loads((control_run / "sentiment_report.json").read_text())
+    for v in ("before", "before_with_code", "after"):
+        assert again[v] == pytest.approx(first[v], rel=1e-6, abs=1e-9), v
+    assert again["samples"] == first["samples"]
+    result = json.loads((run / "result.json").read_text())
+    assert result["export_dir"] == str(run / "hf") and result["report"]["after"] == again["after"]
+    assert "## Before vs after" in (run / "hf" / "README.md").read_text()
+
+
 def test_control_export_generates_after_the_code(control_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -190,9 +214,15 @@ def test_control_export_generates_after_the_code(control_run):
     model = AutoModelForCausalLM.from_pretrained(str(hf))
     tok = AutoTokenizer.from_pretrained(str(hf))
     prompt = C.code_ids(tok, meta["control_codes"]["positive"]) + tok("The film", add_special_tokens=False)["input_ids"]
-    out = model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=True,
-                         pad_token_id=tok.pad_token_id)
-    assert out.shape[1] == len(prompt) + 8 and out[0, : len(prompt)].tolist() == prompt
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    # greedy decoding of the export equals the argmax of its own forward pass, token by token
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(8):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == model.generation_config.eos_token_id:
+                break
+    assert out[0].tolist() == ids and len(ids) > len(prompt)
 
 
 def test_ppo_two_processes_keep_identical_weights(control_run, reward_dir, tmp_path):
@@ -321,7 +351,7 @@ def test_control_rows_mask_the_code(tiny_gpt):
 
 
 def test_freeze_lower_layers(tiny_gpt):
-    from finetune.ppo import freeze_lower_layers
+    from zerolm.finetune.ppo import freeze_lower_layers
 
     model, _ = S.load_policy(str(tiny_gpt))
     total = sum(p.numel() for p in model.parameters())

@@ -27,7 +27,7 @@ def test_minilm_and_passthrough():
 
 
 def test_smollm2_converted_once_under_a_lock_and_writes_english(tmp_path):
-    env = {**os.environ, "ZEROLM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "ZEROLM_CACHE": str(tmp_path), "OMP_NUM_THREADS": "1"}
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
             "from zerolm.hf_models import resolve_model_path; print('PATH', resolve_model_path('smollm2'))")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -40,17 +40,18 @@ def test_smollm2_converted_once_under_a_lock_and_writes_english(tmp_path):
     out = Path(paths.pop())
     meta = json.loads((out / "zerolm_converted.json").read_text())
     assert meta["parameters"] == 134_515_008
+    assert hf_models.model_kind(out) == "clm"  # LlamaForCausalLM, in the config's vocabulary
     assert "quantization_config" not in json.loads((out / "config.json").read_text())  # a plain, re-savable checkpoint
     assert not list(tmp_path.glob(".smollm2*tmp*"))
 
     os.environ["ZEROLM_CACHE"] = str(tmp_path)
     try:
-        from evals.lm import load_lm
+        from zerolm.evals.lm import load_lm
 
         lm = load_lm("smollm2", batch_size=2)
     finally:
         del os.environ["ZEROLM_CACHE"]
-    assert lm.kind == "causal"
+    assert lm.kind == "clm"
     assert lm.generate_until([("The capital of Germany is", ["."], 6)])[0].strip() == "Berlin"
     (good, g1), (bad, _) = lm.loglikelihood([("The capital of France is", " Paris"), ("The capital of France is", " Rome")])
     assert g1 and good > bad + 2

@@ -2,7 +2,8 @@
 Slurm cluster started on localhost from Debian's packages (launch/local_slurm.sh).
 
 The real-Slurm tests need root (the daemons and jobs run as root) and, when Slurm is not installed
-yet, apt-get; elsewhere they skip and say why. They submit the rendered script with `zerolm launch
+yet, apt-get; elsewhere they skip and say why — except under CI (``CI=true``), where a missing
+prerequisite fails them. They submit the rendered script with `zerolm launch
 slurm` and poll `scontrol show job` (accounting is off: no sacct; `sbatch --wait` polls slowly).
 """
 
@@ -12,16 +13,18 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from launch.slurm import SlurmJob, parse_time_limit, render_sbatch
-from pretrain.distributed import detect, first_host
+from zerolm.launch.slurm import SlurmJob, parse_time_limit, render_sbatch
+from zerolm.pretrain.distributed import detect, first_host
 from zerolm.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +104,7 @@ def _sbatch_options(script: str) -> dict[str, str]:
 
 def _fake_cluster(tmp: Path) -> tuple[Path, Path]:
     """A PATH folder with fake `srun`/`scontrol`/`scancel` for a 4-node allocation, and a fake Python
-    environment whose torchrun/deepspeed/`python -m pretrain` record their arguments and environment."""
+    environment whose torchrun/deepspeed/`python -m zerolm.pretrain` record their arguments and environment."""
     fake = tmp / "fakebin"
     venv = tmp / "venv" / "bin"
     rec = tmp / "records"
@@ -117,8 +120,8 @@ json.dump({{"exe": os.path.basename(sys.argv[0]), "argv": sys.argv[1:],
     for name in ("torchrun", "deepspeed"):
         (venv / name).write_text(recorder)
     (venv / "record.py").write_text(recorder)
-    # the fake python records `-m pretrain`, anything else (the script's result.json check) is real Python
-    (venv / "python").write_text(f'#!/bin/bash\nif [[ "$1 $2" == "-m pretrain" ]]; then shift 2; exec {venv}/record.py "$@"; fi\n'
+    # the fake python records `-m zerolm.pretrain`, anything else (the script's result.json check) is real Python
+    (venv / "python").write_text(f'#!/bin/bash\nif [[ "$1 $2" == "-m zerolm.pretrain" ]]; then shift 2; exec {venv}/record.py "$@"; fi\n'
                                  f'exec {sys.executable} "$@"\n')
     (fake / "scontrol").write_text('#!/bin/bash\nif [[ $1 == show && $2 == hostnames ]]; then printf "gpu%03d\\n" 1 2 3 4; '
                                    f'else echo "$@" >> {rec}/scontrol.log; fi\n')
@@ -193,7 +196,7 @@ def test_rendered_4x8_gpu_script_rendezvous_hostfile_and_ranks(tmp_path, launche
             a = r["argv"]
             assert {"--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu001:22345",
                     "--rdzv-id=12345", "--max-restarts=0"} <= set(a)
-            assert a[a.index("-m") + 1] == "pretrain"
+            assert a[a.index("-m") + 1] == "zerolm.pretrain"
         assert sorted(r["env"]["SLURM_NODEID"] for r in records) == ["0", "1", "2", "3"]
     elif launcher == "srun":
         assert len(records) == 32, "one task per GPU"
@@ -217,7 +220,7 @@ def test_rendered_4x8_gpu_script_rendezvous_hostfile_and_ranks(tmp_path, launche
             node_rank = int(a[0].removeprefix("--node_rank="))
             assert node_rank == int(r["env"]["SLURM_NODEID"]) and list(pool)[node_rank] == r["env"]["SLURMD_NODENAME"]
             assert {f"--hostfile={hostfile}", "--no_ssh", "--master_addr=gpu001", "--master_port=22345"} <= set(a)
-            assert a[a.index("--module") + 1] == "pretrain"
+            assert a[a.index("--module") + 1] == "zerolm.pretrain"
             ranks += [node_rank * 8 + i for i in range(8)]  # deepspeed.launcher.launch's global rank mapping
         assert sorted(ranks) == list(range(32))
     assert not (tmp_path / "records" / "scontrol.log").exists(), "no requeue without a preemption signal"
@@ -229,7 +232,7 @@ def test_finetune_entry_runs_the_finetune_module(tmp_path, launcher):
     script = render_sbatch(SlurmJob(config=str(classify), entry="finetune-classify", launcher=launcher, nodes=2,
                                     workdir=str(tmp_path))).script
     flag = "--module" if launcher == "deepspeed" else "-m"
-    assert f"{flag} finetune classify --config {classify}" in script
+    assert f"{flag} zerolm.finetune classify --config {classify}" in script
     assert f"{flag} pretrain" not in script
     assert "requeue" in script  # the same preemption path: the classifier trains in the shared trainer
     with pytest.raises(ConfigError, match="--entry"):
@@ -251,8 +254,8 @@ def test_cpu_variant_and_cli_dry_run():
 
 
 def test_ds_config_is_generated_from_the_zerolm_config(tmp_path):
-    from launch.slurm import ds_config_for
-    from pretrain.engine import build_ds_config
+    from zerolm.launch.slurm import ds_config_for
+    from zerolm.pretrain.engine import build_ds_config
     from zerolm.config import load_config
 
     r = subprocess.run([sys.executable, "-m", "zerolm", "launch", "ds-config", "--world-size", "32", "--cpu", str(GPT),
@@ -278,15 +281,77 @@ def test_launch_local_dry_run_prints_torchrun():
                         "train.max_steps=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "torchrun --standalone --nproc-per-node=2" in r.stdout and "SIGUSR1" in r.stdout
-    assert "-m pretrain --config" in r.stdout and "train.max_steps=3" in r.stdout
+    assert "-m zerolm.pretrain --config" in r.stdout and "train.max_steps=3" in r.stdout
     r = subprocess.run([sys.executable, "-m", "zerolm", "launch", "local", "--entry", "finetune-classify", "--dry-run",
                         str(REPO / "configs" / "finetune" / "classify.yaml")], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "-m finetune classify --config" in r.stdout
+    assert "-m zerolm.finetune classify --config" in r.stdout
 
 
 # -- a real Slurm on localhost ---------------------------------------------------------------------
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_API_KEY": "",
+            "HF_TOKEN": ""}
+
+
+def test_launch_local_forwards_sigterm_and_a_rerun_resumes(data_args, tmp_path):
+    """`zerolm launch local --nproc 2` execs torchrun; SIGTERM to that process (what a scheduler or a
+    Ctrl-C'ing user sends) reaches both ranks, which checkpoint at the next step boundary and stop
+    (status preempted); running the same command again resumes from that checkpoint."""
+    run_dir = tmp_path / "local"
+    common = [*data_args, f"train.run_dir={run_dir}", "train.save_every=100000", "train.eval_every=100000",
+              "train.log_every=1", "tracking.wandb_mode=disabled"]
+    launch = [sys.executable, "-m", "zerolm", "launch", "local", "--nproc", "2", str(TINY)]
+    log = tmp_path / "launch.log"
+    metrics = run_dir / "metrics.jsonl"
+    with open(log, "w") as out:
+        p = subprocess.Popen([*launch, *common, "train.max_steps=100000"], cwd=REPO, env=_env(), stdout=out,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and p.poll() is None and (
+                not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+            time.sleep(0.05)
+        assert p.poll() is None, f"the launcher ended before training started:\n{log.read_text()[-4000:]}"
+        assert metrics.exists(), f"training did not start within 180 s:\n{log.read_text()[-4000:]}"
+        ranks = [c for c in psutil.Process(p.pid).children(recursive=True) if "zerolm.pretrain" in " ".join(c.cmdline())]
+        assert len(ranks) == 2, "torchrun (exec'd in place of the launcher) runs the 2 ranks"
+        os.kill(p.pid, signal.SIGTERM)  # the launcher's pid: `zerolm launch local` exec'd torchrun in place
+        p.wait(timeout=180)  # torchrun re-raises the signal after forwarding it: its status is not asserted
+    finally:
+        if p.poll() is None:  # a failed test must not leave the launcher or its ranks running
+            procs = [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+            for proc in procs:
+                proc.kill()
+            psutil.wait_procs(procs, timeout=30)
+    text = log.read_text()
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "preempted", text[-4000:]
+    stopped = res["step"]
+    assert 3 <= stopped < 100000
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step_{stopped:08d}"
+    assert (run_dir / "checkpoints" / f"step_{stopped:08d}" / "zerolm_complete.json").is_file()
+    assert f"stopping at step {stopped} (preempted)" in text
+    def alive(proc: psutil.Process) -> bool:
+        try:
+            return proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    assert not any(alive(r) for r in ranks), "ranks outlived the launcher"
+    # the same command again (two more steps) resumes from the checkpoint the signal wrote
+    r = subprocess.run([*launch, *common, "train.max_steps=100000", f"train.stop_at_step={stopped + 2}"], cwd=REPO,
+                       env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{stopped:08d}'} (step {stopped}" in r.stdout + r.stderr
+    res = json.loads((run_dir / "result.json").read_text())
+    assert res["status"] == "stopped" and res["step"] == stopped + 2
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if "train/loss" in line]
+    assert logged == list(range(1, stopped + 3)), "every step trained exactly once across the signal and the rerun"
+
+
 def _skip_reason() -> str | None:
     if os.name != "posix" or os.geteuid() != 0:
         return "real-Slurm tests need root: the local cluster's daemons and jobs run as root"
@@ -301,6 +366,8 @@ def slurm(tmp_path_factory):
     test fails. Yields the environment for clients and jobs (SLURM_CONF)."""
     reason = _skip_reason()
     if reason:
+        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI={os.environ['CI']}: the real-Slurm tests must run in CI, but {reason}")
         pytest.skip(reason)
     d = tmp_path_factory.mktemp("slurm")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))}
@@ -309,8 +376,7 @@ def slurm(tmp_path_factory):
         if r.returncode != 0:
             pytest.fail(f"local Slurm did not start ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         env.update(SLURM_CONF=str(d / "slurm.conf"), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", WANDB_MODE="offline",
-                   HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO),
-                   WANDB_API_KEY="", HF_TOKEN="")
+                   HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",                    WANDB_API_KEY="", HF_TOKEN="")
         yield env
     finally:
         subprocess.run(["bash", str(LOCAL_SLURM), "stop", str(d)], capture_output=True, text=True, timeout=120, env=env)

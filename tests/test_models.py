@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from pretrain.models import (
+from zerolm.pretrain.models import (
     available_presets,
     build_model,
     count_parameters,

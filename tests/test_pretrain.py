@@ -1,5 +1,6 @@
-"""Pretraining with real processes: 2-rank ZeRO-2/3 under torchrun, exact resume, kill -9, a
-truncated checkpoint, non-finite loss skips, signal-triggered saves and export of the result."""
+"""Pretraining with real processes: 2-rank ZeRO-2/3 under torchrun, exact resume, a restart on another
+world size that must stop and change nothing, kill -9, a truncated checkpoint, checkpoint compatibility
+and retention rules, non-finite loss skips, signal-triggered saves and export of the result."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import shutil
+
 import psutil
 import pytest
 import torch
 
-from pretrain.trainer import batch_arithmetic
+from zerolm.pretrain.trainer import batch_arithmetic
 from zerolm.config import load_config
 from zerolm.errors import ConfigError
 
@@ -36,15 +39,15 @@ def base_args(prepared_corpus, trained_tokenizer):
 
 def _cmd(nproc: int, launcher: str = "torchrun") -> list[str]:
     if nproc == 1 and launcher == "python":
-        return [sys.executable, "-m", "pretrain"]
+        return [sys.executable, "-m", "zerolm.pretrain"]
     if launcher == "deepspeed":
-        return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--module", "pretrain"]
-    return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "pretrain"]
+        return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--module", "zerolm.pretrain"]
+    return [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "zerolm.pretrain"]
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline",
-            "PYTHONPATH": str(REPO), "WANDB_API_KEY": "", "HF_TOKEN": ""}
+            "WANDB_API_KEY": "", "HF_TOKEN": ""}
 
 
 def run(base, run_dir, *overrides, nproc=2, launcher="torchrun", check=True, timeout=300):
@@ -73,6 +76,24 @@ def latest(run_dir) -> str:
     return (Path(run_dir) / "checkpoints/latest").read_text().strip()
 
 
+def snapshot(run_dir) -> dict[str, bytes]:
+    """Every file of a run directory (but the lock file) with its bytes."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(Path(run_dir).rglob("*"))
+            if p.is_file() and p.name != ".zerolm.lock"}
+
+
+RESUME_COMMON = ["model.dropout=0.1", "train.max_steps=8", "train.gradient_accumulation_steps=2", "train.eval_every=4"]
+
+
+@pytest.fixture(scope="module")
+def stopped_2rank(base_args, tmp_path_factory):
+    """A tiny GPT run stopped at step 4 of 8 on 2 ranks (ZeRO-2), with checkpoints at steps 2 and 4:
+    the issue's scenario. Tests copy it before changing it."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    run(base_args, run_dir, "train.zero_stage=2", *RESUME_COMMON, "train.save_every=2", "train.stop_at_step=4")
+    return run_dir
+
+
 # ---------------------------------------------------------------------------------------------
 def test_batch_arithmetic_derives_the_third_and_rejects_disagreement():
     cfg = load_config(None, ["train.global_batch_size=64"])
@@ -89,14 +110,16 @@ def test_batch_arithmetic_derives_the_third_and_rejects_disagreement():
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_two_ranks_resume_exactly(base_args, tmp_path, stage):
+def test_two_ranks_resume_exactly(base_args, tmp_path, stage, stopped_2rank):
     """N steps + resume + N steps gives bitwise the losses of 2N uninterrupted steps (dropout on,
     gradient accumulation 2)."""
-    common = [f"train.zero_stage={stage}", "model.dropout=0.1", "train.max_steps=8", "train.gradient_accumulation_steps=2",
-              "train.eval_every=4", "train.save_every=4"]
+    common = [f"train.zero_stage={stage}", *RESUME_COMMON, f"train.save_every={2 if stage == 2 else 4}"]
     ref, res = tmp_path / "ref", tmp_path / "resumed"
     run(base_args, ref, *common)
-    run(base_args, res, *common, "train.stop_at_step=4")
+    if stage == 2:
+        shutil.copytree(stopped_2rank, res)
+    else:
+        run(base_args, res, *common, "train.stop_at_step=4")
     assert result(res)["status"] == "stopped" and latest(res) == "step_00000004"
     out = run(base_args, res, *common)
     assert "resumed from" in out.stderr + out.stdout
@@ -109,6 +132,120 @@ def test_two_ranks_resume_exactly(base_args, tmp_path, stage):
     assert len(ids) == 1 and None not in ids, "the resumed run continues the same W&B run id"
     assert list((res / "wandb").glob(f"offline-run-*-{ids.pop()}")), "W&B wrote the run offline"
     assert result(ref)["eval/perplexity"] > 1 and result(ref)["tokens_seen"] == 8 * 2 * 4 * 2 * 64
+
+
+def test_restart_on_another_world_size_stops_before_any_work(base_args, tmp_path, stopped_2rank):
+    """The issue's data-loss scenario: a run stopped at step 4 of 8 on 2 ranks, restarted with the same
+    command on 1 rank, stops with an error naming the world size and global batch change, and leaves
+    metrics, checkpoints, `latest` and every other file byte for byte as they were (that the same command
+    on 2 ranks then continues it exactly is test_two_ranks_resume_exactly[2], from the same stopped run)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped_2rank, run_dir)
+    before = snapshot(run_dir)
+    assert {"metrics.jsonl", "checkpoints/latest", "checkpoints/step_00000002/zerolm_complete.json",
+            "checkpoints/step_00000004/zerolm_complete.json"} <= set(before)
+    same = ["train.zero_stage=2", *RESUME_COMMON, "train.save_every=2"]
+    out = run(base_args, run_dir, *same, nproc=1, check=False)
+    text = " ".join((out.stdout + out.stderr).split())  # the console wraps long lines (paths mid-word)
+    assert out.returncode != 0, text[-3000:]
+    assert "data-parallel world size 2 → 1" in text and "global batch 16 → 8" in text, text[-3000:]
+    assert "checkpoints/step_00000004:itisintact" in "".join(text.split()) and "--nproc_per_node 2" in text
+    assert "set train.global_batch_size=16" in text and "resumed from" not in text
+    assert "falling back" not in text, "an intact checkpoint is never skipped"
+    assert snapshot(run_dir) == before, "nothing in the run directory changed"
+
+
+def _signature_from(run_dir: Path, tag: str, **changes) -> dict:
+    from zerolm.pretrain import checkpoint as ckpt
+
+    return {**ckpt.saved_signature(run_dir / "checkpoints", tag), **changes}
+
+
+def test_resume_plan_refuses_intact_incompatible_checkpoints(stopped_2rank, tmp_path, trained_tokenizer):
+    """Decided from the records before any DeepSpeed load: an intact checkpoint of another shape of run
+    is never skipped for an older one; damage alone falls back; all damaged → error naming each."""
+    from zerolm.config import ModelConfig
+    from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
+    from zerolm.pretrain import checkpoint as ckpt
+    from zerolm.pretrain.models import build_model, resolve_model_config, special_ids_of
+
+    root = stopped_2rank / "checkpoints"
+    same = _signature_from(stopped_2rank, "step_00000004")
+    assert same["world_size"] == 2 and same["global_batch_size"] == 16 and same["objective"] == "clm"
+    assert ckpt.plan_resume(root, same).candidates == ["step_00000004", "step_00000002"]
+    # a micro-batch / accumulation trade at the same global batch is compatible
+    assert ckpt.plan_resume(root, {**same, "micro_batch_size": 2, "gradient_accumulation_steps": 4}).blocked is None
+    cases = {
+        "ZeRO stage 2 → 3": {"zero_stage": 3},
+        "objective clm → mlm": {"objective": "mlm"},
+        "global batch 16 → 32": {"global_batch_size": 32, "gradient_accumulation_steps": 4},
+        "data.seq_len 64 → 128": {"data_layout": {**same["data_layout"], "seq_len": 128}},
+    }
+    tok = load_pipeline_tokenizer(trained_tokenizer)
+    torch.manual_seed(0)
+    wider = resolve_model_config(ModelConfig(family="gpt2", preset="tiny", n_layer=3))
+    model = build_model(wider, vocab_size=tok.vocab_size, seq_len=64, special_ids=special_ids_of(tok))
+    cases["model shape (n_layer 2 → 3)"] = {"model_config": {**same["model_config"], "n_layer": 3},
+                                            "model_shapes": ckpt.model_shapes(model)}
+    cases["model shape (tensor transformer.h.2."] = {
+        "model_shapes": ckpt.model_shapes(model)}
+    for what, change in cases.items():
+        plan = ckpt.plan_resume(root, {**same, **change})
+        assert plan.candidates == [] and plan.blocked[0] == "step_00000004", what
+        assert what in plan.blocked[1] and "Nothing in" in plan.error(root), (what, plan.blocked[1])
+    # damage (not incompatibility) falls back to the previous checkpoint ...
+    damaged = tmp_path / "checkpoints"
+    shutil.copytree(root, damaged)
+    (damaged / "step_00000004" / "zerolm_client_rank1.pt").unlink()
+    plan = ckpt.plan_resume(damaged, same)
+    assert plan.candidates == ["step_00000002"] and "missing file zerolm_client_rank1.pt" in plan.damaged["step_00000004"]
+    # ... and a checkpoint older than the damaged one is still checked for compatibility
+    assert ckpt.plan_resume(damaged, {**same, "world_size": 1}).blocked[0] == "step_00000002"
+    # when every checkpoint is damaged the run does not start from step 0
+    (damaged / "step_00000002" / "zerolm_complete.json").unlink()
+    plan = ckpt.plan_resume(damaged, same)
+    err = plan.error(damaged)
+    assert plan.candidates == [] and "step_00000004: missing file" in err and "step_00000002: no completion record" in err
+
+
+def test_retention_deletes_only_what_this_run_line_superseded(tmp_path):
+    """keep-last counts only checkpoints of this run line; a checkpoint that could not be loaded is moved
+    aside, never deleted nor overwritten; debris of an interrupted save goes once a good one of a later
+    or the same step is complete."""
+    from zerolm.pretrain import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+
+    def write(step: int, complete: bool = True) -> str:
+        tag = ckpt.tag_for(step)
+        (root / tag).mkdir(parents=True)
+        (root / tag / "weights.pt").write_bytes(bytes(range(step)) * 10)
+        if complete:
+            ckpt.mark_complete(root, tag, {"step": step})
+        return tag
+
+    for s in (2, 4, 6):
+        write(s)
+    (root / "step_00000006" / "weights.pt").write_bytes(b"cut")  # damaged: truncated
+    write(8, complete=False)  # debris of an interrupted save
+    plan = ckpt.plan_resume(root, {})
+    assert plan.candidates == ["step_00000004", "step_00000002"] and set(plan.damaged) == {"step_00000006", "step_00000008"}
+    line, written = ckpt.lineage(root, "step_00000004"), set()
+    assert line == {"step_00000002", "step_00000004"}
+
+    def save(step: int) -> list[str]:
+        tag = ckpt.tag_for(step)
+        if (root / tag).exists():
+            ckpt.set_aside(root, tag)
+        write(step)
+        written.add(tag)
+        return ckpt.prune(root, 1, line | written, tag)
+
+    assert save(5) == ["step_00000002", "step_00000004"]  # the resumed line; 6 and 8 are not counted
+    assert save(6) == ["step_00000005"] and (root / "step_00000006.unloadable" / "weights.pt").read_bytes() == b"cut"
+    assert save(8) == ["step_00000006", "step_00000008.unloadable"]  # debris goes: a good step 8 exists
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_00000006.unloadable", "step_00000008"]
+    assert ckpt.list_tags(root) == ["step_00000008"] and ckpt.latest_tag(root) == "step_00000008"
 
 
 def test_kill_9_mid_run_then_resume_from_last_complete_checkpoint(base_args, tmp_path):
@@ -147,11 +284,15 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(base_args, tmp_path)
     reference = losses(run_dir)
     victim = sorted((run_dir / "checkpoints/step_00000008").glob("*optim_states.pt"))[-1]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    damaged = victim.read_bytes()
     out = run(base_args, run_dir, *common)
     log = out.stderr + out.stdout
     assert "step_00000008 is not usable" in log and "truncated" in log
     assert "resumed from" in log and "step_00000004" in log
     assert losses(run_dir) == reference, "steps 5-8 are redone identically from the step-4 checkpoint"
+    kept = run_dir / "checkpoints/step_00000008.unloadable" / victim.name
+    assert kept.read_bytes() == damaged, "the checkpoint that could not be loaded is moved aside, not overwritten"
+    assert latest(run_dir) == "step_00000008" and (run_dir / "checkpoints/step_00000004").is_dir()
 
 
 @pytest.mark.parametrize("nproc,stage", [(2, 2), (1, 0)])
@@ -165,12 +306,10 @@ def test_nonfinite_loss_skips_the_update(base_args, tmp_path, nproc, stage):
     states = torch.load(run_dir / "checkpoints/step_00000004/mp_rank_00_model_states.pt", weights_only=False)
     assert states["skipped_steps"] == 1, "DeepSpeed discarded exactly one optimizer step"
     assert states["lr_scheduler"]["last_epoch"] == 3, "the LR schedule did not advance on the skipped step"
-    if stage == 0:
-        weights = states["module"]
-    else:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from zerolm.pretrain.engine import consolidated_state_dict
 
-        weights = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), "step_00000004")
+    weights, source = consolidated_state_dict(run_dir / "checkpoints/step_00000004")
+    assert source == ("module" if stage == 0 else "zero_to_fp32")
     assert all(bool(torch.isfinite(w).all()) for w in weights.values()), "no NaN reached the weights"
     logged = losses(run_dir)
     assert 3 not in logged and all(v == v for v in logged.values()), "train/loss averages good steps only"
@@ -187,23 +326,18 @@ def test_k_nonfinite_in_a_row_stops_with_last_good_checkpoint(base_args, tmp_pat
 
 @pytest.mark.parametrize("sig,nproc", [(signal.SIGTERM, 1), (signal.SIGUSR1, 2)])
 def test_signal_saves_at_next_step_and_exits_cleanly(base_args, tmp_path, sig, nproc):
+    """A signal arriving during step 3 (the trainer's test hook sends it, on 2 ranks to rank 1 only, so
+    the stop must travel to rank 0 through the all-reduce) checkpoints exactly step 3 and exits 0."""
     run_dir = tmp_path / f"sig{sig}"
     common = ["train.max_steps=5000", "train.save_every=100000", "train.eval_every=100000"]
-    p = subprocess.Popen([*_cmd(nproc, "python" if nproc == 1 else "torchrun"), *base_args, f"train.run_dir={run_dir}", *common],
-                         cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
-        time.sleep(0.05)
-    workers = [p.pid] if nproc == 1 else [c.pid for c in psutil.Process(p.pid).children() if "python" in c.name()]
-    assert len(workers) == nproc
-    for pid in workers:  # as Slurm's --signal does: every task gets it
-        os.kill(pid, sig)
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 0, out[-3000:]
+    env = {**_env(), "ZEROLM_TEST_SIGNAL_AT_STEP": f"3:{signal.Signals(sig).name}" + (":1" if nproc == 2 else "")}
+    r = subprocess.run([*_cmd(nproc, "python" if nproc == 1 else "torchrun"), *base_args, f"train.run_dir={run_dir}", *common],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert f"received {signal.Signals(sig).name}" in r.stdout + r.stderr
     res = result(run_dir)
-    assert res["status"] == "preempted" and 5 <= res["step"] < 5000
-    assert latest(run_dir) == f"step_{res['step']:08d}"
+    assert res["status"] == "preempted" and res["step"] == 3
+    assert latest(run_dir) == "step_00000003" and sorted(losses(run_dir)) == [1, 2, 3]
 
 
 def test_runs_under_python_and_deepspeed_launcher_and_exports(base_args, tmp_path, trained_tokenizer):
@@ -221,36 +355,59 @@ def test_runs_under_python_and_deepspeed_launcher_and_exports(base_args, tmp_pat
     assert r.returncode == 0, r.stderr[-3000:]
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    model = AutoModelForCausalLM.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("The court")["input_ids"]
+    with torch.no_grad():  # greedy decoding = the argmax of a full forward pass, one token at a time
+        for _ in range(5):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == tok.eos_token_id:
+                break
     gen = pipeline("text-generation", model=model, tokenizer=tok)
     text = gen("The court", max_new_tokens=5, do_sample=False)[0]["generated_text"]
-    assert text.startswith("The court") and len(text) > len("The court")
+    assert text == tok.decode(ids, skip_special_tokens=True)
 
 
 def test_bert_mlm_with_offload_and_activation_checkpointing_then_fill_mask(base_args, tmp_path):
     """Masked-LM at ZeRO-3 with optimizer and parameter offload, activation checkpointing and a
-    worker per rank; evaluation reports masked-token accuracy; the export answers fill-mask."""
+    worker per rank; evaluation reports masked-token accuracy; the export answers fill-mask with the
+    model's own top-5."""
     run_dir = tmp_path / "bert"
     args = [a if not a.endswith("tiny_gpt.yaml") else str(REPO / "configs/pretrain/tiny_bert.yaml") for a in base_args]
-    run(args, run_dir, "train.max_steps=6", "train.eval_every=3", "train.zero_stage=3", "train.offload_optimizer=true",
-        "train.offload_params=true", "train.activation_checkpointing=true", "data.num_workers=1")
+    out = run(args, run_dir, "train.max_steps=6", "train.eval_every=3", "train.zero_stage=3", "train.offload_optimizer=true",
+              "train.offload_params=true", "train.activation_checkpointing=true", "data.num_workers=1")
+    # what DeepSpeed was given, and what the built engine and model report (the trainer's startup line)
+    zero = json.loads((run_dir / "ds_config.json").read_text())["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    assert "offload optimizer, offload params, activation checkpointing" in out.stdout + out.stderr
     res = result(run_dir)
-    assert 0 <= res["eval/accuracy"] <= 1 and res["eval/perplexity"] > 1
+    metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert res["eval/accuracy"] == next(m["eval/accuracy"] for m in metrics if m["step"] == 6 and "eval/accuracy" in m)
+    assert res["eval/perplexity"] > 1
     assert (run_dir / "loss.png").stat().st_size > 1000
     a = losses(run_dir)
     assert sorted(a) == list(range(1, 7)) and all(v == v for v in a.values())
-    out = tmp_path / "bert-hf"
-    r = subprocess.run([sys.executable, "-m", "zerolm", "export", str(run_dir), str(out)], cwd=REPO, env=_env(),
+    hf = tmp_path / "bert-hf"
+    r = subprocess.run([sys.executable, "-m", "zerolm", "export", str(run_dir), str(hf)], cwd=REPO, env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-m", "zerolm", "sample", str(out)], cwd=REPO, env={**_env(), "COLUMNS": "200"},
-                       capture_output=True, text=True, timeout=300)
+    sentence = "Paris is the capital of [MASK]."
+    r = subprocess.run([sys.executable, "-m", "zerolm", "sample", str(hf), "--prompt", sentence], cwd=REPO,
+                       env={**_env(), "COLUMNS": "250"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "masked-lm" in r.stdout and "masked-token accuracy" in r.stdout, r.stderr[-2000:]
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model, tok = AutoModelForMaskedLM.from_pretrained(hf).eval(), AutoTokenizer.from_pretrained(hf)
+    enc = tok(sentence.replace("[MASK]", tok.mask_token), return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits[0, int((enc["input_ids"][0] == tok.mask_token_id).nonzero())]
+    top = torch.softmax(logits, -1).topk(5)
+    row = ", ".join(f"{tok.decode([i]).strip()} ({p:.2f})" for i, p in zip(top.indices.tolist(), top.values.tolist()))
+    assert row in " ".join(r.stdout.split()), (row, r.stdout)
 
 
 def test_tokens_per_second_counts_real_tokens_not_padding():
-    from pretrain.trainer import _real_tokens
+    from zerolm.pretrain.trainer import _real_tokens
 
     padded = {"input_ids": torch.ones(2, 6, dtype=torch.long),
               "attention_mask": torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])}
@@ -259,8 +416,8 @@ def test_tokens_per_second_counts_real_tokens_not_padding():
 
 
 def test_a_second_run_on_the_same_run_dir_fails_fast(tmp_path):
-    from pretrain.distributed import detect
-    from pretrain.trainer import _lock_run_dir
+    from zerolm.pretrain.distributed import detect
+    from zerolm.pretrain.trainer import _lock_run_dir
     from zerolm.errors import TrainingError
 
     env = detect({}, set_env=False)  # one process

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.publish import plan_publish, publish, validate_card
+from zerolm.launch.publish import plan_publish, publish, validate_card
 from zerolm.errors import ConfigError, DataError, ZeroLMError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,14 +26,13 @@ REPO_ID = "alice/zerolm-tiny-gpt"
 @pytest.fixture(scope="module")
 def export_dir(prepared_corpus, trained_tokenizer, tmp_path_factory):
     """A real export: the tiny GPT trained 2 steps in one process (ZeRO-0), then exported."""
-    from pretrain.export import export_checkpoint
+    from zerolm.pretrain.export import export_checkpoint
 
     root = tmp_path_factory.mktemp("publish")
     run = root / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO),
-           "HF_TOKEN": "", "WANDB_API_KEY": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline",            "HF_TOKEN": "", "WANDB_API_KEY": ""}
     env = {k: v for k, v in env.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
-    r = subprocess.run([sys.executable, "-m", "pretrain", "--config", str(REPO / "configs/pretrain/tiny_gpt.yaml"),
+    r = subprocess.run([sys.executable, "-m", "zerolm.pretrain", "--config", str(REPO / "configs/pretrain/tiny_gpt.yaml"),
                         f"data.tokenizer_dir={trained_tokenizer}",
                         f"data.sources=[{{name: corpus, paths: ['{prepared_corpus}/train/*.jsonl']}}]",
                         f"data.validation_sources=[{{name: corpus, paths: ['{prepared_corpus}/validation/*.jsonl']}}]",
@@ -120,7 +119,7 @@ def test_planned_commit_operations_match_the_folder(export_dir):
 
 
 def _cli(args, **env):
-    e = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120", **env}
+    e = {**os.environ, "COLUMNS": "120", **env}
     return subprocess.run([sys.executable, "-m", "zerolm", "publish", *args], cwd=REPO, env=e, capture_output=True,
                           text=True, timeout=120)
 
@@ -193,8 +192,8 @@ def test_cli_upload_refuses_offline_and_without_token(export_dir, tmp_path):
 
 
 def test_eval_results_go_into_the_card_and_the_commit(export_dir, tmp_path):
-    from evals.bias import run_bias
-    from evals.fewshot import run_fewshot
+    from zerolm.evals.bias import run_bias
+    from zerolm.evals.fewshot import run_fewshot
 
     bias_dir, fewshot_dir = tmp_path / "bias", tmp_path / "fewshot"
     bias = run_bias(str(export_dir), ["crows_pairs"], bias_dir, limit=6)
@@ -211,3 +210,72 @@ def test_eval_results_go_into_the_card_and_the_commit(export_dir, tmp_path):
     assert [op.path_in_repo for op in plan.operations] == [f["path"] for f in plan.files]
     with pytest.raises(DataError, match="holds no fewshot.json or bias.json"):
         plan_publish(export_dir, REPO_ID, eval_dirs=[tmp_path])
+
+
+# -- the card module (zerolm.card): composition, sections, redaction -------------------------------
+def test_card_composition_and_sections(tmp_path, monkeypatch):
+    from zerolm import card as C
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    meta = {"library_name": "transformers", "pipeline_tag": "text-classification", "tags": ["zerolm", "x"]}
+    text = C.compose(meta, "my-model", ["Intro line.\n", "\n## Results\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n", "",
+                                        f"## Usage\n\nuse it (token {FAKE_TOKEN})"])
+    front, body = text[4:].split("\n---\n", 1)
+    assert yaml.safe_load(front) == meta
+    assert body == ("\n# my-model\n\nIntro line.\n\n## Results\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+                    "## Usage\n\nuse it (token ***)\n")
+    assert C.split_front_matter(text) == (meta, body[1:]) and C.title_of(body) == "my-model"
+    assert C.title_of(C.retitle(body, "alice/other")) == "alice/other" and C.retitle("no title\n", "t") == "no title\n"
+    with pytest.raises(ValueError, match="model_index"):
+        C.compose({"model-index": [{"name": "x", "results": [{"task": {}}]}]}, "t", ["x"])
+
+    # a section replaces its namesake in place (what follows stays), else goes before the evaluation mark
+    new = C.set_section(text, "## Results\n\nnew table\n")
+    assert new.count("## Results") == 1 and "| 1 | 2 |" not in new
+    assert new.index("new table") < new.index("## Usage") and new.endswith("use it (token ***)\n")
+    with_evals = C.set_evals(new, "## Few-shot evaluation\n\nrow\n")
+    assert with_evals.endswith(f"use it (token ***)\n\n{C.SECTION_MARK}\n## Few-shot evaluation\n\nrow\n")
+    assert C.set_evals(with_evals, "## Bias evaluation\n\nb\n") == with_evals.split(C.SECTION_MARK)[0] + \
+        f"{C.SECTION_MARK}\n## Bias evaluation\n\nb\n", "the evaluation tail is regenerated, not appended"
+    added = C.set_section(with_evals, "\n## Before vs after\n\n| m | 1 |\n")
+    head, tail = added.split(C.SECTION_MARK)
+    assert head.endswith("use it (token ***)\n\n## Before vs after\n\n| m | 1 |\n\n") and tail == with_evals.split(C.SECTION_MARK)[1]
+    assert C.set_section(added, "## Before vs after\n\n| m | 1 |") == added, "idempotent"
+    with pytest.raises(ValueError):
+        C.set_section(text, "no heading")
+
+    path = C.write_card(tmp_path / "m", f"# t\n\n{FAKE_TOKEN} and tok_0123456789\n", extra_secrets=["tok_0123456789"])
+    assert path.read_text() == "# t\n\n*** and ***\n" and C.read_card(tmp_path / "m") == path.read_text()
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["README.md"], "no temporary file left behind"
+    with pytest.raises(DataError, match="unreadable model card"):
+        C.read_card(tmp_path)
+
+
+def test_card_module_sits_below_the_jobs():
+    code = ("import sys, zerolm.card, zerolm.redact; "
+            "bad = sorted(m for m in sys.modules if m.startswith(('zerolm.pretrain', 'zerolm.finetune', 'zerolm.evals', "
+            "'zerolm.launch', 'zerolm.data_pipeline', 'torch', 'transformers'))); print(bad); sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_published_card_never_carries_the_token(export_dir, tmp_path, monkeypatch):
+    """A token in the export's card (say, pasted into a note) is redacted from the card to upload, whether
+    it comes from HF_TOKEN or only from the cached `hf auth login` file."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cached = "hf_CACHEDloginToken0123456789ab"
+    d = tmp_path / "tiny-export"
+    shutil.copytree(export_dir, d)
+    readme = d / "README.md"
+    readme.write_text(readme.read_text() + f"\nnote: {FAKE_TOKEN} / {cached}\n")
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    card = plan_publish(d, REPO_ID).card
+    assert FAKE_TOKEN not in card and f"note: *** / {cached}" in card
+    monkeypatch.delenv("HF_TOKEN")
+    (tmp_path / "token").write_text(cached)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
+    card = plan_publish(d, REPO_ID).card
+    assert cached not in card and f"note: {FAKE_TOKEN} / ***" in card and validate_card(card) == []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.tokenizer import (
+from zerolm.data_pipeline.tokenizer import (
     FORMAT,
     META_FILE,
     SPECIAL_TOKENS,

@@ -1,8 +1,12 @@
-"""The ``zerolm`` console script: one front door with subcommands.
+"""The ``zerolm`` console script: one front door with subcommands, and the one layer that formats.
 
 Every subcommand takes ``--config FILE`` (YAML) and trailing ``key.sub=value`` overrides, validated
-before any work starts. Library errors (:class:`zerolm.errors.ZeroLMError`) are printed as one
-clear message and exit with status 2; everything else is a bug and shows its traceback.
+before any work starts (``eval``, ``export``, ``sample`` and ``publish`` take options only). The
+library returns results and raises typed errors; this module (with :mod:`zerolm.launch.cli`, whose
+commands it registers) parses arguments, prints results on the main process and chooses the exit
+status. Library errors (:class:`zerolm.errors.ZeroLMError`) are printed as one clear message and
+exit with status 2; everything else is a bug and shows its traceback. ``python -m zerolm.pretrain``,
+``zerolm.finetune`` and ``zerolm.evals`` call :func:`main` with their subcommand.
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
-from rich.console import Console
-
 from zerolm.config import ZeroLMConfig, load_config
-from zerolm.errors import ZeroLMError
-
-console = Console()
+from zerolm.cli_tables import fewshot_table, inspection_renderables, manifest_table, sentiment_report_tables
+from zerolm.console import console
+from zerolm.errors import ConfigError, ZeroLMError
+from zerolm.redact import RedactingFilter, redact_text
+from zerolm.pretrain.distributed import is_main_process, rank_of
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -33,20 +38,19 @@ def _cfg(args: argparse.Namespace, extra: list[str]) -> ZeroLMConfig:
 
 
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
-    from data_pipeline.corpus import prepare_corpus
+    from zerolm.data_pipeline.corpus import prepare_corpus
 
     extra = [f"corpus.out_dir={args.out}"] if args.out else []
     cfg = _cfg(args, extra)
     manifest = prepare_corpus(cfg.corpus, progress=not args.quiet)
-    from data_pipeline.corpus import format_manifest_table
 
-    console.print(format_manifest_table(manifest))
+    console.print(manifest_table(manifest))
     console.print(f"wrote {cfg.corpus.out_dir}/manifest.json")
     return 0
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from data_pipeline.tokenizer import train_tokenizer
+    from zerolm.data_pipeline.tokenizer import train_tokenizer
 
     extra = []
     if args.data:
@@ -62,7 +66,7 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
-    from data_pipeline.inspect import inspect_pipeline, render_inspection
+    from zerolm.data_pipeline.inspect import inspect_pipeline
 
     extra = []
     if args.data:
@@ -74,17 +78,18 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
         extra.append(f"data.tokenizer_dir={args.tokenizer}")
     cfg = _cfg(args, extra)
     report = inspect_pipeline(cfg.data, num_samples=args.samples, num_batches=args.batches)
-    render_inspection(report, console)
+    for item in inspection_renderables(report):
+        console.print(item, highlight=False)
     return 0
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from pretrain.trainer import train
+    from zerolm.pretrain.trainer import train
 
     extra = [f"train.run_dir={args.run_dir}"] if args.run_dir else []
     cfg = _cfg(args, extra)
     result = train(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         console.print_json(json.dumps(result))
     return 0
 
@@ -92,8 +97,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 def _finetune_cfg(args: argparse.Namespace, default_yaml: str, options: tuple[tuple[str, str], ...]) -> ZeroLMConfig:
     """The config of a finetune subcommand: ``--config`` or ``configs/finetune/<default_yaml>``, then the
     given ``(option, config key)`` pairs as overrides, then the command line's own overrides."""
-    from pathlib import Path
-
     if args.config is None:
         default = Path(__file__).resolve().parents[1] / "configs" / "finetune" / default_yaml
         args.config = str(default) if default.is_file() else None
@@ -101,76 +104,103 @@ def _finetune_cfg(args: argparse.Namespace, default_yaml: str, options: tuple[tu
 
 
 def _cmd_finetune_classify(args: argparse.Namespace) -> int:
-    from finetune.classify import finetune_classify
+    from zerolm.finetune.classify import finetune_classify
 
     # the packaged defaults: MiniLM on Rotten Tomatoes, finetuning learning rate
     cfg = _finetune_cfg(args, "classify.yaml", (
         ("model", "finetune.model"), ("data", "finetune.data"), ("run_dir", "train.run_dir"),
         ("out", "finetune.export_dir"), ("text_column", "finetune.text_column"), ("label_column", "finetune.label_column")))
     result = finetune_classify(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         console.print_json(json.dumps(result, default=str))
     return 0
 
 
 def _cmd_finetune_sentiment(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from finetune.sentiment import finetune_sentiment
+    from zerolm.finetune.sentiment_job import finetune_sentiment
 
     # the packaged defaults of the method: SmolLM2 policy, MiniLM Rotten Tomatoes reward
     cfg = _finetune_cfg(args, f"sentiment_{args.method or 'ppo'}.yaml", (
         ("policy", "sentiment.policy"), ("reward", "sentiment.reward"), ("target", "sentiment.target"),
         ("method", "sentiment.method"), ("run_dir", "train.run_dir"), ("out", "sentiment.export_dir")))
     result = finetune_sentiment(cfg, report=args.report, report_only=args.report_only)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         if "report" in result:
-            from finetune.sentiment_report import report_tables
-
-            for table in report_tables(json.loads(Path(result["report"]["json"]).read_text())):
+            for table in sentiment_report_tables(json.loads(Path(result["report"]["json"]).read_text())):
                 console.print(table)
         console.print_json(json.dumps(result, default=str))
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    if args.what == "bias":
-        from evals.bias import main as run_bias_cli
+def _no_overrides(args: argparse.Namespace) -> None:
+    if getattr(args, "overrides", None):
+        raise ConfigError(f"zerolm {args.command} {getattr(args, 'what', '')}".rstrip()
+                          + f" takes options, not key=value overrides (got {' '.join(args.overrides)})")
 
-        return run_bias_cli(list(args.args))
-    from evals.fewshot import build_parser, format_table, main as run_fewshot_cli
 
-    result = run_fewshot_cli(list(args.args))
-    if int(os.environ.get("RANK", "0")) == 0:
-        out = build_parser().parse_args(list(args.args)).out
-        console.print(format_table(result), highlight=False, soft_wrap=True)
-        console.print(f"results: {out}/fewshot.json, {out}/fewshot_items.jsonl, {out}/fewshot_accuracy_vs_k.png",
-                      highlight=False, soft_wrap=True)
+def _cmd_eval_fewshot(args: argparse.Namespace) -> int:
+    import torch
+
+    from zerolm.evals.fewshot import ITEMS_FILE, PLOT_FILE, RESULT_FILE, run_fewshot
+    from zerolm.evals.tasks import list_tasks
+
+    _no_overrides(args)
+    tasks = list_tasks() if args.tasks.strip() == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    try:
+        shots = [int(k) for k in args.shots.split(",") if k.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--shots: {args.shots!r} is not a comma-separated list of ints") from e
+    result = run_fewshot(args.model, tasks, shots, args.limit, args.out, batch_size=args.batch_size, seed=args.seed,
+                         shared_context=not args.no_shared_context)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from zerolm.pretrain.distributed import shutdown
+
+        shutdown()  # barrier + destroy the process group (else ranks may abort at exit)
+    if is_main_process():
+        console.print(fewshot_table(result), highlight=False, soft_wrap=True)
+        out = Path(args.out)
+        console.print(f"results: {out / RESULT_FILE}, {out / ITEMS_FILE}, {out / PLOT_FILE}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def _cmd_eval_bias(args: argparse.Namespace) -> int:
+    from zerolm.evals.bias import RESULTS_FILE, model_card_section, run_bias
+
+    _no_overrides(args)
+    out = args.out or str(Path("runs") / "eval_bias" / (Path(args.model).name or args.model))
+    results = run_bias(args.model, args.suites, out, limit=args.limit, classifier=args.classifier,
+                       samples_per_prompt=args.samples_per_prompt, batch_size=args.batch_size, seed=args.seed,
+                       max_new_tokens=args.max_new_tokens, classifier_positive_label=args.classifier_positive_label)
+    console.out(model_card_section(results), highlight=False)
+    console.print(f"results: {Path(out) / RESULTS_FILE}", highlight=False, soft_wrap=True)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pretrain.export import export_checkpoint
+    from zerolm.pretrain.export import export_checkpoint
 
     summary = export_checkpoint(args.run_dir, args.out_dir, tag=args.tag)
     console.print_json(json.dumps(summary, default=str))
     return 0
 
 
+_SAMPLE_KIND = {"clm": "causal-lm", "mlm": "masked-lm"}  # how `zerolm sample` names the kinds in its title
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from pretrain.sample import sample
+    from zerolm.pretrain.sample import sample
 
     res = sample(args.model_dir, prompts=args.prompt or None, max_new_tokens=args.max_new_tokens)
     v = res["validation"] or {}
-    title = f"{args.model_dir} ({res['kind']})"
+    title = f"{args.model_dir} ({_SAMPLE_KIND[res['kind']]})"
     if "eval/perplexity" in v:
         title += f" | validation loss {v['eval/loss']:.3f}, perplexity {v['eval/perplexity']:.1f}"
         if "eval/accuracy" in v:
             title += f", masked-token accuracy {v['eval/accuracy']:.1%}"
     t = Table(title=title, show_lines=True)
-    if res["kind"] == "causal-lm":
+    if res["kind"] == "clm":
         t.add_column("prompt")
         t.add_column("sampled continuation")
         for r in res["samples"]:
@@ -182,6 +212,51 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             t.add_row(r["text"], ", ".join(f"{w} ({p:.2f})" for w, p in r["predictions"]))
     console.print(t)
     return 0
+
+
+def _add_eval_parsers(ev_sub: argparse._SubParsersAction) -> None:
+    """``zerolm eval fewshot`` and ``zerolm eval bias`` (also ``python -m zerolm.evals fewshot|bias``)."""
+    from zerolm.evals.bias import SUITES
+    from zerolm.evals.tasks import list_tasks
+
+    p = ev_sub.add_parser(
+        "fewshot",
+        help="k-shot prompting on YAML-declared tasks (BoolQ, PIQA, OpenBookQA, Social IQA, CommonsenseQA, "
+             "Rotten Tomatoes sentiment, generation tasks): log-likelihood and generation scoring",
+        description="k-shot prompting evaluation (multiple-choice log-likelihood and generation) on tasks declared "
+                    "in YAML. Writes fewshot.json, fewshot_items.jsonl and fewshot_accuracy_vs_k.png. Runs as one "
+                    "process or each rank under torchrun / accelerate launch (documents split across ranks).",
+    )
+    p.add_argument("--model", required=True, help="Hugging Face folder or built-in name (smollm2)")
+    p.add_argument("--tasks", default="piqa",
+                   help=f"comma-separated task names or YAML paths; 'all' = {','.join(list_tasks())}")
+    p.add_argument("--shots", default="0", help="comma-separated k values, e.g. 0,1,5")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N documents of each task")
+    p.add_argument("--out", default="runs/evals/fewshot", help="output folder")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot example draws")
+    p.add_argument("--no-shared-context", action="store_true", help="score each choice with its own full forward pass")
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.set_defaults(func=_cmd_eval_fewshot, overrides=[])
+
+    p = ev_sub.add_parser(
+        "bias",
+        help="bias probes: CrowS-Pairs, StereoSet, BBQ, BOLD-style generation sentiment",
+        description="Bias probes: CrowS-Pairs, StereoSet, BBQ, BOLD-style generation sentiment. Writes bias.json, "
+                    "per-item records and bar charts, and prints the model-card section.",
+    )
+    p.add_argument("--model", required=True, help="Hugging Face causal/masked LM folder or a built-in name (smollm2)")
+    p.add_argument("--suites", default="all", help=f"comma-separated: {','.join(SUITES)} (default all)")
+    p.add_argument("--out", default=None, help="output folder (default runs/eval_bias/<model folder name>)")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each suite (and N BOLD-style prompts)")
+    p.add_argument("--classifier", default=None, help="HF text-classification folder for BOLD-style sentiment")
+    p.add_argument("--classifier-positive-label", default=None, help="its positive label (default: positive/pos/fresh)")
+    p.add_argument("--samples-per-prompt", type=int, default=5, help="BOLD-style samples per prompt (default 5)")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="BOLD-style continuation tokens (default 32)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.set_defaults(func=_cmd_eval_bias, overrides=[])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,16 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = top.add_parser("eval", help="evaluate a Hugging Face model folder (ours or any): few-shot tasks, bias probes")
     ev_sub = ev.add_subparsers(dest="what", required=True, metavar="SUBCOMMAND")
-    for name, text in (
-        ("fewshot", "k-shot prompting on YAML-declared tasks (BoolQ, PIQA, OpenBookQA, Social IQA, CommonsenseQA, "
-                    "Rotten Tomatoes sentiment, generation tasks): log-likelihood and generation scoring; "
-                    "`zerolm eval fewshot --help` for its options"),
-        ("bias", "bias probes: CrowS-Pairs, StereoSet, BBQ, BOLD-style generation sentiment; "
-                 "`zerolm eval bias --help` for its options"),
-    ):
-        p = ev_sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_cmd_eval, log_level="INFO")
+    _add_eval_parsers(ev_sub)
 
     p = top.add_parser(
         "export",
@@ -326,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     p.set_defaults(func=_cmd_sample, overrides=[])
 
-    from launch.cli import register
+    from zerolm.launch.cli import register
 
     register(top)
     return parser
@@ -337,28 +403,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) >= 2 and argv[0] == "eval" and argv[1] in ("fewshot", "bias"):
-        # the evaluators own their options (argparse cannot hand `--help` etc. through a subparser)
-        args = argparse.Namespace(func=_cmd_eval, what=argv[1], args=argv[2:], log_level="INFO")
-    else:
-        parser = build_parser()
-        args, unknown = parser.parse_known_args(argv)
-        # overrides may also follow options (`… --samples 1 data.seq_len=128`)
-        stray = [u for u in unknown if u.startswith("-") or "=" not in u]
-        if stray:
-            parser.error(f"unrecognized arguments: {' '.join(stray)}")
-        if unknown:
-            args.overrides = [*getattr(args, "overrides", []), *unknown]
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    # overrides may also follow options (`… --samples 1 data.seq_len=128`)
+    stray = [u for u in unknown if u.startswith("-") or "=" not in u]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        args.overrides = [*getattr(args, "overrides", []), *unknown]
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
+    rank = rank_of()
     if rank > 0:  # one voice per job: other ranks report warnings and errors only
         level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # no log line carries a token (W&B captures them too)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except ZeroLMError as e:
-        console.print(f"[bold red]error:[/bold red] {e}", highlight=False)
+        console.print(f"[bold red]error:[/bold red] {redact_text(str(e))}", highlight=False)
         return 2
 
 

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zerolm.errors import ConfigError
+from zerolm.fsutil import write_text
 
 
 class _Section(BaseModel):
@@ -350,8 +351,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: temp file then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    tmp.replace(p)
+    write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

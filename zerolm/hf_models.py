@@ -13,6 +13,8 @@ imported):
   ``~/.cache/zerolm``) so that every later load takes about a second.
 
 Anything else given as a model is returned unchanged (a local Hugging Face folder).
+
+:func:`model_kind` tells any model's kind in the config's vocabulary (``clm`` / ``mlm``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any, Literal
 
 from zerolm.errors import DataError
 
@@ -45,6 +48,58 @@ SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CONVERTED_MARKER = "zerolm_converted.json"
 _CONVERSION_VERSION = 2  # bump when the converted folder changes; older conversions are redone
+
+
+ModelKind = Literal["clm", "mlm"]
+KIND_NAMES = {"clm": "causal LM", "mlm": "masked LM"}  # the kinds in words, for messages and cards
+
+
+def model_kind(model: Any) -> ModelKind:
+    """The kind of a language model in the config's vocabulary (``data.objective``): ``"clm"``
+    (causal LM, GPT-style: predicts the next token) or ``"mlm"`` (masked LM, BERT-style).
+
+    Args:
+        model: a Hugging Face model folder (its ``config.json`` is read), a
+            ``transformers.PretrainedConfig`` or a ``transformers.PreTrainedModel``.
+
+    A class name decides (a model's own class; for a config or folder, its ``architectures``):
+    ``*ForCausalLM`` / ``*LMHeadModel`` → ``clm``, ``*ForMaskedLM`` → ``mlm``. A config without
+    architectures (built with ``from_config`` and never saved) is told by its ``model_type``:
+    ``mlm`` if transformers has a masked-LM class for it and the config is not a decoder
+    (``is_decoder``), else ``clm`` if it has a causal-LM class.
+
+    Raises:
+        DataError: a folder without ``config.json``, or a model that is neither kind (e.g. a
+            sequence classifier or an encoder-decoder).
+    """
+    if isinstance(model, (str, Path)):
+        cfg_path = Path(model) / "config.json"
+        if not cfg_path.is_file():
+            raise DataError(f"{model}: not a Hugging Face model folder (no config.json)")
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except ValueError as e:
+            raise DataError(f"{cfg_path}: not JSON: {e}") from e
+        names, model_type, is_decoder, where = raw.get("architectures") or [], raw.get("model_type"), raw.get("is_decoder", False), cfg_path
+    else:
+        config = getattr(model, "config", model)
+        # a model is what its class is (whatever the config it was loaded from says); a config, what it names
+        names = [type(model).__name__] if config is not model else list(getattr(config, "architectures", None) or [])
+        model_type, is_decoder, where = getattr(config, "model_type", None), getattr(config, "is_decoder", False), type(model).__name__
+    for name in names:
+        if name.endswith(("ForCausalLM", "LMHeadModel")):
+            return "clm"
+        if name.endswith("ForMaskedLM"):
+            return "mlm"
+    if not names and model_type:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+        if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not is_decoder:
+            return "mlm"
+        if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            return "clm"
+    raise DataError(f"{where}: {names or model_type} is neither a causal LM (*ForCausalLM, *LMHeadModel) nor a masked LM "
+                    "(*ForMaskedLM); a language-model head is needed")
 
 
 def package_dir(name: str) -> Path:

@@ -21,7 +21,6 @@
 {{extra_lines}}
 set -uo pipefail
 cd {{workdir}}
-export PYTHONPATH={{project_root}}${PYTHONPATH:+:$PYTHONPATH}
 {{env_lines}}PY={{python}}
 BIN={{bin_dir}}
 RUN_DIR={{run_dir}}

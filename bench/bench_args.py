@@ -1,0 +1,21 @@
+"""Command-line options shared by ``bench/pretrain_throughput.py`` and its per-rank worker: the
+model shape and batch arithmetic both sides must agree on."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    """Corpus, tokenizer, GPT shape (layers, d_model, heads), seq_len, micro-batch, gradient
+    accumulation steps, ZeRO stage and precision, with the benchmark's defaults."""
+    ap.add_argument("--corpus", default="data/corpus")
+    ap.add_argument("--tokenizer", default="data/tokenizer")
+    ap.add_argument("--n-layer", type=int, default=6)
+    ap.add_argument("--d-model", type=int, default=512)
+    ap.add_argument("--n-head", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])

@@ -1,0 +1,76 @@
+"""``zerolm finetune sentiment``: the job that steers a causal LM toward a sentiment, exports it and
+reports before vs after.
+
+:func:`finetune_sentiment` checks the reward model, runs one method — ``control`` (control codes,
+:mod:`finetune.sentiment_control`) or ``ppo`` (:mod:`finetune.ppo`) — and, on rank 0, the report
+(:mod:`finetune.sentiment_report`). It is the top of the sentiment modules: the methods, the
+report and the export build on the primitives of :mod:`finetune.sentiment` and never import this.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from zerolm.config import ZeroLMConfig
+from zerolm.errors import ConfigError, DataError
+from zerolm.finetune.sentiment import resolve_target_label
+from zerolm.fsutil import write_json
+from zerolm.pretrain.distributed import is_main_process
+
+
+def check_reward(sc) -> str:
+    """Fail fast (before any model or process group) on a missing reward folder or a target that maps
+    to none of its labels. Returns the reward label of the target."""
+    from transformers import AutoConfig
+
+    if not sc.reward:
+        raise ConfigError("sentiment.reward is required: a classifier folder from `zerolm finetune classify` (--reward)")
+    if not Path(sc.reward).is_dir():
+        raise DataError(f"sentiment.reward={sc.reward}: no such folder; train one first, e.g. `zerolm finetune classify` "
+                        "(MiniLM on Rotten Tomatoes; exports runs/finetune/classify/hf)")
+    try:
+        conf = AutoConfig.from_pretrained(sc.reward)
+    except (OSError, ValueError) as e:
+        raise DataError(f"sentiment.reward={sc.reward}: not a Hugging Face model folder: {e}") from e
+    return conf.id2label[resolve_target_label(conf.id2label, sc.target, sc.target_label, f"the reward model {sc.reward}")]
+
+
+def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: bool = False) -> dict[str, Any]:
+    """Steer ``cfg.sentiment.policy`` toward ``cfg.sentiment.target`` with ``method`` control or ppo,
+    export it (``export_dir``, default ``RUN_DIR/hf``) and, with ``report``, write the before/after
+    report on rank 0 (:func:`finetune.sentiment_report.sentiment_report`). ``report_only`` skips
+    training and reports on an existing export.
+
+    Returns:
+        The training summary (rank 0: also ``export_dir`` and, when reported, ``report``).
+
+    Raises:
+        ConfigError: no reward model or an unmappable target. DataError: unreadable models or data.
+    """
+    sc = cfg.sentiment
+    reward_label = check_reward(sc)
+    out = Path(sc.export_dir or Path(cfg.train.run_dir) / "hf")
+    run_dir = Path(cfg.train.run_dir)
+    if report_only:  # keep the training summary of the run, if any, and add the report to it
+        previous = run_dir / "result.json"
+        result: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
+        result["export_dir"] = str(out)
+    elif sc.method == "ppo":
+        from zerolm.finetune.ppo import train_ppo
+
+        result = train_ppo(cfg, reward_label)
+    else:
+        from zerolm.finetune.sentiment_control import train_control
+
+        result = train_control(cfg, reward_label)
+    if not is_main_process():
+        return result
+    if report or report_only:
+        from zerolm.finetune.sentiment_report import sentiment_report
+
+        rep = sentiment_report(cfg, out)
+        result["report"] = {k: rep[k] for k in ("before", "before_with_code", "after", "delta", "json", "png") if k in rep}
+    write_json(run_dir / "result.json", result, default=str)
+    return result

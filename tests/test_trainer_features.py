@@ -1,0 +1,261 @@
+"""Trainer features the README claims, each checked against an independent computation on short real
+runs of the tiny config (3 steps, the bundled corpus): fp32/bf16/fp16 steps, the llama family, ZeRO-1
+on 2 ranks, and the logged MFU, gradient norm and data-loader wait.
+
+Three training runs (~10 s each on 2 cores) are shared by the tests of this module; the fp16 test
+starts a fourth process only up to the point where fp16 is accepted or refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zerolm.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = REPO / "configs" / "pretrain" / "tiny_gpt.yaml"
+STEPS = 3
+PEAK = 1.0e10  # train.peak_flops for the MFU check (FLOP/s)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled",
+            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "WANDB_API_KEY": "", "HF_TOKEN": ""}
+
+
+@pytest.fixture(scope="module")
+def data_args(prepared_corpus, trained_tokenizer):
+    return [
+        "--config", str(TINY),
+        f"data.tokenizer_dir={trained_tokenizer}",
+        f"data.sources=[{{name: corpus, paths: ['{prepared_corpus}/train/*.jsonl']}}]",
+        f"data.validation_sources=[{{name: corpus, paths: ['{prepared_corpus}/validation/*.jsonl']}}]",
+        "tracking.wandb_mode=disabled",
+    ]
+
+
+def _train(data_args, run_dir: Path, *overrides: str, nproc: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "zerolm.pretrain"] if nproc == 1 else \
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "zerolm.pretrain"]
+    r = subprocess.run([*launcher, *data_args, f"train.run_dir={run_dir}", f"train.max_steps={STEPS}", "train.save_every=1",
+                        "train.keep_last=10", "train.log_every=1", *overrides], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    if check and r.returncode != 0:
+        raise AssertionError(f"training failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
+    return r
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train_rows(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in _rows(run_dir) if "train/loss" in r}
+
+
+def _model_states(run_dir: Path, step: int) -> dict:
+    """DeepSpeed's model-states file of a checkpoint (rank 0's full module weights at ZeRO 0-2, the
+    ds_config the engine ran with)."""
+    return torch.load(run_dir / "checkpoints" / f"step_{step:08d}" / "mp_rank_00_model_states.pt",
+                      map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def fp32_zero0(data_args, tmp_path_factory):
+    """GPT-2, fp32, ZeRO-0, one process, MFU against a fixed peak."""
+    run_dir = tmp_path_factory.mktemp("fp32_zero0")
+    _train(data_args, run_dir, "train.zero_stage=0", "train.precision=fp32", f"train.peak_flops={PEAK}")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def zero1_two_ranks(data_args, tmp_path_factory):
+    """GPT-2, fp32, ZeRO-1 on 2 ranks (torchrun)."""
+    run_dir = tmp_path_factory.mktemp("zero1")
+    _train(data_args, run_dir, "train.zero_stage=1", "train.precision=fp32", nproc=2)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def bf16_llama(data_args, tmp_path_factory):
+    """Llama, bf16, ZeRO-2, one process."""
+    run_dir = tmp_path_factory.mktemp("bf16_llama")
+    _train(data_args, run_dir, "model.family=llama", "train.precision=bf16", "train.zero_stage=2")
+    return run_dir
+
+
+def _gpt2(vocab: int, d: int, layers: int, heads: int, positions: int):
+    """A GPT-2 LM built from transformers' own classes (not zerolm's builder)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=heads, n_positions=positions,
+                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True))
+
+
+# -- gradient norm ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("run", ["fp32_zero0", "zero1_two_ranks"])
+def test_logged_grad_norm_is_the_norm_of_the_step_gradient(run, request):
+    """``train/grad_norm`` of step 2 equals the 2-norm of the gradient recomputed here: the step-1
+    checkpoint's weights in a plain transformers GPT-2, each rank's second micro-batch from the
+    pipeline (the run's own data config), the mean of the ranks' gradients (data parallelism)."""
+    from zerolm.data_pipeline.loader import PackedDataLoader
+
+    run_dir = request.getfixturevalue(run)
+    cfg = load_config(run_dir / "config.yaml")
+    world = json.loads((run_dir / "checkpoints" / "step_00000002" / "zerolm_complete.json").read_text())["world_size"]
+    assert world == (2 if run == "zero1_two_ranks" else 1)
+    logged = _train_rows(run_dir)
+    assert all("train/grad_norm" in logged[s] for s in range(1, STEPS + 1)), \
+        f"{run}: train/grad_norm missing from metrics.jsonl: {sorted(logged[1])}"
+    weights = _model_states(run_dir, 1)["module"]
+    vocab = weights["transformer.wte.weight"].shape[0]
+    model = _gpt2(vocab, cfg.model.d_model, cfg.model.n_layer, cfg.model.n_head, cfg.data.seq_len)
+    model.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
+    model.train()
+    for rank in range(world):
+        it = iter(PackedDataLoader(cfg.data, rank=rank, world_size=world))
+        next(it)  # step 1's micro-batch
+        batch = next(it)
+        (model(**batch).loss / world).backward()
+    norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))
+    assert logged[2]["train/grad_norm"] == pytest.approx(norm, rel=1e-4), f"{run}: logged vs recomputed"
+
+
+# -- MFU and data wait -----------------------------------------------------------------------------
+def test_mfu_tokens_per_second_and_data_wait_follow_their_definitions(fp32_zero0, trained_tokenizer):
+    """MFU = (6N + 12·L·d·T) × tokens/s per rank ÷ peak (PaLM, Chowdhery et al. 2022, App. B), with N
+    counted here from GPT-2's shapes; tokens/s × s/step = the tokens of one step; data wait in [0, 1]."""
+    from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
+
+    cfg = load_config(fp32_zero0 / "config.yaml")
+    V, d, L, T = load_pipeline_tokenizer(trained_tokenizer).vocab_size, cfg.model.d_model, cfg.model.n_layer, cfg.data.seq_len
+    d_ff = 4 * d
+    per_layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * d_ff + d_ff) + (d_ff * d + d)  # 2 LN, qkv, proj, MLP
+    n_params = V * d + T * d + L * per_layer + 2 * d  # tied LM head
+    result = json.loads((fp32_zero0 / "result.json").read_text())
+    assert result["parameters"] == n_params
+    flops_per_token = 6 * n_params + 12 * L * d * T
+    rows = _train_rows(fp32_zero0)
+    assert sorted(rows) == list(range(1, STEPS + 1))
+    tokens_per_step = cfg.data.micro_batch_size * T  # one rank, no accumulation, packed (no padding)
+    for step, row in rows.items():
+        tps = row["train/tokens_per_second"]
+        assert row["train/mfu"] == pytest.approx(flops_per_token * tps / PEAK, rel=1e-9), step
+        assert tps * row["train/step_time_s"] == pytest.approx(tokens_per_step, rel=1e-6), step
+        assert 0.0 <= row["train/data_wait_fraction"] <= 1.0, step
+        assert row["train/tokens_seen"] == step * tokens_per_step
+    assert max(r["train/data_wait_fraction"] for r in rows.values()) > 0, "the first batch is read during step 1"
+
+
+# -- ZeRO-1 ------------------------------------------------------------------------------------------
+def test_zero1_on_two_ranks_shards_the_optimizer_and_keeps_the_weights_identical(zero1_two_ranks):
+    """The engine ran ZeRO stage 1 with one optimizer shard per rank, each holding about half of the
+    fp32 master weights; the master weights gathered from both shards equal rank 0's model weights
+    exactly (every rank's updated partition reached every rank), and the loss went down."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    run_dir = zero1_two_ranks
+    states = _model_states(run_dir, STEPS)
+    assert states["ds_config"]["zero_optimization"]["stage"] == 1 and states["dp_world_size"] == 2
+    tag = run_dir / "checkpoints" / f"step_{STEPS:08d}"
+    shards = sorted(tag.glob("*zero_pp_rank_*_optim_states.pt"))
+    assert [p.name.split("zero_pp_rank_")[1][0] for p in shards] == ["0", "1"], shards
+    n_params = json.loads((run_dir / "result.json").read_text())["parameters"]
+    sizes = []
+    for p in shards:
+        osd = torch.load(p, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        assert osd["zero_stage"] == 1
+        sizes.append(sum(t.numel() for t in osd["single_partition_of_fp32_groups"]))
+    assert all(abs(s - n_params / 2) <= 64 for s in sizes), (sizes, n_params)
+    master = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag=tag.name)
+    module = states["module"]
+    assert set(master) <= set(module)
+    for k, v in master.items():
+        assert torch.equal(v, module[k]), f"{k}: rank 0's weights differ from the gathered master weights"
+    first = _model_states(run_dir, 1)["module"]
+    assert any(not torch.equal(first[k], module[k]) for k in master), "the optimizer steps were applied"
+    losses = {s: r["train/loss"] for s, r in _train_rows(run_dir).items()}
+    assert losses[STEPS] < losses[1], losses
+
+
+# -- bf16 and the llama family ---------------------------------------------------------------------
+def test_bf16_steps_train_bf16_weights(bf16_llama):
+    """The engine ran with bf16 on (fp16 off), its model weights are bf16, every step was applied
+    (no skipped step, the weights changed), and losses are finite and going down."""
+    states = [_model_states(bf16_llama, s) for s in (1, STEPS)]
+    ds = states[-1]["ds_config"]
+    assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    assert {v.dtype for v in states[-1]["module"].values()} == {torch.bfloat16}
+    result = json.loads((bf16_llama / "result.json").read_text())
+    assert result["status"] == "completed" and result["nonfinite_skipped"] == 0
+    assert any(not torch.equal(a, states[1]["module"][k]) for k, a in states[0]["module"].items())
+    losses = {s: r["train/loss"] for s, r in _train_rows(bf16_llama).items()}
+    assert sorted(losses) == list(range(1, STEPS + 1)) and all(math.isfinite(v) for v in losses.values())
+    assert losses[STEPS] < losses[1], losses
+
+
+def test_llama_family_trains_a_llama(bf16_llama):
+    """The checkpoint loads strictly into a transformers LlamaForCausalLM built here from the preset's
+    shapes (RoPE, SwiGLU, RMSNorm: a GPT-2 state dict would not load), and that model reproduces the
+    validation loss the trainer logged at the last step."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zerolm.data_pipeline.loader import PackedDataLoader
+
+    cfg = load_config(bf16_llama / "config.yaml")
+    assert cfg.model.family == "llama"
+    weights = _model_states(bf16_llama, STEPS)["module"]
+    m = cfg.model
+    hf = LlamaConfig(vocab_size=weights["model.embed_tokens.weight"].shape[0], hidden_size=m.d_model,
+                     intermediate_size=m.d_ff, num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
+                     num_key_value_heads=m.n_kv_head, max_position_embeddings=cfg.data.seq_len,
+                     tie_word_embeddings=m.tie_word_embeddings)
+    model = LlamaForCausalLM(hf).to(torch.bfloat16)
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    loss_sum = tokens = 0.0
+    with torch.no_grad():
+        for i, batch in enumerate(PackedDataLoader(cfg.data, split="validation")):
+            if i == cfg.train.eval_batches:
+                break
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                   ignore_index=-100, reduction="sum")
+            loss_sum += float(ce)
+            tokens += float((labels != -100).sum())
+    logged = [r for r in _rows(bf16_llama) if "eval/loss" in r][-1]
+    assert logged["step"] == STEPS and logged["eval/tokens"] == tokens
+    assert logged["eval/loss"] == pytest.approx(loss_sum / tokens, rel=2e-3)
+
+
+# -- fp16 ------------------------------------------------------------------------------------------
+def test_fp16_trains_where_supported_and_is_refused_before_any_work_elsewhere(data_args, tmp_path):
+    """Where the accelerator supports fp16, a 3-step fp16 run trains fp16 weights. Elsewhere (CPU)
+    ``train.precision=fp16`` is a configuration error: exit status 2, a message naming the key and
+    the device, no traceback, and nothing trained or checkpointed."""
+    from deepspeed.accelerator import get_accelerator
+
+    run_dir = tmp_path / "fp16"
+    r = _train(data_args, run_dir, "train.precision=fp16", check=False)
+    out = r.stdout + r.stderr
+    if get_accelerator().is_fp16_supported():
+        assert r.returncode == 0, out[-4000:]
+        states = _model_states(run_dir, STEPS)
+        assert states["ds_config"]["fp16"]["enabled"] is True
+        assert {v.dtype for v in states["module"].values()} == {torch.float16}
+        assert json.loads((run_dir / "result.json").read_text())["step"] == STEPS
+    else:
+        assert r.returncode == 2, f"expected a configuration error (exit 2), got {r.returncode}:\n{out[-3000:]}"
+        assert "train.precision" in out and "fp16" in out and "Traceback" not in out, out[-3000:]
+        assert not (run_dir / "metrics.jsonl").exists() and not list(run_dir.glob("checkpoints/step_*"))
