@@ -84,6 +84,31 @@ def save_client_state(root: Path, tag: str, rank: int, state: dict[str, Any]) ->
     write_with(path, lambda p: torch.save(state, p))
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's random-number generator states (torch, CUDA, numpy, Python) for its client state."""
+    import random
+
+    import numpy as np
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (the CUDA states only where CUDA is present)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def load_client_state(root: Path, tag: str, rank: int) -> dict[str, Any]:
     """Read one rank's client state."""
     return torch.load(client_state_file(root, tag, rank), map_location="cpu", weights_only=False)

@@ -11,15 +11,23 @@ The launchers set different variables:
   ``SLURM_NTASKS_PER_NODE``/``SLURM_STEP_TASKS_PER_NODE``, ``SLURM_JOB_NODELIST``, ``SLURM_JOB_ID``;
   the rendezvous is the first node of the allocation on a port derived from the job id.
 
-:func:`detect` turns any of these into the ``env://`` variables torch.distributed reads.
+:func:`detect` turns any of these into the ``env://`` variables torch.distributed reads. Also here: the
+job-wide helpers every rank calls together — :func:`all_reduce_values` (a few numbers over all ranks)
+and :func:`lock_run_dir` (one job per run directory).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
+from pathlib import Path
+
+from zerolm.errors import TrainingError
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 _DEFAULT_PORT_BASE = 20000
 
@@ -162,3 +170,47 @@ def shutdown() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+def all_reduce_values(values: list[float], op: str = "sum") -> list[float]:
+    """A few Python numbers reduced over every rank (``op``: ``"sum"``, ``"min"`` or ``"max"``), as
+    float64; returned as they are when no process group (or one process) runs. One collective call."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+    return t.tolist()
+
+
+def lock_run_dir(run_dir: Path, env: DistEnv):
+    """Hold an exclusive lock on ``RUN_DIR/.zerolm.lock`` (rank 0) for the life of the process, so two
+    jobs started on one run directory fail at once instead of interleaving checkpoints. Released when
+    the process exits, however it exits. File systems without ``flock`` support only get a warning.
+
+    Raises:
+        TrainingError: another live process holds the lock (its pid is in the message).
+    """
+    import fcntl
+
+    held = None
+    ok = 1.0
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        held = open(run_dir / ".zerolm.lock", "a+")
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.seek(0)
+            held.truncate()
+            held.write(f"{os.getpid()} {socket.gethostname()}\n")
+            held.flush()
+        except BlockingIOError:
+            ok = 0.0
+        except OSError as e:  # e.g. ENOLCK on a file system without flock
+            log.warning("cannot lock %s (%s): nothing stops a second run from using the same run directory", run_dir, e)
+    if all_reduce_values([ok], "min")[0] < 1:
+        owner = (run_dir / ".zerolm.lock").read_text().strip() if env.is_main else "another process"
+        raise TrainingError(f"run directory {run_dir} is in use by another zerolm run (pid/host: {owner}); "
+                            "wait for it to finish or choose another train.run_dir")
+    return held

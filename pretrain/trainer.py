@@ -16,15 +16,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -75,65 +72,11 @@ def batch_arithmetic(cfg: ZeroLMConfig, world_size: int) -> tuple[int, int, int]
     return micro, gas, glob
 
 
-def _all_reduce(values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=op)
-    return t.tolist()
-
-
 def _real_tokens(batch: dict[str, torch.Tensor]) -> int:
     """Tokens a micro-batch really holds: the attention mask's ones when there is padding (dynamic
     padding in finetuning), else every position of ``input_ids`` (packed pretraining batches)."""
     mask = batch.get("attention_mask")
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-
-
-def _lock_run_dir(run_dir: Path, env: distributed.DistEnv):
-    """Hold an exclusive lock on ``RUN_DIR/.zerolm.lock`` (rank 0) for the life of the process, so two
-    jobs started on one run directory fail at once instead of interleaving checkpoints. Released when
-    the process exits, however it exits. File systems without ``flock`` support only get a warning.
-
-    Raises:
-        TrainingError: another live process holds the lock (its pid is in the message).
-    """
-    import fcntl
-
-    held = None
-    ok = 1.0
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        held = open(run_dir / ".zerolm.lock", "a+")
-        try:
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            held.seek(0)
-            held.truncate()
-            held.write(f"{os.getpid()} {socket.gethostname()}\n")
-            held.flush()
-        except BlockingIOError:
-            ok = 0.0
-        except OSError as e:  # e.g. ENOLCK on a file system without flock
-            log.warning("cannot lock %s (%s): nothing stops a second run from using the same run directory", run_dir, e)
-    if _all_reduce([ok], dist.ReduceOp.MIN)[0] < 1:
-        owner = (run_dir / ".zerolm.lock").read_text().strip() if env.is_main else "another process"
-        raise TrainingError(f"run directory {run_dir} is in use by another zerolm run (pid/host: {owner}); "
-                            "wait for it to finish or choose another train.run_dir")
-    return held
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _test_self_signal(rank: int) -> tuple[int, int] | None:
@@ -230,7 +173,7 @@ class Trainer:
         self.env = env
         check_precision(cfg.train.precision)
         micro, self.grad_accum, self.global_batch = batch_arithmetic(cfg, env.world_size)
-        self._lock = _lock_run_dir(Path(cfg.train.run_dir), env)
+        self._lock = distributed.lock_run_dir(Path(cfg.train.run_dir), env)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"micro_batch_size": micro})})
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         cfg, self.parts = build(cfg, env)
@@ -260,7 +203,7 @@ class Trainer:
             self.root.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             write_json(self.run_dir / "ds_config.json", self.engine.ds_config)
-        self.peak = cfg.train.peak_flops or _all_reduce([measure_matmul_peak(self.engine.device)])[0] / env.world_size
+        self.peak = cfg.train.peak_flops or distributed.all_reduce_values([measure_matmul_peak(self.engine.device)])[0] / env.world_size
         self.tracker = None
         if env.is_main:
             self.tracker = Tracker(cfg.tracking, self.run_dir, run_config(cfg, self.parts.job), run_id,
@@ -312,13 +255,13 @@ class Trainer:
                 why = f"{type(e).__name__}: {e}"
                 log.warning("cannot load checkpoint %s: %s", self.root / tag, why)
                 ok = 0.0
-            if _all_reduce([ok], dist.ReduceOp.MIN)[0] < 1:
+            if distributed.all_reduce_values([ok], "min")[0] < 1:
                 failed[tag] = why or "another rank could not read it"
                 log.warning("falling back from checkpoint %s to an older one", self.root / tag)
                 continue
             rec = ckpt.read_record(self.root, tag)
             self.loader.load_state_dict(client["data"])
-            _set_rng_state(client["rng"])
+            ckpt.set_rng_state(client["rng"])
             self.step, self.tokens_seen = rec["step"], rec["tokens_seen"]
             self.nonfinite_total = rec.get("nonfinite_skipped", 0)
             self.metrics = rec.get("metrics", {})
@@ -344,7 +287,7 @@ class Trainer:
                         self.root / tag, moved)
         dist.barrier()
         self.engine.save(self.root, tag)
-        ckpt.save_client_state(self.root, tag, self.env.rank, {"data": self.loader.state_dict(), "rng": _rng_state()})
+        ckpt.save_client_state(self.root, tag, self.env.rank, {"data": self.loader.state_dict(), "rng": ckpt.rng_state()})
         if self.env.is_main:
             save_config(self.cfg, self.root / tag / "config.yaml")
         dist.barrier()
@@ -369,7 +312,7 @@ class Trainer:
         limit = self.cfg.train.eval_batches
         while limit is None or n < limit:
             batch = next(it, None)
-            if _all_reduce([batch is not None], dist.ReduceOp.MIN)[0] < 1:
+            if distributed.all_reduce_values([batch is not None], "min")[0] < 1:
                 break
             out = self.engine.forward(batch)
             for k, v in self.objective.eval_sums(out.logits, batch["labels"].to(out.logits.device), out.loss).items():
@@ -418,7 +361,7 @@ class Trainer:
                 loss = self.engine.forward(batch).loss
                 if self.step + 1 in tc.inject_nonfinite_at_steps:
                     loss = loss * float("nan")
-                finite = _all_reduce([float(torch.isfinite(loss).item())], dist.ReduceOp.MIN)[0] == 1.0
+                finite = distributed.all_reduce_values([float(torch.isfinite(loss).item())], "min")[0] == 1.0
                 if not finite:  # guarantee non-finite gradients so the whole step is discarded
                     poisoned = True
                     loss = loss * float("nan")
@@ -426,7 +369,7 @@ class Trainer:
                 self.engine.step(skip=poisoned and micro == self.grad_accum - 1)
                 loss_sum += float(loss.detach())
             self.step += 1
-            step_loss, step_tokens = _all_reduce([loss_sum / self.grad_accum, float(local_tokens)])
+            step_loss, step_tokens = distributed.all_reduce_values([loss_sum / self.grad_accum, float(local_tokens)])
             self.tokens_seen += int(step_tokens)
             window["tokens"] += int(step_tokens)
             if poisoned or not self.engine.step_applied():
@@ -451,7 +394,7 @@ class Trainer:
                         log.info("step %d | eval loss %.4f | perplexity %.2f", self.step, self.metrics["eval/loss"], self.metrics["eval/perplexity"])
                     else:  # other objectives (classification): whatever metrics they report
                         log.info("step %d | %s", self.step, " | ".join(f"{k.split('/', 1)[-1]} {v:.4f}" for k, v in self.metrics.items()))
-            stop = _all_reduce([float(self.stop_signal)], dist.ReduceOp.MAX)[0] > 0
+            stop = distributed.all_reduce_values([float(self.stop_signal)], "max")[0] > 0
             if stop:
                 status = "preempted"
             elif tc.stop_at_step is not None and self.step >= tc.stop_at_step and self.step < tc.max_steps:

@@ -417,12 +417,12 @@ def test_tokens_per_second_counts_real_tokens_not_padding():
 
 def test_a_second_run_on_the_same_run_dir_fails_fast(tmp_path):
     from zerolm.pretrain.distributed import detect
-    from zerolm.pretrain.trainer import _lock_run_dir
+    from zerolm.pretrain.distributed import lock_run_dir
     from zerolm.errors import TrainingError
 
     env = detect({}, set_env=False)  # one process
-    held = _lock_run_dir(tmp_path / "run", env)
+    held = lock_run_dir(tmp_path / "run", env)
     with pytest.raises(TrainingError, match="in use by another zerolm run"):
-        _lock_run_dir(tmp_path / "run", env)
+        lock_run_dir(tmp_path / "run", env)
     held.close()  # the first run ends (or dies): the directory is free again
-    _lock_run_dir(tmp_path / "run", env).close()
+    lock_run_dir(tmp_path / "run", env).close()
