@@ -111,9 +111,15 @@ class Classifier(torch.nn.Module):
             out.loss = F.cross_entropy(logits, labels, weight=None if self.weights is None else self.weights.to(logits.device))
         return out
 
-    # transformers' gradient checkpointing hook goes to the wrapped model
-    def gradient_checkpointing_enable(self, **kwargs):
-        self.model.gradient_checkpointing_enable(**kwargs)
+    # transformers' activation checkpointing goes to the wrapped model
+    def activation_checkpointing_enable(self, **kwargs):
+        """Recompute the wrapped model's activations in backward (``transformers``' switch)."""
+        self.model.activation_checkpointing_enable(**kwargs)
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        """Whether the wrapped model recomputes activations in backward."""
+        return bool(self.model.is_activation_checkpointing)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -151,6 +151,12 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _activation_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether a ``transformers`` model recomputes activations in backward (its
+    ``is_activation_checkpointing``; transformers 5 deprecated the ``gradient_checkpointing`` names)."""
+    return bool(getattr(model, "is_activation_checkpointing", False))
+
+
 class Engine:
     """A DeepSpeed engine around a ``transformers`` model.
 
@@ -170,7 +176,7 @@ class Engine:
         self.grad_accum = grad_accum
         self.ds_config = build_ds_config(cfg, micro_batch_size, grad_accum, world_size)
         if cfg.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         opt = _SkippableAdamW(
             _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
         )
@@ -230,7 +236,7 @@ class Engine:
         return {
             "offload_optimizer": bool(getattr(opt, "offload_optimizer", getattr(opt, "cpu_offload", False))),
             "offload_params": bool(getattr(opt, "offload_param", False)),
-            "activation_checkpointing": bool(getattr(self.engine.module, "is_gradient_checkpointing", False)),
+            "activation_checkpointing": _activation_checkpointing(self.engine.module),
         }
 
     def train(self) -> None:
