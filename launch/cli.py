@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
 def _cmd_local(args: argparse.Namespace) -> int:
     import shlex
 
-    from zerolm.launch.slurm import local_command
+    from zerolm.launch.slurm import local_command, run_local
 
     cmd, env = local_command(args.config, list(args.overrides), args.nproc, python=args.python or sys.executable,
                              entry=args.entry)
@@ -56,9 +55,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
     console.print(f"running: {line.strip()}", highlight=False, soft_wrap=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    # exec: signals (Ctrl-C, SIGTERM, SIGUSR1) reach torchrun, which forwards them to the ranks
-    os.execve(cmd[0], cmd, {**os.environ, **env})
-    return 0  # pragma: no cover
+    return run_local(cmd, env)  # SIGTERM/SIGUSR1 go to the ranks: they checkpoint and exit cleanly
 
 
 # -- zerolm launch ds-config -----------------------------------------------------------------------

@@ -19,7 +19,6 @@ hand-kept file: the trainer generates it from the zerolm config (:func:`pretrain
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -34,6 +33,7 @@ from typing import Any, Iterator, Literal
 
 from zerolm.config import ZeroLMConfig, load_config
 from zerolm.errors import ConfigError, ZeroLMError
+from zerolm.fsutil import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -308,10 +308,9 @@ def render_sbatch(job: SlurmJob) -> RenderedJob:
 
 def write_job(rendered: RenderedJob) -> Path:
     """Write the script (executable) and ``ds_config.json`` into the log folder; returns the script path."""
-    rendered.log_dir.mkdir(parents=True, exist_ok=True)
-    rendered.script_path.write_text(rendered.script)
+    write_text(rendered.script_path, rendered.script)
     rendered.script_path.chmod(0o755)
-    (rendered.log_dir / "ds_config.json").write_text(json.dumps(rendered.ds_config, indent=2) + "\n")
+    write_json(rendered.log_dir / "ds_config.json", rendered.ds_config, indent=2)
     return rendered.script_path
 
 
@@ -338,6 +337,44 @@ def submit(rendered: RenderedJob, sbatch: str = "sbatch") -> dict[str, str]:
 
 
 # -- one machine ---------------------------------------------------------------------------------
+def run_local(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a :func:`local_command` torchrun as a child process and return its exit status.
+
+    SIGTERM and SIGUSR1 sent to this process (a scheduler, ``kill``, a Slurm step) go straight to the
+    ranks — torchrun's direct children — which checkpoint at the next step boundary and exit 0, so
+    torchrun ends cleanly (sent to torchrun itself, it re-raises the signal as an error and exits 1
+    with a traceback after the ranks are done). Before the ranks exist, the signal goes to torchrun.
+    Ctrl-C reaches torchrun through the terminal's process group; this process keeps waiting for it.
+    """
+    import signal
+
+    import psutil
+
+    proc = subprocess.Popen(cmd, env={**os.environ, **env})
+
+    def forward(signum, _frame) -> None:
+        try:
+            targets = psutil.Process(proc.pid).children() or [psutil.Process(proc.pid)]
+        except psutil.NoSuchProcess:
+            return
+        for t in targets:
+            try:
+                t.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # torchrun got the Ctrl-C too and stops the ranks: wait for it
+                continue
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def local_command(config: str, overrides: list[str], nproc: int, python: str = sys.executable,
                   entry: str = "pretrain") -> tuple[list[str], dict[str, str]]:
     """The ``torchrun`` command line (and extra environment) that runs ``entry`` (see

@@ -25,12 +25,12 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from zerolm.errors import DataError
+from zerolm.fsutil import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -170,14 +170,8 @@ def smollm2_path(cache: Path | None = None) -> Path:
     with _file_lock(out.with_name(out.name + ".lock")):
         if _converted(out):
             return out
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with staged_dir(out) as tmp:  # a half-converted folder is never seen, not even after a kill
             convert_gguf(src, tmp)
-            shutil.rmtree(out, ignore_errors=True)
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -220,7 +214,7 @@ def convert_gguf(gguf_file: Path, out: Path) -> None:
                         f"unexpected {unexpected})")
     if config.tie_word_embeddings:
         model.tie_weights()
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     if loaded.generation_config is not None:
