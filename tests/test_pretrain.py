@@ -340,6 +340,58 @@ def test_signal_saves_at_next_step_and_exits_cleanly(base_args, tmp_path, sig, n
     assert latest(run_dir) == "step_00000003" and sorted(losses(run_dir)) == [1, 2, 3]
 
 
+def test_ranks_checkpoint_and_exit_when_torchrun_is_killed(base_args, tmp_path):
+    """``kill -9`` of torchrun (whose workers run in their own sessions): both ranks get SIGTERM from the
+    kernel (PR_SET_PDEATHSIG), checkpoint at the next step boundary and exit, releasing the run
+    directory's lock; the same command then resumes, and every step is logged exactly once."""
+    run_dir = tmp_path / "orphaned"
+    common = ["train.max_steps=100000", "train.save_every=100000", "train.eval_every=100000", "train.log_every=1",
+              "tracking.wandb_mode=disabled"]
+    log_path = tmp_path / "launcher.log"
+    ranks: list[psutil.Process] = []
+    with open(log_path, "w") as log_file:
+        p = subprocess.Popen([*_cmd(2), *base_args, f"train.run_dir={run_dir}", *common], cwd=REPO, env=_env(),
+                             stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        metrics, deadline = run_dir / "metrics.jsonl", time.time() + 180
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert p.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        ranks = [c for c in psutil.Process(p.pid).children(recursive=True)
+                 if "zerolm.pretrain" in c.cmdline() and not any("torchrun" in a for a in c.cmdline())]
+        assert len(ranks) == 2, [c.cmdline() for c in ranks]
+        p.kill()  # SIGKILL: torchrun cannot forward anything to its workers
+        p.wait()
+        _, alive = psutil.wait_procs(ranks, timeout=120)
+        assert not alive, f"ranks outlived their launcher:\n{log_path.read_text()[-3000:]}"
+    finally:  # whatever happened, leave no process behind
+        leftovers = list(ranks)
+        try:
+            leftovers += psutil.Process(p.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        p.kill()
+        for proc in leftovers:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        p.wait()
+    log = log_path.read_text()
+    for rank in (0, 1):  # from the kernel (once per exiting launcher thread that was its parent)
+        assert f"[rank{rank}] WARNING zerolm.pretrain.trainer: received SIGTERM" in log, log[-3000:]
+    res = result(run_dir)
+    stopped = res["step"]
+    assert res["status"] == "preempted" and 3 <= stopped < 100000
+    assert latest(run_dir) == f"step_{stopped:08d}"
+    assert (run_dir / "checkpoints" / latest(run_dir) / "zerolm_complete.json").is_file()
+    out = run(base_args, run_dir, *common, f"train.stop_at_step={stopped + 2}")
+    assert f"resumed from {run_dir / 'checkpoints'}" in out.stderr, out.stderr[-3000:]
+    steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, stopped + 3)), "every step logged exactly once across both pieces"
+    assert result(run_dir)["status"] == "stopped" and result(run_dir)["step"] == stopped + 2
+
+
 def test_runs_under_python_and_deepspeed_launcher_and_exports(base_args, tmp_path, trained_tokenizer):
     """The same entry point as one plain python process and as 2 ranks under the deepspeed
     launcher (ZeRO-3); the sharded ZeRO-3 checkpoint exports to a Hugging Face folder that loads."""
