@@ -19,8 +19,10 @@ prompted with the code, i.e. what prompting alone does) with the same seeds and 
   continuations (lower-cased, whitespace words);
 * ten sample continuations side by side.
 
-Writes ``sentiment_report.json`` and ``sentiment_report.png`` into the run directory and the export
-folder, and adds a "Before vs after" table to the export's model card.
+Writes ``sentiment_report.json``, ``sentiment_report.png`` and ``sentiment_report_items.jsonl`` (every
+held-out prompt with each variant's continuation, full text, reward and VADER score, so each rate can
+be recomputed) into the run directory and the export folder, and adds a "Before vs after" table to the
+export's model card.
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ from zerolm.config import ZeroLMConfig
 from zerolm.errors import DataError
 from zerolm.evals.judge import VADER_THRESHOLD, judge_hits, vader_compound  # the one judge, shared with the bias probe
 from zerolm.finetune import sentiment as S
-from zerolm.fsutil import save_figure, write_json
+from zerolm.fsutil import save_figure, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 REPORT_JSON, REPORT_PNG = "sentiment_report.json", "sentiment_report.png"
+REPORT_ITEMS = "sentiment_report_items.jsonl"  # one line per held-out prompt: every variant's text, reward, VADER
 METRICS = ("reward_target_rate", "judge_target_rate", "judge_target_rate_continuation", "mean_reward",
            "kl_to_reference", "reference_perplexity", "distinct_1", "distinct_2", "mean_response_tokens")
 
@@ -79,7 +82,7 @@ def _variant(model, ref, tok, reward, sc, queries, prefix, lengths, stops) -> di
         "distinct_1": distinct_n(cont, 1), "distinct_2": distinct_n(cont, 2),
         "mean_response_tokens": n_tok / len(resp),
     }
-    return {"metrics": metrics, "continuations": cont, "rewards": rewards.tolist(), "vader": vf}
+    return {"metrics": metrics, "continuations": cont, "texts": full, "rewards": rewards.tolist(), "vader": vf}
 
 
 def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path) -> dict[str, Any]:
@@ -135,8 +138,13 @@ def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path) -> dict[str, An
     run_dir = Path(cfg.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rewards = {name: r["rewards"] for name, r in runs.items()}
+    items = [{"prompt": tok.decode(queries[i], skip_special_tokens=True),
+              **{name: {"continuation": r["continuations"][i], "text": r["texts"][i], "reward": r["rewards"][i],
+                        "vader": r["vader"][i]} for name, r in runs.items()}}
+             for i in range(len(queries))]
     for folder in (run_dir, steered_dir):
         write_json(folder / REPORT_JSON, rep)
+        write_jsonl(folder / REPORT_ITEMS, items, ensure_ascii=False)
         plot_report(rep, rewards, folder / REPORT_PNG, run_dir / "metrics.jsonl")
     if (steered_dir / modelcard.CARD_FILE).is_file():
         modelcard.write_card(steered_dir, modelcard.set_section(modelcard.read_card(steered_dir), report_markdown(rep)))

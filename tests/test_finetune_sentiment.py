@@ -158,12 +158,25 @@ def test_ppo_export_loads_and_generates(ppo_run, control_run):
 
 
 def _check_report(run: Path, variants: tuple[str, ...]) -> dict:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
     rep = json.loads((run / "sentiment_report.json").read_text())
+    items = [json.loads(line) for line in (run / "sentiment_report_items.jsonl").read_text().splitlines()]
+    assert len(items) == rep["prompts"]["count"] and (run / "hf" / "sentiment_report_items.jsonl").is_file()
     assert (run / "sentiment_report.png").stat().st_size > 5000
     assert (run / "hf" / "sentiment_report.json").is_file()
     for v in variants:
         assert set(METRICS) <= set(rep[v]), (v, rep[v])
-        assert 0 <= rep[v]["judge_target_rate"] <= 1 and 0 <= rep[v]["distinct_2"] <= 1
+        # each rate recomputed from the per-prompt records: VADER run here on the texts, n-grams counted here
+        texts = [it[v]["text"] for it in items]
+        compound = [analyzer.polarity_scores(t)["compound"] for t in texts]
+        assert [it[v]["vader"] for it in items] == pytest.approx(compound)
+        hits = [c >= 0.05 if rep["target"] == "positive" else c <= -0.05 for c in compound]
+        assert rep[v]["judge_target_rate"] == pytest.approx(sum(hits) / len(hits))
+        bigrams = [tuple(w[i:i + 2]) for w in (it[v]["continuation"].lower().split() for it in items) for i in range(len(w) - 1)]
+        assert rep[v]["distinct_2"] == pytest.approx(len(set(bigrams)) / len(bigrams))
+        assert rep[v]["mean_reward"] == pytest.approx(sum(it[v]["reward"] for it in items) / len(items))
         assert rep[v]["reference_perplexity"] > 1
     assert rep["before"]["kl_to_reference"] == 0.0 and rep["after"]["kl_to_reference"] > 0
     assert rep["prompts"]["count"] == 24 and rep["prompts"]["split"] == "test"
