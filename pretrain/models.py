@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from zerolm.config import ModelConfig, read_yaml_mapping
+from zerolm.config import ModelConfig, configs_dir, read_yaml_mapping
 from zerolm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -34,10 +34,8 @@ SPECIAL_ROLES: tuple[str, ...] = ("bos", "eos", "pad", "unk", "cls", "sep", "mas
 
 
 def presets_dir() -> Path:
-    """The folder of model presets: ``<repo>/configs/models``."""
-    import zerolm
-
-    return Path(zerolm.__file__).resolve().parents[1] / "configs" / "models"
+    """The folder of model presets: ``configs/models`` (see :func:`zerolm.config.configs_dir`)."""
+    return configs_dir() / "models"
 
 
 def available_presets() -> list[str]:

@@ -27,7 +27,10 @@ def _modules() -> dict[str, Path]:
     """``{dotted module name: source file}`` for every module of every installed zerolm package,
     found where Python finds them (so the package-dir mapping is the installed one)."""
     mods: dict[str, Path] = {}
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     for pkg in _packages():
+        if not any((ROOT / folders.get(pkg, pkg)).glob("*.py")):
+            continue  # a data-only package (configs/: YAML shipped in the wheel, never imported)
         spec = importlib.util.find_spec(pkg)
         assert spec is not None and spec.submodule_search_locations, f"{pkg} is not importable as a package"
         folder = Path(next(iter(spec.submodule_search_locations)))

@@ -24,7 +24,8 @@ mods = {}
 for name in ["zerolm", "zerolm.cli"] + [f"zerolm.{p}" for p in %r]:
     mods[name] = importlib.import_module(name).__file__
 bare = {p: importlib.util.find_spec(p) is not None for p in %r}
-print(json.dumps({"files": mods, "bare": bare}))
+from zerolm.pretrain.models import available_presets, presets_dir
+print(json.dumps({"files": mods, "bare": bare, "presets_dir": str(presets_dir()), "presets": available_presets()}))
 """ % (list(SUBPACKAGES), list(SUBPACKAGES))
 
 
@@ -59,6 +60,7 @@ def test_editable_install_exposes_only_zerolm(tmp_path):
         # the folder at the repository's top level is what `zerolm.<sub>` imports
         assert Path(probe["files"][f"zerolm.{sub}"]) == REPO / sub / "__init__.py"
         assert probe["bare"][sub] is False, f"`import {sub}` must not work outside the repository"
+    assert probe["presets_dir"] == str(REPO / "configs" / "models") and "tiny" in probe["presets"]
 
 
 def test_wheel_installs_one_top_level_name_and_imports(tmp_path):
@@ -68,7 +70,7 @@ def test_wheel_installs_one_top_level_name_and_imports(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    for pkg in ("zerolm", *SUBPACKAGES):
+    for pkg in ("zerolm", "configs", *SUBPACKAGES):
         shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path / "wheel"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
@@ -85,7 +87,11 @@ def test_wheel_installs_one_top_level_name_and_imports(tmp_path):
     assert _top_level_of_record(record) == {"zerolm"}
     # package data travels with the code: eval task YAMLs and the launch templates
     assert "zerolm/evals/tasks/boolq.yaml" in record and "zerolm/launch/templates/sbatch_header.sh" in record
+    # and so do the model presets and default configs (configs/ of the repository)
+    assert "zerolm/configs/models/tiny.yaml" in record and "zerolm/configs/finetune/classify.yaml" in record
     probe = _probe(tmp_path, extra_path=site)
     for sub in SUBPACKAGES:
         assert Path(probe["files"][f"zerolm.{sub}"]).is_relative_to(site / "zerolm" / sub)
         assert probe["bare"][sub] is False
+    presets = sorted(p.stem for p in (REPO / "configs" / "models").glob("*.yaml"))
+    assert probe["presets_dir"] == str(site / "zerolm" / "configs" / "models") and probe["presets"] == presets

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from zerolm.config import ZeroLMConfig, load_config
+from zerolm.config import ZeroLMConfig, configs_dir, load_config
 from zerolm.cli_tables import fewshot_table, inspection_renderables, manifest_table, sentiment_report_tables
 from zerolm.console import console
 from zerolm.errors import ConfigError, ZeroLMError
@@ -98,7 +98,7 @@ def _finetune_cfg(args: argparse.Namespace, default_yaml: str, options: tuple[tu
     """The config of a finetune subcommand: ``--config`` or ``configs/finetune/<default_yaml>``, then the
     given ``(option, config key)`` pairs as overrides, then the command line's own overrides."""
     if args.config is None:
-        default = Path(__file__).resolve().parents[1] / "configs" / "finetune" / default_yaml
+        default = configs_dir() / "finetune" / default_yaml
         args.config = str(default) if default.is_file() else None
     return _cfg(args, [f"{key}={getattr(args, opt)}" for opt, key in options if getattr(args, opt)])
 

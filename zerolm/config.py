@@ -349,6 +349,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(_format_validation_error(e, origin)) from None
 
 
+def configs_dir() -> Path:
+    """The folder of zerolm's shipped configs (``models/`` presets, ``finetune/`` defaults, ``pretrain/``
+    runs): ``zerolm/configs`` inside an installed wheel (package data), else the repository's
+    ``configs/`` (a source checkout or an editable install)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
 def save_config(cfg: BaseModel, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: temp file then rename)."""
     write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
