@@ -1,20 +1,31 @@
-"""The streaming pipeline's front: packed, sharded, mixed, masked batches with exact resume.
+"""The streaming pipeline's front: packed, sharded, mixed, masked batches with exact, elastic resume.
 
-:class:`PackedDataLoader` is what the trainer iterates. Per data-parallel rank it runs a
-``torch.utils.data.DataLoader`` over :class:`PackedIterableDataset`; every DataLoader worker is one
-shard of every source (shard = ``rank × num_workers + worker``), so no document is read twice in
-one pass across all ranks and workers.
+:class:`PackedDataLoader` is what the trainer iterates.
 
-Mixtures: each source has its own packer; every block is drawn from one source chosen with the
-configured weights by a seeded hash of (seed, shard, sample index) — deterministic, and free of
-RNG state to checkpoint.
+Logical shards. The training data is split into ``L`` *logical shards*, one per sequence of the
+global batch (``L = global_batch_size``, fixed for the life of a run). Logical shard ``q`` reads
+its own documents (shard ``q`` of ``L`` of every source: whole files when a source has at least
+``L`` files, else every ``L``-th record), packs them with its own packers, picks the source of
+each block by a seeded hash of (seed, q, sample index) and masks (masked-LM) with a seed of the
+same three — so its ``k``-th sample depends only on the data, the seed, ``q`` and ``k``.
 
-Exact resume: each batch carries its worker's state after producing it; the loader keeps the
-latest state of every worker and which worker's batch comes next (DataLoader hands out batches
-from its workers round-robin). :meth:`PackedDataLoader.state_dict` is that; after
-:meth:`PackedDataLoader.load_state_dict` the workers restart from their states and the worker
-order is rotated so that the next batch is exactly the one an uninterrupted run would have
-produced. The guarantee holds for the same ``world_size`` and ``num_workers`` (checked).
+Global batch ``k`` is the ``k``-th sample of every logical shard, in shard order; micro-batch
+``i`` of the step on rank ``r`` holds shards ``r·n + i·m … r·n + (i+1)·m − 1`` (``n = L / W``
+sequences per rank, ``m`` the micro-batch size). So the samples of every global batch — and how
+they are grouped into micro-batches — are the same whatever the number of ranks ``W`` and loader
+workers: the strong form of elastic determinism. A DataLoader worker ``j`` of ``w`` owns ``n / w``
+consecutive shards of its rank and produces one chunk (one sample of each) per optimizer step;
+the DataLoader hands the chunks out round-robin, so a step is one chunk from each worker.
+
+Mixtures: each logical shard has one packer per source; every block is drawn from one source
+chosen with the configured weights — deterministic, and free of RNG state to checkpoint.
+
+Exact resume. The state (:meth:`PackedDataLoader.state_dict`) is, at an optimizer-step boundary,
+the steps served and every owned logical shard's packer positions. The states of all ranks merged
+(:func:`merge_states`) resume on any number of ranks ``W'`` dividing ``L / m`` and any worker
+count dividing ``L / W'``: each rank takes its shards' states and continues — nothing is lost or
+repeated, and the next global batch is exactly the one an uninterrupted run would have produced.
+Validation (one finite pass) is sharded by (rank, worker) and has no state.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from zerolm.errors import DataError
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = "zerolm-data-state/1"
+STATE_FORMAT = "zerolm-data-state/2"
 
 
 def _load_tokenizer(cfg: DataConfig):
@@ -51,7 +62,8 @@ class PackedStream:
         cfg: the data config.
         sources: the sources with their resolved files.
         tokenizer: a :class:`data_pipeline.tokenizer.PipelineTokenizer`.
-        shard: this stream's shard index; ``num_shards`` = ranks × workers.
+        shard: this stream's shard index in ``[0, num_shards)``: a logical shard (training) or a
+            (rank, worker) reader (validation).
         infinite: loop over epochs forever (training) or read each source once (validation: sources
             one after the other, the last block padded).
         state: a ``state`` dict from a previous sample of this shard.
@@ -153,47 +165,115 @@ class PackedStream:
             yield sample
 
 
-class PackedIterableDataset(IterableDataset):
-    """A rank's ``IterableDataset``: each DataLoader worker streams its own shard.
+class _ValidationShards(IterableDataset):
+    """A rank's validation ``IterableDataset``: DataLoader worker ``j`` reads shard ``rank × workers + j``
+    of every source once (no state: validation always starts from the beginning)."""
 
-    Worker ``p`` of ``W`` plays logical worker ``(p + rotation) % W``, which is how a resumed loader
-    makes its first batch come from the worker whose turn it was.
-    """
-
-    def __init__(self, cfg, sources, tokenizer, rank, world_size, infinite, worker_states, rotation) -> None:
+    def __init__(self, cfg, sources, tokenizer, rank, world_size) -> None:
         super().__init__()
         self.cfg, self.sources, self.tokenizer = cfg, sources, tokenizer
-        self.rank, self.world_size, self.infinite = rank, world_size, infinite
-        self.worker_states, self.rotation = worker_states, rotation
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         workers = max(self.cfg.num_workers, 1)
-        logical = ((info.id if info else 0) + self.rotation) % workers
-        shard = self.rank * workers + logical
-        stream = PackedStream(
-            self.cfg, self.sources, self.tokenizer, shard, self.world_size * workers, self.infinite,
-            self.worker_states.get(logical),
-        )
-        for sample in stream:
-            sample["_worker"] = logical
+        shard = self.rank * workers + (info.id if info else 0)
+        for sample in PackedStream(self.cfg, self.sources, self.tokenizer, shard, self.world_size * workers, False):
+            sample["_worker"] = info.id if info else 0
             yield sample
 
 
-def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def _collate_validation(samples: list[dict[str, Any]]) -> dict[str, Any]:
     real = [s for s in samples if "_final" not in s]
-    batch: dict[str, Any] = (
-        {k: torch.from_numpy(np.stack([s[k] for s in real])) for k in ("input_ids", "labels", "attention_mask")}
-        if real
-        else {"_empty": True}
-    )
-    batch["_state"] = samples[-1]["_state"]
+    batch: dict[str, Any] = {k: torch.from_numpy(np.stack([s[k] for s in real])) for k in _KEYS} if real else {"_empty": True}
     batch["_worker"] = samples[-1]["_worker"]
     return batch
 
 
+class _StepChunks(IterableDataset):
+    """A rank's training ``IterableDataset``: DataLoader worker ``j`` owns logical shards
+    ``first + j·c … first + (j+1)·c − 1`` and yields, per optimizer step, a chunk of one sample of
+    each: int64 tensors of shape ``(c, seq_len)`` plus ``_states`` (``{shard: state}`` after it)."""
+
+    def __init__(self, cfg, sources, tokenizer, first: int, per_worker: int, num_shards: int,
+                 states: dict[int, dict[str, Any]]) -> None:
+        super().__init__()
+        self.cfg, self.sources, self.tokenizer = cfg, sources, tokenizer
+        self.first, self.per_worker, self.num_shards, self.states = first, per_worker, num_shards, states
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        j = info.id if info else 0
+        shards = range(self.first + j * self.per_worker, self.first + (j + 1) * self.per_worker)
+        streams = [iter(PackedStream(self.cfg, self.sources, self.tokenizer, q, self.num_shards, True,
+                                     self.states.get(q))) for q in shards]
+        while True:
+            samples = [next(s) for s in streams]
+            chunk: dict[str, Any] = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in _KEYS}
+            chunk["_states"] = {q: s["_state"] for q, s in zip(shards, samples)}
+            chunk["_worker"] = j
+            yield chunk
+
+
+def _as_is(item: Any) -> Any:
+    """DataLoader ``collate_fn`` for already-batched chunks (module level: workers may be spawned)."""
+    return item
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def step_layout(global_batch_size: int, world_size: int, micro_batch_size: int, num_workers: int) -> tuple[int, int, int]:
+    """How one optimizer step's global batch is split: ``(per_rank, accumulation, per_worker)``
+    sequences per rank, micro-batches per rank, and logical shards per DataLoader worker.
+
+    Raises:
+        DataError: the global batch does not split evenly over the ranks, the micro-batch size or the
+            loader workers; the message names the sizes that would.
+    """
+    g, w = global_batch_size, max(num_workers, 1)
+    if g % world_size:
+        raise DataError(f"global batch {g} does not split over {world_size} ranks; world sizes that do: "
+                        f"{[d for d in _divisors(g) if g // d % micro_batch_size == 0]}")
+    per_rank = g // world_size
+    if per_rank % micro_batch_size:
+        raise DataError(f"{per_rank} sequences per rank (global batch {g} / {world_size} ranks) are not a whole "
+                        f"number of micro-batches of {micro_batch_size}; micro-batch sizes that fit: {_divisors(per_rank)}")
+    if per_rank % w:
+        raise DataError(f"data.num_workers={num_workers} does not divide the {per_rank} sequences each rank takes per "
+                        f"step (global batch {g} / {world_size} ranks); worker counts that do: {[0, *_divisors(per_rank)]}")
+    return per_rank, per_rank // micro_batch_size, per_rank // w
+
+
+def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """One state holding every logical shard, from the :meth:`PackedDataLoader.state_dict` of every
+    rank (any order). Resumes on any world size the global batch splits over.
+
+    Raises:
+        DataError: the states disagree on format, steps or logical shard count, or a shard is missing.
+    """
+    if not states:
+        raise DataError("no data-pipeline states to merge")
+    first = states[0]
+    merged = {**first, "shards": {}}
+    for s in states:
+        for k in ("format", "steps", "logical_shards", "sources", "objective", "seq_len"):
+            if s.get(k) != first.get(k):
+                raise DataError(f"data-pipeline states of the ranks disagree on {k}: {first.get(k)!r} vs {s.get(k)!r}")
+        merged["shards"].update(s["shards"])
+    missing = [q for q in range(int(first["logical_shards"])) if str(q) not in merged["shards"]]
+    if missing:
+        raise DataError(f"data-pipeline state lacks logical shards {missing[:8]}{'…' if len(missing) > 8 else ''}")
+    merged.pop("rank", None)
+    return merged
+
+
+_KEYS = ("input_ids", "labels", "attention_mask")
+
+
 class PackedDataLoader:
-    """Batches of packed blocks for one data-parallel rank, with exact ``state_dict`` resume.
+    """Batches of packed blocks for one data-parallel rank, with exact, elastic ``state_dict`` resume.
 
     Args:
         cfg: the data config (sources, tokenizer, objective, seq_len, micro_batch_size, workers…).
@@ -202,103 +282,161 @@ class PackedDataLoader:
         rank: this process's data-parallel rank; ``world_size``: the data-parallel size.
         tokenizer: a loaded :class:`~data_pipeline.tokenizer.PipelineTokenizer` (default: load
             ``cfg.tokenizer_dir``).
+        global_batch_size: sequences per optimizer step over all ranks (= the number of logical
+            shards); default ``micro_batch_size × world_size`` (no gradient accumulation).
 
     Iterating yields dicts of int64 tensors of shape ``(micro_batch_size, seq_len)``:
-    ``input_ids``, ``labels`` (``-100`` = no loss) and ``attention_mask``. Re-iterating continues
-    from the current state.
+    ``input_ids``, ``labels`` (``-100`` = no loss) and ``attention_mask``. Training: every
+    ``accumulation`` micro-batches make one optimizer step's share of this rank. Re-iterating
+    continues from the last completed step.
 
     Raises:
-        DataError: a path matches nothing, a format is unknown or the tokenizer is missing — at
-            construction, before any reading.
+        DataError: a path matches nothing, a format is unknown, the tokenizer is missing, or the
+            global batch does not split over ranks / micro-batches / workers — at construction,
+            before any reading.
     """
 
     def __init__(
-        self, cfg: DataConfig, *, split: str = "train", rank: int = 0, world_size: int = 1, tokenizer: Any = None
+        self, cfg: DataConfig, *, split: str = "train", rank: int = 0, world_size: int = 1, tokenizer: Any = None,
+        global_batch_size: int | None = None,
     ) -> None:
         if split not in ("train", "validation"):
             raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.cfg, self.split, self.rank, self.world_size = cfg, split, rank, world_size
+        self.global_batch_size = global_batch_size or cfg.micro_batch_size * world_size
+        self.per_rank, self.accumulation, self.per_worker = step_layout(
+            self.global_batch_size, world_size, cfg.micro_batch_size, cfg.num_workers)
         key = "data.sources" if split == "train" else "data.validation_sources"
         srcs = cfg.sources if split == "train" else cfg.validation_sources
         self.sources = [(s, resolve_files(s, f"{key}[{i}]")) for i, s in enumerate(srcs)]
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
         self.infinite = split == "train"
-        self._worker_states: dict[int, dict[str, Any]] = {}
-        self._next_worker = 0
+        self.first_shard = rank * self.per_rank
+        self._states: dict[int, dict[str, Any]] = {}
+        self.steps = 0
+        self._in_step = 0  # micro-batches of the current step handed out
         self.batches = 0
-        self.last_worker: int | None = None  # logical worker (shard) of the last batch
+        self.last_shards: list[int] = []  # logical shards of the rows of the last training micro-batch
+        self.last_worker: int | None = None  # validation: the DataLoader worker of the last batch
+
+    merge_states = staticmethod(merge_states)
 
     @property
     def num_workers(self) -> int:
-        """Logical workers (shards) per rank: ``max(cfg.num_workers, 1)``."""
+        """DataLoader workers of this rank: ``max(cfg.num_workers, 1)``."""
         return max(self.cfg.num_workers, 1)
 
+    @property
+    def logical_shards(self) -> range:
+        """The logical shards this rank owns."""
+        return range(self.first_shard, self.first_shard + self.per_rank)
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        ds = PackedIterableDataset(
-            self.cfg, self.sources, self.tokenizer, self.rank, self.world_size, self.infinite,
-            dict(self._worker_states), self._next_worker,
-        )
+        if not self.infinite:
+            yield from self._validation()
+            return
+        ds = _StepChunks(self.cfg, self.sources, self.tokenizer, self.first_shard, self.per_worker,
+                         self.global_batch_size, dict(self._states))
         # a private generator: starting workers must not draw from the global torch RNG (dropout),
         # or a resumed run's random stream would differ from an uninterrupted one
-        dl = DataLoader(ds, batch_size=self.cfg.micro_batch_size, num_workers=self.cfg.num_workers, collate_fn=_collate,
+        dl = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_as_is,
                         generator=torch.Generator().manual_seed(self.cfg.seed))
+        chunks = iter(dl)
+        m = self.cfg.micro_batch_size
+        while True:
+            parts = [next(chunks) for _ in range(self.num_workers)]
+            if [p["_worker"] for p in parts] != list(range(self.num_workers)):  # pragma: no cover - DataLoader order
+                raise DataError(f"loader workers out of order: {[p['_worker'] for p in parts]}")
+            step = {k: torch.cat([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in _KEYS}
+            states = {q: st for p in parts for q, st in p["_states"].items()}
+            self._in_step = 0
+            for i in range(self.accumulation):
+                batch = {k: v[i * m:(i + 1) * m] for k, v in step.items()}
+                self.last_shards = list(range(self.first_shard + i * m, self.first_shard + (i + 1) * m))
+                self.batches += 1
+                self._in_step = i + 1
+                if i == self.accumulation - 1:  # the step's last micro-batch: its state is complete
+                    self._states, self.steps, self._in_step = states, self.steps + 1, 0
+                yield batch
+
+    def _validation(self) -> Iterator[dict[str, torch.Tensor]]:
+        ds = _ValidationShards(self.cfg, self.sources, self.tokenizer, self.rank, self.world_size)
+        dl = DataLoader(ds, batch_size=self.cfg.micro_batch_size, num_workers=self.cfg.num_workers,
+                        collate_fn=_collate_validation, generator=torch.Generator().manual_seed(self.cfg.seed))
         for batch in dl:
-            w = batch.pop("_worker")
-            self._worker_states[w] = batch.pop("_state")
-            self._next_worker = (w + 1) % self.num_workers
-            self.last_worker = w
+            self.last_worker = batch.pop("_worker")
             if batch.pop("_empty", False):  # only the end-of-pass counters of a finite stream
                 continue
             self.batches += 1
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        """The position of this rank's stream after the last batch handed out (small, JSON-able)."""
+        """This rank's position after the last completed optimizer step: its logical shards' packer
+        states (small, JSON-able). Merge all ranks' with :func:`merge_states` to resume elsewhere.
+
+        Raises:
+            DataError: called in the middle of a step (the state is defined at step boundaries), or on
+                the validation split (one pass, no state).
+        """
+        if not self.infinite:
+            raise DataError("the validation loader has no resumable state")
+        if self._in_step:
+            raise DataError(f"data-pipeline state asked for after {self._in_step} of {self.accumulation} micro-batches "
+                            "of a step; it is defined at optimizer-step boundaries")
         return {
             "format": STATE_FORMAT,
-            "split": self.split,
-            "rank": self.rank,
-            "world_size": self.world_size,
-            "num_workers": self.num_workers,
+            "elastic": True,
             "objective": self.cfg.objective,
             "seq_len": self.cfg.seq_len,
             "sources": [s.name for s, _ in self.sources],
-            "batches": self.batches,
-            "next_worker": self._next_worker,
-            "workers": {str(k): v for k, v in self._worker_states.items()},
+            "logical_shards": self.global_batch_size,
+            "steps": self.steps,
+            "world_size": self.world_size,
+            "num_workers": self.cfg.num_workers,
+            "rank": self.rank,
+            "shards": {str(q): self._states[q] for q in self.logical_shards if q in self._states},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a :meth:`state_dict`.
+        """Continue from a :meth:`state_dict` of this rank or a :func:`merge_states` of all ranks,
+        written on any number of ranks and workers.
 
         Raises:
-            DataError: the state was written for another layout (format, world size, workers per
-                rank, sources, objective or seq_len) — resuming would repeat or lose data.
+            DataError: the state was written for another stream (format, objective, seq_len, sources,
+                or number of logical shards = global batch) or lacks a logical shard this rank owns —
+                resuming would repeat or lose data.
         """
         expect = {
-            "format": STATE_FORMAT, "split": self.split, "world_size": self.world_size,
-            "num_workers": self.num_workers, "objective": self.cfg.objective, "seq_len": self.cfg.seq_len,
-            "sources": [s.name for s, _ in self.sources],
+            "format": STATE_FORMAT, "objective": self.cfg.objective, "seq_len": self.cfg.seq_len,
+            "sources": [s.name for s, _ in self.sources], "logical_shards": self.global_batch_size,
         }
         for k, v in expect.items():
             if state.get(k) != v:
+                what = " (= the global batch size)" if k == "logical_shards" else ""
                 raise DataError(
-                    f"cannot resume the data pipeline: checkpoint has {k}={state.get(k)!r}, this run has {v!r}"
+                    f"cannot resume the data pipeline: checkpoint has {k}={state.get(k)!r}, this run has {v!r}{what}"
                 )
-        self._worker_states = {int(k): v for k, v in state["workers"].items()}
-        self._next_worker = int(state["next_worker"])
-        self.batches = int(state["batches"])
+        steps = int(state["steps"])
+        shards = state.get("shards") or {}
+        if steps:
+            missing = [q for q in self.logical_shards if str(q) not in shards]
+            if missing:
+                raise DataError(f"cannot resume the data pipeline: the state lacks logical shards {missing[:8]} of rank "
+                                f"{self.rank} (a single rank's state from a run on {state.get('world_size')} ranks? merge "
+                                "all ranks' states)")
+        self._states = {q: shards[str(q)] for q in self.logical_shards if str(q) in shards}
+        self.steps, self._in_step = steps, 0
 
     def stats(self) -> dict[str, Any]:
-        """Counters of this rank so far: ``documents``, ``tokens`` (packed, before CLS/SEP
-        wrapping), ``samples``, ``epoch`` (lowest over shards and sources) and ``skipped_documents``
-        by reason."""
+        """Counters of this rank's logical shards so far: ``documents``, ``tokens`` (packed, before
+        CLS/SEP wrapping), ``samples``, ``epoch`` (lowest over shards and sources) and
+        ``skipped_documents`` by reason."""
         skipped: Counter[str] = Counter()
         docs = tokens = samples = 0
         epochs = []
-        for w in self._worker_states.values():
+        for w in self._states.values():
             samples += w["samples"]
             for p in w["sources"].values():
                 docs += p["documents"]

@@ -4,7 +4,11 @@ Layout (``RUN_DIR/checkpoints``)::
 
     latest                              the newest complete tag (written last, atomically)
     step_00000040/                      DeepSpeed engine state (model, optimizer, LR schedule)
-        zerolm_client_rank{r}.pt        per rank: data-pipeline state, RNG states
+        zerolm_client_rank{r}.pt        per rank: RNG states
+        zerolm_data.json                every rank's data-loader state (rank 0 writes it; merged, it
+                                        resumes the data on any world size the global batch allows)
+        universal/                      DeepSpeed's universal copy of the engine state, converted
+                                        once when a run resumes on another world size
         config.yaml                     the resolved config of the run
         zerolm_complete.json            written after every rank saved: step, tokens, metrics,
                                         the run's shape (``run``: world size, batch arithmetic,
@@ -17,8 +21,12 @@ Resume rules (:func:`plan_resume`):
 
 * A **damaged** checkpoint (no completion record, an unreadable one, a listed file missing or of
   another size) is skipped with a warning: the newest intact one before it is used.
-* An **intact but incompatible** checkpoint (another data-parallel world size, global batch, ZeRO
-  stage, objective, model shape or data layout) is never skipped: the run stops before any work,
+* A different data-parallel world size or number of loader workers is not an incompatibility when
+  the job's data loader is elastic (pretraining's logical shards): the global batch is kept
+  (gradient accumulation is re-derived), the engine loads a universal checkpoint and the data
+  continues exactly (``train.elastic_resume=false`` forbids it).
+* An **intact but incompatible** checkpoint (another global batch, ZeRO stage, objective, model
+  shape or data stream; another world size for a non-elastic loader) is never skipped: the run stops before any work,
   with an error that names what differs and what to do. This is decided from the completion record
   (and, for checkpoints written before it carried ``run``, the checkpoint's ``config.yaml``), never
   by catching DeepSpeed's exceptions.
@@ -47,11 +55,12 @@ from typing import Any
 import torch
 
 from zerolm.errors import DataError
-from zerolm.fsutil import write_text, write_with
+from zerolm.fsutil import write_json, write_text, write_with
 
 log = logging.getLogger(__name__)
 
 COMPLETE = "zerolm_complete.json"
+DATA_STATE = "zerolm_data.json"
 LATEST = "latest"
 SET_ASIDE = ".unloadable"
 _TAG = re.compile(r"^step_(\d{8})$")
@@ -82,6 +91,20 @@ def save_client_state(root: Path, tag: str, rank: int, state: dict[str, Any]) ->
     path = client_state_file(root, tag, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_with(path, lambda p: torch.save(state, p))
+
+
+def save_data_state(root: Path, tag: str, states: list[dict[str, Any]]) -> None:
+    """On rank 0: every rank's data-loader ``state_dict()`` (rank order) as one JSON file."""
+    write_json(root / tag / DATA_STATE, {"ranks": states})
+
+
+def load_data_state(root: Path, tag: str) -> list[dict[str, Any]] | None:
+    """The data-loader states :func:`save_data_state` wrote (rank order), or None for a checkpoint
+    written before zerolm kept them there (its per-rank client states hold them)."""
+    path = root / tag / DATA_STATE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["ranks"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -216,7 +239,9 @@ def resolve(run_dir: str | Path, tag: str | None = None) -> tuple[Path, dict[str
 # -- compatibility -------------------------------------------------------------------------------
 _MODEL_FIELDS = ("family", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_position_embeddings",
                  "tie_word_embeddings")
-_DATA_FIELDS = ("seq_len", "num_workers", "sources")
+_DATA_FIELDS = ("format", "seq_len", "sources", "logical_shards")  # compared
+_DATA_KEPT = (*_DATA_FIELDS, "num_workers", "elastic")  # recorded
+_OLD_PACKED_FORMAT = "zerolm-data-state/1"  # data layouts recorded before the format was
 
 
 def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
@@ -227,7 +252,7 @@ def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
 def run_signature(*, world_size: int, micro_batch_size: int, gradient_accumulation_steps: int,
                   global_batch_size: int, zero_stage: int, objective: str, precision: str,
                   model_config: dict[str, Any] | None, shapes: dict[str, list[int]] | None,
-                  data_layout: dict[str, Any] | None) -> dict[str, Any]:
+                  data_layout: dict[str, Any] | None, elastic_resume: bool = True) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed by a run (stored as ``run`` in its record).
 
     Args:
@@ -237,7 +262,9 @@ def run_signature(*, world_size: int, micro_batch_size: int, gradient_accumulati
         precision: ``fp32``/``bf16``/``fp16`` (recorded, not compared).
         model_config: the resolved ``model`` section (readable names for a shape change).
         shapes: :func:`model_shapes` of the model. data_layout: the data loader's layout
-            (``seq_len``, ``num_workers``, ``sources``: its ``state_dict()`` fields).
+            (``format``, ``seq_len``, ``sources``, ``logical_shards``, ``num_workers``, ``elastic``:
+            its ``state_dict()`` fields). elastic_resume: whether this run may resume a checkpoint
+            of another world size (``train.elastic_resume``).
     """
     return {
         "world_size": world_size, "micro_batch_size": micro_batch_size,
@@ -245,7 +272,8 @@ def run_signature(*, world_size: int, micro_batch_size: int, gradient_accumulati
         "zero_stage": zero_stage, "objective": objective, "precision": precision,
         "model_config": {k: (model_config or {}).get(k) for k in _MODEL_FIELDS},
         "model_shapes": shapes,
-        "data_layout": {k: v for k, v in (data_layout or {}).items() if k in _DATA_FIELDS},
+        "data_layout": {k: v for k, v in (data_layout or {}).items() if k in _DATA_KEPT},
+        "elastic_resume": elastic_resume,
     }
 
 
@@ -281,17 +309,27 @@ def incompatibilities(saved: dict[str, Any], current: dict[str, Any]) -> list[tu
     """What differs between the run that saved a checkpoint and this one, as ``(what differs, what to
     set to resume)`` pairs; empty when the checkpoint can be resumed. Values unknown on either side
     (an older record) are not compared. A different micro-batch size and gradient accumulation with
-    the same global batch is compatible."""
+    the same global batch is compatible; so is another world size or number of loader workers when
+    both runs' data loaders are elastic and ``current["elastic_resume"]`` is not False."""
     out: list[tuple[str, str]] = []
 
     def known(k: str) -> bool:
         return saved.get(k) is not None and current.get(k) is not None and saved[k] != current[k]
 
+    s_data, c_data = saved.get("data_layout") or {}, current.get("data_layout") or {}
     if known("world_size"):
         a = saved["world_size"]
-        out.append((f"data-parallel world size {a} → {current['world_size']}",
-                    f"run on {a} data-parallel ranks (e.g. torchrun --nproc_per_node {a}; resuming on another "
-                    "world size needs a universal checkpoint, which zerolm does not convert to yet)"))
+        run_on = f"run on {a} data-parallel ranks (e.g. torchrun --nproc_per_node {a})"
+        if current.get("elastic_resume") is False:
+            fix = f"{run_on}, or allow an elastic resume with train.elastic_resume=true"
+        elif not c_data.get("elastic"):
+            fix = f"{run_on}: this job's data loader resumes only on the world size it was saved with"
+        elif not s_data.get("elastic"):
+            fix = f"{run_on}: the checkpoint's data state (written by an older zerolm) cannot be resharded"
+        else:
+            fix = ""
+        if fix:
+            out.append((f"data-parallel world size {a} → {current['world_size']}", fix))
     if known("global_batch_size"):
         a = saved["global_batch_size"]
         out.append((f"global batch {a} → {current['global_batch_size']}", f"set train.global_batch_size={a}"))
@@ -319,10 +357,19 @@ def incompatibilities(saved: dict[str, Any], current: dict[str, Any]) -> list[tu
                         "use the model section (and tokenizer) of the checkpoint's config.yaml"))
     elif named:
         out.append((f"model shape ({', '.join(named)})", "use the model section of the checkpoint's config.yaml"))
-    s_data, c_data = saved.get("data_layout") or {}, current.get("data_layout") or {}
+    if "sources" in s_data and "format" not in s_data:
+        s_data = {**s_data, "format": _OLD_PACKED_FORMAT}
     for k in _DATA_FIELDS:
         if s_data.get(k) is not None and c_data.get(k) is not None and s_data[k] != c_data[k]:
-            out.append((f"data.{k} {s_data[k]} → {c_data[k]}", f"set data.{k}={s_data[k]}"))
+            if k == "format":
+                out.append((f"data-pipeline state format {s_data[k]} → {c_data[k]}",
+                            "resume it with the zerolm version that wrote it (its data state cannot be read by this one)"))
+            elif k == "logical_shards":  # the global batch; reported above when the record has it
+                if not known("global_batch_size"):
+                    out.append((f"data logical shards (global batch) {s_data[k]} → {c_data[k]}",
+                                f"set train.global_batch_size={s_data[k]}"))
+            else:
+                out.append((f"data.{k} {s_data[k]} → {c_data[k]}", f"set data.{k}={s_data[k]}"))
     return out
 
 
@@ -389,13 +436,28 @@ def plan_resume(root: Path, current: dict[str, Any]) -> ResumePlan:
 
 
 def notes_on_resume(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Compatible changes worth a log line (micro-batch size and gradient accumulation traded at an
-    unchanged global batch)."""
+    """Compatible changes worth a log line: the data-parallel world size and loader workers of an
+    elastic resume, micro-batch size and gradient accumulation traded at an unchanged global batch."""
     notes = []
-    for k, name in (("micro_batch_size", "micro-batch size"), ("gradient_accumulation_steps", "gradient accumulation steps")):
-        if saved.get(k) is not None and current.get(k) is not None and saved[k] != current[k]:
-            notes.append(f"{name} {saved[k]} → {current[k]}")
+    s_data, c_data = saved.get("data_layout") or {}, current.get("data_layout") or {}
+    pairs = ((saved, current, "world_size", "data-parallel world size"),
+             (s_data, c_data, "num_workers", "data.num_workers"),
+             (saved, current, "micro_batch_size", "micro-batch size"),
+             (saved, current, "gradient_accumulation_steps", "gradient accumulation steps"))
+    for a, b, k, name in pairs:
+        if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]:
+            notes.append(f"{name} {a[k]} → {b[k]}")
     return notes
+
+
+def newest_intact_signature(root: Path) -> dict[str, Any] | None:
+    """The run signature of the newest intact checkpoint under ``root`` (the one a resume starts
+    from, or is stopped by), or None when there is none. Read before the batch arithmetic: a resume
+    keeps that run's global batch."""
+    for tag in reversed(list_tags(root)):
+        if check(root, tag) is None:
+            return saved_signature(root, tag)
+    return None
 
 
 # -- retention -----------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ The launchers set different variables:
   the rendezvous is the first node of the allocation on a port derived from the job id.
 
 :func:`detect` turns any of these into the ``env://`` variables torch.distributed reads. Also here: the
-job-wide helpers every rank calls together — :func:`all_reduce_values` (a few numbers over all ranks)
-and :func:`lock_run_dir` (one job per run directory) — and :func:`stop_with_launcher` (a rank does not
+job-wide helpers every rank calls together — :func:`all_reduce_values` (a few numbers over all ranks),
+:func:`gather_to_main` (small objects to rank 0) and :func:`lock_run_dir` (one job per run directory) — and :func:`stop_with_launcher` (a rank does not
 outlive its launcher).
 """
 
@@ -25,10 +25,11 @@ import re
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zerolm.errors import TrainingError
-from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,19 @@ def all_reduce_values(values: list[float], op: str = "sum") -> list[float]:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
     return t.tolist()
+
+
+def gather_to_main(obj: Any) -> list[Any] | None:
+    """Every rank's (picklable, small) ``obj`` collected on rank 0 as a list in rank order; other
+    ranks get None. Without a process group (or with one process): ``[obj]``. One collective call."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    rank = dist.get_rank()
+    out: list[Any] | None = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def lock_run_dir(run_dir: Path, env: DistEnv):

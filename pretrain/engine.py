@@ -9,6 +9,26 @@ into one fp32 state dict (:func:`consolidated_state_dict`, :func:`load_checkpoin
 export and finetuning) — lives here, so the same trainer runs on CPU/gloo and on N nodes × 8
 GPUs/NCCL. The checkpoint *layout* (completion record, discovery, retention) is
 :mod:`zerolm.pretrain.checkpoint`'s.
+
+Elastic resume (a checkpoint written at another data-parallel world size: :meth:`Engine.load` with
+``saved_world_size``). ZeRO 1–3 use DeepSpeed's own universal checkpointing: rank 0 converts the
+checkpoint once, in-process (``deepspeed.checkpoint.ds_to_universal.main``, one worker, no child
+processes), into ``<tag>/universal`` (built in a temporary sibling and renamed into place, so an
+interrupted conversion leaves nothing half-written; a later resume reuses it, and retention deletes
+it with its checkpoint; a shared filesystem is assumed, as for checkpoints themselves); then every
+rank loads it with the engine's ``load_universal`` switch on: each rank takes its own slice of every
+parameter's fp32 weights and Adam ``exp_avg``/``exp_avg_sq``/``step``; the LR scheduler,
+``global_steps`` and ``global_samples`` come from rank 0's model-states file. ZeRO-3's universal
+loader gives every param group the hyper-parameters of group 0 (the no-decay group would silently
+get weight decay) and one shared ``step`` tensor to all sub-groups (AdamW increments it in place, so
+it would advance once per sub-group per step): :meth:`Engine.load` re-applies each group's saved
+hyper-parameters and unshares the step after the load. The converter knows Adam's state only (it
+reads ``exp_avg``/``exp_avg_sq`` by name; another optimizer fails with ``KeyError: 'exp_avg'``):
+zerolm always trains with AdamW. At ZeRO-0 (which universal checkpoints do not support) every rank
+holds the whole optimizer state and DeepSpeed writes it once, to ``mp_rank_00_model_states.pt``: its
+plain load reads that file on every rank at any world size (its world-size check guards only ZeRO
+shards). DeepSpeed saves no RNG or data state: that is the trainer's
+(:mod:`zerolm.pretrain.checkpoint`).
 """
 
 from __future__ import annotations
@@ -18,14 +38,18 @@ import io
 import logging
 import math
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 from zerolm.config import TrainConfig
-from zerolm.errors import ConfigError, DataError
+from zerolm.errors import ConfigError, DataError, TrainingError
+from zerolm.fsutil import staged_dir, write_text
 
 log = logging.getLogger(__name__)
 
@@ -253,20 +277,213 @@ class Engine:
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, root: Path, tag: str) -> None:
         """DeepSpeed checkpoint (model, optimizer, LR schedule; ZeRO shards per rank) under
-        ``root/tag``; all ranks must call it. No ``latest`` file: the trainer writes its own."""
-        self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+        ``root/tag``; all ranks must call it. No ``latest`` file: the trainer writes its own.
 
-    def load(self, root: Path, tag: str) -> None:
-        """Restore everything :meth:`save` wrote.
+        At ZeRO-1/2 the model-states file carries DeepSpeed's ``universal_checkpoint_info`` (empty:
+        no tensor/pipeline parallelism to describe), which its universal converter requires
+        (ZeRO-3 checkpoints need none)."""
+        client_state: dict[str, Any] = {}
+        if self.cfg.zero_stage in (1, 2):
+            from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_INFO
+
+            client_state[UNIVERSAL_CHECKPOINT_INFO] = {}
+        self.engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+
+    @property
+    def dp_world_size(self) -> int:
+        """The engine's data-parallel world size."""
+        return int(self.engine.dp_world_size)
+
+    def load(self, root: Path, tag: str, saved_world_size: int | None = None) -> str:
+        """Restore everything :meth:`save` wrote, also when it was written at another data-parallel
+        world size (elastic resume; see the module docstring). All ranks must call it.
+
+        Args:
+            root: the checkpoints folder.
+            tag: the checkpoint's folder name under ``root``.
+            saved_world_size: the data-parallel world size the checkpoint was written at (from the
+                trainer's completion record); None when unknown (taken to be this one).
+
+        Returns:
+            ``"same"`` (plain load at the saved world size), ``"universal"`` (ZeRO 1–3 at another
+            world size: converted to ``root/tag/universal`` once, then loaded from there) or
+            ``"stage0"`` (ZeRO-0 at another world size: every rank reads the one replicated state).
 
         Raises:
-            RuntimeError: DeepSpeed could not load the checkpoint (missing or unreadable files).
+            TrainingError: the conversion or the load at another world size failed (the message names
+                the checkpoint); raised on every rank.
+            RuntimeError: DeepSpeed could not load the checkpoint at the same world size (missing or
+                unreadable files).
         """
+        root = Path(root)
+        current = self.dp_world_size
+        if saved_world_size is None or int(saved_world_size) == current:
+            self._load_plain(root, tag)
+            return "same"
+        log.info("checkpoint %s was written at data-parallel world size %d, resuming at %d (ZeRO-%d)",
+                 root / tag, saved_world_size, current, self.cfg.zero_stage)
+        if self.cfg.zero_stage == 0:
+            try:
+                self._load_plain(root, tag)
+            except Exception as e:  # noqa: BLE001 - DeepSpeed/torch errors of a damaged file
+                raise TrainingError(f"cannot load ZeRO-0 checkpoint {root / tag} (written at world size "
+                                    f"{saved_world_size}) at world size {current}: {type(e).__name__}: {e}") from e
+            return "stage0"
+        universal = ensure_universal_checkpoint(root / tag)
+        try:
+            self._load_universal(universal)
+        except TrainingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - DeepSpeed asserts/raises many kinds on a bad folder
+            raise TrainingError(f"cannot load the universal copy {universal} of checkpoint {root / tag} "
+                                f"(written at world size {saved_world_size}) at world size {current}: "
+                                f"{type(e).__name__}: {e}") from e
+        return "universal"
+
+    def _load_plain(self, root: Path, tag: str) -> None:
         path, _ = self.engine.load_checkpoint(
             str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {root / tag}")
+
+    def _load_universal(self, universal: Path) -> None:
+        """Load a converted universal checkpoint folder into the built engine, then re-apply each
+        param group's saved hyper-parameters (ZeRO-3's loader copies group 0's into every group)."""
+        config = self.engine._config  # DeepSpeedEngine.load_universal_checkpoint() reads this flag
+        before = config.load_universal_checkpoint
+        config.load_universal_checkpoint = True
+        try:
+            path, _ = self.engine.load_checkpoint(str(universal.parent), tag=universal.name,
+                                                  load_optimizer_states=True, load_lr_scheduler_states=True)
+        finally:
+            config.load_universal_checkpoint = before
+        if path is None:
+            raise TrainingError(f"DeepSpeed found no model-states file in {universal}")
+        self._restore_param_group_hparams(saved_param_groups(universal))
+        self._unshare_adam_steps()
+
+    def _unshare_adam_steps(self) -> None:
+        """Give every optimizer state entry its own ``step`` tensor. ZeRO-3's universal loader
+        (``load_hp_checkpoint_state_from_checkpoint_dir_stage3``) stores one tensor object as the
+        ``step`` of every sub-group; torch's AdamW increments ``step`` in place, once per sub-group
+        step, so with k sub-groups the shared counter would advance by k per optimizer step and the
+        bias correction of all but the first sub-group would be wrong."""
+        for st in self._client_opt.state.values():
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].clone()
+
+    def _restore_param_group_hparams(self, saved: list[dict[str, Any]] | None) -> None:
+        """Give group ``i`` of the optimizer the hyper-parameters saved for group ``i`` (all keys but
+        ``params``), as a same-world-size load does; without a readable saved list (or another
+        number of groups), the configured weight decay per group (:func:`_param_groups`)."""
+        groups = self._client_opt.param_groups  # DeepSpeed's ZeRO wrappers expose these same dicts
+        if saved is None or len(saved) != len(groups):
+            log.warning("the checkpoint's optimizer param groups are unreadable or do not match (%s saved, %d "
+                        "built): re-applying the configured weight decay per group",
+                        None if saved is None else len(saved), len(groups))
+            for g, wd in zip(groups, (self.cfg.weight_decay, 0.0)):
+                g["weight_decay"] = wd
+            return
+        for g, s in zip(groups, saved):
+            for k, v in s.items():
+                if k != "params":
+                    g[k] = v
+        log.debug("param groups after the universal load: weight decay %s", [g.get("weight_decay") for g in groups])
+
+
+UNIVERSAL_DIR = "universal"
+
+
+def saved_param_groups(universal: Path) -> list[dict[str, Any]] | None:
+    """The optimizer param groups (hyper-parameters per group, in order) recorded in a universal
+    checkpoint folder's ``zero/optimizer_state.pt`` (rank 0's optimizer file's groups, which the
+    converter copies there for ZeRO 1–3 alike), or None when it cannot be read."""
+    path = Path(universal) / "zero" / "optimizer_state.pt"
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        groups = sd.get("param_groups") if isinstance(sd, dict) else None
+    except Exception as e:  # noqa: BLE001 - unreadable file: the caller falls back to the configuration
+        log.warning("cannot read the optimizer param groups of %s: %s", path, e)
+        return None
+    return [dict(g) for g in groups] if isinstance(groups, list) else None
+
+
+def convert_to_universal(tag_dir: Path) -> Path:
+    """Convert the DeepSpeed ZeRO 1–3 checkpoint folder ``tag_dir`` into a universal checkpoint at
+    ``tag_dir/universal`` (one process, no process group: call it on one rank only).
+
+    Uses DeepSpeed's ``ds_to_universal.main`` in-process with one extract and one merge worker (no
+    child processes) and ``inject_missing_state`` (a ZeRO-1/2 checkpoint written before :meth:`Engine.save`
+    recorded ``universal_checkpoint_info`` converts too). The output is built in a temporary
+    sibling (``tag_dir/.universal.tmp-*``) renamed into place when complete; an existing
+    ``universal`` is reused. The converter's ``latest_universal`` file (beside the output, i.e. in
+    ``tag_dir``) is rewritten to name ``universal``. Its progress output goes to the debug log.
+
+    Returns:
+        ``tag_dir/universal``.
+
+    Raises:
+        TrainingError: the converter failed (e.g. a stage-0 checkpoint, missing shards, or an
+            optimizer without Adam's ``exp_avg``/``exp_avg_sq``).
+    """
+    tag_dir = Path(tag_dir)
+    out = tag_dir / UNIVERSAL_DIR
+    if (out / "zero" / "optimizer_state.pt").is_file():
+        log.info("reusing the universal copy %s", out)
+        return out
+    for stale in tag_dir.glob(f".{UNIVERSAL_DIR}.tmp-*"):  # debris of a killed conversion
+        shutil.rmtree(stale, ignore_errors=True)
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    t0 = time.perf_counter()
+    buf = io.StringIO()
+    try:
+        with staged_dir(out, what="universal checkpoint") as tmp:
+            args = SimpleNamespace(input_folder=str(tag_dir), output_folder=str(tmp), num_extract_workers=1,
+                                   num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                   inject_missing_state=True)
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):  # prints and tqdm bars
+                ds_to_universal(args)
+    except Exception as e:  # noqa: BLE001 - the converter asserts, raises KeyError, FileNotFoundError, ...
+        raise TrainingError(f"cannot convert checkpoint {tag_dir} to a universal checkpoint (needed to resume "
+                            f"at another data-parallel world size): {type(e).__name__}: {e}") from e
+    finally:
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                log.debug("ds_to_universal: %s", line.rstrip())
+    write_text(tag_dir / "latest_universal", UNIVERSAL_DIR)  # the converter pointed it at the temp folder
+    log.info("converted checkpoint %s to a universal checkpoint in %.2f s", tag_dir, time.perf_counter() - t0)
+    return out
+
+
+def ensure_universal_checkpoint(tag_dir: Path) -> Path:
+    """:func:`convert_to_universal` on rank 0 between barriers, the outcome shared with every rank
+    (collective: all ranks call it; one process without a process group converts itself).
+
+    Returns:
+        ``tag_dir/universal``.
+
+    Raises:
+        TrainingError: on every rank when the conversion failed on rank 0.
+    """
+    import torch.distributed as dist
+
+    tag_dir = Path(tag_dir)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return convert_to_universal(tag_dir)
+    dist.barrier()
+    box: list[str | None] = [None]
+    if dist.get_rank() == 0:
+        try:
+            convert_to_universal(tag_dir)
+        except TrainingError as e:
+            box[0] = str(e)
+    dist.broadcast_object_list(box, src=0)
+    dist.barrier()
+    if box[0] is not None:
+        raise TrainingError(box[0])
+    return tag_dir / UNIVERSAL_DIR
 
 
 # -- reading a checkpoint back as Hugging Face weights ---------------------------------------------

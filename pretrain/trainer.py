@@ -7,8 +7,14 @@ check (max steps, ``stop_at_step``, SIGTERM/SIGUSR1).
 
 Resume safety (rules in :mod:`zerolm.pretrain.checkpoint`): before the engine is built, rank 0
 decides from the checkpoints' completion records which one to resume; an intact checkpoint this run
-cannot continue (another world size, global batch, ZeRO stage, objective, model shape) stops the run
-with a :class:`TrainingError` before anything in the run directory is written.
+cannot continue (another global batch, ZeRO stage, objective, model shape) stops the run with a
+:class:`TrainingError` before anything in the run directory is written.
+
+Elastic resume: a checkpoint written on another number of ranks (or loader workers) is continued —
+the global batch is kept (gradient accumulation re-derived, :func:`batch_arithmetic`), the engine
+loads DeepSpeed's universal copy of it, and the data loader takes its logical shards from the
+merged states of all the ranks that saved it, so the next global batch is the one the
+uninterrupted run would have trained on.
 """
 
 from __future__ import annotations
@@ -42,13 +48,34 @@ from zerolm.fsutil import write_json
 log = logging.getLogger(__name__)
 
 
-def batch_arithmetic(cfg: ZeroLMConfig, world_size: int) -> tuple[int, int, int]:
+def batch_arithmetic(cfg: ZeroLMConfig, world_size: int, keep_global: int | None = None) -> tuple[int, int, int]:
     """``(micro_batch_size, gradient_accumulation_steps, global_batch_size)`` with
     global = micro × accumulation × data-parallel size; any two given, the third derived.
 
+    Args:
+        cfg: the config (``data.micro_batch_size``, ``train.gradient_accumulation_steps``,
+            ``train.global_batch_size``).
+        world_size: the data-parallel size.
+        keep_global: the global batch of the checkpoint a run resumes (None: a fresh run). Unless
+            ``train.global_batch_size`` is set it is kept: the accumulation is derived from it and the
+            configured micro-batch size for this world size (a configured accumulation is overridden).
+
     Raises:
-        ConfigError: the three disagree, or the global batch is not divisible.
+        ConfigError: the three disagree, the global batch is not divisible, or ``keep_global`` cannot
+            be kept on this world size (the message names the world sizes and micro-batch sizes that can).
     """
+    if keep_global is not None and cfg.train.global_batch_size is None:
+        micro = cfg.data.micro_batch_size
+        if keep_global % (micro * world_size) == 0:
+            return micro, keep_global // (micro * world_size), keep_global
+        worlds = [w for w in range(1, keep_global // micro + 1) if keep_global % (micro * w) == 0]
+        micros = [m for m in range(1, keep_global // world_size + 1) if keep_global % (m * world_size) == 0]
+        raise ConfigError(
+            f"cannot keep the checkpoint's global batch {keep_global} on {world_size} data-parallel ranks with "
+            f"data.micro_batch_size={micro}: {keep_global} = {micro} × accumulation × {world_size} has no whole-number "
+            f"accumulation. World sizes that keep it at micro-batch {micro}: {worlds}; "
+            + (f"micro-batch sizes that keep it on {world_size} ranks: {micros}" if micros
+               else f"no micro-batch size does on {world_size} ranks ({world_size} does not divide {keep_global})"))
     micro = cfg.data.micro_batch_size if "micro_batch_size" in cfg.data.model_fields_set else None
     gas, glob = cfg.train.gradient_accumulation_steps, cfg.train.global_batch_size
     if micro is None and gas is not None and glob is not None:
@@ -144,7 +171,8 @@ def pretraining_components(cfg: ZeroLMConfig, env: distributed.DistEnv) -> tuple
     counts = count_parameters(model)
     return cfg, Components(
         model=model,
-        train_loader=PackedDataLoader(cfg.data, rank=env.rank, world_size=env.world_size, tokenizer=tok),
+        train_loader=PackedDataLoader(cfg.data, rank=env.rank, world_size=env.world_size, tokenizer=tok,
+                                      global_batch_size=cfg.train.global_batch_size),
         make_eval_loader=lambda: PackedDataLoader(cfg.data, split="validation", rank=env.rank,
                                                   world_size=env.world_size, tokenizer=tok),
         objective=get_objective(cfg.data.objective),
@@ -172,9 +200,14 @@ class Trainer:
                  build: Callable[[ZeroLMConfig, distributed.DistEnv], tuple[ZeroLMConfig, Components]] = pretraining_components) -> None:
         self.env = env
         check_precision(cfg.train.precision)
-        micro, self.grad_accum, self.global_batch = batch_arithmetic(cfg, env.world_size)
+        saved = self._newest_signature(Path(cfg.train.run_dir) / "checkpoints")
+        micro, self.grad_accum, self.global_batch = batch_arithmetic(
+            cfg, env.world_size, keep_global=saved.get("global_batch_size") if saved else None)
         self._lock = distributed.lock_run_dir(Path(cfg.train.run_dir), env)
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"micro_batch_size": micro})})
+        cfg = cfg.model_copy(update={
+            "data": cfg.data.model_copy(update={"micro_batch_size": micro}),
+            "train": cfg.train.model_copy(update={"global_batch_size": self.global_batch,
+                                                  "gradient_accumulation_steps": self.grad_accum})})
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         cfg, self.parts = build(cfg, env)
         self.cfg = cfg
@@ -187,7 +220,8 @@ class Trainer:
             world_size=env.world_size, micro_batch_size=micro, gradient_accumulation_steps=self.grad_accum,
             global_batch_size=self.global_batch, zero_stage=cfg.train.zero_stage, objective=self.objective.name,
             precision=cfg.train.precision, model_config=cfg.model.model_dump(mode="json"),
-            shapes=ckpt.model_shapes(self.parts.model), data_layout=loader_state)
+            shapes=ckpt.model_shapes(self.parts.model), data_layout=loader_state,
+            elastic_resume=cfg.train.elastic_resume)
         # decided from the checkpoints' records before anything is built or written: an intact
         # checkpoint this run cannot continue stops it here (metrics, checkpoints, config untouched)
         plan = self._plan_resume()
@@ -221,6 +255,14 @@ class Trainer:
             self._lock = None
 
     # -- resume ----------------------------------------------------------------------------
+    def _newest_signature(self, root: Path) -> dict[str, Any] | None:
+        """Rank 0 reads the run signature of the newest intact checkpoint (its global batch is kept
+        on a resume); every rank gets it."""
+        box = [ckpt.newest_intact_signature(root) if self.env.is_main else None]
+        if dist.is_initialized() and self.env.world_size > 1:
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def _plan_resume(self) -> ckpt.ResumePlan:
         """Rank 0 reads the checkpoints' records (:func:`checkpoint.plan_resume`) and every rank gets
         its decision.
@@ -248,8 +290,12 @@ class Trainer:
         for tag in plan.candidates:
             why = ""
             try:
-                self.engine.load(self.root, tag)
-                client = ckpt.load_client_state(self.root, tag, self.env.rank)
+                rec = ckpt.read_record(self.root, tag)
+                saved_world = (rec.get("run") or {}).get("world_size") or rec.get("world_size")
+                how = self.engine.load(self.root, tag, saved_world_size=saved_world)
+                same_world = saved_world in (None, self.env.world_size)
+                client = ckpt.load_client_state(self.root, tag, self.env.rank) if same_world else {}
+                data = self._data_state(tag, client)
                 ok = 1.0
             except Exception as e:  # noqa: BLE001 - an unreadable file (damage the sizes did not show)
                 why = f"{type(e).__name__}: {e}"
@@ -259,20 +305,35 @@ class Trainer:
                 failed[tag] = why or "another rank could not read it"
                 log.warning("falling back from checkpoint %s to an older one", self.root / tag)
                 continue
-            rec = ckpt.read_record(self.root, tag)
-            self.loader.load_state_dict(client["data"])
-            ckpt.set_rng_state(client["rng"])
+            self.loader.load_state_dict(data)
             self.step, self.tokens_seen = rec["step"], rec["tokens_seen"]
+            if same_world:
+                ckpt.set_rng_state(client["rng"])
+            else:  # the ranks' random streams (dropout) cannot be carried over to another world size
+                torch.manual_seed(self.cfg.train.seed + self.env.rank + 7919 * self.step)
             self.nonfinite_total = rec.get("nonfinite_skipped", 0)
             self.metrics = rec.get("metrics", {})
             notes = ckpt.notes_on_resume(rec.get("run") or {}, self.signature)
-            log.info("resumed from %s (step %d, %d tokens seen)%s", self.root / tag, self.step, self.tokens_seen,
-                     f"; global batch {self.global_batch} unchanged, {', '.join(notes)}" if notes else "")
+            done = {"universal": "; model and optimizer loaded from DeepSpeed's universal checkpoint "
+                                 f"{self.root / tag / 'universal'}",
+                    "stage0": "; ZeRO-0 model and optimizer state read whole on every rank"}.get(how, "")
+            log.info("resumed from %s (step %d, %d tokens seen)%s%s", self.root / tag, self.step, self.tokens_seen,
+                     f"; global batch {self.global_batch} unchanged, {', '.join(notes)}" if notes else "",
+                     done + ("; data continues from the same logical shards, dropout RNG reseeded" if not same_world else ""))
             return rec.get("wandb_run_id"), tag
         err = plan.error(self.root, failed)
         if err:
             raise TrainingError(err)
         return None, None
+
+    def _data_state(self, tag: str, client: dict[str, Any]) -> dict[str, Any]:
+        """The data-loader state this rank resumes from: the merge of every saved rank's state when
+        the loader can reshard (:func:`data_pipeline.loader.merge_states`), else its own rank's."""
+        states = ckpt.load_data_state(self.root, tag)
+        if states is None:  # written before zerolm gathered the data states (same world size only)
+            return client["data"]
+        merge = getattr(self.loader, "merge_states", None)
+        return merge(states) if merge is not None else states[self.env.rank]
 
     def save(self) -> None:
         """Checkpoint at the current step on every rank; rank 0 marks it complete last, then applies
@@ -285,10 +346,12 @@ class Trainer:
             moved = ckpt.set_aside(self.root, tag)
             log.warning("%s was not written by this run (it could not be loaded); moved to %s, not overwritten",
                         self.root / tag, moved)
+        data_states = distributed.gather_to_main(self.loader.state_dict())
         dist.barrier()
         self.engine.save(self.root, tag)
-        ckpt.save_client_state(self.root, tag, self.env.rank, {"data": self.loader.state_dict(), "rng": ckpt.rng_state()})
+        ckpt.save_client_state(self.root, tag, self.env.rank, {"rng": ckpt.rng_state()})
         if self.env.is_main:
+            ckpt.save_data_state(self.root, tag, data_states)
             save_config(self.cfg, self.root / tag / "config.yaml")
         dist.barrier()
         self.written.add(tag)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -51,13 +52,14 @@ def _docs_from_blocks(batches, tok, sep_id) -> list[str]:
 def test_clm_blocks_are_full_and_join_documents_with_eos(prepared_corpus, trained_tokenizer, tok):
     cfg = _cfg(prepared_corpus, trained_tokenizer, num_workers=0, shuffle_files=False)
     batches = _take(PackedDataLoader(cfg, tokenizer=tok), 30)
-    ids = np.concatenate([b["input_ids"].numpy().ravel() for b in batches])
+    ids = np.concatenate([b["input_ids"][0].numpy() for b in batches])  # row 0: logical shard 0's stream
     assert all(b["input_ids"].shape == (4, 64) for b in batches)
     assert all(bool((b["attention_mask"] == 1).all()) for b in batches), "training blocks carry no padding"
     assert not (ids == tok.pad_id).any()
     assert (ids == tok.eos_id).sum() >= 2, "documents are separated by EOS"
     assert all(bool((b["labels"] == b["input_ids"]).all()) for b in batches), "causal-LM labels are the inputs (the model shifts)"
-    # the token stream, cut at EOS, decodes back to the corpus documents in the file order
+    # logical shard 0's token stream, cut at EOS, decodes back to the corpus documents in the order of
+    # its first file (4 shards, 16 files: shard 0 owns files 0, 4, 8, 12)
     first_file = sorted((prepared_corpus / "train").glob("*.jsonl"))[0]
     expected = [json.loads(line)["text"] for line in first_file.open(encoding="utf-8")]
     cuts = np.flatnonzero(ids == tok.eos_id)
@@ -87,64 +89,136 @@ def test_one_pass_over_2_ranks_x_2_workers_reads_every_document_exactly_once(pre
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
 def test_exact_resume_at_several_points_2_ranks_x_2_workers(prepared_corpus, trained_tokenizer, tok, objective):
+    """Global batch 12 = micro 3 × accumulation 2 × 2 ranks; stopped after 1, 2, 4 and 5 optimizer steps
+    and resumed from the JSON round-tripped state: every later micro-batch is bitwise the uninterrupted one."""
     cfg = _cfg(prepared_corpus, trained_tokenizer, objective=objective, seq_len=48, micro_batch_size=3)
-    total = 10
+    total, accumulation = 12, 2
     mid_document_stops = 0
     for rank in range(2):
-        reference = _take(PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok), total)
-        for stop in (1, 2, 5, 9):
-            first = PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok)
-            head = _take(first, stop)
+        reference = _take(PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok, global_batch_size=12), total)
+        for stop in (1, 2, 4, 5):
+            first = PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok, global_batch_size=12)
+            head = _take(first, stop * accumulation)
             state = json.loads(json.dumps(first.state_dict()))  # must survive a JSON round trip
-            for w in state["workers"].values():
+            assert state["steps"] == stop and len(state["shards"]) == 6
+            for w in state["shards"].values():
                 for p in w["sources"].values():
                     mid_document_stops += p["offset"] > 0
-            resumed = PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok)
+            resumed = PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok, global_batch_size=12)
             resumed.load_state_dict(state)
-            tail = _take(resumed, total - stop)
+            tail = _take(resumed, total - stop * accumulation)
             for i, (a, b) in enumerate(zip(reference, head + tail)):
                 for k in ("input_ids", "labels", "attention_mask"):
                     assert bool((a[k] == b[k]).all()), f"rank {rank}, stop {stop}: batch {i} {k} differs"
+        mid = PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok, global_batch_size=12)
+        _take(mid, 3)
+        with pytest.raises(DataError, match="optimizer-step boundaries"):
+            mid.state_dict()
     assert mid_document_stops > 0, "some stops must fall in the middle of a document"
 
 
-def _shard_epochs(cfg, tok, world_size: int = 2) -> dict[tuple[int, int], list[str]]:
-    """Read the training stream of every (rank, worker) until it comes back to its first document
-    (``shuffle_files=False``: each epoch replays the same plan) and return the documents of its first
-    epoch, decoded from the emitted token ids (cut at EOS; a block may end mid-document)."""
-    shards: dict[tuple[int, int], list[str]] = {}
+def _row_hash(batch, i) -> str:
+    h = hashlib.sha1()
+    for k in ("input_ids", "labels", "attention_mask"):
+        h.update(batch[k][i].numpy().tobytes())
+    return h.hexdigest()
+
+
+def _global_batches(pieces, cfg, tok, glob: int) -> list[frozenset]:
+    """Run the data side of a training run in pieces ``[(world_size, num_workers, steps), …]``, each
+    resumed from the merged states of all ranks of the piece before (as the trainer does), and return
+    each global batch as the set of its micro-batches, each micro-batch the set of its samples' hashes."""
+    from zerolm.data_pipeline.loader import merge_states
+
+    out: list[frozenset] = []
+    state = None
+    for world, workers, steps in pieces:
+        c = cfg.model_copy(update={"num_workers": workers})
+        per_rank, states = [], []
+        for rank in range(world):
+            loader = PackedDataLoader(c, rank=rank, world_size=world, tokenizer=tok, global_batch_size=glob)
+            if state is not None:
+                loader.load_state_dict(json.loads(json.dumps(state)))
+            micro = _take(loader, steps * loader.accumulation)
+            per_rank.append([micro[s * loader.accumulation:(s + 1) * loader.accumulation] for s in range(steps)])
+            states.append(loader.state_dict())
+        for s in range(steps):
+            out.append(frozenset(frozenset(_row_hash(b, i) for i in range(len(b["input_ids"])))
+                                 for r in range(world) for b in per_rank[r][s]))
+        state = merge_states(states)
+    return out
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_elastic_resume_gives_the_same_global_batches(prepared_corpus, trained_tokenizer, tok, objective):
+    """The strong form of elastic resume: a run of 9 steps (global batch 16, micro-batch 2) continued
+    on 2 → 1 → 4 ranks, and one with loader workers 2 → 0 → 1 at 2 ranks, see exactly the global
+    batches of the uninterrupted 2-rank run, each split into the same micro-batches (masked-LM: with
+    the same masks), so nothing is lost, nothing repeated and per-micro-batch means are unchanged."""
+    cfg = _cfg(prepared_corpus, trained_tokenizer, objective=objective, seq_len=48, micro_batch_size=2)
+    reference = _global_batches([(2, 0, 9)], cfg, tok, 16)
+    assert len(set(reference)) == 9 and all(len(g) == 8 for g in reference)
+    samples = [h for g in reference for mb in g for h in mb]
+    assert len(samples) == len(set(samples)) == 9 * 16, "no sample repeats within the run"
+    assert _global_batches([(2, 2, 3), (1, 0, 3), (4, 1, 3)], cfg, tok, 16) == reference, "ranks 2 → 1 → 4"
+    assert _global_batches([(2, 2, 3), (2, 0, 3), (2, 1, 3)], cfg, tok, 16) == reference, "workers 2 → 0 → 1"
+
+
+def test_a_global_batch_that_does_not_split_fails_before_reading(prepared_corpus, trained_tokenizer, tok):
+    from zerolm.data_pipeline.loader import step_layout
+
+    assert step_layout(16, 2, 2, 4) == (8, 4, 2)
+    with pytest.raises(DataError, match=r"does not split over 3 ranks; world sizes that do: \[1, 2, 4, 8\]"):
+        step_layout(16, 3, 2, 1)
+    with pytest.raises(DataError, match=r"micro-batch sizes that fit: \[1, 2, 4, 8\]"):
+        step_layout(16, 2, 3, 1)
+    with pytest.raises(DataError, match=r"data.num_workers=3 does not divide the 8 .* worker counts that do: \[0, 1, 2, 4, 8\]"):
+        step_layout(16, 2, 2, 3)
+    cfg = _cfg(prepared_corpus, trained_tokenizer, micro_batch_size=2, num_workers=3)
+    with pytest.raises(DataError, match="num_workers=3"):
+        PackedDataLoader(cfg, rank=0, world_size=2, tokenizer=tok, global_batch_size=16)
+
+
+def _shard_epochs(cfg, tok, world_size: int = 2) -> dict[int, list[str]]:
+    """Read the training stream of every logical shard (one row of each global batch) until it comes
+    back to its first document (``shuffle_files=False``: each epoch replays the same plan) and return
+    the documents of its first epoch, decoded from the emitted token ids (cut at EOS; a block may end
+    mid-document)."""
+    shards: dict[int, list[str]] = {}
     for rank in range(world_size):
         loader = PackedDataLoader(cfg, rank=rank, world_size=world_size, tokenizer=tok)
         tail: dict[int, np.ndarray] = {}
-        docs: dict[int, list[str]] = {w: [] for w in range(cfg.num_workers)}
+        docs: dict[int, list[str]] = {q: [] for q in loader.logical_shards}
         wrapped: set[int] = set()
         for batch in loader:
-            w = loader.last_worker
-            if w in wrapped:
-                continue
-            ids = np.concatenate([tail.get(w, np.array([], dtype=np.int64)), batch["input_ids"].numpy().ravel()])
-            start = 0
-            for cut in np.flatnonzero(ids == tok.eos_id):
-                text = tok.decode(ids[start:cut].tolist())
-                start = cut + 1
-                if docs[w] and text == docs[w][0]:
-                    wrapped.add(w)
-                    break
-                docs[w].append(text)
-            tail[w] = ids[start:]
-            if len(wrapped) == cfg.num_workers:
+            for row, q in enumerate(loader.last_shards):
+                if q in wrapped:
+                    continue
+                ids = np.concatenate([tail.get(q, np.array([], dtype=np.int64)), batch["input_ids"][row].numpy()])
+                start = 0
+                for cut in np.flatnonzero(ids == tok.eos_id):
+                    text = tok.decode(ids[start:cut].tolist())
+                    start = cut + 1
+                    if docs[q] and text == docs[q][0]:
+                        wrapped.add(q)
+                        break
+                    docs[q].append(text)
+                tail[q] = ids[start:]
+            if len(wrapped) == len(docs):
                 break
-        shards.update({(rank, w): d for w, d in docs.items()})
+        shards.update(docs)
     return shards
 
 
 @pytest.mark.parametrize("pattern", ["train/bbc_xsum-*.jsonl", "train/legal_multilexsum-*.jsonl"])
-def test_ranks_and_workers_read_disjoint_documents(prepared_corpus, trained_tokenizer, tok, pattern):
-    """The training stream of 2 ranks x 2 workers, decoded: bbc_xsum has 3 files for 4 shards (split by
-    record), legal_multilexsum 4 (split by file). Each shard's epoch holds distinct documents, the shards'
-    document sets are disjoint and together are exactly the source's documents."""
-    cfg = _cfg(prepared_corpus, trained_tokenizer, pattern=pattern, seq_len=256, micro_batch_size=16, shuffle_files=False)
+def test_logical_shards_read_disjoint_documents(prepared_corpus, trained_tokenizer, tok, pattern):
+    """The training stream of 2 ranks x 2 workers over 4 logical shards (global batch 4), decoded per
+    shard: bbc_xsum has 3 files for 4 shards (split by record), legal_multilexsum 4 (split by file). Each
+    shard's epoch holds distinct documents, the shards' document sets are disjoint and together are
+    exactly the source's documents."""
+    cfg = _cfg(prepared_corpus, trained_tokenizer, pattern=pattern, seq_len=256, micro_batch_size=2, shuffle_files=False)
     shards = _shard_epochs(cfg, tok)
+    assert sorted(shards) == [0, 1, 2, 3]
     expected = _corpus_docs(prepared_corpus, pattern)
     assert len(set(expected)) == len(expected), "the prepared corpus is deduplicated"
     sets = {k: set(v) for k, v in shards.items()}
@@ -155,26 +229,25 @@ def test_ranks_and_workers_read_disjoint_documents(prepared_corpus, trained_toke
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
             shared = len(sets[a] & sets[b])
-            assert shared == 0, f"(rank, worker) {a} and {b} share {shared} documents"
+            assert shared == 0, f"logical shards {a} and {b} share {shared} documents"
     union = set().union(*sets.values())
     unread, foreign = len(set(expected) - union), len(union - set(expected))
     assert unread == foreign == 0, f"{unread} documents unread, {foreign} not in the corpus"
     # with the default per-epoch file shuffle (all shards must agree on the order), the first
     # documents of each shard are still disjoint
-    shuffled = _cfg(prepared_corpus, trained_tokenizer, pattern=pattern, seq_len=256, micro_batch_size=4)
-    firsts: dict[tuple[int, int], set[str]] = {}
+    shuffled = _cfg(prepared_corpus, trained_tokenizer, pattern=pattern, seq_len=256, micro_batch_size=2)
+    firsts: dict[int, set[str]] = {}
     for rank in range(2):
         loader = PackedDataLoader(shuffled, rank=rank, world_size=2, tokenizer=tok)
-        by_worker: dict[int, list] = {}
-        for batch in loader:
-            by_worker.setdefault(loader.last_worker, []).append(batch["input_ids"].numpy().ravel())
-            if min((len(v) for v in by_worker.values()), default=0) >= 6 and len(by_worker) == 2:
-                break
-        for w, parts in by_worker.items():
+        rows: dict[int, list] = {}
+        for batch in _take(loader, 24):
+            for row, q in enumerate(loader.last_shards):
+                rows.setdefault(q, []).append(batch["input_ids"][row].numpy())
+        for q, parts in rows.items():
             ids = np.concatenate(parts)
             cuts = np.flatnonzero(ids == tok.eos_id)
-            firsts[(rank, w)] = {tok.decode(ids[a + 1 : b].tolist()) for a, b in zip(np.r_[-1, cuts[:-1]], cuts)}
-    assert all(len(v) >= 3 for v in firsts.values()), {k: len(v) for k, v in firsts.items()}
+            firsts[q] = {tok.decode(ids[a + 1 : b].tolist()) for a, b in zip(np.r_[-1, cuts[:-1]], cuts)}
+    assert sorted(firsts) == [0, 1, 2, 3] and all(len(v) >= 3 for v in firsts.values()), {k: len(v) for k, v in firsts.items()}
     read = set().union(*firsts.values())
     assert sum(map(len, firsts.values())) == len(read), "shuffled shards overlap"
     assert not read - set(expected), "documents that are not in the corpus"
@@ -237,13 +310,21 @@ def test_mlm_masking_follows_bert_recipe(prepared_corpus, trained_tokenizer, tok
     assert not (m1 == m2).all()
 
 
-def test_state_from_another_layout_is_refused(prepared_corpus, trained_tokenizer, tok):
+def test_state_from_another_stream_is_refused(prepared_corpus, trained_tokenizer, tok):
+    """A state resumes on another world size only for the same global batch (= logical shards) and
+    stream; one rank's state alone cannot feed a rank that owns other shards."""
     cfg = _cfg(prepared_corpus, trained_tokenizer)
     a = PackedDataLoader(cfg, rank=0, world_size=2, tokenizer=tok)
     _take(a, 2)
     b = PackedDataLoader(cfg, rank=0, world_size=4, tokenizer=tok)
-    with pytest.raises(DataError, match="world_size"):
+    with pytest.raises(DataError, match=r"logical_shards=8, this run has 16 \(= the global batch size\)"):
         b.load_state_dict(a.state_dict())
+    c = PackedDataLoader(cfg, rank=1, world_size=2, tokenizer=tok)
+    with pytest.raises(DataError, match=r"lacks logical shards \[4, 5, 6, 7\]"):
+        c.load_state_dict(a.state_dict())
+    d = PackedDataLoader(_cfg(prepared_corpus, trained_tokenizer, seq_len=32), rank=0, world_size=2, tokenizer=tok)
+    with pytest.raises(DataError, match="seq_len=64, this run has 32"):
+        d.load_state_dict(a.state_dict())
 
 
 def test_missing_path_and_unknown_format_fail_before_work(tmp_path, trained_tokenizer, tok):

@@ -112,7 +112,10 @@ class TrainConfig(_Section):
 
     Batch arithmetic: ``global_batch_size = data.micro_batch_size × gradient_accumulation_steps ×
     data-parallel size``; give ``global_batch_size`` or ``gradient_accumulation_steps`` (or
-    neither: accumulation 1) and the other is derived; both must agree when both are given.
+    neither: accumulation 1) and the other is derived; both must agree when both are given. A
+    resumed run keeps its checkpoint's global batch (unless ``global_batch_size`` is set): on another
+    number of ranks the accumulation is re-derived (``elastic_resume``, on by default; false refuses
+    to resume at another world size).
     """
 
     run_dir: str = "runs/default"
@@ -142,6 +145,7 @@ class TrainConfig(_Section):
     max_consecutive_nonfinite: int = Field(default=5, ge=1)
     peak_flops: float | None = Field(default=None, gt=0)
     inject_nonfinite_at_steps: list[int] = []
+    elastic_resume: bool = True
 
     @model_validator(mode="after")
     def _offload_params_needs_stage3(self) -> "TrainConfig":
