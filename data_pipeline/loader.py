@@ -186,7 +186,7 @@ class _ValidationShards(IterableDataset):
 def _collate_validation(samples: list[dict[str, Any]]) -> dict[str, Any]:
     real = [s for s in samples if "_final" not in s]
     batch: dict[str, Any] = {k: torch.from_numpy(np.stack([s[k] for s in real])) for k in _KEYS} if real else {"_empty": True}
-    batch["_worker"] = samples[-1]["_worker"]
+    batch["_worker"], batch["_state"] = samples[-1]["_worker"], samples[-1]["_state"]
     return batch
 
 
@@ -367,6 +367,7 @@ class PackedDataLoader:
                         collate_fn=_collate_validation, generator=torch.Generator().manual_seed(self.cfg.seed))
         for batch in dl:
             self.last_worker = batch.pop("_worker")
+            self._states[self.last_worker] = batch.pop("_state")  # for stats(): skip counters per reader
             if batch.pop("_empty", False):  # only the end-of-pass counters of a finite stream
                 continue
             self.batches += 1
@@ -430,9 +431,9 @@ class PackedDataLoader:
         self.steps, self._in_step = steps, 0
 
     def stats(self) -> dict[str, Any]:
-        """Counters of this rank's logical shards so far: ``documents``, ``tokens`` (packed, before
-        CLS/SEP wrapping), ``samples``, ``epoch`` (lowest over shards and sources) and
-        ``skipped_documents`` by reason."""
+        """Counters of this rank's logical shards (validation: its readers) so far: ``documents``,
+        ``tokens`` (packed, before CLS/SEP wrapping), ``samples``, ``epoch`` (lowest over shards and
+        sources) and ``skipped_documents`` by reason."""
         skipped: Counter[str] = Counter()
         docs = tokens = samples = 0
         epochs = []

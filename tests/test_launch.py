@@ -102,8 +102,8 @@ def _sbatch_options(script: str) -> dict[str, str]:
     return opts
 
 
-def _fake_cluster(tmp: Path) -> tuple[Path, Path]:
-    """A PATH folder with fake `srun`/`scontrol`/`scancel` for a 4-node allocation, and a fake Python
+def _fake_cluster(tmp: Path, n_nodes: int = 4) -> tuple[Path, Path]:
+    """A PATH folder with fake `srun`/`scontrol`/`scancel` for an allocation of `n_nodes` nodes, and a fake Python
     environment whose torchrun/deepspeed/`python -m zerolm.pretrain` record their arguments and environment."""
     fake = tmp / "fakebin"
     venv = tmp / "venv" / "bin"
@@ -123,10 +123,11 @@ json.dump({{"exe": os.path.basename(sys.argv[0]), "argv": sys.argv[1:],
     # the fake python records `-m zerolm.pretrain`, anything else (the script's result.json check) is real Python
     (venv / "python").write_text(f'#!/bin/bash\nif [[ "$1 $2" == "-m zerolm.pretrain" ]]; then shift 2; exec {venv}/record.py "$@"; fi\n'
                                  f'exec {sys.executable} "$@"\n')
-    (fake / "scontrol").write_text('#!/bin/bash\nif [[ $1 == show && $2 == hostnames ]]; then printf "gpu%03d\\n" 1 2 3 4; '
+    numbers = " ".join(str(i) for i in range(1, n_nodes + 1))
+    (fake / "scontrol").write_text(f'#!/bin/bash\nif [[ $1 == show && $2 == hostnames ]]; then printf "gpu%03d\\n" {numbers}; '
                                    f'else echo "$@" >> {rec}/scontrol.log; fi\n')
     (fake / "scancel").write_text(f'#!/bin/bash\necho "$@" >> {rec}/scancel.log\n')
-    # srun: --ntasks-per-node=K tasks on each of the 4 nodes, with the variables Slurm sets per task
+    # srun: --ntasks-per-node=K tasks on each node, with the variables Slurm sets per task
     (fake / "srun").write_text(f"""#!{sys.executable}
 import os, subprocess, sys
 args = sys.argv[1:]
@@ -135,7 +136,7 @@ while args and args[0].startswith("--"):
     if args[0].startswith("--ntasks-per-node="):
         per_node = int(args[0].split("=")[1])
     args.pop(0)
-nodes = ["gpu001", "gpu002", "gpu003", "gpu004"]
+nodes = {[f"gpu{i:03d}" for i in range(1, n_nodes + 1)]!r}
 rc = 0
 for nid, node in enumerate(nodes):
     for lid in range(per_node):
@@ -151,8 +152,10 @@ sys.exit(rc)
     return fake, venv / "python"
 
 
-def _run_rendered(tmp: Path, launcher: str) -> tuple[str, list[dict]]:
-    fake, python = _fake_cluster(tmp)
+def _run_rendered(tmp: Path, launcher: str, n_nodes: int = 4) -> tuple[str, list[dict]]:
+    """Render the 4 nodes x 8 GPUs script and run it against a fake allocation of `n_nodes` nodes (4: as
+    submitted; another count: as a requeued job whose node count was changed)."""
+    fake, python = _fake_cluster(tmp, n_nodes)
     rendered = render_sbatch(SlurmJob(config=str(GPT), overrides=["train.zero_stage=3"], nodes=4, gpus_per_node=8,
                                       time="12:00:00", partition="gpu", launcher=launcher, workdir=str(tmp),
                                       python=str(python), log_dir=str(tmp / "logs")))
@@ -160,11 +163,28 @@ def _run_rendered(tmp: Path, launcher: str) -> tuple[str, list[dict]]:
     script.write_text(rendered.script)
     subprocess.run(["bash", "-n", str(script)], check=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(PATH=f"{fake}:{env['PATH']}", SLURM_JOB_ID="12345", SLURM_JOB_NODELIST="gpu[001-004]", SLURM_JOB_NUM_NODES="4")
+    env.update(PATH=f"{fake}:{env['PATH']}", SLURM_JOB_ID="12345", SLURM_JOB_NODELIST=f"gpu[001-{n_nodes:03d}]",
+               SLURM_JOB_NUM_NODES=str(n_nodes))
     r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     records = [json.loads(p.read_text()) for p in sorted((tmp / "records").glob("*.json"))]
     return rendered.script, records
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "srun", "deepspeed"])
+def test_a_requeued_job_runs_on_the_nodes_it_gets(tmp_path, launcher):
+    """A job submitted for 4 nodes and requeued onto 2 (`scontrol update JobId=… NumNodes=2` while it
+    waits, or `sbatch --nodes=2` of the same script) starts 16 ranks on the 2 nodes it has: nothing in the
+    script fixes the node count, so the trainer sees the new world size and resumes elastically."""
+    script, records = _run_rendered(tmp_path, launcher, n_nodes=2)
+    if launcher == "torchrun":
+        assert len(records) == 2 and all("--nnodes=2" in r["argv"] for r in records), [r["argv"] for r in records]
+    elif launcher == "srun":
+        envs = [detect(r["env"], set_env=False) for r in records]
+        assert sorted(e.rank for e in envs) == list(range(16)) and {e.world_size for e in envs} == {16}
+    else:
+        assert (tmp_path / "runs/quickstart/gpt/slurm/hostfile-12345").read_text() == "gpu001 slots=8\ngpu002 slots=8\n"
+        assert len(records) == 2
 
 
 def _train_args_ok(argv: list[str], run_dir: Path) -> None:

@@ -189,9 +189,45 @@ def test_zero1_on_two_ranks_shards_the_optimizer_and_keeps_the_weights_identical
 
 
 # -- bf16 and the llama family ---------------------------------------------------------------------
+def _llama(run_dir: Path, step: int):
+    """A transformers LlamaForCausalLM built here from the run's preset shapes (RoPE, SwiGLU, RMSNorm: a
+    GPT-2 state dict would not load), with the bf16 weights of the step's checkpoint, strictly loaded."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = load_config(run_dir / "config.yaml")
+    assert cfg.model.family == "llama"
+    weights = _model_states(run_dir, step)["module"]
+    m = cfg.model
+    hf = LlamaConfig(vocab_size=weights["model.embed_tokens.weight"].shape[0], hidden_size=m.d_model,
+                     intermediate_size=m.d_ff, num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
+                     num_key_value_heads=m.n_kv_head, max_position_embeddings=cfg.data.seq_len,
+                     tie_word_embeddings=m.tie_word_embeddings)
+    model = LlamaForCausalLM(hf).to(torch.bfloat16)
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+def _loss_sums(model, batches) -> tuple[float, float]:
+    """Summed next-token cross-entropy (nats) and predicted tokens over the batches."""
+    loss_sum = tokens = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            labels = batch["labels"][:, 1:]
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                   ignore_index=-100, reduction="sum")
+            loss_sum += float(ce)
+            tokens += float((labels != -100).sum())
+    return loss_sum, tokens
+
+
 def test_bf16_steps_train_bf16_weights(bf16_llama):
     """The engine ran with bf16 on (fp16 off), its model weights are bf16, every step was applied
-    (no skipped step, the weights changed), and losses are finite and going down."""
+    (no skipped step, the weights changed), losses are finite, and training lowered the loss on what it
+    trained on: the micro-batches of steps 2 and 3 score better under the step-3 weights than under the
+    step-1 weights (the same batches, recomputed here)."""
+    from zerolm.data_pipeline.loader import PackedDataLoader
+
     states = [_model_states(bf16_llama, s) for s in (1, STEPS)]
     ds = states[-1]["ds_config"]
     assert ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
@@ -201,39 +237,23 @@ def test_bf16_steps_train_bf16_weights(bf16_llama):
     assert any(not torch.equal(a, states[1]["module"][k]) for k, a in states[0]["module"].items())
     losses = {s: r["train/loss"] for s, r in _train_rows(bf16_llama).items()}
     assert sorted(losses) == list(range(1, STEPS + 1)) and all(math.isfinite(v) for v in losses.values())
-    assert losses[STEPS] < losses[1], losses
+    cfg = load_config(bf16_llama / "config.yaml")
+    it = iter(PackedDataLoader(cfg.data, global_batch_size=cfg.train.global_batch_size))
+    batches = [next(it) for _ in range(STEPS)][1:]  # one micro-batch per step (one rank, no accumulation)
+    before, n = _loss_sums(_llama(bf16_llama, 1), batches)
+    after, _ = _loss_sums(_llama(bf16_llama, STEPS), batches)
+    assert after / n < before / n - 0.01, (before / n, after / n)
 
 
 def test_llama_family_trains_a_llama(bf16_llama):
     """The checkpoint loads strictly into a transformers LlamaForCausalLM built here from the preset's
-    shapes (RoPE, SwiGLU, RMSNorm: a GPT-2 state dict would not load), and that model reproduces the
-    validation loss the trainer logged at the last step."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    shapes, and that model reproduces the validation loss the trainer logged at the last step."""
     from zerolm.data_pipeline.loader import PackedDataLoader
 
     cfg = load_config(bf16_llama / "config.yaml")
-    assert cfg.model.family == "llama"
-    weights = _model_states(bf16_llama, STEPS)["module"]
-    m = cfg.model
-    hf = LlamaConfig(vocab_size=weights["model.embed_tokens.weight"].shape[0], hidden_size=m.d_model,
-                     intermediate_size=m.d_ff, num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
-                     num_key_value_heads=m.n_kv_head, max_position_embeddings=cfg.data.seq_len,
-                     tie_word_embeddings=m.tie_word_embeddings)
-    model = LlamaForCausalLM(hf).to(torch.bfloat16)
-    model.load_state_dict(weights, strict=True)
-    model.eval()
-    loss_sum = tokens = 0.0
-    with torch.no_grad():
-        for i, batch in enumerate(PackedDataLoader(cfg.data, split="validation")):
-            if i == cfg.train.eval_batches:
-                break
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            labels = batch["labels"][:, 1:]
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                   ignore_index=-100, reduction="sum")
-            loss_sum += float(ce)
-            tokens += float((labels != -100).sum())
+    model = _llama(bf16_llama, STEPS)
+    batches = [b for _, b in zip(range(cfg.train.eval_batches), PackedDataLoader(cfg.data, split="validation"))]
+    loss_sum, tokens = _loss_sums(model, batches)
     logged = [r for r in _rows(bf16_llama) if "eval/loss" in r][-1]
     assert logged["step"] == STEPS and logged["eval/tokens"] == tokens
     assert logged["eval/loss"] == pytest.approx(loss_sum / tokens, rel=2e-3)
