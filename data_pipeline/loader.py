@@ -47,6 +47,8 @@ from zerolm.errors import DataError
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "zerolm-data-state/2"
+_KEYS = ("input_ids", "labels", "attention_mask")
+_MIN_TOKENIZE_BATCH = 16  # documents per tokenizer call and stream, at the least
 
 
 def _load_tokenizer(cfg: DataConfig):
@@ -67,6 +69,8 @@ class PackedStream:
         infinite: loop over epochs forever (training) or read each source once (validation: sources
             one after the other, the last block padded).
         state: a ``state`` dict from a previous sample of this shard.
+        tokenize_batch_size: documents each source's packer reads ahead and tokenizes per call
+            (default ``cfg.tokenize_batch_size``; a process running many streams gives each a share).
 
     Iterating yields dicts of int64 arrays of shape ``(seq_len,)``: ``input_ids``, ``labels``
     (``-100`` where no loss) and ``attention_mask``, plus ``_state`` (this shard's state after the
@@ -82,6 +86,7 @@ class PackedStream:
         num_shards: int,
         infinite: bool,
         state: dict[str, Any] | None = None,
+        tokenize_batch_size: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.tok = tokenizer
@@ -104,7 +109,7 @@ class PackedStream:
             self.packers[src.name] = SourcePacker(
                 reader, tokenizer, separator_id=tokenizer.sep_id if mlm else tokenizer.eos_id,
                 bos_id=tokenizer.bos_id if cfg.add_bos else None, block_len=self.block_len,
-                tokenize_batch_size=cfg.tokenize_batch_size, max_epochs=None if infinite else 1,
+                tokenize_batch_size=tokenize_batch_size or cfg.tokenize_batch_size, max_epochs=None if infinite else 1,
                 state=src_states.get(src.name),
             )
         self.special_ids = np.array(
@@ -205,8 +210,10 @@ class _StepChunks(IterableDataset):
         info = get_worker_info()
         j = info.id if info else 0
         shards = range(self.first + j * self.per_worker, self.first + (j + 1) * self.per_worker)
+        # the read-ahead for batched tokenization is shared out: c streams read ahead as much as one did
+        share = max(_MIN_TOKENIZE_BATCH, self.cfg.tokenize_batch_size // self.per_worker)
         streams = [iter(PackedStream(self.cfg, self.sources, self.tokenizer, q, self.num_shards, True,
-                                     self.states.get(q))) for q in shards]
+                                     self.states.get(q), tokenize_batch_size=share)) for q in shards]
         while True:
             samples = [next(s) for s in streams]
             chunk: dict[str, Any] = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in _KEYS}
@@ -269,7 +276,6 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-_KEYS = ("input_ids", "labels", "attention_mask")
 
 
 class PackedDataLoader:

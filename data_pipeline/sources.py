@@ -11,6 +11,8 @@ readers so that no document is read twice in one pass:
   (the file list is shuffled per epoch with a seeded RNG, then dealt round-robin);
 * otherwise every reader walks every file and owns every ``num_shards``-th record
   (the same rule :func:`datasets.distributed.split_dataset_by_node` uses when shards do not divide).
+  For a plain local text file, the readers of one process share an index of its line starts
+  (built once, :func:`line_starts`) and seek straight to their records instead of reading every line.
 
 Positions. Every document comes with a :class:`DocPosition` (epoch, index in the reader's file plan,
 record number, byte offset of the record in the uncompressed stream). Restarting a reader at a
@@ -27,11 +29,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
 import fsspec
+import numpy as np
 
 from zerolm.config import SourceConfig
 from zerolm.errors import DataError
@@ -145,6 +149,37 @@ def resolve_files(source: SourceConfig, key: str = "data.sources") -> list[FileR
                 )
             files.append(FileRef(url, fmt, comp))
     return files
+
+
+_LINE_INDEX: dict[tuple[str, int, int], np.ndarray] = {}
+_INDEX_CHUNK = 1 << 24
+
+
+def line_starts(path: str) -> np.ndarray:
+    """Byte offsets (int64, ascending) at which the lines of a plain local file start; a final
+    newline starts no line. Cached per process, keyed by path, size and modification time (so the
+    readers of every logical shard in a process scan each file once); read in 16 MiB chunks."""
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    cached = _LINE_INDEX.get(key)
+    if cached is not None:
+        return cached
+    parts, base = [np.zeros(1, dtype=np.int64)], 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_INDEX_CHUNK):
+            parts.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10).astype(np.int64) + base + 1)
+            base += len(chunk)
+    starts = np.concatenate(parts)
+    if starts[-1] >= base:  # a newline at the very end (or an empty file) starts no line
+        starts = starts[:-1]
+    if len(_LINE_INDEX) > 4096:  # bound the cache (8 bytes per line of every file seen)
+        _LINE_INDEX.clear()
+    _LINE_INDEX[key] = starts
+    return starts
+
+
+def _is_plain_local(ref: "FileRef") -> bool:
+    return ref.compression is None and "://" not in ref.url and os.path.isfile(ref.url)
 
 
 def _head(f) -> bytes:
@@ -267,6 +302,9 @@ class ShardedReader:
             elif off:
                 _skip_to(f, off)
             cap = self.max_document_bytes
+            if stride > 1 and _is_plain_local(ref):
+                yield from self._read_indexed(f, ref, epoch, fp, stride, first, rec)
+                return
             while True:
                 line = f.readline(cap + 1)
                 if not line:
@@ -282,40 +320,57 @@ class ShardedReader:
                 this, rec, off = rec, rec + 1, off + n
                 if (this - first) % stride:
                     continue
-                where = f"{ref.url}:{this + 1}"
-                if too_long:
-                    yield Skip("too_long", where)
-                    continue
-                if b"\x00" in line:
-                    yield Skip("binary", where)
-                    continue
-                try:
-                    s = line.decode("utf-8")
-                except UnicodeDecodeError:
-                    yield Skip("invalid_utf8", where)
-                    continue
-                if ref.format == "jsonl":
-                    if not s.strip():
-                        yield Skip("empty", where)
-                        continue
-                    try:
-                        obj = json.loads(s)
-                    except json.JSONDecodeError:
-                        yield Skip("malformed_json", where)
-                        continue
-                    if not isinstance(obj, dict):
-                        yield Skip("malformed_json", where)
-                        continue
-                    text = obj.get(self.text_field)
-                    if not isinstance(text, str):
-                        yield Skip("missing_field", where)
-                        continue
-                else:
-                    text = s[:-1] if s.endswith("\n") else s
-                if not text.strip():
-                    yield Skip("empty", where)
-                    continue
-                yield Doc(text, DocPosition(epoch, fp, this, start_off))
+                yield self._parse_line(None if too_long else line, ref, f"{ref.url}:{this + 1}",
+                                       DocPosition(epoch, fp, this, start_off))
+
+    def _read_indexed(self, f, ref: FileRef, epoch: int, fp: int, stride: int, first: int, rec: int):
+        """The owned records of a plain local file from record ``rec`` on, found through its line
+        index (:func:`line_starts`): a seek and one read per owned record. Yields exactly what the
+        line-by-line path yields (the same items, positions and skip reasons)."""
+        starts = line_starts(ref.url)
+        size = os.path.getsize(ref.url)
+        cap = self.max_document_bytes
+        this = rec + (first - rec) % stride
+        while this < len(starts):
+            start = int(starts[this])
+            end = int(starts[this + 1]) if this + 1 < len(starts) else size
+            f.seek(start)
+            too_long = end - start > cap + 1 or (end - start == cap + 1 and this + 1 == len(starts)
+                                                   and not f.read(cap + 1).endswith(b"\n"))
+            line = None
+            if not too_long:
+                f.seek(start)
+                line = f.read(end - start)
+            yield self._parse_line(line, ref, f"{ref.url}:{this + 1}", DocPosition(epoch, fp, this, start))
+            this += stride
+
+    def _parse_line(self, line: bytes | None, ref: FileRef, where: str, pos: DocPosition) -> Doc | Skip:
+        """One line of a txt/jsonl file as a document, or why it is skipped (``line`` None: too long)."""
+        if line is None:
+            return Skip("too_long", where)
+        if b"\x00" in line:
+            return Skip("binary", where)
+        try:
+            s = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return Skip("invalid_utf8", where)
+        if ref.format == "jsonl":
+            if not s.strip():
+                return Skip("empty", where)
+            try:
+                obj = json.loads(s)
+            except json.JSONDecodeError:
+                return Skip("malformed_json", where)
+            if not isinstance(obj, dict):
+                return Skip("malformed_json", where)
+            text = obj.get(self.text_field)
+            if not isinstance(text, str):
+                return Skip("missing_field", where)
+        else:
+            text = s[:-1] if s.endswith("\n") else s
+        if not text.strip():
+            return Skip("empty", where)
+        return Doc(text, pos)
 
     def _read_parquet(self, ref: FileRef, epoch: int, fp: int, stride: int, first: int, rec: int, off: int):
         import pyarrow.parquet as pq

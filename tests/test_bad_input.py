@@ -88,6 +88,41 @@ def test_each_kind_of_bad_input_is_skipped_and_counted(tmp_path, trained_tokeniz
         }, f"world {world}: {skipped}"
 
 
+def test_indexed_records_read_like_the_line_by_line_path(tmp_path, real_docs):
+    """Readers that own every N-th record of a plain local file seek through its line index; the same
+    file as a ``file://`` URL is read line by line. Both yield the same documents, skips (each kind of
+    bad line; a NUL byte near the start makes the whole file binary, tested above), including a last
+    line of exactly the size cap without newline, and positions, from the start and from
+    a resume position, for every shard."""
+    from zerolm.data_pipeline.sources import Doc, FileRef, ShardedReader
+
+    cap = 200
+    path = tmp_path / "a.jsonl"
+    lines = [json.dumps({"text": real_docs[0][:100]}).encode(), b'{"text": "caf\xe9"}', b"", json.dumps({"text": "  "}).encode(),
+             b'{"text": "unterminated', json.dumps({"body": "x"}).encode(), json.dumps({"text": "y" * 300}).encode(),
+             b"[1]", json.dumps({"text": real_docs[1][:150]}).encode(),
+             json.dumps({"text": "z" * (cap - 12)}).encode(), json.dumps({"text": "w" * (cap - 11)}).encode()]
+    path.write_bytes(b"\n".join(lines[:-1]) + b"\n" + lines[-1])  # the last line has no newline
+    assert len(lines[-1]) == cap + 1 and len(lines[-2]) + 1 == cap + 1
+
+    def items(url: str, shard: int, start=None) -> list[tuple]:
+        reader = ShardedReader([FileRef(url, "jsonl", None)], "text", shard, 3, shuffle_files=False, max_document_bytes=cap)
+        return [(type(i).__name__, i.text, i.pos) if isinstance(i, Doc) else ("Skip", i.reason, i.where.rsplit(":", 1)[1])
+                for i in reader.read(start=start, max_epochs=1)]
+
+    seen = []
+    for shard in range(3):
+        indexed, by_line = items(str(path), shard), items(f"file://{path}", shard)
+        assert indexed == by_line, shard
+        seen += indexed
+        docs = [i for i in indexed if i[0] == "Doc"]
+        if len(docs) > 1:  # resume at the shard's second document
+            assert items(str(path), shard, docs[1][2]) == items(f"file://{path}", shard, docs[1][2]) == indexed[indexed.index(docs[1]):]
+    reasons = Counter(i[1] for i in seen if i[0] == "Skip")
+    assert reasons == {"invalid_utf8": 1, "empty": 2, "malformed_json": 2, "missing_field": 1, "too_long": 2}, reasons
+    assert sum(i[0] == "Doc" for i in seen) == 3 and len(seen) == len(lines)
+
+
 def test_fsspec_url_with_gzip(trained_tokenizer, tok, real_docs):
     fs = fsspec.filesystem("memory")
     with fs.open("memory://zerolm-test/part-0.jsonl.gz", "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
