@@ -206,8 +206,10 @@ class Trainer:
         self._lock = distributed.lock_run_dir(Path(cfg.train.run_dir), env)
         cfg = cfg.model_copy(update={
             "data": cfg.data.model_copy(update={"micro_batch_size": micro}),
+            # the global batch is what a run keeps; the accumulation is derived from it on any world size
+            # (also when this run's saved config.yaml is used as the config of a restart elsewhere)
             "train": cfg.train.model_copy(update={"global_batch_size": self.global_batch,
-                                                  "gradient_accumulation_steps": self.grad_accum})})
+                                                  "gradient_accumulation_steps": None})})
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         cfg, self.parts = build(cfg, env)
         self.cfg = cfg

@@ -76,6 +76,8 @@ def test_resume_on_another_number_of_ranks_continues_the_run(base_args, referenc
            for p in (run_dir / "checkpoints").glob("step_*")}
     assert len(ids) == 1 and None not in ids, "every piece continues the same W&B run"
     assert (run_dir / "checkpoints" / "step_00000002" / "universal" / "zero").is_dir(), "converted beside the checkpoint"
+    saved = load_config(run_dir / "config.yaml")  # the run's own config restarts it on any world size
+    assert [batch_arithmetic(saved, w) for w in (1, 2, 4)] == [(4, 4, 16), (4, 2, 16), (4, 1, 16)]
 
 
 def test_batch_arithmetic_keeps_the_resumed_global_batch():
