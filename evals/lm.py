@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -344,10 +345,11 @@ class LanguageModel:
 
     @torch.no_grad()
     def sample(self, prompts: list[str], max_new_tokens: int, num_samples: int = 1, temperature: float = 1.0,
-               top_p: float = 0.95, seed: int = 0) -> list[list[str]]:
+               top_p: float = 0.95, seed: int = 0, on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
         """Sampled continuations (text after each prompt): ``num_samples`` per prompt, nucleus
         sampling (Holtzman et al. 2020) at ``temperature``; reproducible for a given ``seed`` and batch
-        size.
+        size. ``on_batch(n)``, if given, is called after each batch with its number of prompts
+        (a progress bar's ``update``).
 
         Raises:
             DataError: on a masked LM.
@@ -366,6 +368,8 @@ class LanguageModel:
             new = gen[:, enc["input_ids"].shape[1]:]
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             out.extend(texts[i * num_samples:(i + 1) * num_samples] for i in range(len(chunk)))
+            if on_batch is not None:
+                on_batch(len(chunk))
         return out
 
 

@@ -33,6 +33,7 @@ from zerolm.finetune import data as fdata
 from zerolm.pretrain.objectives import Objective
 from zerolm.config import ZeroLMConfig
 from zerolm.errors import DataError
+from zerolm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -252,17 +253,20 @@ def classification_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any] |
 
 
 @torch.no_grad()
-def predict(model, tok, texts: list[str], max_length: int, batch_size: int = 32) -> list[int]:
-    """Argmax class ids of a ``*ForSequenceClassification`` model over texts (sorted by length for speed)."""
+def predict(model, tok, texts: list[str], max_length: int, batch_size: int = 32, progress: bool = False) -> list[int]:
+    """Argmax class ids of a ``*ForSequenceClassification`` model over texts (sorted by length for speed);
+    ``progress`` draws a bar of the texts classified (:func:`zerolm.progress.progress_bar`)."""
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = [0] * len(texts)
-    for s in range(0, len(order), batch_size):
-        chunk = order[s : s + batch_size]
-        enc = tok([texts[i] for i in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        pred = model(**enc).logits.argmax(-1).tolist()
-        for i, p in zip(chunk, pred):
-            out[i] = p
+    with progress_bar(len(texts), "classify test", "items", progress) as bar:
+        for s in range(0, len(order), batch_size):
+            chunk = order[s : s + batch_size]
+            enc = tok([texts[i] for i in chunk], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            pred = model(**enc).logits.argmax(-1).tolist()
+            for i, p in zip(chunk, pred):
+                out[i] = p
+            bar.update(len(chunk))
     return out
 
 
@@ -298,8 +302,10 @@ def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: st
     plt.close(fig)
 
 
-def export_classifier(cfg: ZeroLMConfig, out_dir: str | Path, prepared: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Consolidate the run's newest checkpoint into a Hugging Face folder and evaluate it on the test split.
+def export_classifier(cfg: ZeroLMConfig, out_dir: str | Path, prepared: dict[str, Any] | None = None,
+                      progress: bool = False) -> dict[str, Any]:
+    """Consolidate the run's newest checkpoint into a Hugging Face folder and evaluate it on the test split
+    (``progress``: a bar of the test texts classified, :func:`predict`).
 
     Writes ``out_dir`` (``config.json`` with ``id2label``/``label2id``, ``model.safetensors``, the
     tokenizer, ``classification_metrics.json``, ``confusion_matrix.png``, ``README.md``) and returns the
@@ -331,7 +337,7 @@ def export_classifier(cfg: ZeroLMConfig, out_dir: str | Path, prepared: dict[str
         # reload what we wrote: the metrics are those of the exported folder
         model = AutoModelForSequenceClassification.from_pretrained(str(tmp))
         texts, true = prepared["splits"]["test"]
-        pred = predict(model, tok, texts, fc.max_length)
+        pred = predict(model, tok, texts, fc.max_length, progress=progress)
         cm = confusion_matrix(true, pred, len(names))
         m = metrics_from_confusion(cm, names)
         result = {
@@ -387,8 +393,9 @@ def _log_test_to_tracker(cfg: ZeroLMConfig, result: dict[str, Any]) -> None:
         log.warning("could not log test metrics to the tracker: %s", e)
 
 
-def finetune_classify(cfg: ZeroLMConfig) -> dict[str, Any]:
-    """Train (this process's part of the job), then on rank 0 export and evaluate on the test split.
+def finetune_classify(cfg: ZeroLMConfig, progress: bool = False) -> dict[str, Any]:
+    """Train (this process's part of the job), then on rank 0 export and evaluate on the test split
+    (``progress``: a bar of the test evaluation; the trainer logs every ``log_every`` steps instead).
 
     Returns:
         The trainer's summary; on rank 0 also ``export_dir`` and ``test`` (accuracy, macro-F1, …).
@@ -402,7 +409,7 @@ def finetune_classify(cfg: ZeroLMConfig) -> dict[str, Any]:
     result = train(cfg, build=functools.partial(classification_components, prepared=prepared))
     if is_main_process():
         out = cfg.finetune.export_dir or str(Path(cfg.train.run_dir) / "hf")
-        test = export_classifier(cfg, out, prepared)
+        test = export_classifier(cfg, out, prepared, progress=progress)
         _log_test_to_tracker(cfg, test)
         result = {**result, "export_dir": out,
                   "test": {k: test[k] for k in ("accuracy", "macro_f1", "examples")}}

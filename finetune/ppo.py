@@ -39,6 +39,7 @@ import torch.distributed as dist
 from zerolm.finetune import sentiment as S
 from zerolm.finetune.sentiment_export import export_meta, export_policy
 from zerolm.config import ZeroLMConfig
+from zerolm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +204,11 @@ class PromptStream:
         return [self.pool[idx[i]] for i in mine], [lengths[i] for i in mine]
 
 
-def train_ppo(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
+def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> dict[str, Any]:
     """Run PPO as this process's part of the job (1 process, or each rank under torchrun/srun), then
-    export the policy on rank 0 (:func:`finetune.sentiment_export.export_policy`).
+    export the policy on rank 0 (:func:`finetune.sentiment_export.export_policy`). ``progress`` draws
+    a bar of the PPO steps with the latest mean reward and KL (:func:`zerolm.progress.progress_bar`:
+    rank 0, stderr a terminal).
 
     Returns:
         ``status``, ``steps``, ``seconds``, ``first``/``final`` (mean metrics of the first/last five
@@ -262,6 +265,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
                      sc.batch_size // env.world_size, sc.ppo_epochs, sc.mini_batch_size, sc.lr, kl_ctl.value, sc.target_kl)
         history: list[dict[str, float]] = []
         status, step = "completed", 0
+        bar = progress_bar(sc.steps, "PPO", "steps", progress)
         while step < sc.steps:
             t0 = time.perf_counter()
             queries, lengths = stream.next()
@@ -319,6 +323,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
                 "ppo/kl_coef": kl_coef, "ppo/tokens_per_second": m["tokens"] * env.world_size / dt, "ppo/step_time_s": dt, "ppo/rollout_time_s": t_roll,
                 "ppo/lr": sc.lr, "train/loss": m["policy_loss"] + sc.vf_coef * m["value_loss"]}
             history.append(m)
+            bar.update(1)
+            bar.set_postfix_str(f"reward {m['ppo/mean_reward']:.3f} KL {m['ppo/kl']:.2f}", refresh=False)
             if tracker and (step % sc.log_every == 0 or step == sc.steps):
                 tracker.log(m, step)
                 log.info("step %d/%d | reward %.3f | KL %.2f nats | β %.3f | policy %.4f | value %.4f | clipfrac %.3f | "
@@ -330,6 +336,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
                 status = "time_limit"
                 log.warning("stopping after step %d: sentiment.max_minutes=%s reached", step, sc.max_minutes)
                 break
+        bar.close()
         digests: list[Any] = [None] * env.world_size
         mine = weights_digest(model)
         if dist.is_initialized() and env.world_size > 1:

@@ -37,11 +37,14 @@ def check_reward(sc) -> str:
     return conf.id2label[resolve_target_label(conf.id2label, sc.target, sc.target_label, f"the reward model {sc.reward}")]
 
 
-def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: bool = False) -> dict[str, Any]:
+def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: bool = False,
+                       progress: bool = False) -> dict[str, Any]:
     """Steer ``cfg.sentiment.policy`` toward ``cfg.sentiment.target`` with ``method`` control or ppo,
     export it (``export_dir``, default ``RUN_DIR/hf``) and, with ``report``, write the before/after
     report on rank 0 (:func:`finetune.sentiment_report.sentiment_report`). ``report_only`` skips
-    training and reports on an existing export.
+    training and reports on an existing export. ``progress`` draws bars of the PPO steps and of the
+    report's prompts (:func:`zerolm.progress.progress_bar`: rank 0, stderr a terminal); the control
+    method's trainer logs every ``log_every`` steps instead.
 
     Returns:
         The training summary (rank 0: also ``export_dir`` and, when reported, ``report``).
@@ -60,7 +63,7 @@ def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: boo
     elif sc.method == "ppo":
         from zerolm.finetune.ppo import train_ppo
 
-        result = train_ppo(cfg, reward_label)
+        result = train_ppo(cfg, reward_label, progress=progress)
     else:
         from zerolm.finetune.sentiment_control import train_control
 
@@ -70,7 +73,7 @@ def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: boo
     if report or report_only:
         from zerolm.finetune.sentiment_report import sentiment_report
 
-        rep = sentiment_report(cfg, out)
+        rep = sentiment_report(cfg, out, progress=progress)
         result["report"] = {k: rep[k] for k in ("before", "before_with_code", "after", "delta", "json", "png") if k in rep}
     write_json(run_dir / "result.json", result, default=str)
     return result

@@ -43,6 +43,7 @@ from zerolm.errors import DataError
 from zerolm.evals.judge import VADER_THRESHOLD, judge_hits, vader_compound  # the one judge, shared with the bias probe
 from zerolm.finetune import sentiment as S
 from zerolm.fsutil import save_figure, write_json, write_jsonl
+from zerolm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,18 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def _variant(model, ref, tok, reward, sc, queries, prefix, lengths, stops) -> dict[str, Any]:
+_GEN_BATCH = 32  # prompts per sampling batch (sample_responses' batch size); the bar moves per batch
+
+
+def _variant(model, ref, tok, reward, sc, queries, prefix, lengths, stops, bar) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(sc.seed)
     prompts = [prefix + q for q in queries]
-    resp = S.sample_responses(model, prompts, lengths, pad_id=tok.pad_token_id, stops=stops, temperature=sc.temperature,
-                              top_k=sc.top_k, top_p=sc.top_p, generator=gen)
+    resp: list[list[int]] = []
+    for s in range(0, len(prompts), _GEN_BATCH):  # one generator across batches: as one call would sample
+        resp += S.sample_responses(model, prompts[s:s + _GEN_BATCH], lengths[s:s + _GEN_BATCH], pad_id=tok.pad_token_id,
+                                   stops=stops, temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p,
+                                   generator=gen, batch_size=_GEN_BATCH)
+        bar.update(len(prompts[s:s + _GEN_BATCH]))
     full = [tok.decode(q + r, skip_special_tokens=True) for q, r in zip(queries, resp)]
     cont = [tok.decode(r, skip_special_tokens=True) for r in resp]
     logits = reward.logits(full)
@@ -85,9 +93,10 @@ def _variant(model, ref, tok, reward, sc, queries, prefix, lengths, stops) -> di
     return {"metrics": metrics, "continuations": cont, "texts": full, "rewards": rewards.tolist(), "vader": vf}
 
 
-def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path) -> dict[str, Any]:
+def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     """Compare the reference policy and the steered export on ``sentiment.report_prompts`` held-out
-    prompts; write the JSON + PNG (run dir and export folder) and update the model card.
+    prompts; write the JSON + PNG (run dir and export folder) and update the model card. ``progress``
+    draws a bar of the prompts generated, over all variants (:func:`zerolm.progress.progress_bar`).
 
     Returns:
         The report: ``before``/``after`` (and for control ``before_with_code``) metric dicts (see the
@@ -112,10 +121,11 @@ def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path) -> dict[str, An
     queries = S.make_queries(tok, texts, sc.prompt_min_tokens, sc.prompt_max_tokens, rng)[: sc.report_prompts]
     lengths = rng.integers(sc.response_min_tokens, sc.response_max_tokens + 1, size=len(queries)).tolist()
     code = S.code_ids(tok, meta.get("control_codes", sc.control_codes)[sc.target]) if meta["method"] == "control" else []
-    runs = {"before": _variant(ref, ref, tok, reward, sc, queries, [], lengths, stops),
-            "after": _variant(steered, ref, tok, reward, sc, queries, code, lengths, stops)}
-    if code:
-        runs["before_with_code"] = _variant(ref, ref, tok, reward, sc, queries, code, lengths, stops)
+    with progress_bar(len(queries) * (3 if code else 2), "sentiment report", "prompts", progress) as bar:
+        runs = {"before": _variant(ref, ref, tok, reward, sc, queries, [], lengths, stops, bar),
+                "after": _variant(steered, ref, tok, reward, sc, queries, code, lengths, stops, bar)}
+        if code:
+            runs["before_with_code"] = _variant(ref, ref, tok, reward, sc, queries, code, lengths, stops, bar)
     rep: dict[str, Any] = {
         "method": meta["method"], "policy": meta.get("policy"), "steered": str(steered_dir.resolve()),
         "reward": str(sc.reward or meta.get("reward")), "reward_type": sc.reward_type, "target": sc.target, "target_label": reward.label,

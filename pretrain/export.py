@@ -34,6 +34,7 @@ from zerolm import fsutil
 from zerolm.fsutil import check_replaceable
 from zerolm.redact import redact
 from zerolm.errors import DataError
+from zerolm.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,11 @@ def render_model_card(
 # --------------------------------------------------------------------------------------------------
 
 
-def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> dict[str, Any]:
+_EXPORT_STAGES = ("consolidate weights", "load weights", "save model", "save tokenizer and card")
+
+
+def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None = None,
+                      progress: bool = False) -> dict[str, Any]:
     """Export a run's checkpoint as a Hugging Face model folder (``zerolm export RUN_DIR OUT_DIR``).
 
     Args:
@@ -236,6 +241,9 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
         out_dir: the folder to write; replaced if it holds a previous export, refused if it holds
             anything else.
         tag: the checkpoint tag; ``None`` = ``checkpoints/latest``.
+        progress: draw a bar of the export's stages (consolidate weights, load them into the model,
+            save the model, save tokenizer and card) with the current one named
+            (:func:`zerolm.progress.progress_bar`: main process, stderr a terminal).
 
     Returns:
         A JSON-serialisable summary: ``out_dir``, ``run_dir``, ``tag``, ``step``, ``tokens_seen``,
@@ -281,11 +289,23 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
         logger.warning("config data.objective=%s but model.family=%s trains %s; exporting as %s",
                        cfg.data.objective, model_cfg.family, objective, objective)
     ptok = load_pipeline_tokenizer(cfg.data.tokenizer_dir)
+    bar = progress_bar(len(_EXPORT_STAGES), "export", "steps", progress)
+
+    def stage(done: int) -> None:  # `done` stages finished: advance the bar and name the next one
+        bar.update(done - bar.n)
+        if done < len(_EXPORT_STAGES):
+            bar.set_postfix_str(_EXPORT_STAGES[done])
+        else:
+            bar.close()
+
+    stage(0)
     state_dict, weights_from = consolidated_state_dict(tag_dir)
+    stage(1)
     torch.manual_seed(0)  # the random init is overwritten; seeded only to be reproducible
     model = build_model(model_cfg, vocab_size=ptok.vocab_size, seq_len=cfg.data.seq_len, special_ids=special_ids_of(ptok))
     load_weights(model, state_dict)
     del state_dict
+    stage(2)
     model.eval()
     counts = count_parameters(model)
     positions = int(model.config.max_position_embeddings)
@@ -307,6 +327,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
 
     with fsutil.staged_dir(out) as tmp:
         model.save_pretrained(str(tmp))
+        stage(3)
         save_hf_tokenizer(hf_tok, tmp)
         card = render_model_card(
             name=out.name, cfg=cfg, model_cfg=model_cfg, hf_cfg=model.config, counts=counts, complete=complete,
@@ -327,6 +348,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
             "config": cfg.model_dump(mode="json"),
         }
         fsutil.write_json(tmp / EXPORT_META, redact(meta), indent=2)
+    stage(4)
     files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
     summary = {
         "out_dir": str(out),

@@ -495,8 +495,10 @@ class Trainer:
         gn = self.engine.grad_norm()
         if gn is not None and math.isfinite(gn):
             m["train/grad_norm"] = gn
-        for reason, n in self.loader.stats()["skipped_documents"].items():
-            m[f"data/skipped_documents/{reason}"] = n
+        stats = self.loader.stats()
+        for kind in ("skipped_documents", "skipped_files"):
+            for reason, n in stats.get(kind, {}).items():
+                m[f"data/{kind}/{reason}"] = n
         if self.tracker:
             self.tracker.log(m, self.step)
             log.info("step %d/%d | loss %.4f | lr %.2e | grad_norm %s | %.0f tok/s | MFU %.1f%% | %.3f s/step | data wait %.0f%%",

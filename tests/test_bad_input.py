@@ -42,7 +42,9 @@ def _one_pass(cfg, tok, workers_world=(0, 1)):
             ids = np.concatenate(parts)
             cuts = np.flatnonzero(ids == tok.eos_id)
             docs += [tok.decode(ids[a + 1 : b].tolist()) for a, b in zip(np.r_[-1, cuts[:-1]], cuts)]
-        skipped.update(loader.stats()["skipped_documents"])
+        stats = loader.stats()
+        skipped.update(stats["skipped_documents"])
+        skipped.update(stats["skipped_files"])  # the reasons differ (sources.FILE_REASONS)
     return docs, dict(skipped)
 
 
@@ -121,6 +123,199 @@ def test_indexed_records_read_like_the_line_by_line_path(tmp_path, real_docs):
     reasons = Counter(i[1] for i in seen if i[0] == "Skip")
     assert reasons == {"invalid_utf8": 1, "empty": 2, "malformed_json": 2, "missing_field": 1, "too_long": 2}, reasons
     assert sum(i[0] == "Doc" for i in seen) == 3 and len(seen) == len(lines)
+
+
+def _lines_before_damage(blob: bytes, codec: str) -> tuple[list[bytes], bool]:
+    """The complete lines a reader of the standard codec gets from a damaged compressed stream before it
+    fails, and whether it failed (independent of zerolm's reader: the codec modules directly)."""
+    import bz2
+    import io
+    import lzma
+
+    import zstandard
+
+    raw = io.BytesIO(blob)
+    f = {"gz": lambda: gzip.GzipFile(fileobj=raw), "bz2": lambda: bz2.BZ2File(raw), "xz": lambda: lzma.LZMAFile(raw),
+         "zst": lambda: io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))}[codec]()
+    out, failed = [], False
+    try:
+        for line in f:
+            out.append(line)
+    except Exception:  # noqa: BLE001 - the damage
+        failed = True
+    return [line for line in out if line.endswith(b"\n")], failed
+
+
+@pytest.fixture(scope="module")
+def damaged_folder(tmp_path_factory, prepared_corpus):
+    """A source folder with good and damaged files: a plain jsonl; .gz, .bz2 and .xz files cut in half
+    (a partial download); a .zst and a .gz with 64 bytes overwritten mid-stream; a parquet file whose
+    second row group is overwritten (footer intact); a parquet file cut before its footer. Returns the
+    folder, the documents a reader can get (those before each damage) and the garbage lines a corrupt
+    stream decoded before its check failed, by skip reason."""
+    import bz2
+    import lzma
+
+    import zstandard
+
+    d = tmp_path_factory.mktemp("damaged")
+    paths = sorted((prepared_corpus / "train").glob("wikipedia_quac-*.jsonl"))
+    docs = [json.loads(line)["text"] for p in paths for line in p.open(encoding="utf-8")]
+    chunks = [docs[i * 60:(i + 1) * 60] for i in range(8)]
+    lines = [b"".join(json.dumps({"text": t}).encode() + b"\n" for t in c) for c in chunks]
+    good: list[str] = list(chunks[0])
+    garbage: Counter[str] = Counter()
+    (d / "a-good.jsonl").write_bytes(lines[0])
+    makers = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress,
+              "zst": lambda b: zstandard.ZstdCompressor().compress(b)}
+    for i, (name, codec, how) in enumerate([("b-cut", "gz", "cut"), ("c-cut", "bz2", "cut"), ("d-cut", "xz", "cut"),
+                                            ("e-corrupt", "zst", "corrupt"), ("f-corrupt", "gz", "corrupt")], start=1):
+        blob = makers[codec](lines[i])
+        if how == "cut":
+            blob = blob[: len(blob) // 2]
+        else:
+            mid = len(blob) // 2
+            blob = blob[:mid] + bytes(64) + blob[mid + 64:]
+        (d / f"{name}.jsonl.{codec}").write_bytes(blob)
+        kept, failed = _lines_before_damage(blob, codec)
+        for line in kept:  # a corrupt stream may decode to garbage before its check fails
+            try:
+                good.append(json.loads(line)["text"])
+            except (ValueError, KeyError, TypeError):
+                garbage[_line_reason(line)] += 1
+        assert failed, f"{name}.{codec} is damaged"
+    table = pa.table({"text": chunks[6]})
+    pq.write_table(table, d / "g-rowgroup.parquet", row_group_size=20, compression="none")
+    pf = pq.ParquetFile(d / "g-rowgroup.parquet")
+    rg = pf.metadata.row_group(1).column(0)
+    start = rg.dictionary_page_offset or rg.data_page_offset
+    raw = bytearray((d / "g-rowgroup.parquet").read_bytes())
+    raw[start:start + rg.total_compressed_size] = bytes(rg.total_compressed_size)
+    (d / "g-rowgroup.parquet").write_bytes(bytes(raw))
+    good += chunks[6][:20]
+    pq.write_table(pa.table({"text": chunks[7]}), d / "h-cut.parquet")
+    (d / "h-cut.parquet").write_bytes((d / "h-cut.parquet").read_bytes()[:-100])
+    return d, good, dict(garbage)
+
+
+def _line_reason(line: bytes) -> str:
+    """Why a garbage line is skipped (the document-level reasons of sources.py, decided here)."""
+    if b"\x00" in line:
+        return "binary"
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8"
+    return "malformed_json"
+
+
+@pytest.mark.parametrize("workers_world", [(0, 1), (2, 2)])
+def test_damaged_files_keep_what_was_read_and_count_the_rest(damaged_folder, trained_tokenizer, tok, workers_world):
+    """One pass over the damaged folder with 1 rank, and with 2 ranks x 2 workers: every document before
+    each damage is read exactly once (as the codec modules read them), the rest of each damaged file is
+    skipped and counted once as a file (5 compressed streams + 1 parquet row group: damaged_file; the
+    parquet without footer: unreadable_file), no document is counted, and the stream goes on."""
+    d, good, garbage = damaged_folder
+    cfg = DataConfig(validation_sources=[SourceConfig(name="damaged", paths=[str(d / "*")])],
+                     tokenizer_dir=str(trained_tokenizer), seq_len=128, micro_batch_size=4, num_workers=workers_world[0])
+    docs, skipped = _one_pass(cfg, tok, workers_world)
+    assert Counter(docs) == Counter(good), f"{len(docs)} documents read, {len(good)} expected"
+    assert skipped == {"damaged_file": 6, "unreadable_file": 1, **garbage}, skipped
+
+
+def test_resume_across_a_damaged_file_and_a_source_with_nothing_readable(damaged_folder, trained_tokenizer, tok):
+    """Training on the damaged folder (2 ranks, 4 logical shards, micro-batch 2) stopped after each of
+    several steps resumes to the same batches as the uninterrupted run, across the damaged files (their
+    damage is met again at the same record). A source whose every file is unreadable or damaged before its
+    first document stops with one error naming the source, at the first batch."""
+    d = damaged_folder[0]
+    cfg = DataConfig(sources=[SourceConfig(name="damaged", paths=[str(d / "*")])], tokenizer_dir=str(trained_tokenizer),
+                     seq_len=128, micro_batch_size=2, num_workers=0, shuffle_files=False)
+    steps, crossed = 40, 0
+    for rank in range(2):
+        it = iter(PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok, global_batch_size=4))
+        reference = [next(it)["input_ids"] for _ in range(steps)]
+        for stop in (5, 17, 29):
+            first = PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok, global_batch_size=4)
+            head = iter(first)
+            for _ in range(stop):
+                next(head)
+            state = json.loads(json.dumps(first.state_dict()))
+            loader = PackedDataLoader(cfg, rank=rank, world_size=2, tokenizer=tok, global_batch_size=4)
+            loader.load_state_dict(state)
+            resumed = iter(loader)
+            assert all(bool((next(resumed)["input_ids"] == want).all()) for want in reference[stop:]), (rank, stop)
+        crossed += sum(loader.stats()["skipped_files"].values())
+    assert crossed > 0, "the runs crossed damaged files"
+    bad = DataConfig(sources=[SourceConfig(name="all-bad", paths=[str(d / "h-cut.parquet"), str(d / "c-cut.jsonl.bz2")])],
+                     tokenizer_dir=str(trained_tokenizer), seq_len=128, micro_batch_size=2, num_workers=0)
+    with pytest.raises(DataError, match=r"source 'all-bad': every file is unreadable or damaged .*h-cut.parquet|"
+                                        r"source 'all-bad': every file is unreadable or damaged .*c-cut.jsonl.bz2"):
+        next(iter(PackedDataLoader(bad, tokenizer=tok)))
+
+
+def _flaky_filesystem():
+    """An in-memory fsspec file system (``flaky://``) whose next open fails ``fail_opens`` times and
+    whose reads fail from byte ``fail_at`` on, ``fail_reads`` times (-1: always) — a remote store with
+    transient (or lasting) errors."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class FlakyFS(MemoryFileSystem):
+        protocol = ("flaky",)
+        store: dict = {}
+        pseudo_dirs = [""]
+        fail_opens = 0
+        fail_at = 0
+        fail_reads = 0
+
+        def _open(self, path, mode="rb", **kw):
+            if FlakyFS.fail_opens:
+                FlakyFS.fail_opens -= 1
+                raise ConnectionError("connection refused (test)")
+            f = super()._open(path, mode, **kw)
+            if "r" in mode:
+                readline = f.readline
+
+                def flaky_readline(*a):
+                    if FlakyFS.fail_reads and f.tell() >= FlakyFS.fail_at:
+                        FlakyFS.fail_reads -= FlakyFS.fail_reads > 0
+                        raise ConnectionResetError("connection reset by peer (test)")
+                    return readline(*a)
+
+                f.readline = flaky_readline
+            return f
+
+    fsspec.register_implementation("flaky", FlakyFS, clobber=True)
+    return FlakyFS
+
+
+def test_transient_remote_errors_are_retried_and_lasting_ones_counted(monkeypatch):
+    """A remote file whose open fails twice and whose read breaks twice mid-file is read completely,
+    each document once, at the positions of an undisturbed read; one whose reads keep failing is counted
+    as a damaged file after the retries, keeping the documents read before."""
+    from zerolm.data_pipeline import sources
+    from zerolm.data_pipeline.sources import Doc, ShardedReader, resolve_files
+
+    monkeypatch.setattr(sources, "_BACKOFF_S", 0.001)
+    flaky = _flaky_filesystem()
+    body = b"".join(json.dumps({"text": f"document {i} " * 5}).encode() + b"\n" for i in range(100))
+    with fsspec.filesystem("flaky").open("flaky://zerolm-test/a.jsonl", "wb") as f:
+        f.write(body)
+    files = resolve_files(SourceConfig(name="remote", paths=["flaky://zerolm-test/*.jsonl"]))
+
+    def read() -> list:
+        return list(ShardedReader(files, "text", 0, 1, shuffle_files=False).read(max_epochs=1))
+
+    undisturbed = read()
+    assert len(undisturbed) == 100 and all(isinstance(i, Doc) for i in undisturbed)
+    flaky.fail_opens, flaky.fail_at, flaky.fail_reads = 2, len(body) // 3, 2
+    assert read() == undisturbed, "retried, nothing lost or repeated"
+    assert flaky.fail_opens == 0 and flaky.fail_reads == 0, "the errors happened"
+    flaky.fail_at, flaky.fail_reads = len(body) // 3, -1
+    items = read()
+    docs = [i for i in items if isinstance(i, Doc)]
+    assert docs == undisturbed[: len(docs)] and 0 < len(docs) < 100
+    assert [i.reason for i in items if not isinstance(i, Doc)] == ["damaged_file"]
 
 
 def test_fsspec_url_with_gzip(trained_tokenizer, tok, real_docs):

@@ -6,9 +6,11 @@ pass per (prompt, choice), prompts written out by hand, metrics from those numbe
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -354,3 +356,41 @@ def test_masked_lm_scores_choices_by_pll_and_skips_generation(tiny_bert, tmp_pat
         assert items[doc_id]["lls"] == pytest.approx(lls, abs=2e-4)
         hits.append(float(max(range(len(choices)), key=lambda i: lls[i]) == task.gold_index(doc)))
     assert result["results"]["piqa"]["0"]["metrics"]["acc"] == pytest.approx(sum(hits) / 3)
+
+
+class _Terminal(io.StringIO):
+    """A captured stderr that says it is a terminal (tqdm draws only on one)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only_and_not_with_quiet(tiny_gpt, tmp_path, monkeypatch):
+    from zerolm.cli import main
+    from zerolm.progress import progress_bar
+
+    args = ["eval", "fewshot", "--model", str(tiny_gpt), "--tasks", "piqa,gender_star", "--shots", "0,1",
+            "--limit", "3", "--batch-size", "2", "--out", str(tmp_path / "out")]
+    runs = {}
+    for name, stream, extra in (("terminal", _Terminal(), []), ("quiet", _Terminal(), ["--quiet"]),
+                                ("pipe", io.StringIO(), [])):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert main([*args, *extra]) == 0
+        monkeypatch.undo()
+        runs[name] = stream.getvalue()
+    # 2 tasks × 3 documents × 2 values of k = 12 items, finished, with the last task named
+    assert re.search(r"fewshot: +100%\|.*\| 12/12 \[.*items/s, gender_star k=1\]", runs["terminal"]), runs["terminal"]
+    assert "fewshot:   0%|" in runs["terminal"]  # drawn as the work starts, not only at the end
+    assert "fewshot" not in runs["quiet"] and "/12" not in runs["quiet"]
+    assert "fewshot" not in runs["pipe"] and "/12" not in runs["pipe"]
+    # only the main process draws
+    term = _Terminal()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with progress_bar(5, "fewshot", "items", True, file=term) as bar:
+        bar.update(5)
+    assert term.getvalue() == ""
+    monkeypatch.setenv("RANK", "0")
+    with progress_bar(5, "fewshot", "items", True, file=term) as bar:
+        bar.update(5)
+    assert "5/5" in term.getvalue()

@@ -110,7 +110,7 @@ def _cmd_finetune_classify(args: argparse.Namespace) -> int:
     cfg = _finetune_cfg(args, "classify.yaml", (
         ("model", "finetune.model"), ("data", "finetune.data"), ("run_dir", "train.run_dir"),
         ("out", "finetune.export_dir"), ("text_column", "finetune.text_column"), ("label_column", "finetune.label_column")))
-    result = finetune_classify(cfg)
+    result = finetune_classify(cfg, progress=not args.quiet)
     if is_main_process():
         console.print_json(json.dumps(result, default=str))
     return 0
@@ -123,7 +123,7 @@ def _cmd_finetune_sentiment(args: argparse.Namespace) -> int:
     cfg = _finetune_cfg(args, f"sentiment_{args.method or 'ppo'}.yaml", (
         ("policy", "sentiment.policy"), ("reward", "sentiment.reward"), ("target", "sentiment.target"),
         ("method", "sentiment.method"), ("run_dir", "train.run_dir"), ("out", "sentiment.export_dir")))
-    result = finetune_sentiment(cfg, report=args.report, report_only=args.report_only)
+    result = finetune_sentiment(cfg, report=args.report, report_only=args.report_only, progress=not args.quiet)
     if is_main_process():
         if "report" in result:
             for table in sentiment_report_tables(json.loads(Path(result["report"]["json"]).read_text())):
@@ -151,7 +151,7 @@ def _cmd_eval_fewshot(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(f"--shots: {args.shots!r} is not a comma-separated list of ints") from e
     result = run_fewshot(args.model, tasks, shots, args.limit, args.out, batch_size=args.batch_size, seed=args.seed,
-                         shared_context=not args.no_shared_context)
+                         shared_context=not args.no_shared_context, progress=not args.quiet)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         from zerolm.pretrain.distributed import shutdown
 
@@ -170,7 +170,8 @@ def _cmd_eval_bias(args: argparse.Namespace) -> int:
     out = args.out or str(Path("runs") / "eval_bias" / (Path(args.model).name or args.model))
     results = run_bias(args.model, args.suites, out, limit=args.limit, classifier=args.classifier,
                        samples_per_prompt=args.samples_per_prompt, batch_size=args.batch_size, seed=args.seed,
-                       max_new_tokens=args.max_new_tokens, classifier_positive_label=args.classifier_positive_label)
+                       max_new_tokens=args.max_new_tokens, classifier_positive_label=args.classifier_positive_label,
+                       progress=not args.quiet)
     console.out(model_card_section(results), highlight=False)
     console.print(f"results: {Path(out) / RESULTS_FILE}", highlight=False, soft_wrap=True)
     return 0
@@ -179,7 +180,7 @@ def _cmd_eval_bias(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from zerolm.pretrain.export import export_checkpoint
 
-    summary = export_checkpoint(args.run_dir, args.out_dir, tag=args.tag)
+    summary = export_checkpoint(args.run_dir, args.out_dir, tag=args.tag, progress=not args.quiet)
     console.print_json(json.dumps(summary, default=str))
     return 0
 
@@ -236,6 +237,7 @@ def _add_eval_parsers(ev_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot example draws")
     p.add_argument("--no-shared-context", action="store_true", help="score each choice with its own full forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=_cmd_eval_fewshot, overrides=[])
 
@@ -255,6 +257,7 @@ def _add_eval_parsers(ev_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=32, help="BOLD-style continuation tokens (default 32)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=_cmd_eval_bias, overrides=[])
 
@@ -337,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default=None, help="label column of a data file (finetune.label_column)")
     p.add_argument("--run-dir", default=None, help="run directory (train.run_dir)")
     p.add_argument("--out", default=None, help="export folder (finetune.export_dir; default RUN_DIR/hf)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (test-set evaluation)")
     _add_common(p)
     p.set_defaults(func=_cmd_finetune_classify)
 
@@ -361,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="export folder (sentiment.export_dir; default RUN_DIR/hf)")
     p.add_argument("--report", action="store_true", help="after training, write and print the before/after report")
     p.add_argument("--report-only", action="store_true", help="skip training: report on the existing export")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (PPO steps, report generation)")
     _add_common(p)
     p.set_defaults(func=_cmd_finetune_sentiment)
 
@@ -377,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="the run directory (train.run_dir)")
     p.add_argument("out_dir", help="output folder")
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the newest complete one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     p.set_defaults(func=_cmd_export, overrides=[])
 

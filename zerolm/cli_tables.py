@@ -79,6 +79,8 @@ def inspection_renderables(report: dict[str, Any]) -> list[Any]:
         rows.append(("masked fraction (labels ≠ -100)", f"{report['masked_fraction']:.2%}"))
     skipped = report["skipped_documents"]
     rows.append(("skipped documents", ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"))
+    files = report.get("skipped_files") or {}
+    rows.append(("skipped files", ", ".join(f"{k}: {v}" for k, v in sorted(files.items())) or "none"))
     for k, v in rows:
         t.add_row(k, v)
     return [*out, t]
