@@ -376,3 +376,32 @@ def load_manifest(corpus_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+
+
+def save_corpus_as_dataset(corpus_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, int]:
+    """Write a prepared corpus as a Hugging Face ``DatasetDict`` (splits ``train`` and ``validation``;
+    columns ``text``, ``source``, ``id``) with ``save_to_disk``, for ``datasets`` users and as an
+    ``hf_dataset:`` source. Built in a temporary sibling and renamed into place.
+
+    Args:
+        corpus_dir: a folder written by :func:`prepare_corpus`.
+        out: the dataset folder (replaced only if it is a ``save_to_disk`` DatasetDict).
+
+    Returns:
+        Documents per split.
+
+    Raises:
+        DataError: ``corpus_dir`` is not a prepared corpus, or ``out`` exists and is something else.
+    """
+    import datasets
+
+    manifest = load_manifest(corpus_dir)
+    splits = {}
+    for split in SPLITS:
+        rows = [json.loads(line) for f in manifest["files"] if f["split"] == split
+                for line in (Path(corpus_dir) / f["path"]).open(encoding="utf-8")]
+        splits[split] = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("text", "source", "id")})
+    with staged_dir(out, is_ours=lambda p: (p / "dataset_dict.json").is_file(), what="dataset folder") as tmp:
+        datasets.DatasetDict(splits).save_to_disk(str(tmp))
+    logger.info("wrote %s: %s", out, {k: len(v) for k, v in splits.items()})
+    return {k: len(v) for k, v in splits.items()}

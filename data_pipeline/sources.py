@@ -1,8 +1,10 @@
 """Reading raw documents from local or fsspec paths, sharded, resumable, and robust to bad input.
 
 A source (:class:`zerolm.config.SourceConfig`) names paths or globs of ``.txt`` (one document per
-line), ``.jsonl`` (one JSON object per line, text in ``text_field``) or ``.parquet`` files,
-optionally compressed (``.gz``, ``.bz2``, ``.xz``, ``.zst``), on any fsspec filesystem.
+line), ``.jsonl`` (one JSON object per line, text in ``text_field``), ``.parquet`` or ``.arrow``
+files, optionally compressed (``.gz``, ``.bz2``, ``.xz``, ``.zst``), on any fsspec filesystem; or a
+Hugging Face dataset (``hf_dataset``: a ``save_to_disk`` folder, a local dataset repository or a Hub
+id) and its ``split``, whose files are read the same way.
 
 Sharding. The documents of a source are split among ``num_shards = world_size × num_workers``
 readers so that no document is read twice in one pass:
@@ -39,6 +41,7 @@ import random
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import fsspec
@@ -71,7 +74,7 @@ _DAMAGE = _damage_errors()
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 # the package that gives fsspec a codec the standard library lacks (Python < 3.14 has no zstd)
 _CODEC_PACKAGES = {"zstd": "zstandard"}
-_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_FORMATS = {".txt": "txt", ".text": "txt", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".arrow": "arrow"}
 _SNIFF_BYTES = 8192
 _READ_CHUNK = 1 << 20
 
@@ -151,6 +154,8 @@ def resolve_files(source: SourceConfig, key: str = "data.sources") -> list[FileR
             (set ``format`` explicitly), or its compression has no codec installed (``.zst`` needs
             the ``zstandard`` package) — the message names the path and the config key.
     """
+    if source.hf_dataset:
+        return _resolve_hf_dataset(source, key)
     files: list[FileRef] = []
     for pattern in source.paths:
         try:
@@ -238,6 +243,55 @@ def _open_with_retries(ref: "FileRef", remote: bool):
 
 def _is_plain_local(ref: "FileRef") -> bool:
     return ref.compression is None and "://" not in ref.url and os.path.isfile(ref.url)
+
+
+def _saved_dataset_files(folder: Path, source: SourceConfig, key: str) -> list[FileRef]:
+    """The Arrow files of a ``Dataset.save_to_disk`` folder, in order (its ``state.json``)."""
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        names = [f["filename"] for f in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{key} (source {source.name!r}): {folder} is not a readable save_to_disk dataset: {e}") from e
+    missing = [n for n in names if not (folder / n).is_file()]
+    if not names or missing:
+        raise DataError(f"{key} (source {source.name!r}): {folder}/state.json lists {len(names)} file(s), missing: {missing}")
+    return [FileRef(str(folder / n), "arrow", None) for n in names]
+
+
+def _resolve_hf_dataset(source: SourceConfig, key: str) -> list[FileRef]:
+    """The files of ``source.hf_dataset``'s ``source.split``: a ``Dataset``/``DatasetDict.save_to_disk``
+    folder (its Arrow files), or a local dataset repository or Hub id (the data files ``datasets``
+    resolves for the split — its card's ``configs``, else its file-name conventions — read as parquet,
+    jsonl, txt or arrow; a Hub id needs the network and reads ``hf://`` URLs)."""
+    ref, split = source.hf_dataset, source.split
+    folder = Path(ref)
+    if folder.is_dir() and (folder / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in folder.iterdir() if (p / "state.json").is_file())
+        if split not in splits:
+            raise DataError(f"{key} (source {source.name!r}): {ref} has no split {split!r}; its splits: {splits}")
+        return _saved_dataset_files(folder / split, source, key)
+    if folder.is_dir() and (folder / "state.json").is_file():
+        return _saved_dataset_files(folder, source, key)
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(ref)
+        data_files = builder.config.data_files or {}
+    except Exception as e:  # noqa: BLE001 - not found, offline, mixed formats …
+        raise DataError(f"{key} (source {source.name!r}): cannot resolve Hugging Face dataset {ref!r}: "
+                        f"{type(e).__name__}: {e}") from e
+    if split not in data_files:
+        raise DataError(f"{key} (source {source.name!r}): dataset {ref!r} has no split {split!r}; its splits: "
+                        f"{sorted(data_files)}")
+    files = []
+    for url in data_files[split]:
+        fmt, comp = _detect(str(url), source.format)
+        if fmt is None:
+            raise DataError(f"{key} (source {source.name!r}): unknown format of {url!r} in dataset {ref!r}")
+        files.append(FileRef(str(url), fmt, comp))
+    if not files:
+        raise DataError(f"{key} (source {source.name!r}): dataset {ref!r} split {split!r} has no data files")
+    return files
 
 
 def _head(f) -> bytes:
@@ -331,7 +385,7 @@ class ShardedReader:
                 fidx, stride, first = plan[fp]
                 ref = self.files[fidx]
                 rec0, off0 = (record, offset) if fp == file_pos else (0, 0)
-                reader = self._read_parquet if ref.format == "parquet" else self._read_lines
+                reader = {"parquet": self._read_parquet, "arrow": self._read_arrow}.get(ref.format, self._read_lines)
                 for item in reader(ref, epoch, fp, stride, first, rec0, off0):
                     produced = produced or isinstance(item, Doc)
                     yield item
@@ -500,18 +554,51 @@ class ShardedReader:
                     if owner_of_file:
                         yield self._damaged(ref, f"row group {rg} (rows {row0}–{row0 + nrows - 1})", e)
                     return
-                for i in range(max(rec - row0, 0), nrows):
-                    this = row0 + i
-                    if (this - first) % stride:
-                        continue
-                    where = f"{ref.url}:row {this}"
-                    text = column[i]
-                    if not has_field or not isinstance(text, str):
-                        yield Skip("missing_field" if not has_field or text is not None else "empty", where)
-                    elif not text.strip():
-                        yield Skip("empty", where)
-                    elif len(text.encode("utf-8")) > self.max_document_bytes:
-                        yield Skip("too_long", where)
-                    else:
-                        yield Doc(text, DocPosition(epoch, fp, this, 0))
+                yield from self._rows(ref, column, has_field, row0, rec, stride, first, epoch, fp)
                 row0 += nrows
+
+    def _rows(self, ref: FileRef, column: list, has_field: bool, row0: int, rec: int, stride: int, first: int,
+              epoch: int, fp: int):
+        """The owned rows of one parquet row group / arrow record batch (rows ``row0`` on) from ``rec`` on."""
+        for i in range(max(rec - row0, 0), len(column)):
+            this = row0 + i
+            if (this - first) % stride:
+                continue
+            where = f"{ref.url}:row {this}"
+            text = column[i]
+            if not has_field or not isinstance(text, str):
+                yield Skip("missing_field" if not has_field or text is not None else "empty", where)
+            elif not text.strip():
+                yield Skip("empty", where)
+            elif len(text.encode("utf-8")) > self.max_document_bytes:
+                yield Skip("too_long", where)
+            else:
+                yield Doc(text, DocPosition(epoch, fp, this, 0))
+
+    def _read_arrow(self, ref: FileRef, epoch: int, fp: int, stride: int, first: int, rec: int, off: int):
+        """An Arrow IPC stream file (what ``datasets``' ``save_to_disk`` writes), batch by batch."""
+        import pyarrow as pa
+
+        owner_of_file = first == 0
+        try:
+            src = pa.memory_map(ref.url) if _is_plain_local(ref) else fsspec.open(ref.url, "rb").open()
+            batches = pa.ipc.open_stream(src)
+        except Exception as e:
+            self._bad_files.append(f"{ref.url} ({type(e).__name__}: {e})")
+            if owner_of_file and rec == 0:
+                log.warning("cannot read arrow file %s: %s", ref.url, e)
+                yield Skip("unreadable_file", ref.url)
+            return
+        with src:
+            has_field = self.text_field in batches.schema.names
+            row0 = 0
+            try:
+                for batch in batches:
+                    n = batch.num_rows
+                    if row0 + n > rec:
+                        column = batch.column(self.text_field).to_pylist() if has_field else [None] * n
+                        yield from self._rows(ref, column, has_field, row0, rec, stride, first, epoch, fp)
+                    row0 += n
+            except _DAMAGE as e:
+                if owner_of_file:
+                    yield self._damaged(ref, f"row {row0}", e)

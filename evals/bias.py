@@ -63,7 +63,7 @@ from zerolm.evals.bias_report import model_card_section, plot_suite  # noqa: F40
 from zerolm.evals.judge import vader_compound
 from zerolm.errors import ConfigError, DataError
 from zerolm.fsutil import write_json, write_jsonl
-from zerolm.progress import progress_bar
+from zerolm.pretrain.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ def run_bias(model: str, suites: Sequence[str] | str, out_dir: str | Path, limit
         max_new_tokens: BOLD-style continuation length (tokens).
         classifier_positive_label: the classifier's positive label if not one of :data:`POSITIVE_LABELS`.
         progress: draw one bar per suite (items scored; BOLD-style: prompts sampled) with
-            :func:`zerolm.progress.progress_bar` (main process, stderr a terminal). Items are scored
+            :func:`zerolm.pretrain.progress.progress_bar` (main process, stderr a terminal). Items are scored
             in chunks of 8 batches whether or not the bar is drawn.
 
     Returns:

@@ -55,7 +55,7 @@ from zerolm.evals.scoring import shared_context_loglikelihood
 from zerolm.evals.tasks import MetricSpec, Task, load_task
 from zerolm.errors import ConfigError, DataError
 from zerolm.fsutil import save_figure, write_json, write_jsonl
-from zerolm.progress import progress_bar
+from zerolm.pretrain.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
         seed: seed of the few-shot draws (the ``fewshot_holdout`` split is fixed, seed 1234).
         shared_context: score multiple-choice with :func:`shared_context_loglikelihood` (default)
             or with one full forward pass per choice (``LanguageModel.loglikelihood``).
-        progress: draw a bar of the items scored (:func:`zerolm.progress.progress_bar`: main process,
+        progress: draw a bar of the items scored (:func:`zerolm.pretrain.progress.progress_bar`: main process,
             stderr a terminal). Documents are scored in chunks (8 batches for multiple-choice, one
             batch for generation) so that the bar moves; the chunking does not depend on this flag.
 

@@ -33,7 +33,7 @@ from zerolm.finetune import data as fdata
 from zerolm.pretrain.objectives import Objective
 from zerolm.config import ZeroLMConfig
 from zerolm.errors import DataError
-from zerolm.progress import progress_bar
+from zerolm.pretrain.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def classification_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any] |
 @torch.no_grad()
 def predict(model, tok, texts: list[str], max_length: int, batch_size: int = 32, progress: bool = False) -> list[int]:
     """Argmax class ids of a ``*ForSequenceClassification`` model over texts (sorted by length for speed);
-    ``progress`` draws a bar of the texts classified (:func:`zerolm.progress.progress_bar`)."""
+    ``progress`` draws a bar of the texts classified (:func:`zerolm.pretrain.progress.progress_bar`)."""
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = [0] * len(texts)

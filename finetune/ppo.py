@@ -39,7 +39,7 @@ import torch.distributed as dist
 from zerolm.finetune import sentiment as S
 from zerolm.finetune.sentiment_export import export_meta, export_policy
 from zerolm.config import ZeroLMConfig
-from zerolm.progress import progress_bar
+from zerolm.pretrain.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class PromptStream:
 def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> dict[str, Any]:
     """Run PPO as this process's part of the job (1 process, or each rank under torchrun/srun), then
     export the policy on rank 0 (:func:`finetune.sentiment_export.export_policy`). ``progress`` draws
-    a bar of the PPO steps with the latest mean reward and KL (:func:`zerolm.progress.progress_bar`:
+    a bar of the PPO steps with the latest mean reward and KL (:func:`zerolm.pretrain.progress.progress_bar`:
     rank 0, stderr a terminal).
 
     Returns:

@@ -43,7 +43,7 @@ def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: boo
     export it (``export_dir``, default ``RUN_DIR/hf``) and, with ``report``, write the before/after
     report on rank 0 (:func:`finetune.sentiment_report.sentiment_report`). ``report_only`` skips
     training and reports on an existing export. ``progress`` draws bars of the PPO steps and of the
-    report's prompts (:func:`zerolm.progress.progress_bar`: rank 0, stderr a terminal); the control
+    report's prompts (:func:`zerolm.pretrain.progress.progress_bar`: rank 0, stderr a terminal); the control
     method's trainer logs every ``log_every`` steps instead.
 
     Returns:

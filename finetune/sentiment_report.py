@@ -43,7 +43,7 @@ from zerolm.errors import DataError
 from zerolm.evals.judge import VADER_THRESHOLD, judge_hits, vader_compound  # the one judge, shared with the bias probe
 from zerolm.finetune import sentiment as S
 from zerolm.fsutil import save_figure, write_json, write_jsonl
-from zerolm.progress import progress_bar
+from zerolm.pretrain.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _variant(model, ref, tok, reward, sc, queries, prefix, lengths, stops, bar) 
 def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     """Compare the reference policy and the steered export on ``sentiment.report_prompts`` held-out
     prompts; write the JSON + PNG (run dir and export folder) and update the model card. ``progress``
-    draws a bar of the prompts generated, over all variants (:func:`zerolm.progress.progress_bar`).
+    draws a bar of the prompts generated, over all variants (:func:`zerolm.pretrain.progress.progress_bar`).
 
     Returns:
         The report: ``before``/``after`` (and for control ``before_with_code``) metric dicts (see the

@@ -34,7 +34,7 @@ from zerolm import fsutil
 from zerolm.fsutil import check_replaceable
 from zerolm.redact import redact
 from zerolm.errors import DataError
-from zerolm.progress import progress_bar
+from zerolm.pretrain.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def render_model_card(
     else:
         data += ["Training sources (paths as configured):", ""]
         for s in cfg.data.sources:
-            data.append(f"- {s.name} (weight {s.weight}): {', '.join(s.paths)}")
+            data.append(f"- {s.name} (weight {s.weight}): {', '.join(s.paths) or f'Hugging Face dataset {s.hf_dataset} ({s.split})'}")
     auto, task, example = (("AutoModelForCausalLM", "text-generation", 'generator = pipeline("text-generation", model="{}")\n'
                             'print(generator("The history of", max_new_tokens=30)[0]["generated_text"])') if causal else
                            ("AutoModelForMaskedLM", "fill-mask", 'fill = pipeline("fill-mask", model="{}")\n'
@@ -243,7 +243,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
         tag: the checkpoint tag; ``None`` = ``checkpoints/latest``.
         progress: draw a bar of the export's stages (consolidate weights, load them into the model,
             save the model, save tokenizer and card) with the current one named
-            (:func:`zerolm.progress.progress_bar`: main process, stderr a terminal).
+            (:func:`zerolm.pretrain.progress.progress_bar`: main process, stderr a terminal).
 
     Returns:
         A JSON-serialisable summary: ``out_dir``, ``run_dir``, ``tag``, ``step``, ``tokens_seen``,

@@ -367,7 +367,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_on_a_terminal_only_and_not_with_quiet(tiny_gpt, tmp_path, monkeypatch):
     from zerolm.cli import main
-    from zerolm.progress import progress_bar
+    from zerolm.pretrain.progress import progress_bar
 
     args = ["eval", "fewshot", "--model", str(tiny_gpt), "--tasks", "piqa,gender_star", "--shots", "0,1",
             "--limit", "3", "--batch-size", "2", "--out", str(tmp_path / "out")]

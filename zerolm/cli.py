@@ -46,6 +46,12 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 
     console.print(manifest_table(manifest))
     console.print(f"wrote {cfg.corpus.out_dir}/manifest.json")
+    if args.hf_dataset:
+        from zerolm.data_pipeline.corpus import save_corpus_as_dataset
+
+        counts = save_corpus_as_dataset(cfg.corpus.out_dir, args.hf_dataset)
+        console.print(f"wrote {args.hf_dataset} (datasets save_to_disk: {counts}); use it as "
+                      f"{{name: corpus, hf_dataset: {args.hf_dataset}}}")
     return 0
 
 
@@ -280,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train/validation by a hash of each document, write jsonl shards and manifest.json.",
     )
     p.add_argument("--out", default=None, help="output directory (corpus.out_dir)")
+    p.add_argument("--hf-dataset", default=None, metavar="DIR",
+                   help="also write the corpus as a Hugging Face DatasetDict (save_to_disk) to DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_common(p)
     p.set_defaults(func=_cmd_data_prepare)

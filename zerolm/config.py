@@ -25,16 +25,27 @@ class _Section(BaseModel):
 class SourceConfig(_Section):
     """One corpus source of the streaming pipeline.
 
-    ``paths`` are local paths, globs or fsspec URLs (``s3://…``, ``gs://…``, ``https://…``) of
-    ``.txt`` (one document per line), ``.jsonl`` or ``.parquet`` files, optionally ``.gz``.
+    ``paths`` are local paths, globs or fsspec URLs (``s3://…``, ``gs://…``, ``https://…``,
+    ``hf://…``) of ``.txt`` (one document per line), ``.jsonl``, ``.parquet`` or ``.arrow`` files,
+    optionally compressed. Or, instead of ``paths``, ``hf_dataset``: a folder written by
+    ``datasets``' ``save_to_disk`` (a ``Dataset`` or ``DatasetDict``), a local dataset repository
+    (parquet/jsonl files, its card's ``configs``), or a Hub id (needs the network), with ``split``.
     ``weight`` is the source's relative sampling probability in a mixture.
     """
 
     name: str
-    paths: list[str] = Field(min_length=1)
-    format: Literal["auto", "txt", "jsonl", "parquet"] = "auto"
+    paths: list[str] = []
+    hf_dataset: str | None = None
+    split: str = "train"
+    format: Literal["auto", "txt", "jsonl", "parquet", "arrow"] = "auto"
     text_field: str = "text"
     weight: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _paths_or_dataset(self) -> "SourceConfig":
+        if bool(self.paths) == bool(self.hf_dataset):
+            raise ValueError(f"source {self.name!r}: give either paths or hf_dataset (exactly one)")
+        return self
 
 
 class CorpusConfig(_Section):
