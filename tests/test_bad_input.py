@@ -410,3 +410,19 @@ def test_a_compression_without_codec_fails_before_reading(tmp_path, trained_toke
     cfg = DataConfig(sources=[SourceConfig(name="z", paths=[str(tmp_path / "*.zst")])], tokenizer_dir=str(trained_tokenizer))
     with pytest.raises(DataError, match=r"docs\.jsonl\.zst.*zstd.*install 'zstandard'"):
         PackedDataLoader(cfg, tokenizer=tok)
+
+
+def test_a_file_that_vanishes_after_the_start_is_counted_and_skipped(tmp_path, trained_tokenizer, tok, real_docs):
+    """Files are listed when the loader is built; one deleted before it is read (a shard moved away,
+    a lost mount) is counted once as an unreadable file, and the others are read whole."""
+    for i in range(3):
+        (tmp_path / f"part-{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in real_docs[4 * i: 4 * i + 4]))
+    cfg = DataConfig(validation_sources=[SourceConfig(name="s", paths=[str(tmp_path / "*.jsonl")])],
+                     tokenizer_dir=str(trained_tokenizer), seq_len=64, micro_batch_size=2, num_workers=0)
+    loader = PackedDataLoader(cfg, split="validation", tokenizer=tok)
+    (tmp_path / "part-1.jsonl").unlink()
+    ids = np.concatenate([b["input_ids"][b["attention_mask"] == 1].numpy() for b in loader])
+    cuts = np.flatnonzero(ids == tok.eos_id)
+    docs = [tok.decode(ids[a + 1: b].tolist()) for a, b in zip(np.r_[-1, cuts[:-1]], cuts)]
+    assert Counter(docs) == Counter(real_docs[0:4] + real_docs[8:12])
+    assert loader.stats()["skipped_files"] == {"unreadable_file": 1}
