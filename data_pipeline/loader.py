@@ -67,7 +67,8 @@ class PackedStream:
         shard: this stream's shard index in ``[0, num_shards)``: a logical shard (training) or a
             (rank, worker) reader (validation).
         infinite: loop over epochs forever (training) or read each source once (validation: sources
-            one after the other, the last block padded).
+            one after the other, the last block padded). A masked-LM masks training samples at
+            ``cfg.mlm_probability`` and validation samples at ``cfg.eval_mlm_probability``.
         state: a ``state`` dict from a previous sample of this shard.
         tokenize_batch_size: documents each source's packer reads ahead and tokenizes per call
             (default ``cfg.tokenize_batch_size``; a process running many streams gives each a share).
@@ -144,7 +145,9 @@ class PackedStream:
             ids, labels = mask_tokens(
                 ids, seed=mix64(cfg.seed, self.shard, self.samples, 0x4D41534B), mask_id=tok.mask_id,
                 special_ids=self.special_ids, random_low=int(self.special_ids.max()) + 1,
-                vocab_size=tok.vocab_size, probability=cfg.mlm_probability,
+                vocab_size=tok.vocab_size,
+                # training masks at its own rate; validation always at the fixed evaluation rate
+                probability=cfg.mlm_probability if self.infinite else cfg.eval_mlm_probability,
             )
         else:
             labels = ids.copy()

@@ -396,7 +396,10 @@ def set_special_tokens_template(hf_tokenizer, objective: Literal["clm", "mlm"]) 
     saved tokenizer adds nothing. The exported model's tokenizer should behave as its family expects:
 
     * ``"mlm"`` (BERT-style): ``[CLS] $A [SEP]``, pairs ``[CLS] $A [SEP] $B [SEP]`` (token type 1 for
-      the second segment and its ``[SEP]``), as ``BertTokenizerFast`` does.
+      the second segment and its ``[SEP]``), as ``BertTokenizerFast`` does. ``[MASK]`` also absorbs
+      the space before it (``lstrip``, as RoBERTa's and ModernBERT's ``<mask>``): ``"of [MASK]."``
+      gives ``▁of [MASK] .``, as when pretraining masked the word piece ``▁France``, not ``▁of ▁ [MASK] .``
+      (a lone ``▁`` is followed by digits in this corpus, so fill-mask answered with digits).
     * ``"clm"`` (GPT-style): nothing added (``$A`` / ``$A $B``), as GPT-2's tokenizer does; generation
       code adds BOS/EOS itself where it wants them.
 
@@ -424,6 +427,10 @@ def set_special_tokens_template(hf_tokenizer, objective: Literal["clm", "mlm"]) 
             pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
             special_tokens=[(cls, cls_id), (sep, sep_id)],
         )
+        from tokenizers import AddedToken
+
+        hf_tokenizer.add_special_tokens({"mask_token": AddedToken(
+            SPECIAL_TOKENS["mask"], lstrip=True, rstrip=False, normalized=False, special=True)})
     elif objective == "clm":
         post = processors.TemplateProcessing(single="$A:0", pair="$A:0 $B:1", special_tokens=[])
     else:

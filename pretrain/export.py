@@ -157,7 +157,7 @@ def render_model_card(
     training = [
         "## Training",
         "",
-        f"- objective: {'causal language modelling (next-token prediction)' if causal else 'masked language modelling (BERT-style, ' + format(cfg.data.mlm_probability, '.0%') + ' of tokens)'}",
+        f"- objective: {'causal language modelling (next-token prediction)' if causal else 'masked language modelling (BERT-style: ' + format(cfg.data.mlm_probability, '.0%') + ' of tokens masked in training, ' + format(cfg.data.eval_mlm_probability, '.0%') + ' in validation)'}",
         f"- steps: {_fmt(complete.get('step'))}",
         f"- tokens seen: {_fmt(complete.get('tokens_seen'))}",
         f"- sequence length: {cfg.data.seq_len}; micro batch {cfg.data.micro_batch_size}; "

@@ -4,7 +4,9 @@ Models are plain Hugging Face classes (DESIGN: model code knows nothing of distr
 
 * ``gpt2``  → :class:`transformers.GPT2LMHeadModel` (causal LM, learned positions, GELU MLP),
 * ``llama`` → :class:`transformers.LlamaForCausalLM` (causal LM, RoPE, SwiGLU MLP, RMSNorm, GQA),
-* ``bert``  → :class:`transformers.BertForMaskedLM` (masked LM, learned positions + token types).
+* ``bert``  → :class:`transformers.BertForMaskedLM` (masked LM, post-LN, learned positions + token types),
+* ``modernbert`` → :class:`transformers.ModernBertForMaskedLM` (masked LM; Warner et al. 2024: pre-LN,
+  RoPE, GeGLU MLP, no biases, global or alternating local/global attention).
 
 Shapes come from ``configs/models/<preset>.yaml`` (``tiny``, ``small``, ``gpt3-125m`` …) and any field
 set explicitly in the ``model`` config section overrides the preset (:func:`resolve_model_config`).
@@ -73,11 +75,44 @@ def llama_ffn_dim(d_model: int, multiple_of: int = 64) -> int:
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
+#: ModernBERT's GLU inner width relative to ``d_model`` (ModernBERT-base: 768 → ``intermediate_size``
+#: 1152; Warner et al. 2024, Table 3 / ``ModernBertConfig`` defaults). The GLU's input projection has
+#: ``2 × d_ff`` outputs (value and gate), so its MLP holds ``3 · d_model · d_ff`` weights.
+MODERNBERT_FFN_RATIO = 1.5
+
+#: ModernBERT's local-attention window in tokens (``local_attention``: ±64 around each token) and its
+#: published layer pattern: a global-attention layer every 3 layers, the others local (Warner et al. 2024 §2.1.2).
+MODERNBERT_LOCAL_WINDOW = 128
+MODERNBERT_GLOBAL_EVERY = 3
+
+#: Up to this sequence length a modernbert's layers all attend globally by default: with SDPA the local
+#: window is a mask, so it saves no compute, and at short lengths global attention costs little.
+MODERNBERT_ALL_GLOBAL_UP_TO = 512
+
+
+def modernbert_layer_types(n_layer: int, seq_len: int, global_every: int | None = None) -> list[str]:
+    """The attention kind of each layer of a modernbert: ``"full_attention"`` or ``"sliding_attention"``.
+
+    Layer ``i`` is global when ``i % global_every == 0`` (ModernBERT: layers 0, 3, 6 …). ``global_every``
+    ``None`` means 1 (every layer global) when ``seq_len`` ≤ :data:`MODERNBERT_ALL_GLOBAL_UP_TO`, else
+    :data:`MODERNBERT_GLOBAL_EVERY` (ModernBERT's pattern, window :data:`MODERNBERT_LOCAL_WINDOW`).
+
+    Args:
+        n_layer: number of layers.
+        seq_len: the sequence length the model is built for (tokens).
+        global_every: ``model.global_attn_every_n_layers``.
+    """
+    if global_every is None:
+        global_every = 1 if seq_len <= MODERNBERT_ALL_GLOBAL_UP_TO else MODERNBERT_GLOBAL_EVERY
+    return ["full_attention" if i % global_every == 0 else "sliding_attention" for i in range(n_layer)]
+
+
 def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     """Fill a ``ModelConfig`` from its preset and the family's defaults, and check the shape.
 
     Fields the user set explicitly (``cfg.model_fields_set``) win over the preset's; the preset fills
-    the rest. Then ``d_ff`` defaults to ``4·d_model`` (gpt2, bert) or :func:`llama_ffn_dim` (llama) and
+    the rest. Then ``d_ff`` defaults to ``4·d_model`` (gpt2, bert), :func:`llama_ffn_dim` (llama) or
+    ``int(1.5·d_model)`` (modernbert's GLU width, :data:`MODERNBERT_FFN_RATIO`) and
     ``n_kv_head`` to ``n_head`` (llama). ``max_position_embeddings`` stays ``None`` unless set: the model
     then gets ``seq_len`` positions (:func:`hf_config`). Resolving twice gives the same config.
 
@@ -116,7 +151,14 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     if out.d_model % out.n_head:
         raise ConfigError(f"model.d_model ({out.d_model}) must be divisible by model.n_head ({out.n_head})")
     if out.d_ff is None:
-        out.d_ff = llama_ffn_dim(out.d_model) if out.family == "llama" else 4 * out.d_model
+        if out.family == "llama":
+            out.d_ff = llama_ffn_dim(out.d_model)
+        elif out.family == "modernbert":
+            out.d_ff = int(MODERNBERT_FFN_RATIO * out.d_model)
+        else:
+            out.d_ff = 4 * out.d_model
+    if out.global_attn_every_n_layers is not None and out.family != "modernbert":
+        raise ConfigError(f"model.global_attn_every_n_layers is a modernbert setting (model.family is {out.family})")
     if out.family == "llama":
         if out.n_kv_head is None:
             out.n_kv_head = out.n_head
@@ -132,17 +174,21 @@ def resolve_model_config(cfg: ModelConfig) -> ModelConfig:
     return out
 
 
+#: The pretraining objective of each model family (the one place that says which families are masked LMs).
+FAMILY_OBJECTIVES: dict[str, Literal["clm", "mlm"]] = {"gpt2": "clm", "llama": "clm", "bert": "mlm", "modernbert": "mlm"}
+
+
 def objective_of(family: str) -> Literal["clm", "mlm"]:
-    """The pretraining objective of a model family: ``"clm"`` (gpt2, llama) or ``"mlm"`` (bert).
+    """The pretraining objective of a model family: ``"clm"`` (gpt2, llama) or ``"mlm"`` (bert, modernbert).
 
     Raises:
         ConfigError: unknown family (names ``model.family``).
     """
-    if family in ("gpt2", "llama"):
-        return "clm"
-    if family == "bert":
-        return "mlm"
-    raise ConfigError(f"model.family: unknown family {family!r} (expected gpt2, llama or bert)")
+    try:
+        return FAMILY_OBJECTIVES[family]
+    except KeyError:
+        raise ConfigError(f"model.family: unknown family {family!r} "
+                          f"(expected {', '.join(FAMILY_OBJECTIVES)})") from None
 
 
 def special_ids_of(tokenizer: Any) -> dict[str, int]:
@@ -151,26 +197,30 @@ def special_ids_of(tokenizer: Any) -> dict[str, int]:
 
 
 def hf_config(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids: dict[str, int]):
-    """The ``transformers`` config (GPT2Config / LlamaConfig / BertConfig) of a model config.
+    """The ``transformers`` config (GPT2Config / LlamaConfig / BertConfig / ModernBertConfig) of a model config.
 
     Args:
         cfg: the ``model`` section (resolved here; an unresolved one is fine).
         vocab_size: the tokenizer's vocabulary size (rows of the embedding).
         seq_len: the training sequence length; positions = ``cfg.max_position_embeddings`` or this.
         special_ids: ``{"bos", "eos", "pad", "unk", "cls", "sep", "mask"} → id`` (see
-            :func:`special_ids_of`); gpt2/llama record bos/eos/pad, bert records pad.
+            :func:`special_ids_of`); gpt2/llama record bos/eos/pad, bert records pad, modernbert
+            pad/bos/eos/cls/sep (cls and sep default to bos and eos when absent).
 
     Returns:
         A ``transformers.PreTrainedConfig`` with ``attn_implementation="sdpa"``; every dropout
         probability = ``cfg.dropout``, ``initializer_range`` = ``cfg.init_std``, ``tie_word_embeddings``
         = ``cfg.tie_word_embeddings``. Llama keeps transformers' default RoPE (theta 10000) and RMSNorm
-        eps; BERT has 2 token types and transformers' default LayerNorm eps (1e-12).
+        eps; BERT has 2 token types and transformers' default LayerNorm eps (1e-12). ModernBERT keeps
+        its defaults (GeGLU ``hidden_activation="gelu"``, no linear/norm biases, LayerNorm eps 1e-5,
+        RoPE theta 160k global / 10k local, truncated-normal init at ±2σ) and gets the layer pattern
+        of :func:`modernbert_layer_types`; ``intermediate_size`` = ``d_ff`` (the GLU inner width).
 
     Raises:
         ConfigError: as :func:`resolve_model_config`; ``model.max_position_embeddings`` < ``seq_len``;
             a special id outside the vocabulary.
     """
-    from transformers import BertConfig, GPT2Config, LlamaConfig
+    from transformers import BertConfig, GPT2Config, LlamaConfig, ModernBertConfig
 
     cfg = resolve_model_config(cfg)
     positions = cfg.max_position_embeddings or seq_len
@@ -210,6 +260,17 @@ def hf_config(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids: d
             intermediate_size=cfg.d_ff, max_position_embeddings=positions, type_vocab_size=2,
             hidden_dropout_prob=p, attention_probs_dropout_prob=p, **common,
         )
+    elif cfg.family == "modernbert":
+        hf = ModernBertConfig(
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, hidden_size=cfg.d_model,
+            intermediate_size=cfg.d_ff, max_position_embeddings=positions,
+            layer_types=modernbert_layer_types(cfg.n_layer, seq_len, cfg.global_attn_every_n_layers),
+            local_attention=MODERNBERT_LOCAL_WINDOW,
+            attention_dropout=p, embedding_dropout=p, mlp_dropout=p,
+            bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]),
+            cls_token_id=int(special_ids.get("cls", special_ids["bos"])),
+            sep_token_id=int(special_ids.get("sep", special_ids["eos"])), **common,
+        )
     else:  # pragma: no cover - ModelConfig's Literal forbids it
         raise ConfigError(f"model.family: unknown family {cfg.family!r}")
     hf._attn_implementation = "sdpa"
@@ -220,7 +281,8 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids:
     """Build a randomly initialised ``transformers`` model for pretraining.
 
     ``AutoModelForCausalLM.from_config`` (gpt2 → GPT2LMHeadModel, llama → LlamaForCausalLM) or
-    ``AutoModelForMaskedLM.from_config`` (bert → BertForMaskedLM) with the config of :func:`hf_config`,
+    ``AutoModelForMaskedLM.from_config`` (bert → BertForMaskedLM, modernbert → ModernBertForMaskedLM)
+    with the config of :func:`hf_config`,
     SDPA attention (``torch.nn.functional.scaled_dot_product_attention``, which runs on CPU too) and
     transformers' own initialisation (normal(0, ``init_std``), zero biases, unit norms; GPT-2 also
     scales residual projections by 1/sqrt(2·n_layer)). Deterministic given ``torch.manual_seed``.
@@ -241,7 +303,7 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     hf = hf_config(cfg, vocab_size=vocab_size, seq_len=seq_len, special_ids=special_ids)
-    auto = AutoModelForMaskedLM if cfg.family == "bert" else AutoModelForCausalLM
+    auto = AutoModelForMaskedLM if objective_of(cfg.family) == "mlm" else AutoModelForCausalLM
     return auto.from_config(hf, attn_implementation="sdpa")
 
 
@@ -314,6 +376,11 @@ def describe_model(cfg: ModelConfig, counts: dict[str, int]) -> str:
 
 
 __all__ = [
+    "FAMILY_OBJECTIVES",
+    "MODERNBERT_ALL_GLOBAL_UP_TO",
+    "MODERNBERT_FFN_RATIO",
+    "MODERNBERT_GLOBAL_EVERY",
+    "MODERNBERT_LOCAL_WINDOW",
     "PRESET_FIELDS",
     "SPECIAL_ROLES",
     "available_presets",
@@ -323,6 +390,7 @@ __all__ = [
     "flops_per_token",
     "hf_config",
     "llama_ffn_dim",
+    "modernbert_layer_types",
     "objective_of",
     "presets_dir",
     "resolve_model_config",

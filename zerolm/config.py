@@ -84,7 +84,9 @@ class DataConfig(_Section):
     num_workers: int = Field(default=1, ge=0)
     seed: int = 1234
     shuffle_files: bool = True
-    mlm_probability: float = Field(default=0.15, gt=0, lt=1)
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1)  # masking rate of the training split
+    # masking rate of the validation split: fixed, so runs trained at other rates report comparable figures
+    eval_mlm_probability: float = Field(default=0.15, gt=0, lt=1)
     add_bos: bool = False
     max_document_bytes: int = Field(default=1_000_000, gt=0)
     tokenize_batch_size: int = Field(default=64, ge=1)
@@ -102,10 +104,13 @@ class ModelConfig(_Section):
 
     ``preset`` names a shape in ``configs/models/<preset>.yaml`` (``tiny``, ``small``,
     ``gpt3-125m`` …); explicit fields here override the preset. ``family`` picks the class:
-    ``gpt2`` (GPT2LMHeadModel), ``llama`` (LlamaForCausalLM) or ``bert`` (BertForMaskedLM).
+    ``gpt2`` (GPT2LMHeadModel), ``llama`` (LlamaForCausalLM), ``bert`` (BertForMaskedLM) or
+    ``modernbert`` (ModernBertForMaskedLM). ``global_attn_every_n_layers`` (modernbert only): a
+    global-attention layer every n layers, the others local (128-token window); unset = every layer
+    global up to seq_len 512, ModernBERT's every 3rd beyond.
     """
 
-    family: Literal["gpt2", "llama", "bert"] = "gpt2"
+    family: Literal["gpt2", "llama", "bert", "modernbert"] = "gpt2"
     preset: str | None = None
     n_layer: int | None = Field(default=None, ge=1)
     n_head: int | None = Field(default=None, ge=1)
@@ -116,6 +121,7 @@ class ModelConfig(_Section):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     tie_word_embeddings: bool = True
     init_std: float = Field(default=0.02, gt=0)
+    global_attn_every_n_layers: int | None = Field(default=None, ge=1)
 
 
 class TrainConfig(_Section):
