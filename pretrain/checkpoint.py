@@ -16,6 +16,11 @@ Layout (``RUN_DIR/checkpoints``)::
                                         and the size of every file (truncation check)
     step_00000040.unloadable/           a checkpoint zerolm could not load, moved aside (never
                                         deleted) when this run line reached the same step
+    step_00000040.rolled_back/          a checkpoint a loss-spike recovery rolled back over (kept
+                                        until the line has a good checkpoint of that step or later)
+    zerolm_recoveries.json              the loss-spike recoveries of the run (:func:`add_recovery`):
+                                        where each rolled back to and the data state it continues
+                                        from, so that a resume from that checkpoint skips the same data
 
 Resume rules (:func:`plan_resume`):
 
@@ -39,7 +44,14 @@ to this run line (the checkpoint it resumed from, the ones before it, and the on
 checkpoints newer than the resumed one that this line did not write are never counted nor deleted
 (:func:`set_aside` moves one out of the way when the line reaches its step). Debris of an
 interrupted save (a folder without completion record) is deleted only once a good checkpoint of a
-later or the same step has been completed.
+later or the same step has been completed. ``keep_before`` keeps one checkpoint old enough for a
+loss-spike recovery to roll back to, however small ``keep_last`` is.
+
+Loss-spike recoveries (:mod:`zerolm.pretrain.spikes`): a recovery is recorded (:func:`add_recovery`)
+before anything is moved; then the checkpoints it rolls back over are set aside
+(:func:`discard_rolled_back`). A run killed in between finishes that on restart
+(:func:`apply_recoveries`), and a resume from the checkpoint a recovery rolled back to continues the
+data from the recovery's data state (:func:`recovery_for`), past the skipped batches.
 """
 
 from __future__ import annotations
@@ -63,8 +75,10 @@ COMPLETE = "zerolm_complete.json"
 DATA_STATE = "zerolm_data.json"
 LATEST = "latest"
 SET_ASIDE = ".unloadable"
+ROLLED_BACK = ".rolled_back"
+RECOVERIES = "zerolm_recoveries.json"
 _TAG = re.compile(r"^step_(\d{8})$")
-_ANY_TAG = re.compile(r"^step_(\d{8})(\.unloadable(\.\d+)?)?$")
+_ANY_TAG = re.compile(r"^step_(\d{8})(\.(unloadable|rolled_back)(\.\d+)?)?$")
 
 
 def tag_for(step: int) -> str:
@@ -146,14 +160,15 @@ def mark_complete(root: Path, tag: str, record: dict[str, Any]) -> None:
     write_text(root / LATEST, tag + "\n")
 
 
-def set_aside(root: Path, tag: str) -> Path:
+def set_aside(root: Path, tag: str, suffix: str = SET_ASIDE) -> Path:
     """Move the folder ``root/tag`` (a checkpoint this run could not load, or debris of an
-    interrupted save) out of the way to ``<tag>.unloadable`` (``.unloadable.2`` … if taken), so that
-    a new checkpoint of the same step can be written without overwriting it. Returns the new path."""
-    dest, n = root / (tag + SET_ASIDE), 1
+    interrupted save; with ``suffix=ROLLED_BACK`` one a loss-spike recovery rolled back over) out of
+    the way to ``<tag><suffix>`` (``<suffix>.2`` … if taken), so that a new checkpoint of the same
+    step can be written without overwriting it. Returns the new path."""
+    dest, n = root / (tag + suffix), 1
     while dest.exists():
         n += 1
-        dest = root / f"{tag}{SET_ASIDE}.{n}"
+        dest = root / f"{tag}{suffix}.{n}"
     (root / tag).rename(dest)
     return dest
 
@@ -468,18 +483,25 @@ def lineage(root: Path, resumed: str | None) -> set[str]:
     return {t for t in list_tags(root) if t <= resumed}
 
 
-def prune(root: Path, keep_last: int, line: set[str], newest: str) -> list[str]:
+def prune(root: Path, keep_last: int, line: set[str], newest: str, keep_before: int | None = None) -> list[str]:
     """Retention after ``newest`` (a tag of this run line) was completed.
 
     Deletes a checkpoint only when it is in ``line`` (this run line's tags), is intact, and
     ``keep_last`` newer complete checkpoints of the line exist; and debris of interrupted saves (a
-    ``step_*`` folder, or one set aside, without completion record) of a step not after ``newest``.
-    Checkpoints outside the line (newer than the one the line resumed from, not written by it) and
-    damaged ones are never deleted. Returns the deleted folder names.
+    ``step_*`` folder, or one set aside, without completion record) of a step not after ``newest``,
+    and checkpoints a loss-spike recovery rolled back over (``.rolled_back``) of a step not after
+    ``newest``. Checkpoints outside the line (newer than the one the line resumed from, not written
+    by it) and damaged ones are never deleted. With ``keep_before``, the newest checkpoint of the
+    line at a step ≤ ``keep_before`` is kept too (the one a loss-spike recovery would roll back to).
+    Returns the deleted folder names.
     """
     removed = []
     ours = sorted(t for t in line if (root / t / COMPLETE).is_file())
+    old_enough = [t for t in ours if keep_before is not None and step_of(t) <= keep_before]
+    protected = {old_enough[-1]} if old_enough else set()
     for t in ours[:-keep_last] if keep_last > 0 else []:
+        if t in protected:
+            continue
         why = check(root, t)
         if why is None:
             shutil.rmtree(root / t, ignore_errors=True)
@@ -489,7 +511,70 @@ def prune(root: Path, keep_last: int, line: set[str], newest: str) -> list[str]:
     limit = step_of(newest)
     for p in sorted(root.iterdir()) if root.is_dir() else []:
         if (p.is_dir() and p.name != newest and _ANY_TAG.match(p.name) and step_of(p.name) <= limit
-                and not (p / COMPLETE).exists()):
+                and (not (p / COMPLETE).exists() or ROLLED_BACK in p.name)):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
     return removed
+
+
+# -- loss-spike recoveries -----------------------------------------------------------------------
+def read_recoveries(root: Path) -> list[dict[str, Any]]:
+    """The recovery records of a run (oldest first; ``[]`` when there are none).
+
+    Raises:
+        DataError: the records file exists but is not a JSON list (names the file).
+    """
+    path = root / RECOVERIES
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable loss-spike recovery records: {e}") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of recovery records, got {type(data).__name__}")
+    return data
+
+
+def add_recovery(root: Path, record: dict[str, Any]) -> None:
+    """Append one recovery record (rank 0, before anything is rolled back; atomic). ``record`` holds
+    at least ``rolled_back_to`` (a tag), ``data_step`` (global batches drawn when it happened) and
+    ``data_states`` (every rank's data-loader state after the skipped batches)."""
+    write_json(root / RECOVERIES, [*read_recoveries(root), record])
+
+
+def recovery_for(root: Path, tag: str) -> dict[str, Any] | None:
+    """The newest recovery that rolled back to ``tag`` (a resume from ``tag`` continues its data), or None."""
+    found = [r for r in read_recoveries(root) if r.get("rolled_back_to") == tag]
+    return found[-1] if found else None
+
+
+def discard_rolled_back(root: Path, target: str, data_step: int) -> list[str]:
+    """Set aside (``.rolled_back``) the complete checkpoints newer than ``target`` that were written
+    before a recovery at ``data_step`` (their record's ``data_step`` ≤ it): the run continues from
+    ``target`` and they hold the weights it rolled back over. Checkpoints the line wrote after the
+    recovery (a larger ``data_step``) stay. Idempotent; returns the tags set aside."""
+    moved = []
+    for tag in list_tags(root):
+        if tag <= target or not (root / tag / COMPLETE).is_file():
+            continue
+        try:
+            rec = read_record(root, tag)
+        except (OSError, ValueError):
+            continue
+        if int(rec.get("data_step", rec.get("step", 0))) <= data_step:
+            set_aside(root, tag, ROLLED_BACK)
+            moved.append(tag)
+    if moved:
+        write_text(root / LATEST, target + "\n")
+    return moved
+
+
+def apply_recoveries(root: Path) -> list[str]:
+    """Finish recoveries a killed run recorded but did not carry out (rank 0, before a resume is
+    planned): set aside what each rolled back over (:func:`discard_rolled_back`). Returns the tags
+    set aside (normally none)."""
+    moved = []
+    for r in read_recoveries(root):
+        moved += discard_rolled_back(root, r["rolled_back_to"], int(r["data_step"]))
+    return moved

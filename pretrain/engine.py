@@ -241,8 +241,20 @@ class Engine:
 
     @property
     def lr(self) -> float:
-        """Current learning rate."""
-        return float(self.scheduler.get_last_lr()[0])
+        """The learning rate the next optimizer step uses (the schedule's, times :meth:`set_lr_scale`)."""
+        return float(self._client_opt.param_groups[0]["lr"])
+
+    def set_lr_scale(self, factor: float) -> None:
+        """Make the next optimizer step use ``factor`` × the schedule's learning rate (1 = the schedule).
+
+        The LR scheduler sets every group's LR from its base LR at each step, so a factor holds for one
+        step; call again before each step it should apply to. Used after a loss-spike recovery (a lower
+        LR for a while) and by the spike test hook (a one-step blow-up). ZeRO's optimizers train the
+        client optimizer's parameter groups, so their LR is the one set here.
+        """
+        step = self.scheduler.last_epoch
+        for group, base in zip(self._client_opt.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * lr_at(step, self.cfg) * factor
 
     def grad_norm(self) -> float | None:
         """Global gradient 2-norm of the last applied step (before clipping), or None."""

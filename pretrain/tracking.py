@@ -27,6 +27,9 @@ from zerolm.redact import redact, redact_text
 
 log = logging.getLogger(__name__)
 
+#: The W&B metric that holds the optimizer step (the x-axis of every chart).
+STEP_METRIC = "optimizer_step"
+
 # Which config sections (and, where only a few fields matter, which fields) each job reads; its W&B
 # run config holds exactly these. ``None`` = the whole section.
 JOB_SECTIONS: dict[str, dict[str, tuple[str, ...] | None]] = {
@@ -100,9 +103,8 @@ class Tracker:
                  resume_step: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        if resume_step is not None and self.metrics_path.exists():
-            kept = [l for l in self.metrics_path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= resume_step]
-            fsutil.write_text(self.metrics_path, "".join(l + "\n" for l in kept))
+        if resume_step is not None:
+            self.rewind(resume_step)
         elif resume_step is None and self.metrics_path.exists():
             self.metrics_path.unlink()
         self.mode = _wandb_mode(cfg)
@@ -123,6 +125,10 @@ class Tracker:
                     dir=str(self.run_dir), config=redact(config),
                 )
             self.run_id = self.run.id
+            # charts use the optimizer step as x-axis; W&B's own step only counts log calls, so a
+            # loss-spike rollback (the optimizer step goes back) still logs
+            self.run.define_metric(STEP_METRIC)
+            self.run.define_metric("*", step_metric=STEP_METRIC)
             log.info("W&B run %s (%s)", self.run_id, self.mode)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -130,7 +136,14 @@ class Tracker:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self.run.log({**metrics, STEP_METRIC: step})
+
+    def rewind(self, step: int) -> None:
+        """A loss-spike recovery rolled the run back to optimizer ``step``: drop the ``metrics.jsonl``
+        lines after it (as a resume from that checkpoint would), so the file holds the run's history."""
+        if self.metrics_path.exists():
+            kept = [l for l in self.metrics_path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= step]
+            fsutil.write_text(self.metrics_path, "".join(l + "\n" for l in kept))
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final values (W&B run summary)."""

@@ -15,6 +15,12 @@ the global batch is kept (gradient accumulation re-derived, :func:`batch_arithme
 loads DeepSpeed's universal copy of it, and the data loader takes its logical shards from the
 merged states of all the ranks that saved it, so the next global batch is the one the
 uninterrupted run would have trained on.
+
+Loss spikes (:mod:`zerolm.pretrain.spikes`, ``train.spike_recovery``): every applied step's loss is
+tested against a robust running statistic of the recent ones; a spike (or a streak of non-finite
+losses) rolls the model and optimizer back to the newest checkpoint before it, keeps the data
+stream where it is (the batches trained since are skipped, recorded in the run so that a restart
+skips them too), optionally lowers the LR for a while, and continues.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from zerolm.pretrain.metrics import measure_matmul_peak, memory_stats, mfu
 from zerolm.pretrain.models import (build_model, count_parameters, describe_model, flops_per_token, objective_of,
                              resolve_model_config, special_ids_of)
 from zerolm.pretrain.objectives import Objective, get_objective
+from zerolm.pretrain.spikes import SpikeDetector, recoveries_in_window, rollback_limit
 from zerolm.pretrain.tracking import Tracker, run_config
 from zerolm.config import ZeroLMConfig, save_config
 from zerolm.errors import ConfigError, TrainingError
@@ -230,6 +237,12 @@ class Trainer:
         torch.manual_seed(cfg.train.seed + env.rank)  # per-rank dropout stream
         self.engine = Engine(self.parts.model, cfg.train, micro, self.grad_accum, env.world_size)
         self.step = self.tokens_seen = self.nonfinite_total = 0
+        self.loss_scale_skipped = 0  # fp16 overflow skips (dynamic loss scaling), not counted as non-finite
+        self.data_step = 0  # global batches drawn from the data stream (a recovery skips, never rewinds it)
+        self.spike_cfg = cfg.train.spike_recovery
+        self.detector = SpikeDetector(self.spike_cfg)
+        self.recoveries = ckpt.read_recoveries(self.root)
+        self.lr_scale_until = 0  # steps before this one train at spike_recovery.lr_scale × the schedule
         self.metrics: dict[str, float] = {}
         self.stop_signal = 0
         self.written: set[str] = set()  # tags this process saved
@@ -273,6 +286,9 @@ class Trainer:
             TrainingError: the newest intact checkpoint is incompatible with this run (the message
                 names what differs and what to set), or checkpoints exist and all are damaged.
         """
+        if self.env.is_main:
+            for tag in ckpt.apply_recoveries(self.root):  # a run killed during a loss-spike recovery
+                log.warning("finished the interrupted loss-spike recovery: %s set aside as rolled back", self.root / tag)
         box = [ckpt.plan_resume(self.root, self.signature) if self.env.is_main else None]
         if dist.is_initialized() and self.env.world_size > 1:
             dist.broadcast_object_list(box, src=0)
@@ -297,7 +313,8 @@ class Trainer:
                 how = self.engine.load(self.root, tag, saved_world_size=saved_world)
                 same_world = saved_world in (None, self.env.world_size)
                 client = ckpt.load_client_state(self.root, tag, self.env.rank) if same_world else {}
-                data = self._data_state(tag, client)
+                recovery = ckpt.recovery_for(self.root, tag)
+                data = self._merged(recovery["data_states"]) if recovery else self._data_state(tag, client)
                 ok = 1.0
             except Exception as e:  # noqa: BLE001 - an unreadable file (damage the sizes did not show)
                 why = f"{type(e).__name__}: {e}"
@@ -315,6 +332,11 @@ class Trainer:
                 torch.manual_seed(self.cfg.train.seed + self.env.rank + 7919 * self.step)
             self.nonfinite_total = rec.get("nonfinite_skipped", 0)
             self.metrics = rec.get("metrics", {})
+            self._restore_spike_state(rec, recovery)
+            if recovery:
+                log.warning("continuing the loss-spike recovery of step %d: the data resumes after global batch %d "
+                            "(batches %d–%d skipped)", recovery["detected_at_step"], recovery["data_step"],
+                            *recovery["skipped_batches"])
             notes = ckpt.notes_on_resume(rec.get("run") or {}, self.signature)
             done = {"universal": "; model and optimizer loaded from DeepSpeed's universal checkpoint "
                                  f"{self.root / tag / 'universal'}",
@@ -334,8 +356,21 @@ class Trainer:
         states = ckpt.load_data_state(self.root, tag)
         if states is None:  # written before zerolm gathered the data states (same world size only)
             return client["data"]
+        return self._merged(states)
+
+    def _merged(self, states: list[dict[str, Any]]) -> dict[str, Any]:
         merge = getattr(self.loader, "merge_states", None)
         return merge(states) if merge is not None else states[self.env.rank]
+
+    def _restore_spike_state(self, rec: dict[str, Any], recovery: dict[str, Any] | None) -> None:
+        """The spike detector's history, the data position and the LR-scale window as of checkpoint
+        record ``rec`` — or, when a recovery rolled back to it, as that recovery left them."""
+        self.detector.load_state_dict(rec.get("spike_detector"))
+        self.data_step = int(rec.get("data_step", rec["step"]))
+        self.lr_scale_until = int(rec.get("lr_scale_until", 0))
+        if recovery:
+            self.data_step = int(recovery["data_step"])
+            self.lr_scale_until = int(recovery["lr_scale_until"])
 
     def save(self) -> None:
         """Checkpoint at the current step on every rank; rank 0 marks it complete last, then applies
@@ -361,9 +396,11 @@ class Trainer:
             ckpt.mark_complete(self.root, tag, {
                 "step": self.step, "tokens_seen": self.tokens_seen, "nonfinite_skipped": self.nonfinite_total,
                 "metrics": self.metrics, "wandb_run_id": self.tracker.run_id if self.tracker else None,
-                "world_size": self.env.world_size, "run": self.signature,
+                "world_size": self.env.world_size, "run": self.signature, "data_step": self.data_step,
+                "spike_detector": self.detector.state_dict(), "lr_scale_until": self.lr_scale_until,
             })
-            removed = ckpt.prune(self.root, self.cfg.train.keep_last, self.line | self.written, tag)
+            keep_before = self.step - self.spike_cfg.rollback_margin_steps if self.spike_cfg.enabled else None
+            removed = ckpt.prune(self.root, self.cfg.train.keep_last, self.line | self.written, tag, keep_before)
             log.info("saved checkpoint %s%s", self.root / tag, f" (removed {', '.join(removed)})" if removed else "")
         dist.barrier()
 
@@ -418,6 +455,9 @@ class Trainer:
                 os.kill(os.getpid(), self_signal[1])  # test hook: a signal arriving during this step
             poisoned = False
             loss_sum, local_tokens = 0.0, 0
+            self.data_step += 1
+            self.engine.set_lr_scale(tc.inject_spike_lr_factor if self.data_step in tc.inject_spike_at_batches
+                                     else self.spike_cfg.lr_scale if self.step < self.lr_scale_until else 1.0)
             for micro in range(self.grad_accum):
                 t = time.perf_counter()
                 batch = next(it)
@@ -437,17 +477,43 @@ class Trainer:
             step_loss, step_tokens = distributed.all_reduce_values([loss_sum / self.grad_accum, float(local_tokens)])
             self.tokens_seen += int(step_tokens)
             window["tokens"] += int(step_tokens)
-            if poisoned or not self.engine.step_applied():
+            spiking = False
+            applied = self.engine.step_applied()
+            if not poisoned and not applied and tc.precision == "fp16":
+                # dynamic loss scaling: the scaled gradients overflowed and DeepSpeed lowered the scale; the
+                # loss itself was finite, so this is not divergence (common in the first steps of fp16)
+                self.loss_scale_skipped += 1
+                log.info("step %d: fp16 gradient overflow; update skipped and loss scale lowered", self.step)
+            elif poisoned or not applied:
                 self.nonfinite_total += 1
                 consecutive_bad += 1
                 log.warning("step %d: non-finite loss; update skipped (%d in a row)", self.step, consecutive_bad)
                 if consecutive_bad >= tc.max_consecutive_nonfinite:
-                    raise TrainingError(f"{consecutive_bad} non-finite losses in a row at step {self.step}; stopping "
-                                        f"(last good checkpoint left intact under {self.root})")
+                    if not self._recover(it, self.step - consecutive_bad + 1, float("nan"),
+                                         f"{consecutive_bad} non-finite losses in a row"):
+                        raise TrainingError(f"{consecutive_bad} non-finite losses in a row at step {self.step}; stopping "
+                                            f"(last good checkpoint left intact under {self.root})")
+                    consecutive_bad = 0
+                    window.update(loss=0.0, steps=0, tokens=0, data_s=0.0, t0=time.perf_counter())
+                    continue
             else:
                 consecutive_bad = 0
-                window["loss"] += step_loss / self.env.world_size
+                loss = step_loss / self.env.world_size
+                window["loss"] += loss
                 window["steps"] += 1
+                if self.spike_cfg.enabled:
+                    v = self.detector.observe(self.step, loss)
+                    spiking = v.spike
+                    if v.spike:
+                        log.warning("step %d: loss %.4f above the spike threshold %.4f (median %.4f of the last %d steps); "
+                                    "%d of %d before a rollback", self.step, loss, v.threshold, v.median,
+                                    len(self.detector.history), v.streak, self.spike_cfg.patience)
+                    if v.recover:
+                        if self._recover(it, v.first_step, loss, f"loss {loss:.4f} > threshold {v.threshold:.4f} "
+                                                                 f"(median {v.median:.4f})"):
+                            window.update(loss=0.0, steps=0, tokens=0, data_s=0.0, t0=time.perf_counter())
+                            continue
+                        self.detector.reset_streak()
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                 self._log_window(window)
             t_aside = time.perf_counter()  # evaluation and checkpointing are not training throughput
@@ -464,18 +530,104 @@ class Trainer:
                 status = "preempted"
             elif tc.stop_at_step is not None and self.step >= tc.stop_at_step and self.step < tc.max_steps:
                 stop, status = True, "stopped"
-            if (self.step % tc.save_every == 0 or self.step == tc.max_steps or stop) and not consecutive_bad:
-                self.save()  # never while in a run of non-finite losses: the last good checkpoint stays latest
+            if (self.step % tc.save_every == 0 or self.step == tc.max_steps or stop) and not (consecutive_bad or spiking):
+                self.save()  # never during non-finite losses or a spike: the last good checkpoint stays latest
             window["t0"] += time.perf_counter() - t_aside
             if stop:
                 log.warning("stopping at step %d (%s); resume by running the same command", self.step, status)
                 break
         result = {"status": status, "step": self.step, "tokens_seen": self.tokens_seen,
-                  "nonfinite_skipped": self.nonfinite_total, "parameters": self.parts.parameters, **self.metrics}
+                  "nonfinite_skipped": self.nonfinite_total, "parameters": self.parts.parameters,
+                  **({"loss_scale_skipped": self.loss_scale_skipped} if tc.precision == "fp16" else {}),
+                  "spike_recoveries": [{k: v for k, v in r.items() if k != "data_states"} for r in self.recoveries],
+                  **self.metrics}
         if self.tracker:
             self.tracker.summary(result)
             self.tracker.finish()
         return result
+
+    # -- loss-spike recovery ---------------------------------------------------------------
+    def _recover(self, it, first_step: int, loss: float, why: str) -> bool:
+        """Roll back after a loss spike (or a streak of non-finite losses) first seen at ``first_step``.
+
+        Rolls the model, optimizer and LR schedule back to the newest intact checkpoint at a step ≤
+        :func:`spikes.rollback_limit`, leaves the data stream where it is (plus
+        ``skip_extra_batches``): the batches trained since that checkpoint are skipped. The recovery
+        is recorded (``checkpoints/zerolm_recoveries.json``) before anything changes, so that a
+        restart skips the same batches. Every rank calls it at the same step.
+
+        Args:
+            it: the training data iterator (drawn from for ``skip_extra_batches``).
+            first_step: the first spiking step (or the first of the non-finite streak).
+            loss: the step's loss (mean over ranks; ``nan`` for a non-finite streak).
+            why: the reason, for the log and the record.
+
+        Returns:
+            True when the run rolled back; False when no checkpoint is old enough (nothing changed).
+
+        Raises:
+            TrainingError: ``max_recoveries`` recoveries already happened within the last
+                ``recovery_window_steps`` global batches (the checkpoints are left intact).
+        """
+        cfg = self.spike_cfg
+        if not cfg.enabled:
+            return False
+        limit = rollback_limit(first_step, cfg.rollback_margin_steps)
+        box = [None]
+        if self.env.is_main:
+            good = [t for t in ckpt.list_tags(self.root) if ckpt.step_of(t) <= limit and ckpt.check(self.root, t) is None]
+            box = [good[-1] if good else None]
+        if dist.is_initialized() and self.env.world_size > 1:
+            dist.broadcast_object_list(box, src=0)
+        target = box[0]
+        if target is None:
+            log.warning("step %d: %s, but no checkpoint at step ≤ %d to roll back to; training on", self.step, why, limit)
+            return False
+        recent = recoveries_in_window(self.recoveries, self.data_step, cfg.recovery_window_steps)
+        if recent >= cfg.max_recoveries:
+            raise TrainingError(
+                f"step {self.step}: {why}; {recent} loss-spike recoveries within the last {cfg.recovery_window_steps} "
+                f"global batches already (train.spike_recovery.max_recoveries={cfg.max_recoveries}): stopping. The "
+                f"checkpoints are intact (newest before the spike: {self.root / target}); look at the data around "
+                f"global batch {self.data_step} and the LR, then run the same command to continue from the newest one")
+        for _ in range(cfg.skip_extra_batches * self.grad_accum):
+            next(it)
+        self.data_step += cfg.skip_extra_batches
+        states = distributed.gather_to_main(self.loader.state_dict())
+        rec = ckpt.read_record(self.root, target)
+        back_to = int(rec.get("data_step", rec["step"]))
+        record = {"detected_at_step": self.step, "first_spike_step": first_step, "reason": why,
+                  "loss": loss if math.isfinite(loss) else None, "rolled_back_to": target, "rollback_step": rec["step"],
+                  "skipped_batches": [back_to + 1, self.data_step],
+                  "skipped_samples": (self.data_step - back_to) * self.global_batch, "data_step": self.data_step,
+                  "lr_scale": cfg.lr_scale, "lr_scale_until": rec["step"] + cfg.lr_scale_steps,
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if self.env.is_main:
+            ckpt.add_recovery(self.root, {**record, "data_states": states})
+        dist.barrier()
+        if os.environ.get("ZEROLM_TEST_EXIT_IN_RECOVERY"):  # test hook: killed after recording, before rolling back
+            os._exit(17)
+        moved = [ckpt.discard_rolled_back(self.root, target, self.data_step) if self.env.is_main else None]
+        if dist.is_initialized() and self.env.world_size > 1:
+            dist.broadcast_object_list(moved, src=0)
+        self.written -= set(moved[0])
+        saved_world = (rec.get("run") or {}).get("world_size") or rec.get("world_size")
+        self.engine.load(self.root, target, saved_world_size=saved_world)
+        self.step, self.tokens_seen = rec["step"], rec["tokens_seen"]
+        self.nonfinite_total = rec.get("nonfinite_skipped", 0)
+        self.metrics = rec.get("metrics", {})
+        self._restore_spike_state(rec, record)
+        self.recoveries.append(record)
+        log.warning("step %d: %s — loss spike recovery %d: rolled back to %s (step %d), skipped global batches %d–%d "
+                    "(%d samples)%s", record["detected_at_step"], why, len(self.recoveries), self.root / target,
+                    rec["step"], *record["skipped_batches"], record["skipped_samples"],
+                    f"; LR × {cfg.lr_scale} until step {record['lr_scale_until']}" if cfg.lr_scale_steps and cfg.lr_scale < 1 else "")
+        if self.tracker:
+            self.tracker.rewind(self.step)
+            self.tracker.log({"spike/recoveries": len(self.recoveries), "spike/detected_at_step": record["detected_at_step"],
+                              "spike/skipped_samples": record["skipped_samples"],
+                              **({"spike/loss": loss} if math.isfinite(loss) else {})}, self.step)
+        return True
 
     def _log_window(self, w: dict[str, Any]) -> None:
         dt = time.perf_counter() - w["t0"]

@@ -124,6 +124,40 @@ class ModelConfig(_Section):
     global_attn_every_n_layers: int | None = Field(default=None, ge=1)
 
 
+class SpikeRecoveryConfig(_Section):
+    """Automatic loss-spike recovery (``train.spike_recovery``; :mod:`zerolm.pretrain.spikes`).
+
+    A step's loss (the mean over all ranks) is a spike when, with at least ``min_history`` earlier
+    losses in the last ``window`` applied steps, it exceeds both ``median + threshold_mads · 1.4826 ·
+    MAD`` and ``median · (1 + min_relative_increase)``. After ``patience`` spiking steps in a row (or
+    ``max_consecutive_nonfinite`` non-finite losses in a row) the run rolls back to the newest
+    checkpoint at least ``rollback_margin_steps`` steps before the first spiking step, skips the data
+    trained since (plus ``skip_extra_batches`` global batches), optionally scales the LR by
+    ``lr_scale`` for ``lr_scale_steps`` steps, and continues. More than ``max_recoveries`` recoveries
+    within ``recovery_window_steps`` global batches stop the run. The recipe is PaLM's manual one
+    (Chowdhery et al. 2022, §5.1: restart ~100 steps before the spike, skip 200–500 batches).
+    """
+
+    enabled: bool = True
+    window: int = Field(default=100, ge=4)
+    min_history: int = Field(default=20, ge=2)
+    threshold_mads: float = Field(default=6.0, gt=0)
+    min_relative_increase: float = Field(default=0.1, ge=0)
+    patience: int = Field(default=1, ge=1)
+    rollback_margin_steps: int = Field(default=1, ge=0)
+    skip_extra_batches: int = Field(default=0, ge=0)
+    lr_scale: float = Field(default=1.0, gt=0, le=1)
+    lr_scale_steps: int = Field(default=0, ge=0)
+    max_recoveries: int = Field(default=3, ge=1)
+    recovery_window_steps: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _history_fits_window(self) -> "SpikeRecoveryConfig":
+        if self.min_history > self.window:
+            raise ValueError(f"min_history ({self.min_history}) must not exceed window ({self.window})")
+        return self
+
+
 class TrainConfig(_Section):
     """The training loop (shared by pretraining and finetuning).
 
@@ -162,6 +196,11 @@ class TrainConfig(_Section):
     max_consecutive_nonfinite: int = Field(default=5, ge=1)
     peak_flops: float | None = Field(default=None, gt=0)
     inject_nonfinite_at_steps: list[int] = []
+    spike_recovery: SpikeRecoveryConfig = SpikeRecoveryConfig()
+    # test hook: the optimizer step that trains global batch k (1-based, counted along the data stream,
+    # so a batch skipped by a recovery is never trained again) runs at lr × inject_spike_lr_factor
+    inject_spike_at_batches: list[int] = []
+    inject_spike_lr_factor: float = Field(default=1000.0, gt=0)
     elastic_resume: bool = True
 
     @model_validator(mode="after")
