@@ -76,6 +76,14 @@ class PackedStream:
     Iterating yields dicts of int64 arrays of shape ``(seq_len,)``: ``input_ids``, ``labels``
     (``-100`` where no loss) and ``attention_mask``, plus ``_state`` (this shard's state after the
     sample).
+
+    Shuffle window (training, ``cfg.shuffle_window`` = W > 0 blocks): the packers' blocks are drawn W
+    at a time and emitted in a permutation seeded by (seed, shard, window number), so that
+    consecutive samples of a shard do not continue the same document — what a map-style dataset's
+    random sampler gives (``DistributedSampler(shuffle=True)``), within a window. The state stays
+    small: the packers' states at the window's start and how many of its blocks were emitted; a
+    restore re-packs the window (deterministic) and skips those. The same bounded-buffer idea as
+    the shuffle buffers of WebDataset and torchdata, made exactly resumable.
     """
 
     def __init__(
@@ -95,6 +103,12 @@ class PackedStream:
         self.infinite = infinite
         state = state or {}
         self.samples = int(state.get("samples", 0))
+        self.window = cfg.shuffle_window if infinite else 0
+        win = state.get("window") or {}
+        self.drawn = int(win.get("drawn", 0))  # blocks drawn from the packers before the current window
+        self.windows = int(win.get("number", 0))  # windows filled so far
+        self.emitted = int(win.get("emitted", 0))  # samples of the current window already emitted
+        self._window_start: dict[str, Any] | None = None  # packer states before the current window
         mlm = cfg.objective == "mlm"
         self.block_len = cfg.seq_len - 2 if mlm else cfg.seq_len
         src_states = state.get("sources", {})
@@ -120,12 +134,22 @@ class PackedStream:
         self._finished: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"samples": n, "sources": {name: packer state}}``."""
-        return {"samples": self.samples, "sources": {n: p.state_dict() for n, p in self.packers.items()}}
+        """``{"samples": n, "sources": {name: packer state}}``; with a shuffle window the packer states
+        are those at the start of the window the next sample comes from, and ``window`` =
+        ``{"number", "drawn", "emitted"}`` (its index, blocks drawn before it, samples of it emitted)."""
+        packers = {n: p.state_dict() for n, p in self.packers.items()}
+        if not self.window:
+            return {"samples": self.samples, "sources": packers}
+        if self._window_start is not None and self.emitted < self.window:
+            return {"samples": self.samples, "sources": self._window_start,
+                    "window": {"number": self.windows, "drawn": self.drawn, "emitted": self.emitted}}
+        done = self._window_start is not None  # the current window is used up: the next one starts here
+        return {"samples": self.samples, "sources": packers,
+                "window": {"number": self.windows + done, "drawn": self.drawn + done * self.window, "emitted": 0}}
 
-    def _pick_source(self) -> str | None:
+    def _pick_source(self, draw: int | None = None) -> str | None:
         if self.infinite:
-            u = mix64(self.cfg.seed, self.shard, self.samples, 0x5EED) / 2.0**64
+            u = mix64(self.cfg.seed, self.shard, self.samples if draw is None else draw, 0x5EED) / 2.0**64
             return self.names[min(int(np.searchsorted(self.cum, u, side="right")), len(self.names) - 1)]
         for n in self.names:  # validation: sources in order, each once
             if n not in self._finished:
@@ -154,7 +178,32 @@ class PackedStream:
             labels[n:] = IGNORE_INDEX
         return {"input_ids": ids, "labels": labels, "attention_mask": attention}
 
+    def _fill_window(self) -> list[np.ndarray]:
+        """Draw window number ``self.windows``: ``window`` blocks (source picks seeded by the draw
+        count), returned in the window's seeded permutation."""
+        self._window_start = {n: p.state_dict() for n, p in self.packers.items()}
+        blocks = [self.packers[self._pick_source(self.drawn + i)].next_block() for i in range(self.window)]
+        order = np.random.default_rng(mix64(self.cfg.seed, self.shard, self.windows, 0x5348)).permutation(self.window)
+        return [blocks[i] for i in order]
+
+    def _shuffled(self) -> Iterator[dict[str, Any]]:
+        """Training samples through the shuffle window (see the class docstring)."""
+        skip = self.emitted  # restored mid-window: its first ``emitted`` samples were trained on
+        while True:
+            window = self._fill_window()
+            for i in range(skip, self.window):
+                sample = self._make_sample(window[i])
+                self.samples += 1
+                self.emitted = i + 1
+                sample["_state"] = self.state_dict()
+                yield sample
+            self.drawn, self.windows, self.emitted, skip = self.drawn + self.window, self.windows + 1, 0, 0
+            self._window_start = None
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.window:
+            yield from self._shuffled()
+            return
         while True:
             name = self._pick_source()
             if name is None:  # end of a finite pass: report the final counters (skips after the last block)
@@ -402,6 +451,7 @@ class PackedDataLoader:
             "seq_len": self.cfg.seq_len,
             "sources": [s.name for s, _ in self.sources],
             "logical_shards": self.global_batch_size,
+            "shuffle_window": self.cfg.shuffle_window,
             "steps": self.steps,
             "world_size": self.world_size,
             "num_workers": self.cfg.num_workers,
@@ -421,7 +471,9 @@ class PackedDataLoader:
         expect = {
             "format": STATE_FORMAT, "objective": self.cfg.objective, "seq_len": self.cfg.seq_len,
             "sources": [s.name for s, _ in self.sources], "logical_shards": self.global_batch_size,
+            "shuffle_window": self.cfg.shuffle_window,
         }
+        state = {"shuffle_window": 0, **state}  # states written before the shuffle window existed
         for k, v in expect.items():
             if state.get(k) != v:
                 what = " (= the global batch size)" if k == "logical_shards" else ""

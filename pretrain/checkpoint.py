@@ -254,7 +254,7 @@ def resolve(run_dir: str | Path, tag: str | None = None) -> tuple[Path, dict[str
 # -- compatibility -------------------------------------------------------------------------------
 _MODEL_FIELDS = ("family", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_position_embeddings",
                  "tie_word_embeddings")
-_DATA_FIELDS = ("format", "seq_len", "sources", "logical_shards")  # compared
+_DATA_FIELDS = ("format", "seq_len", "sources", "logical_shards", "shuffle_window")  # compared
 _DATA_KEPT = (*_DATA_FIELDS, "num_workers", "elastic")  # recorded
 _OLD_PACKED_FORMAT = "zerolm-data-state/1"  # data layouts recorded before the format was
 

@@ -5,8 +5,6 @@ recovery, and stop after too many recoveries with the checkpoints intact."""
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import subprocess
 from pathlib import Path
