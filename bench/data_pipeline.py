@@ -4,12 +4,19 @@ zerolm:   read jsonl → sentencepiece encode → pack into seq_len blocks (no p
 baseline: datasets streaming load_dataset("json") → .map(fast HF tokenizer, truncation) →
           DataLoader + DataCollatorForLanguageModeling (pads each batch to its longest row)
 
+Both again with a Hugging Face model's own tokenizer (``--hf-tokenizer``, default MiniLM's BERT
+WordPiece; continued pretraining, ``model.init_from``): zerolm encodes through
+``HFPipelineTokenizer`` (the ``tokenizers`` backend), the baseline maps the same tokenizer. Only the
+objectives that tokenizer has the special tokens for are run (BERT: mlm; GPT-2 style: clm). Token
+counts differ between tokenizers: ``text MB/s`` compares across them.
+
 Both run in this process, one thread each (``torch.set_num_threads(1)``, ``RAYON_NUM_THREADS=1``),
 alternating for ``--rounds`` rounds; the table shows medians and the ratio against the baseline
 measured in the same run. "useful tokens" are non-padding tokens that reach the model; the
 baseline also truncates documents longer than seq_len, which drops text (reported).
 
     .venv/bin/python bench/data_pipeline.py [--corpus data/corpus] [--tokenizer data/tokenizer]
+        [--hf-tokenizer minilm|smollm2|DIR|none] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ def run_baseline(files, tokdir, objective, seq_len, batch):
     ds = datasets.load_dataset("json", data_files=files, split="train", streaming=True)
     ds = ds.map(lambda ex: tok(ex["text"], truncation=True, max_length=seq_len), batched=True,
                 remove_columns=["text", "source", "id"])
+    if tok.pad_token is None:  # GPT-2 style: the collator pads with eos, as the usual recipe does
+        tok.pad_token = tok.eos_token
     coll = DataCollatorForLanguageModeling(tok, mlm=objective == "mlm", mlm_probability=0.15)
     total = useful = 0
     for b in DataLoader(ds, batch_size=batch, collate_fn=coll):
@@ -64,18 +73,32 @@ def run_baseline(files, tokdir, objective, seq_len, batch):
 
 
 def corpus_tokens(files, tokdir):
+    """(tokens, documents, UTF-8 text bytes) of the files under the pipeline tokenizer of ``tokdir``."""
     from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
     import json
 
     tok = load_pipeline_tokenizer(tokdir)
-    texts = [json.loads(l)["text"] for f in files for l in open(f, encoding="utf-8")]
-    return sum(len(x) for x in tok.encode_batch(texts)), len(texts)
+    texts = [json.loads(line)["text"] for f in files for line in open(f, encoding="utf-8")]
+    return sum(len(x) for x in tok.encode_batch(texts)), len(texts), sum(len(t.encode("utf-8")) for t in texts)
+
+
+def objectives_of(tokdir):
+    """The objectives the pipeline can run with this tokenizer (it has their special tokens)."""
+    from zerolm.config import DataConfig
+    from zerolm.data_pipeline.loader import required_roles
+    from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
+
+    tok = load_pipeline_tokenizer(tokdir)
+    return [o for o in ("clm", "mlm")
+            if all(getattr(tok, f"{r}_id") is not None for r in required_roles(DataConfig(objective=o)))]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default="data/corpus")
-    ap.add_argument("--tokenizer", default="data/tokenizer")
+    ap.add_argument("--tokenizer", default="data/tokenizer", help="zerolm's own (sentencepiece) tokenizer folder")
+    ap.add_argument("--hf-tokenizer", default="minilm",
+                    help="a Hugging Face model's tokenizer: minilm, smollm2 (converted once, ~40 s), a folder, or none")
     ap.add_argument("--max-mb", type=float, default=4.0, help="use train shards up to this many MB")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch", type=int, default=16)
@@ -91,31 +114,44 @@ def main() -> int:
     if not files:
         print(f"no train shards under {args.corpus}: run `zerolm data prepare` first", file=sys.stderr)
         return 2
-    n_tok, n_docs = corpus_tokens(files, args.tokenizer)
-    print(f"text: {len(files)} shards, {size / 1e6:.1f} MB, {n_docs} documents, {n_tok:,} tokens; "
+    tokenizers = [("spm", args.tokenizer, ["clm", "mlm"])]
+    if args.hf_tokenizer.lower() != "none":
+        from zerolm.hf_models import resolve_model_path
+
+        hf_dir = resolve_model_path(args.hf_tokenizer)
+        tokenizers.append(("hf", hf_dir, objectives_of(hf_dir)))
+    counts = {}
+    for label, tokdir, _ in tokenizers:
+        counts[label] = corpus_tokens(files, tokdir)
+        n_tok, n_docs, n_bytes = counts[label]
+        print(f"{label}: {tokdir}: {n_tok:,} tokens")
+    print(f"text: {len(files)} shards, {size / 1e6:.1f} MB of jsonl, {n_bytes / 1e6:.1f} MB of text, {n_docs} documents; "
           f"seq_len {args.seq_len}, batch {args.batch}, 1 thread, {args.rounds} rounds (medians)\n")
     rows = []
-    for objective in ("clm", "mlm"):
-        res = {"zerolm": [], "baseline": []}
-        for _ in range(args.rounds):
-            res["zerolm"].append(run_zerolm(files, args.tokenizer, objective, args.seq_len, args.batch))
-            res["baseline"].append(run_baseline(files, args.tokenizer, objective, args.seq_len, args.batch))
-        med = {}
-        for name, runs in res.items():
-            secs = statistics.median(r[0] for r in runs)
-            total, useful = runs[0][1], runs[0][2]
-            med[name] = (secs, total, useful)
-        for name in ("zerolm", "baseline"):
-            secs, total, useful = med[name]
-            rows.append((objective, name, total / secs, useful / secs, 1 - useful / total, useful / n_tok,
-                         (useful / secs) / (med["baseline"][2] / med["baseline"][0])))
-    hdr = f"{'objective':<9} {'pipeline':<9} {'tokens/s':>10} {'useful tok/s':>13} {'padding':>8} {'text kept':>10} {'vs baseline':>12}"
+    for label, tokdir, objectives in tokenizers:
+        n_tok, _, n_bytes = counts[label]
+        for objective in objectives:
+            res = {"zerolm": [], "datasets.map": []}
+            for _ in range(args.rounds):
+                res["zerolm"].append(run_zerolm(files, tokdir, objective, args.seq_len, args.batch))
+                res["datasets.map"].append(run_baseline(files, tokdir, objective, args.seq_len, args.batch))
+            med = {name: (statistics.median(r[0] for r in runs), runs[0][1], runs[0][2]) for name, runs in res.items()}
+            base_secs, _, base_useful = med["datasets.map"]
+            for name in ("zerolm", "datasets.map"):
+                secs, total, useful = med[name]
+                rows.append((objective, f"{name}+{label}", total / secs, useful / secs, n_bytes / secs / 1e6,
+                             1 - useful / total, useful / n_tok, (useful / secs) / (base_useful / base_secs)))
+    hdr = (f"{'objective':<9} {'pipeline':<17} {'tokens/s':>10} {'useful tok/s':>13} {'text MB/s':>10} {'padding':>8} "
+           f"{'text kept':>10} {'vs map':>8}")
     print(hdr)
     print("-" * len(hdr))
-    for obj, name, tps, utps, padf, kept, ratio in rows:
-        print(f"{obj:<9} {name:<9} {tps:>10,.0f} {utps:>13,.0f} {padf:>8.1%} {kept:>10.1%} {ratio:>11.2f}x")
-    print("\nuseful tok/s: non-padding tokens per second per core; text kept: useful tokens ÷ corpus tokens "
-          "(zerolm adds separators/CLS; the baseline truncates long documents).")
+    for obj, name, tps, utps, mbs, padf, kept, ratio in rows:
+        print(f"{obj:<9} {name:<17} {tps:>10,.0f} {utps:>13,.0f} {mbs:>10.2f} {padf:>8.1%} {kept:>10.1%} {ratio:>7.2f}x")
+    print("\nspm: zerolm's sentencepiece tokenizer (zerolm encodes with sentencepiece, datasets.map with its HF face); "
+          "hf: the model's own tokenizer (both through the tokenizers backend).\n"
+          "useful tok/s: non-padding tokens per second per core; text MB/s: corpus text per second (comparable "
+          "across tokenizers); text kept: useful tokens ÷ corpus tokens (zerolm adds separators/CLS; datasets.map "
+          "truncates long documents); vs map: useful tok/s ÷ datasets.map's with the same tokenizer.")
     return 0
 
 

@@ -57,13 +57,39 @@ def _load_tokenizer(cfg: DataConfig):
     return load_pipeline_tokenizer(cfg.tokenizer_dir)
 
 
+def required_roles(cfg: DataConfig) -> list[str]:
+    """The special-token roles the stream of ``cfg`` uses: clm ``eos`` (document separator); mlm
+    ``cls``, ``sep`` (block wrapper and document separator) and ``mask``; ``bos`` with ``add_bos``."""
+    roles = ["cls", "sep", "mask"] if cfg.objective == "mlm" else ["eos"]
+    return roles + ["bos"] if cfg.add_bos else roles
+
+
+def check_tokenizer_roles(tokenizer: Any, cfg: DataConfig) -> None:
+    """Fail before any work when the tokenizer lacks a special token the objective needs.
+
+    A Hugging Face model's own tokenizer (:class:`~data_pipeline.tokenizer.HFPipelineTokenizer`) may have
+    no such token (GPT-2: no ``[MASK]``/``[CLS]``; BERT: no eos); zerolm's own tokenizers have all.
+
+    Raises:
+        DataError: naming the tokenizer folder, the objective and the missing roles.
+    """
+    missing = [r for r in required_roles(cfg) if getattr(tokenizer, f"{r}_id", None) is None]
+    if missing:
+        folder = getattr(tokenizer, "tokenizer_dir", None) or cfg.tokenizer_dir
+        why = " and data.add_bos" if cfg.add_bos and "bos" in missing else ""
+        raise DataError(
+            f"tokenizer {folder} has no {', '.join(f'{r} token' for r in missing)}, which objective "
+            f"{cfg.objective!r}{why} needs (clm: eos; mlm: cls, sep, mask; add_bos: bos)")
+
+
 class PackedStream:
     """The samples of one shard: blocks from the sources' packers, wrapped and masked per objective.
 
     Args:
         cfg: the data config.
         sources: the sources with their resolved files.
-        tokenizer: a :class:`data_pipeline.tokenizer.PipelineTokenizer`.
+        tokenizer: a :class:`data_pipeline.tokenizer.PipelineTokenizer` or ``HFPipelineTokenizer``
+            (the roles :func:`required_roles` names must be set; other roles may be None).
         shard: this stream's shard index in ``[0, num_shards)``: a logical shard (training) or a
             (rank, worker) reader (validation).
         infinite: loop over epochs forever (training) or read each source once (validation: sources
@@ -127,10 +153,15 @@ class PackedStream:
                 tokenize_batch_size=tokenize_batch_size or cfg.tokenize_batch_size, max_epochs=None if infinite else 1,
                 state=src_states.get(src.name),
             )
-        self.special_ids = np.array(
-            sorted({tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id}),
-            dtype=np.int64,
-        )
+        roles = (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id)
+        self.special_ids = np.array(sorted({i for i in roles if i is not None}), dtype=np.int64)
+        # mlm random replacements come from [random_low, vocab): past the special ids where they open the
+        # vocabulary (zerolm's 0-6, BERT's 0-103); a tokenizer with special ids at the end (GPT-2,
+        # ModernBERT) draws from the whole vocabulary, as transformers' DataCollatorForLanguageModeling does
+        top = int(self.special_ids.max()) + 1 if len(self.special_ids) else 0
+        self.random_low = top if top < tokenizer.vocab_size // 2 else 0
+        # padding (only the last validation block): attention 0 and label -100, so any id would do
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
         self._finished: set[str] = set()
 
     def state_dict(self) -> dict[str, Any]:
@@ -161,14 +192,14 @@ class PackedStream:
         if cfg.objective == "mlm":
             block = np.concatenate(([tok.cls_id], block, [tok.sep_id]))
         n = len(block)
-        ids = np.full(cfg.seq_len, tok.pad_id, dtype=np.int64)
+        ids = np.full(cfg.seq_len, self.pad_id, dtype=np.int64)
         ids[:n] = block
         attention = np.zeros(cfg.seq_len, dtype=np.int64)
         attention[:n] = 1
         if cfg.objective == "mlm":
             ids, labels = mask_tokens(
                 ids, seed=mix64(cfg.seed, self.shard, self.samples, 0x4D41534B), mask_id=tok.mask_id,
-                special_ids=self.special_ids, random_low=int(self.special_ids.max()) + 1,
+                special_ids=self.special_ids, random_low=self.random_low,
                 vocab_size=tok.vocab_size,
                 # training masks at its own rate; validation always at the fixed evaluation rate
                 probability=cfg.mlm_probability if self.infinite else cfg.eval_mlm_probability,
@@ -338,8 +369,9 @@ class PackedDataLoader:
         split: ``"train"`` (``cfg.sources``, a weighted mixture, endless) or ``"validation"``
             (``cfg.validation_sources``, one pass, last block padded).
         rank: this process's data-parallel rank; ``world_size``: the data-parallel size.
-        tokenizer: a loaded :class:`~data_pipeline.tokenizer.PipelineTokenizer` (default: load
-            ``cfg.tokenizer_dir``).
+        tokenizer: a loaded :class:`~data_pipeline.tokenizer.PipelineTokenizer` or
+            :class:`~data_pipeline.tokenizer.HFPipelineTokenizer` (default: load ``cfg.tokenizer_dir``:
+            zerolm's own folder or a Hugging Face model's tokenizer folder).
         global_batch_size: sequences per optimizer step over all ranks (= the number of logical
             shards); default ``micro_batch_size × world_size`` (no gradient accumulation).
 
@@ -349,8 +381,8 @@ class PackedDataLoader:
     continues from the last completed step.
 
     Raises:
-        DataError: a path matches nothing, a format is unknown, the tokenizer is missing, or the
-            global batch does not split over ranks / micro-batches / workers — at construction,
+        DataError: a path matches nothing, a format is unknown, the tokenizer is missing or lacks a
+            special token the objective needs (:func:`check_tokenizer_roles`), or the global batch does not split over ranks / micro-batches / workers — at construction,
             before any reading.
     """
 
@@ -370,6 +402,7 @@ class PackedDataLoader:
         srcs = cfg.sources if split == "train" else cfg.validation_sources
         self.sources = [(s, resolve_files(s, f"{key}[{i}]")) for i, s in enumerate(srcs)]
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
+        check_tokenizer_roles(self.tokenizer, cfg)
         self.infinite = split == "train"
         self.first_shard = rank * self.per_rank
         self._states: dict[int, dict[str, Any]] = {}

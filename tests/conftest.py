@@ -70,3 +70,37 @@ def tiny_bert(trained_tokenizer, tmp_path_factory):
 def tiny_gpt(trained_tokenizer, tmp_path_factory):
     """A randomly initialised tiny GPT-2 causal-LM (our tokenizer) as a Hugging Face folder."""
     return _tiny_hf_model(trained_tokenizer, tmp_path_factory.mktemp("tiny_gpt"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def hf_clm_tokenizer(prepared_corpus, tmp_path_factory):
+    """A Hugging Face byte-level BPE tokenizer folder (GPT-2 / SmolLM2 style, vocab 1000) trained with
+    the ``tokenizers`` library on ~1 MB of the prepared corpus (the first documents of every train
+    shard) and saved with ``PreTrainedTokenizerFast.save_pretrained``: ``<|endoftext|>`` (id 0) is bos,
+    eos and unk; no pad, cls, sep or mask token. The shape of a foreign model's tokenizer (directory path)."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    files = sorted((prepared_corpus / "train").glob("*.jsonl"))
+    per_file = 1_000_000 // len(files)
+    texts = []
+    for f in files:
+        size = 0
+        with f.open(encoding="utf-8") as fh:
+            for line in fh:
+                texts.append(json.loads(line)["text"])
+                size += len(texts[-1].encode("utf-8"))
+                if size >= per_file:
+                    break
+    eot = "<|endoftext|>"
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.post_processor = processors.ByteLevel(trim_offsets=False)
+    tk.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=[eot], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    out = tmp_path_factory.mktemp("hf_clm_tokenizer")
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=eot, eos_token=eot, unk_token=eot).save_pretrained(str(out))
+    return out
