@@ -4,7 +4,10 @@
 k and writes ``out_dir/fewshot.json`` (metrics, standard errors, the exact prompt of the first item,
 items per rank, items/s), ``out_dir/fewshot_items.jsonl`` (one line per scored item) and
 ``out_dir/fewshot_accuracy_vs_k.png``, and returns the result; ``zerolm eval fewshot``
-(:mod:`zerolm.cli`) parses the command line and prints it.
+(:mod:`zerolm.cli`) parses the command line and prints it. Its scoring loop is
+:func:`evaluate_tasks` (tasks from :func:`load_tasks`, any built :class:`evals.lm.LanguageModel`, the
+caller's rank/world/gather), which :mod:`evals.inloop` also runs on the live model inside the
+pretraining loop (``train.eval_tasks``).
 
 Request types, as lm-evaluation-harness defines them (Gao et al., "A framework for few-shot
 language model evaluation", v0.4):
@@ -46,7 +49,7 @@ import string
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -246,6 +249,127 @@ def plot_accuracy_vs_k(result: dict[str, Any], path: Path) -> None:
 
 # ------------------------------------------------------------------ the evaluation
 
+def load_tasks(tasks: Sequence[str], shots: Sequence[int], limit: int | None = None) -> list[Task]:
+    """Validate the arguments and load every task (before any model is loaded).
+
+    Args:
+        tasks: built-in task names (:func:`evals.tasks.list_tasks`) or task YAML paths.
+        shots: the k values (examples in each prompt).
+        limit: the documents to score per task (None: all).
+
+    Returns:
+        The loaded tasks, in the given order.
+
+    Raises:
+        ConfigError: no task, an unknown task or bad task YAML, a task given twice, negative k or limit.
+        DataError: a task's data cannot be read, or its few-shot pool is too small for the largest k.
+    """
+    if not tasks:
+        raise ConfigError("fewshot: no tasks given")
+    if not shots or any((not isinstance(k, int)) or k < 0 for k in shots):
+        raise ConfigError(f"fewshot: shots must be non-negative ints, got {list(shots)!r}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"fewshot: limit must be positive, got {limit}")
+    loaded = [load_task(t) for t in tasks]
+    names = [t.name for t in loaded]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"fewshot: a task is given twice ({', '.join(names)})")
+    for t in loaded:
+        pool = len(t.fewshot_docs) - (1 if t.fewshot_mode == "same_split" else 0)
+        if max(shots) > pool:
+            raise DataError(f"task {t.name}: {max(shots)}-shot needs {max(shots)} examples, its pool has {pool}")
+    return loaded
+
+
+def n_docs_of(task: Task, limit: int | None) -> int:
+    """The test documents scored: the first ``limit`` (all when None)."""
+    return len(task.test_docs) if limit is None else min(limit, len(task.test_docs))
+
+
+def evaluate_tasks(lm, tasks: Sequence[Task], shots: Sequence[int], limit: int | None, seed: int,
+                   rank: int = 0, world: int = 1, gather: Callable[[list], list] = list,
+                   shared_context: bool = True, bar=None) -> dict[str, Any]:
+    """Score already-loaded ``tasks`` at every k in ``shots`` with an already-built language model;
+    the scoring loop of :func:`run_fewshot`, also used on the live model inside the training loop.
+
+    Each process scores documents ``rank, rank + world, …`` of the first ``limit``; per-item records
+    are gathered and metrics computed from all of them in document order, so any ``world`` gives the
+    same numbers. Every process must call it with the same arguments (``gather`` is a collective).
+
+    Args:
+        lm: an :class:`evals.lm.LanguageModel` (causal or masked; in eval mode).
+        tasks: tasks from :func:`load_tasks`.
+        shots: the k values; scored in increasing order, each once.
+        limit: score only the first ``limit`` test documents of each task (None: all).
+        seed: seed of the few-shot draws.
+        rank, world: this process's index and the number of processes.
+        gather: ``list → list``: every process's list concatenated in rank order, on every process
+            (``accelerate.utils.gather_object``; ``list`` itself for one process).
+        shared_context: multiple-choice by :func:`shared_context_loglikelihood` or one full pass per choice.
+        bar: a progress bar (``update``/``set_postfix_str``) advanced per scored item, or None.
+
+    Returns:
+        ``tasks`` (per task: source, output type, few-shot mode, sizes, metric names),
+        ``results[task][str(k)]`` (``n``, ``metrics``, ``stderr``, ``first_prompt``,
+        ``first_continuations``, ``items_per_rank``, ``seconds`` (the slowest process), ``items_per_second``),
+        ``table`` (flat rows task/k/metric/value/stderr/n) and ``items`` (every scored record, with
+        ``task`` and ``k``). A generation task on a masked LM is skipped: ``tasks[name]["not_applicable"]``
+        says why and it has no ``results`` entry.
+
+    Raises:
+        DataError: the gathered items do not cover the documents once each (an inconsistent ``gather``).
+    """
+    out: dict[str, Any] = {"tasks": {}, "results": {}, "table": [], "items": []}
+    ks = sorted(set(shots))
+    for task in tasks:
+        cfg = task.config
+        n_docs = n_docs_of(task, limit)
+        out["tasks"][task.name] = {
+            "source": cfg.source, "yaml": str(cfg.path) if cfg.path else None, "output_type": cfg.output_type,
+            "fewshot_mode": task.fewshot_mode, "n_test_docs": len(task.test_docs),
+            "n_fewshot_pool": len(task.fewshot_docs), "metrics": [m.name for m in cfg.metric_list]}
+        if cfg.output_type == "generate_until" and lm.kind != "clm":
+            # a masked LM scores choices (pseudo-log-likelihood) but does not generate
+            out["tasks"][task.name]["not_applicable"] = f"{cfg.output_type} needs a causal LM; {lm.name} is a masked LM"
+            log.warning("%s: skipped (%s)", task.name, out["tasks"][task.name]["not_applicable"])
+            continue
+        out["results"][task.name] = {}
+        mine = list(range(rank, n_docs, world))
+        chunk = lm.batch_size * (_CHUNK_BATCHES if cfg.output_type == "multiple_choice" else 1)
+        for k in ks:
+            if bar is not None:
+                bar.set_postfix_str(f"{task.name} k={k}")
+            t0 = time.perf_counter()
+            records = []
+            for c0 in range(0, len(mine), chunk):
+                records += score_items(lm, task, mine[c0:c0 + chunk], k, seed, shared_context=shared_context)
+                if bar is not None:
+                    bar.update(len(mine[c0:c0 + chunk]))
+            seconds = time.perf_counter() - t0
+            counts = gather([len(records)])
+            times = gather([seconds])
+            records = sorted(gather(records), key=lambda r: r["doc_id"])
+            if [r["doc_id"] for r in records] != list(range(n_docs)):
+                raise DataError(f"task {task.name}: gathered items do not cover documents 0..{n_docs - 1} once each")
+            means, errs = aggregate(records, cfg.metric_list)
+            wall = max(times)
+            entry = {"k": k, "n": n_docs, "metrics": means, "stderr": errs,
+                     "first_prompt": records[0]["context"] if records else None,
+                     "items_per_rank": counts, "seconds": round(wall, 4),
+                     "items_per_second": round(n_docs / wall, 3) if wall > 0 else None}
+            if cfg.output_type == "multiple_choice" and records:
+                entry["first_continuations"] = [cfg.target_delimiter + c for c in records[0]["choices"]]
+            out["results"][task.name][str(k)] = entry
+            for name, v in means.items():
+                out["table"].append({"task": task.name, "k": k, "metric": name, "value": v,
+                                     "stderr": errs[name], "n": n_docs})
+            for r in records:
+                out["items"].append({"task": task.name, "k": k, **r})
+            log.info("%s k=%d: %s (n=%d, %.1f items/s)", task.name, k,
+                     ", ".join(f"{m}={v:.4f}" for m, v in means.items()), n_docs, entry["items_per_second"] or 0)
+    return out
+
+
 def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | None, out_dir: str | Path,
                 batch_size: int = 16, seed: int = 1234, shared_context: bool = True,
                 progress: bool = False) -> dict[str, Any]:
@@ -272,6 +396,7 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
         ``results[task][str(k)]`` with ``n``, ``metrics``, ``stderr``, ``first_prompt``,
         ``first_continuations`` (multiple-choice), ``items_per_rank``, ``seconds``,
         ``items_per_second``; and ``table`` (flat rows task/k/metric/value/stderr/n).
+        The scoring itself is :func:`evaluate_tasks`.
 
     Raises:
         ConfigError: unknown task, bad task YAML, negative k or limit.
@@ -279,78 +404,22 @@ def run_fewshot(model: str, tasks: list[str], shots: list[int], limit: int | Non
     """
     from zerolm.evals.lm import load_lm
 
-    if not tasks:
-        raise ConfigError("fewshot: no tasks given")
-    if not shots or any((not isinstance(k, int)) or k < 0 for k in shots):
-        raise ConfigError(f"fewshot: shots must be non-negative ints, got {shots!r}")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"fewshot: limit must be positive, got {limit}")
-    loaded = [load_task(t) for t in tasks]  # validate every task before loading the model
-    names = [t.name for t in loaded]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"fewshot: a task is given twice ({', '.join(names)})")
-    for t in loaded:
-        pool = len(t.fewshot_docs) - (1 if t.fewshot_mode == "same_split" else 0)
-        if max(shots) > pool:
-            raise DataError(f"task {t.name}: {max(shots)}-shot needs {max(shots)} examples, its pool has {pool}")
-
+    loaded = load_tasks(tasks, shots, limit)  # validate every task before loading the model
     state, rank, world, gather = _dist_state()
     device = str(state.device) if world > 1 and torch.cuda.is_available() else None
     lm = load_lm(model, batch_size=batch_size, device=device)
     out = Path(out_dir)
     result: dict[str, Any] = {"model": model, "seed": seed, "limit": limit, "batch_size": batch_size,
-                              "world_size": world, "shared_context": shared_context, "max_length": lm.max_length,
-                              "tasks": {}, "results": {}, "table": []}
-    all_items: list[dict[str, Any]] = []
+                              "world_size": world, "shared_context": shared_context, "max_length": lm.max_length}
     ks = sorted(set(shots))
-    n_mine = sum(len(range(rank, len(t.test_docs) if limit is None else min(limit, len(t.test_docs)), world))
+    n_mine = sum(len(range(rank, n_docs_of(t, limit), world))
                  for t in loaded if t.config.output_type == "multiple_choice" or lm.kind == "clm")
     bar = progress_bar(n_mine * len(ks), "fewshot", "items", progress)
-    for task in loaded:
-        cfg = task.config
-        n_docs = len(task.test_docs) if limit is None else min(limit, len(task.test_docs))
-        result["tasks"][task.name] = {
-            "source": cfg.source, "yaml": str(cfg.path) if cfg.path else None, "output_type": cfg.output_type,
-            "fewshot_mode": task.fewshot_mode, "n_test_docs": len(task.test_docs),
-            "n_fewshot_pool": len(task.fewshot_docs), "metrics": [m.name for m in cfg.metric_list]}
-        if cfg.output_type == "generate_until" and lm.kind != "clm":
-            # a masked LM scores choices (pseudo-log-likelihood) but does not generate
-            result["tasks"][task.name]["not_applicable"] = f"{cfg.output_type} needs a causal LM; {model} is a masked LM"
-            log.warning("%s: skipped (%s)", task.name, result["tasks"][task.name]["not_applicable"])
-            continue
-        result["results"][task.name] = {}
-        mine = list(range(rank, n_docs, world))
-        chunk = lm.batch_size * (_CHUNK_BATCHES if cfg.output_type == "multiple_choice" else 1)
-        for k in ks:
-            bar.set_postfix_str(f"{task.name} k={k}")
-            t0 = time.perf_counter()
-            records = []
-            for c0 in range(0, len(mine), chunk):
-                records += score_items(lm, task, mine[c0:c0 + chunk], k, seed, shared_context=shared_context)
-                bar.update(len(mine[c0:c0 + chunk]))
-            seconds = time.perf_counter() - t0
-            counts = gather([len(records)])
-            times = gather([seconds])
-            records = sorted(gather(records), key=lambda r: r["doc_id"])
-            if [r["doc_id"] for r in records] != list(range(n_docs)):
-                raise DataError(f"task {task.name}: gathered items do not cover documents 0..{n_docs - 1} once each")
-            means, errs = aggregate(records, cfg.metric_list)
-            wall = max(times)
-            entry = {"k": k, "n": n_docs, "metrics": means, "stderr": errs,
-                     "first_prompt": records[0]["context"] if records else None,
-                     "items_per_rank": counts, "seconds": round(wall, 4),
-                     "items_per_second": round(n_docs / wall, 3) if wall > 0 else None}
-            if cfg.output_type == "multiple_choice" and records:
-                entry["first_continuations"] = [cfg.target_delimiter + c for c in records[0]["choices"]]
-            result["results"][task.name][str(k)] = entry
-            for name, v in means.items():
-                result["table"].append({"task": task.name, "k": k, "metric": name, "value": v,
-                                        "stderr": errs[name], "n": n_docs})
-            for r in records:
-                all_items.append({"task": task.name, "k": k, **r})
-            log.info("%s k=%d: %s (n=%d, %.1f items/s)", task.name, k,
-                     ", ".join(f"{m}={v:.4f}" for m, v in means.items()), n_docs, entry["items_per_second"] or 0)
+    scored = evaluate_tasks(lm, loaded, ks, limit, seed, rank=rank, world=world, gather=gather,
+                            shared_context=shared_context, bar=bar)
     bar.close()
+    all_items = scored.pop("items")
+    result.update(scored)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RESULT_FILE, result, indent=2, ensure_ascii=False)

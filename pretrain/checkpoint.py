@@ -10,6 +10,9 @@ Layout (``RUN_DIR/checkpoints``)::
         universal/                      DeepSpeed's universal copy of the engine state, converted
                                         once when a run resumes on another world size
         config.yaml                     the resolved config of the run
+        hf_config.json                  the model's ``transformers`` config (runs continued from an
+                                        existing model, ``model.init_from``: export rebuilds the
+                                        architecture from it, not from the shape keys)
         zerolm_complete.json            written after every rank saved: step, tokens, metrics,
                                         the run's shape (``run``: world size, batch arithmetic,
                                         ZeRO stage, objective, model tensor shapes, data layout)
@@ -77,6 +80,7 @@ LATEST = "latest"
 SET_ASIDE = ".unloadable"
 ROLLED_BACK = ".rolled_back"
 RECOVERIES = "zerolm_recoveries.json"
+HF_CONFIG = "hf_config.json"
 _TAG = re.compile(r"^step_(\d{8})$")
 _ANY_TAG = re.compile(r"^step_(\d{8})(\.(unloadable|rolled_back)(\.\d+)?)?$")
 
@@ -105,6 +109,29 @@ def save_client_state(root: Path, tag: str, rank: int, state: dict[str, Any]) ->
     path = client_state_file(root, tag, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_with(path, lambda p: torch.save(state, p))
+
+
+def save_hf_config(root: Path, tag: str, hf_config: dict[str, Any]) -> None:
+    """On rank 0: the model's ``transformers`` config (``config.to_dict()``) beside the engine state."""
+    write_json(root / tag / HF_CONFIG, hf_config, indent=2)
+
+
+def read_hf_config(tag_dir: str | Path) -> dict[str, Any] | None:
+    """The ``transformers`` config a checkpoint saved (:func:`save_hf_config`), or None if it has none.
+
+    Raises:
+        DataError: the file exists but is not a JSON object (names the file).
+    """
+    path = Path(tag_dir) / HF_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: unreadable model config: {e}") from e
+    if not isinstance(out, dict) or "model_type" not in out:
+        raise DataError(f"{path}: not a transformers config (no model_type)")
+    return out
 
 
 def save_data_state(root: Path, tag: str, states: list[dict[str, Any]]) -> None:

@@ -286,6 +286,41 @@ class Engine:
         """The wrapped model (parameters partitioned at ZeRO-3)."""
         return self.engine.module
 
+    @contextlib.contextmanager
+    def full_parameters(self):
+        """Yield the wrapped model with every parameter whole on this rank, so that each rank may run
+        forward passes of its own, a different number on each rank (in-loop downstream evals).
+
+        ZeRO 0–2: every rank already holds the whole model; nothing changes. ZeRO-3: all parameters
+        are gathered once (``deepspeed.zero.GatheredParameters``, read-only: ``modifier_rank=None``)
+        and DeepSpeed's per-module fetch/release hooks are detached for the duration (DeepSpeed's own
+        ``unwrap_model_for_generation`` does the same; its root pre-forward hook is detached too, as it
+        runs a collective while the hooks' trace is being recorded). With the hooks attached, each
+        forward would release the gathered parameters and re-gather them with collectives, and ranks
+        running different numbers of forwards would deadlock. On exit the hooks are re-attached with
+        the same module ids (their trace is re-recorded on the next training step) and the parameters
+        partitioned again. All ranks must enter and leave together; memory: the whole model per rank.
+        Changes made to the parameters inside are discarded at ZeRO-3.
+        """
+        module = self.engine.module
+        if self.cfg.zero_stage != 3:
+            yield module
+            return
+        import deepspeed
+
+        offload = self.engine.optimizer.parameter_offload
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            for hook in [offload.fwd_pre_hook, *offload.forward_hooks, *offload.backward_hooks]:
+                hook.remove()
+            offload.forward_hooks, offload.backward_hooks = [], []
+            try:
+                yield module
+            finally:
+                # the same hooks, in the same order, as DeepSpeedZeRoOffload.setup_zero_stage3_hooks
+                offload.fwd_pre_hook = module.register_forward_pre_hook(
+                    lambda *_: offload.get_param_coordinator().reset_step())
+                offload._register_deepspeed_module(module, count=[module.ds_id])
+
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, root: Path, tag: str) -> None:
         """DeepSpeed checkpoint (model, optimizer, LR schedule; ZeRO shards per rank) under

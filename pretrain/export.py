@@ -107,6 +107,7 @@ def render_model_card(
     tag: str,
     vocab_size: int,
     tokenizer_type: str,
+    lineage: list[dict[str, Any]] | None = None,
 ) -> str:
     """The ``README.md`` of an export, composed by :func:`zerolm.card.compose`: Hugging Face metadata
     (YAML front matter) + the pretraining sections.
@@ -116,7 +117,9 @@ def render_model_card(
     ``pipeline_tag`` (text-generation or fill-mask), ``tags`` (zerolm, causal-lm|masked-lm, family).
     Body: architecture and parameter counts, training (steps, tokens, final validation metrics), data
     (from the corpus ``manifest.json``), usage, and the resolved config (redacted by
-    :func:`zerolm.redact.redact`).
+    :func:`zerolm.redact.redact`). ``lineage`` (:func:`zerolm.pretrain.init_from.this_stage`): the
+    training stages, oldest first; a model continued from another gets a lineage table and says which
+    model it started from.
     """
     from zerolm.pretrain.models import objective_of
 
@@ -134,9 +137,12 @@ def render_model_card(
     arch = (hf_cfg.architectures or [type(hf_cfg).__name__])[0]
     metrics = complete.get("metrics") or {}
     positions = getattr(hf_cfg, "max_position_embeddings", None)
-    intro = (f"A {model_cfg.family} {'causal' if causal else 'masked'} language model ({arch}) pretrained from "
-             "scratch with zerolm (DeepSpeed ZeRO), exported from checkpoint "
-             f"`{tag}`. It is a small research model: expect fluent-looking but unreliable text.")
+    stages = lineage or []
+    continued = len(stages) > 1 or (stages and stages[0].get("start") != "random init")
+    origin = (f"continued pretraining of `{stages[-1].get('start')}`" if continued else "pretrained from scratch")
+    intro = (f"A {model_cfg.family} {'causal' if causal else 'masked'} language model ({arch}): {origin} with zerolm "
+             f"(DeepSpeed ZeRO), exported from checkpoint `{tag}`. It is a research model: check its outputs "
+             "before relying on them.")
     model = [
         "## Model",
         "",
@@ -162,7 +168,8 @@ def render_model_card(
         f"- tokens seen: {_fmt(complete.get('tokens_seen'))}",
         f"- sequence length: {cfg.data.seq_len}; micro batch {cfg.data.micro_batch_size}; "
         f"ZeRO stage {cfg.train.zero_stage}; precision {cfg.train.precision}",
-        f"- optimizer: AdamW, peak lr {cfg.train.lr}, warmup {cfg.train.warmup_steps} steps, weight decay {cfg.train.weight_decay}",
+        f"- optimizer: AdamW, peak lr {cfg.train.lr}, warmup {cfg.train.warmup_steps} steps, weight decay {cfg.train.weight_decay}"
+        + (" (optimizer state and LR schedule fresh at the start of this stage)" if continued else ""),
         f"- final validation loss: {_fmt(metrics.get('eval/loss'))}",
         f"- final validation perplexity: {_fmt(metrics.get('eval/perplexity'), 2)}",
     ]
@@ -220,7 +227,13 @@ def render_model_card(
         yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False).rstrip(),
         "```",
     ]
-    blocks = [intro, model, training, data, usage, config]
+    history = []
+    if continued:
+        history = ["## Lineage", "", "| stage | started from | data | steps | tokens |", "|---|---|---|---|---|"]
+        for i, st in enumerate(stages, 1):
+            history.append(f"| {i} | {st.get('start')} | {', '.join(st.get('data') or []) or st.get('note') or '-'} | "
+                           f"{_fmt(st.get('steps'))} | {_fmt(st.get('tokens'))} |")
+    blocks = [intro, model, training, *([history] if history else []), data, usage, config]
     return modelcard.compose(metadata, name, [b if isinstance(b, str) else "\n".join(b) for b in blocks])
 
 
@@ -261,14 +274,15 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
     from transformers import GenerationConfig
 
     from zerolm.data_pipeline.tokenizer import (
-        load_hf_tokenizer,
         load_pipeline_tokenizer,
+        model_tokenizer,
         save_hf_tokenizer,
-        set_special_tokens_template,
     )
-    from zerolm.pretrain.models import build_model, count_parameters, objective_of, resolve_model_config, special_ids_of
+    from zerolm.pretrain.models import (build_model, count_parameters, model_from_hf_config, objective_of,
+                                        resolve_model_config, special_ids_of)
     from zerolm.config import load_config
-    from zerolm.pretrain.checkpoint import resolve
+    from zerolm.pretrain.checkpoint import read_hf_config, resolve
+    from zerolm.pretrain.lineage import this_stage
     from zerolm.pretrain.engine import consolidated_state_dict, load_weights, no_live_hf_deepspeed_config
 
     t0 = time.perf_counter()
@@ -302,7 +316,11 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
     state_dict, weights_from = consolidated_state_dict(tag_dir)
     stage(1)
     torch.manual_seed(0)  # the random init is overwritten; seeded only to be reproducible
-    model = build_model(model_cfg, vocab_size=ptok.vocab_size, seq_len=cfg.data.seq_len, special_ids=special_ids_of(ptok))
+    recorded = read_hf_config(tag_dir)
+    if recorded is not None:  # a continued model (model.init_from): its own architecture, as trained
+        model = model_from_hf_config(recorded, objective)
+    else:
+        model = build_model(model_cfg, vocab_size=ptok.vocab_size, seq_len=cfg.data.seq_len, special_ids=special_ids_of(ptok))
     load_weights(model, state_dict)
     del state_dict
     stage(2)
@@ -321,17 +339,18 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
             temperature=1.0,
         )
 
-    hf_tok = load_hf_tokenizer(cfg.data.tokenizer_dir)
-    set_special_tokens_template(hf_tok, objective)
-    hf_tok.model_max_length = positions
+    hf_tok = model_tokenizer(cfg.data.tokenizer_dir, objective, positions)
 
+    lineage = this_stage(run_dir, cfg, complete.get("tokens_seen"), complete.get("step"))
     with fsutil.staged_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         stage(3)
         save_hf_tokenizer(hf_tok, tmp)
         card = render_model_card(
             name=out.name, cfg=cfg, model_cfg=model_cfg, hf_cfg=model.config, counts=counts, complete=complete,
-            tag=tag, vocab_size=ptok.vocab_size, tokenizer_type=f"sentencepiece {ptok.model_type}",
+            tag=tag, vocab_size=ptok.vocab_size, lineage=lineage,
+            tokenizer_type=(f"sentencepiece {ptok.model_type}" if type(ptok).__name__ == "PipelineTokenizer"
+                            else f"{ptok.model_type}, the base model's own"),
         )
         modelcard.write_card(tmp, card)
         meta = {
@@ -345,6 +364,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
             "objective": objective,
             "params": counts,
             "weights_from": weights_from,
+            "lineage": lineage,
             "config": cfg.model_dump(mode="json"),
         }
         fsutil.write_json(tmp / EXPORT_META, redact(meta), indent=2)

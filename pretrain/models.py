@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from zerolm.config import ModelConfig, configs_dir, read_yaml_mapping
-from zerolm.errors import ConfigError
+from zerolm.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +192,37 @@ def objective_of(family: str) -> Literal["clm", "mlm"]:
 
 
 def special_ids_of(tokenizer: Any) -> dict[str, int]:
-    """``{role: id}`` of a :class:`data_pipeline.tokenizer.PipelineTokenizer` (roles: :data:`SPECIAL_ROLES`)."""
-    return {role: int(getattr(tokenizer, f"{role}_id")) for role in SPECIAL_ROLES}
+    """``{role: id}`` of a pipeline tokenizer (roles: :data:`SPECIAL_ROLES`).
+
+    zerolm's own tokenizer has every role; a Hugging Face one (``HFPipelineTokenizer``) may lack some
+    (GPT-2 style: no cls/sep/mask): those are left out, and a missing bos or pad is the eos (GPT-2's
+    convention), so that :func:`hf_config` gets the three it records.
+    """
+    out = {role: int(i) for role in SPECIAL_ROLES if (i := getattr(tokenizer, f"{role}_id", None)) is not None}
+    if "eos" in out:
+        out.setdefault("bos", out["eos"])
+        out.setdefault("pad", out["eos"])
+    return out
+
+
+#: The dropout probabilities of each family's ``transformers`` config (all set to ``model.dropout``).
+DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
+    "gpt2": ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"),
+    "llama": ("attention_dropout",),  # Llama has no other dropout
+    "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "modernbert": ("attention_dropout", "embedding_dropout", "mlp_dropout"),
+}
+
+
+def dropout_settings(family: str, p: float) -> dict[str, float]:
+    """``{config key: p}`` for every dropout probability of ``family``'s ``transformers`` config.
+
+    Raises:
+        ConfigError: unknown family.
+    """
+    if family not in DROPOUT_KEYS:
+        raise ConfigError(f"model.family: unknown family {family!r} (expected {', '.join(DROPOUT_KEYS)})")
+    return {k: float(p) for k in DROPOUT_KEYS[family]}
 
 
 def hf_config(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids: dict[str, int]):
@@ -244,21 +273,19 @@ def hf_config(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids: d
     if cfg.family == "gpt2":
         hf = GPT2Config(
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.d_model, n_inner=cfg.d_ff, n_positions=positions,
-            resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, summary_first_dropout=p,
-            bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]), **common,
+            **dropout_settings("gpt2", p), bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]), **common,
         )
     elif cfg.family == "llama":
         hf = LlamaConfig(
             num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
             hidden_size=cfg.d_model, intermediate_size=cfg.d_ff, max_position_embeddings=positions,
-            attention_dropout=p,  # Llama has no other dropout
-            bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]), **common,
+            **dropout_settings("llama", p), bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]), **common,
         )
     elif cfg.family == "bert":
         hf = BertConfig(
             num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, hidden_size=cfg.d_model,
             intermediate_size=cfg.d_ff, max_position_embeddings=positions, type_vocab_size=2,
-            hidden_dropout_prob=p, attention_probs_dropout_prob=p, **common,
+            **dropout_settings("bert", p), **common,
         )
     elif cfg.family == "modernbert":
         hf = ModernBertConfig(
@@ -266,8 +293,7 @@ def hf_config(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids: d
             intermediate_size=cfg.d_ff, max_position_embeddings=positions,
             layer_types=modernbert_layer_types(cfg.n_layer, seq_len, cfg.global_attn_every_n_layers),
             local_attention=MODERNBERT_LOCAL_WINDOW,
-            attention_dropout=p, embedding_dropout=p, mlp_dropout=p,
-            bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]),
+            **dropout_settings("modernbert", p), bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]),
             cls_token_id=int(special_ids.get("cls", special_ids["bos"])),
             sep_token_id=int(special_ids.get("sep", special_ids["eos"])), **common,
         )
@@ -305,6 +331,24 @@ def build_model(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids:
     hf = hf_config(cfg, vocab_size=vocab_size, seq_len=seq_len, special_ids=special_ids)
     auto = AutoModelForMaskedLM if objective_of(cfg.family) == "mlm" else AutoModelForCausalLM
     return auto.from_config(hf, attn_implementation="sdpa")
+
+
+def model_from_hf_config(hf_config: dict[str, Any], kind: Literal["clm", "mlm"]):
+    """An untrained model of the architecture a checkpoint recorded (``checkpoint.HF_CONFIG``), for
+    loading the checkpoint's weights into (export).
+
+    Raises:
+        DataError: the config names a model type ``transformers`` does not know.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    try:
+        config = CONFIG_MAPPING[hf_config["model_type"]].from_dict(hf_config)
+    except KeyError as e:
+        raise DataError(f"checkpoint model config: unknown model type {hf_config.get('model_type')!r}") from e
+    auto = AutoModelForCausalLM if kind == "clm" else AutoModelForMaskedLM
+    return auto.from_config(config, attn_implementation="sdpa")
 
 
 def count_parameters(model) -> dict[str, int]:
@@ -384,12 +428,15 @@ __all__ = [
     "PRESET_FIELDS",
     "SPECIAL_ROLES",
     "available_presets",
+    "DROPOUT_KEYS",
     "build_model",
+    "dropout_settings",
     "count_parameters",
     "describe_model",
     "flops_per_token",
     "hf_config",
     "llama_ffn_dim",
+    "model_from_hf_config",
     "modernbert_layer_types",
     "objective_of",
     "presets_dir",

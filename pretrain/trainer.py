@@ -43,6 +43,7 @@ from zerolm.pretrain import checkpoint as ckpt
 from zerolm.pretrain import distributed
 from zerolm.pretrain.engine import Engine, check_precision
 from zerolm.pretrain.metrics import measure_matmul_peak, memory_stats, mfu
+from zerolm.pretrain import init_from
 from zerolm.pretrain.models import (build_model, count_parameters, describe_model, flops_per_token, objective_of,
                              resolve_model_config, special_ids_of)
 from zerolm.pretrain.objectives import Objective, get_objective
@@ -158,23 +159,59 @@ class Components:
     job: str | None = None
 
 
+def _continued_model(cfg: ZeroLMConfig, env: distributed.DistEnv):
+    """``model.init_from``: the config with the model's architecture (and its tokenizer as
+    ``data.tokenizer_dir`` when it brings one), the pipeline tokenizer, and the loaded model
+    (:mod:`zerolm.pretrain.init_from`). Rank 0 exports a zerolm run to start from; the others wait."""
+    run_dir = Path(cfg.train.run_dir)
+    source = None
+    if env.is_main:
+        source = init_from.locate_and_check(cfg, run_dir, True)
+    if dist.is_initialized() and env.world_size > 1:
+        dist.barrier()
+    if source is None:
+        source = init_from.locate_and_check(cfg, run_dir, False)
+    data = cfg.data
+    if source.tokenizer_dir is not None:
+        if "tokenizer_dir" in cfg.data.model_fields_set and Path(cfg.data.tokenizer_dir).resolve() != source.tokenizer_dir.resolve():
+            log.warning("data.tokenizer_dir=%s is replaced by the tokenizer of model.init_from=%s (%s)",
+                        cfg.data.tokenizer_dir, source.spec, source.tokenizer_dir)
+        data = cfg.data.model_copy(update={"tokenizer_dir": str(source.tokenizer_dir)})
+    cfg = cfg.model_copy(update={"model": source.model_cfg, "data": data})
+    tok = load_pipeline_tokenizer(cfg.data.tokenizer_dir)
+    model = source.load_model()
+    init_from.check_vocabulary(tok, model, cfg.data.tokenizer_dir, source.spec)
+    if env.is_main:
+        init_from.write_record(run_dir, source)
+        log.info("model.init_from=%s: %s weights from %s; tokenizer: %s; optimizer and LR schedule fresh",
+                 source.spec, source.hf_config.model_type, source.path,
+                 "the model's own" if source.tokenizer_dir else cfg.data.tokenizer_dir)
+    return cfg, tok, model
+
+
 def pretraining_components(cfg: ZeroLMConfig, env: distributed.DistEnv) -> tuple[ZeroLMConfig, Components]:
-    """Model from ``cfg.model`` (preset resolved) with our tokenizer's vocabulary, random init;
+    """Model from ``cfg.model`` (preset resolved) with our tokenizer's vocabulary, random init — or,
+    with ``model.init_from``, an existing model with its own tokenizer (:mod:`pretrain.init_from`);
     the packed streaming pipeline for training and validation.
 
     Returns:
         The config with the model section resolved, and the components.
 
     Raises:
-        ConfigError: ``data.objective`` does not match the model family.
+        ConfigError: ``data.objective`` does not match the model family; ``model.init_from``
+            disagrees with the config (:func:`pretrain.init_from.locate_and_check`).
     """
-    model_cfg = resolve_model_config(cfg.model)
-    if objective_of(model_cfg.family) != cfg.data.objective:
-        raise ConfigError(f"data.objective={cfg.data.objective} does not fit model.family={model_cfg.family} "
-                          f"(a {objective_of(model_cfg.family)} model)")
-    cfg = cfg.model_copy(update={"model": model_cfg})
-    tok = load_pipeline_tokenizer(cfg.data.tokenizer_dir)
-    model = build_model(model_cfg, vocab_size=tok.vocab_size, seq_len=cfg.data.seq_len, special_ids=special_ids_of(tok))
+    if cfg.model.init_from:
+        cfg, tok, model = _continued_model(cfg, env)
+        model_cfg = cfg.model
+    else:
+        model_cfg = resolve_model_config(cfg.model)
+        if objective_of(model_cfg.family) != cfg.data.objective:
+            raise ConfigError(f"data.objective={cfg.data.objective} does not fit model.family={model_cfg.family} "
+                              f"(a {objective_of(model_cfg.family)} model)")
+        cfg = cfg.model_copy(update={"model": model_cfg})
+        tok = load_pipeline_tokenizer(cfg.data.tokenizer_dir)
+        model = build_model(model_cfg, vocab_size=tok.vocab_size, seq_len=cfg.data.seq_len, special_ids=special_ids_of(tok))
     counts = count_parameters(model)
     return cfg, Components(
         model=model,
@@ -201,10 +238,19 @@ class Trainer:
             group must already be initialised.
         build: ``(cfg with the derived micro-batch size, env) -> (cfg, Components)``; called after
             seeding so that every rank initialises the same weights.
+        downstream: ``(cfg, model, rank, world_size) -> evaluator``, the evaluator a callable
+            ``(engine, step) -> metrics`` run at every evaluation when ``train.eval_tasks`` is set
+            (``zerolm.evals.inloop.DownstreamEvals``, which the pretraining entry point passes: evals sit
+            above this module in the layers, so it is handed in, not imported).
+
+    Raises:
+        ConfigError: ``train.eval_tasks`` is set but no ``downstream`` evaluator was given, or the
+            evaluator rejects a task (an unknown name): before any training step.
     """
 
     def __init__(self, cfg: ZeroLMConfig, env: distributed.DistEnv,
-                 build: Callable[[ZeroLMConfig, distributed.DistEnv], tuple[ZeroLMConfig, Components]] = pretraining_components) -> None:
+                 build: Callable[[ZeroLMConfig, distributed.DistEnv], tuple[ZeroLMConfig, Components]] = pretraining_components,
+                 downstream: Callable[..., Callable[[Engine, int], dict[str, float]]] | None = None) -> None:
         self.env = env
         check_precision(cfg.train.precision)
         saved = self._newest_signature(Path(cfg.train.run_dir) / "checkpoints")
@@ -224,6 +270,13 @@ class Trainer:
         self.root = self.run_dir / "checkpoints"
         self.objective = self.parts.objective
         self.loader = self.parts.train_loader
+        self.downstream = None  # in-loop few-shot evals (train.eval_tasks): tasks checked and loaded before any work
+        if cfg.train.eval_tasks:
+            if downstream is None:
+                raise ConfigError("train.eval_tasks is set, but this trainer was started without a downstream evaluator: "
+                                  "in-loop evals run under `zerolm pretrain` / `python -m zerolm.pretrain` (or "
+                                  "train(cfg, downstream=zerolm.evals.inloop.DownstreamEvals))")
+            self.downstream = downstream(cfg, self.parts.model, env.rank, env.world_size)
         loader_state = self.loader.state_dict() if hasattr(self.loader, "state_dict") else {}
         self.signature = ckpt.run_signature(
             world_size=env.world_size, micro_batch_size=micro, gradient_accumulation_steps=self.grad_accum,
@@ -390,6 +443,8 @@ class Trainer:
         if self.env.is_main:
             ckpt.save_data_state(self.root, tag, data_states)
             save_config(self.cfg, self.root / tag / "config.yaml")
+            if self.cfg.model.init_from:  # the architecture is the loaded model's, not the shape keys'
+                ckpt.save_hf_config(self.root, tag, self.engine.module.config.to_dict())
         dist.barrier()
         self.written.add(tag)
         if self.env.is_main:
@@ -434,6 +489,19 @@ class Trainer:
             i += size
         return self.objective.summarize(total)
 
+    def _evaluate_and_log(self) -> None:
+        """Validation metrics and the in-loop downstream evals at this step, into ``self.metrics``, the
+        tracker (metrics.jsonl, W&B) and the console."""
+        self.metrics = self.evaluate()
+        if self.downstream is not None:  # eval/<task>/<metric>[_<k>shot], eval/downstream_seconds
+            self.metrics.update(self.downstream(self.engine, self.step))
+        if self.tracker and self.metrics:
+            self.tracker.log(self.metrics, self.step)
+            if "eval/perplexity" in self.metrics:
+                log.info("step %d | eval loss %.4f | perplexity %.2f", self.step, self.metrics["eval/loss"], self.metrics["eval/perplexity"])
+            else:  # other objectives (classification): whatever metrics they report
+                log.info("step %d | %s", self.step, " | ".join(f"{k.split('/', 1)[-1]} {v:.4f}" for k, v in self.metrics.items()))
+
     # -- the loop --------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
@@ -448,6 +516,8 @@ class Trainer:
         consecutive_bad, status = 0, "completed"
         window = {"loss": 0.0, "steps": 0, "tokens": 0, "data_s": 0.0, "t0": time.perf_counter()}
         it = iter(self.loader)
+        if tc.eval_at_start and self.step == 0:  # the starting point (e.g. the model init_from loaded)
+            self._evaluate_and_log()
         self.engine.train()
         self_signal = _test_self_signal(self.env.rank)
         while self.step < tc.max_steps:
@@ -518,13 +588,7 @@ class Trainer:
                 self._log_window(window)
             t_aside = time.perf_counter()  # evaluation and checkpointing are not training throughput
             if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
-                self.metrics = self.evaluate()
-                if self.tracker and self.metrics:
-                    self.tracker.log(self.metrics, self.step)
-                    if "eval/perplexity" in self.metrics:
-                        log.info("step %d | eval loss %.4f | perplexity %.2f", self.step, self.metrics["eval/loss"], self.metrics["eval/perplexity"])
-                    else:  # other objectives (classification): whatever metrics they report
-                        log.info("step %d | %s", self.step, " | ".join(f"{k.split('/', 1)[-1]} {v:.4f}" for k, v in self.metrics.items()))
+                self._evaluate_and_log()
             stop = distributed.all_reduce_values([float(self.stop_signal)], "max")[0] > 0
             if stop:
                 status = "preempted"
@@ -659,14 +723,15 @@ class Trainer:
         w.update(loss=0.0, steps=0, tokens=0, data_s=0.0, t0=time.perf_counter())
 
 
-def train(cfg: ZeroLMConfig, build=pretraining_components) -> dict[str, Any]:
+def train(cfg: ZeroLMConfig, build=pretraining_components, downstream=None) -> dict[str, Any]:
     """Run pretraining as this process's part of the job (any launcher, or none) and shut the
     process group down cleanly at the end. Returns the summary (rank 0 also writes
-    ``RUN_DIR/result.json``)."""
+    ``RUN_DIR/result.json``). ``downstream``: the in-loop evaluator of ``train.eval_tasks`` (see
+    :class:`Trainer`)."""
     env = distributed.detect()
     distributed.init(env)
     try:
-        trainer = Trainer(cfg, env, build)
+        trainer = Trainer(cfg, env, build, downstream)
         try:
             result = trainer.run()
         finally:

@@ -90,11 +90,12 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from zerolm.evals.inloop import DownstreamEvals
     from zerolm.pretrain.trainer import train
 
     extra = [f"train.run_dir={args.run_dir}"] if args.run_dir else []
     cfg = _cfg(args, extra)
-    result = train(cfg)
+    result = train(cfg, downstream=DownstreamEvals)  # train.eval_tasks: few-shot evals in the loop
     if is_main_process():
         console.print_json(json.dumps(result))
     return 0

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import yaml
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zerolm.errors import ConfigError
 from zerolm.fsutil import write_text
@@ -113,7 +113,8 @@ class ModelConfig(_Section):
     ``gpt2`` (GPT2LMHeadModel), ``llama`` (LlamaForCausalLM), ``bert`` (BertForMaskedLM) or
     ``modernbert`` (ModernBertForMaskedLM). ``global_attn_every_n_layers`` (modernbert only): a
     global-attention layer every n layers, the others local (128-token window); unset = every layer
-    global up to seq_len 512, ModernBERT's every 3rd beyond.
+    global up to seq_len 512, ModernBERT's every 3rd beyond. ``init_from`` continues pretraining from
+    an existing model (see :mod:`zerolm.pretrain.init_from`) instead of a random init.
     """
 
     family: Literal["gpt2", "llama", "bert", "modernbert"] = "gpt2"
@@ -128,6 +129,12 @@ class ModelConfig(_Section):
     tie_word_embeddings: bool = True
     init_std: float = Field(default=0.02, gt=0)
     global_attn_every_n_layers: int | None = Field(default=None, ge=1)
+    # continued pretraining (pretrain/init_from.py): start from these weights instead of a random init.
+    # A built-in name (smollm2, minilm), a Hugging Face causal-/masked-LM folder, a `zerolm export`
+    # folder, or a zerolm run directory (its newest complete checkpoint). The architecture is the
+    # model's: shape keys set here must agree with it; the data pipeline tokenizes with the model's own
+    # tokenizer when the folder has one. Optimizer and LR schedule start fresh (warm-up from the weights).
+    init_from: str | None = None
 
 
 class SpikeRecoveryConfig(_Section):
@@ -164,6 +171,29 @@ class SpikeRecoveryConfig(_Section):
         return self
 
 
+class EvalTaskConfig(_Section):
+    """One downstream few-shot task scored inside the pretraining loop (an item of ``train.eval_tasks``).
+
+    ``task``: a built-in task of the few-shot harness (``zerolm eval fewshot``; the YAML files in
+    ``evals/tasks/``) or a task YAML path; ``limit``: the first ``limit`` test documents (null: all);
+    ``shots``: the k values (examples in each prompt). A bare string ``piqa`` in the list means
+    ``{task: piqa}`` with these defaults. Task names are checked against the harness when the trainer
+    starts, before any training step.
+    """
+
+    task: str = Field(min_length=1)
+    limit: int | None = Field(default=100, ge=1)
+    shots: list[int] = Field(default=[0], min_length=1)
+
+    @model_validator(mode="after")
+    def _shots_non_negative(self) -> "EvalTaskConfig":
+        if any(k < 0 for k in self.shots):
+            raise ValueError(f"shots must be non-negative, got {self.shots}")
+        if len(set(self.shots)) != len(self.shots):
+            raise ValueError(f"shots lists a k twice: {self.shots}")
+        return self
+
+
 class TrainConfig(_Section):
     """The training loop (shared by pretraining and finetuning).
 
@@ -197,6 +227,11 @@ class TrainConfig(_Section):
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=100, ge=1)
     eval_batches: int | None = Field(default=20, ge=1)
+    eval_at_start: bool = False  # also evaluate (validation + eval_tasks) before the first step, logged as step 0
+    # downstream few-shot evals on the live model at every evaluation (pretraining; empty: off):
+    # items are task names or {task, limit, shots}; metrics eval/<task>/<metric>[_<k>shot]
+    eval_tasks: list[EvalTaskConfig] = []
+    eval_tasks_batch_size: int = Field(default=16, ge=1)  # sequences per forward pass while scoring them
     save_every: int = Field(default=100, ge=1)
     keep_last: int = Field(default=3, ge=1)
     max_consecutive_nonfinite: int = Field(default=5, ge=1)
@@ -208,6 +243,20 @@ class TrainConfig(_Section):
     inject_spike_at_batches: list[int] = []
     inject_spike_lr_factor: float = Field(default=1000.0, gt=0)
     elastic_resume: bool = True
+
+    @field_validator("eval_tasks", mode="before")
+    @classmethod
+    def _task_names_as_items(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [{"task": t} if isinstance(t, str) else t for t in v]
+        return v
+
+    @model_validator(mode="after")
+    def _each_eval_task_once(self) -> "TrainConfig":
+        names = [t.task for t in self.eval_tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval_tasks names a task twice ({', '.join(names)}): give one item per task with all its shots")
+        return self
 
     @model_validator(mode="after")
     def _offload_params_needs_stage3(self) -> "TrainConfig":
