@@ -387,6 +387,27 @@ class Engine:
                                 f"{type(e).__name__}: {e}") from e
         return "universal"
 
+    def continue_optimizer(self, root: Path, tag: str, saved_world_size: int | None) -> str:
+        """Continued pretraining with another run's optimizer (``model.init_optimizer=checkpoint``):
+        load that checkpoint's engine state (weights — the ones the model was initialised with —,
+        AdamW moments and step counts, the LR scheduler's step) as :meth:`load` does, then apply this
+        run's optimizer settings: base LR ``cfg.lr``, betas, eps, weight decay per group. The LR then
+        follows this config's schedule (:func:`lr_at`) from the checkpoint's step on. All ranks call it.
+
+        Returns:
+            As :meth:`load`.
+
+        Raises:
+            TrainingError, RuntimeError: as :meth:`load`.
+        """
+        how = self.load(Path(root), tag, saved_world_size)
+        groups = self._client_opt.param_groups
+        for g, wd in zip(groups, (self.cfg.weight_decay, 0.0)):
+            g.update(weight_decay=wd, betas=(self.cfg.beta1, self.cfg.beta2), eps=self.cfg.eps, initial_lr=self.cfg.lr)
+        self.scheduler.base_lrs = [self.cfg.lr] * len(groups)
+        self.set_lr_scale(1.0)
+        return how
+
     def _load_plain(self, root: Path, tag: str) -> None:
         path, _ = self.engine.load_checkpoint(
             str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True

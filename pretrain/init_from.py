@@ -18,7 +18,9 @@ loaded model's loss on the first batch. When the folder brings a Hugging Face to
 (``tokenizer.json``), the data pipeline tokenizes with it (``data.tokenizer_dir`` becomes the folder);
 otherwise ``data.tokenizer_dir`` must fit the model's vocabulary.
 
-The optimizer and the LR schedule start fresh (warm-up from the loaded weights). The run directory gets
+The optimizer and the LR schedule start fresh (warm-up from the loaded weights), unless
+``model.init_optimizer=checkpoint`` with a zerolm run directory: then the run also continues that
+checkpoint's AdamW state and step count (this config's LR schedule, from that step). The run directory gets
 ``init_from.json``: what the run started from and the lineage of stages before it, which the export's
 model card carries on (:func:`lineage_of_export`).
 """
@@ -59,6 +61,9 @@ class InitSource:
         model_cfg: the run's ``model`` section filled from the model (shape keys, family).
         tokenizer_dir: the folder when it brings a Hugging Face tokenizer, else ``None``.
         lineage: the training stages behind the model, oldest first (see :func:`lineage_of_export`).
+        checkpoint: for ``model.init_optimizer=checkpoint``, the run checkpoint whose optimizer state
+            and step count the run continues: ``root``, ``tag``, ``world_size``, ``step``,
+            ``tokens_seen``, ``zero_stage``; else None.
     """
 
     spec: str
@@ -68,6 +73,7 @@ class InitSource:
     model_cfg: ModelConfig
     tokenizer_dir: Path | None
     lineage: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: dict[str, Any] | None = None
 
     def load_model(self) -> torch.nn.Module:
         """The model with its weights, fp32, SDPA attention, every dropout = ``model.dropout``.
@@ -95,7 +101,9 @@ class InitSource:
         """What ``init_from.json`` stores: the source and the stages before this run."""
         return {"init_from": self.spec, "path": str(self.path), "model_type": self.hf_config.model_type,
                 "kind": self.kind, "tokenizer": "the model's own" if self.tokenizer_dir else "data.tokenizer_dir",
-                "optimizer": "fresh (warm-up from the loaded weights)", "lineage": self.lineage}
+                "optimizer": (f"continued from {self.checkpoint['root']}/{self.checkpoint['tag']} (step "
+                              f"{self.checkpoint['step']})" if self.checkpoint else "fresh (warm-up from the loaded weights)"),
+                "lineage": self.lineage}
 
 
 def _is_run_dir(p: Path) -> bool:
@@ -131,28 +139,34 @@ def lineage_of_export(folder: str | Path, name: str) -> list[dict[str, Any]]:
     return [{"start": "random init", "run_dir": meta.get("run_dir"), "tokens": meta.get("tokens_seen")}]
 
 
-def _locate(spec: str, run_dir: Path, is_main: bool) -> Path:
-    """The Hugging Face folder behind ``model.init_from``; a zerolm run directory is exported first
-    (rank 0 only; the caller synchronises the ranks)."""
+def _locate(spec: str, run_dir: Path, is_main: bool) -> tuple[Path, dict[str, Any] | None]:
+    """The Hugging Face folder behind ``model.init_from`` and, for a zerolm run directory, its newest
+    complete checkpoint (:attr:`InitSource.checkpoint`); the run is exported first (rank 0 only; the
+    caller synchronises the ranks)."""
     from zerolm.hf_models import resolve_model_path
 
     resolved = Path(resolve_model_path(spec)).expanduser()
     if _is_run_dir(resolved):
+        from zerolm.pretrain.checkpoint import resolve
+
         out = run_dir / INIT_MODEL_DIR
+        tag_dir, record = resolve(resolved)
         if is_main:
-            from zerolm.pretrain.checkpoint import resolve
             from zerolm.pretrain.export import export_checkpoint
 
-            tag_dir, _ = resolve(resolved)
             meta = _export_meta(out) if out.is_dir() else None
             if meta and Path(meta.get("run_dir", "")) == resolved.resolve() and meta.get("tag") == tag_dir.name:
                 log.info("model.init_from: reusing %s (export of %s)", out, tag_dir)
             else:
                 log.info("model.init_from: exporting %s to %s", tag_dir, out)
                 export_checkpoint(resolved, out)
-        return out
+        run = record.get("run") or {}
+        checkpoint = {"root": str(tag_dir.parent), "tag": tag_dir.name, "step": int(record.get("step", 0)),
+                      "tokens_seen": int(record.get("tokens_seen", 0)),
+                      "world_size": run.get("world_size") or record.get("world_size"), "zero_stage": run.get("zero_stage")}
+        return out, checkpoint
     if (resolved / "config.json").is_file():
-        return resolved
+        return resolved, None
     if not resolved.exists():
         raise ConfigError(f"model.init_from={spec}: no such model folder, run directory or built-in name "
                           f"(built-in: smollm2, minilm)")
@@ -223,7 +237,9 @@ def locate_and_check(cfg, run_dir: Path, is_main: bool) -> InitSource:
 
     Raises:
         ConfigError: the source is not found or not a causal/masked LM; its kind is not
-            ``data.objective``; shape keys disagree; ``data.seq_len`` exceeds its positions.
+            ``data.objective``; shape keys disagree; ``data.seq_len`` exceeds its positions;
+            ``model.init_optimizer=checkpoint`` without a run directory, at another ZeRO stage, or
+            with ``train.max_steps`` not beyond the checkpoint's step.
         DataError: a zerolm run without a complete checkpoint; an unreadable config.
     """
     from transformers import AutoConfig
@@ -231,7 +247,20 @@ def locate_and_check(cfg, run_dir: Path, is_main: bool) -> InitSource:
     from zerolm.hf_models import KIND_NAMES, model_kind
 
     spec = cfg.model.init_from
-    path = _locate(spec, run_dir, is_main)
+    path, checkpoint = _locate(spec, run_dir, is_main)
+    if cfg.model.init_optimizer == "checkpoint":
+        if checkpoint is None:
+            raise ConfigError(f"model.init_optimizer=checkpoint needs model.init_from to be a zerolm run directory "
+                              f"(its optimizer state); {spec} is a model folder")
+        if checkpoint["zero_stage"] is not None and checkpoint["zero_stage"] != cfg.train.zero_stage:
+            raise ConfigError(f"model.init_optimizer=checkpoint: {checkpoint['root']}/{checkpoint['tag']} was trained at "
+                              f"ZeRO-{checkpoint['zero_stage']}, this run has train.zero_stage={cfg.train.zero_stage}: "
+                              f"set train.zero_stage={checkpoint['zero_stage']} (or model.init_optimizer=fresh)")
+        if cfg.train.max_steps <= checkpoint["step"]:
+            raise ConfigError(f"model.init_optimizer=checkpoint continues the step count at {checkpoint['step']}: "
+                              f"train.max_steps={cfg.train.max_steps} must be larger")
+    else:
+        checkpoint = None
     if not (path / "config.json").is_file():  # another rank is exporting it: the caller waits first
         raise DataError(f"model.init_from={spec}: {path / 'config.json'} not written yet")
     kind = model_kind(path)
@@ -248,7 +277,7 @@ def locate_and_check(cfg, run_dir: Path, is_main: bool) -> InitSource:
                           f"model.init_from={spec}")
     tokenizer_dir = path if (path / "tokenizer.json").is_file() else None
     return InitSource(spec=spec, path=path, kind=kind, hf_config=hf_config, model_cfg=model_cfg,
-                      tokenizer_dir=tokenizer_dir, lineage=lineage_of_export(path, spec))
+                      tokenizer_dir=tokenizer_dir, lineage=lineage_of_export(path, spec), checkpoint=checkpoint)
 
 
 def check_vocabulary(tokenizer: Any, model: torch.nn.Module, tokenizer_dir: str | Path, spec: str) -> None:

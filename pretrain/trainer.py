@@ -146,6 +146,8 @@ class Components:
         parameters: parameter count.
         job: the job's name in :data:`pretrain.tracking.JOB_SECTIONS` (which config sections its W&B
             run config holds); ``None`` = the whole config.
+        init_state: a checkpoint whose optimizer state and step count a fresh run continues
+            (``model.init_optimizer=checkpoint``; :attr:`pretrain.init_from.InitSource.checkpoint`).
     """
 
     model: torch.nn.Module
@@ -157,6 +159,7 @@ class Components:
     tokens_per_sample: int
     parameters: int
     job: str | None = None
+    init_state: dict[str, Any] | None = None
 
 
 def _continued_model(cfg: ZeroLMConfig, env: distributed.DistEnv):
@@ -183,10 +186,10 @@ def _continued_model(cfg: ZeroLMConfig, env: distributed.DistEnv):
     init_from.check_vocabulary(tok, model, cfg.data.tokenizer_dir, source.spec)
     if env.is_main:
         init_from.write_record(run_dir, source)
-        log.info("model.init_from=%s: %s weights from %s; tokenizer: %s; optimizer and LR schedule fresh",
+        log.info("model.init_from=%s: %s weights from %s; tokenizer: %s; optimizer %s",
                  source.spec, source.hf_config.model_type, source.path,
-                 "the model's own" if source.tokenizer_dir else cfg.data.tokenizer_dir)
-    return cfg, tok, model
+                 "the model's own" if source.tokenizer_dir else cfg.data.tokenizer_dir, source.record()["optimizer"])
+    return cfg, tok, model, source.checkpoint
 
 
 def pretraining_components(cfg: ZeroLMConfig, env: distributed.DistEnv) -> tuple[ZeroLMConfig, Components]:
@@ -201,8 +204,9 @@ def pretraining_components(cfg: ZeroLMConfig, env: distributed.DistEnv) -> tuple
         ConfigError: ``data.objective`` does not match the model family; ``model.init_from``
             disagrees with the config (:func:`pretrain.init_from.locate_and_check`).
     """
+    init_state = None
     if cfg.model.init_from:
-        cfg, tok, model = _continued_model(cfg, env)
+        cfg, tok, model, init_state = _continued_model(cfg, env)
         model_cfg = cfg.model
     else:
         model_cfg = resolve_model_config(cfg.model)
@@ -225,6 +229,7 @@ def pretraining_components(cfg: ZeroLMConfig, env: distributed.DistEnv) -> tuple
         tokens_per_sample=cfg.data.seq_len,
         parameters=counts["total"],
         job="pretrain",
+        init_state=init_state,
     )
 
 
@@ -300,6 +305,12 @@ class Trainer:
         self.stop_signal = 0
         self.written: set[str] = set()  # tags this process saved
         run_id, resumed = self._resume(plan)
+        if resumed is None and self.parts.init_state:  # model.init_optimizer=checkpoint, first start
+            st = self.parts.init_state
+            self.engine.continue_optimizer(Path(st["root"]), st["tag"], st["world_size"])
+            self.step, self.tokens_seen = st["step"], st["tokens_seen"]
+            log.info("continuing the optimizer state and step count of %s/%s: step %d, lr %.3g",
+                     st["root"], st["tag"], self.step, self.engine.lr)
         self.line = ckpt.lineage(self.root, resumed)  # this run line's tags (retention counts only these)
         if env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)

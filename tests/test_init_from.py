@@ -175,6 +175,8 @@ def test_two_stage_run_from_a_zerolm_export_on_2_ranks_zero3(stage1, prepared_co
     run2 = tmp_path / "stage2"
     _train(_config(tmp_path / "c.yaml", prepared_corpus, str(export1), zero=3, sources=mixture), run2, 2)
     assert _logged_loss(run2) == pytest.approx(_first_step_loss(export1, run2, 2), abs=1e-4)
+    # a fresh optimizer (model.init_optimizer's default): AdamW has counted this run's 3 steps only
+    assert _optimizer_steps(run2 / "checkpoints" / (run2 / "checkpoints/latest").read_text().strip()) == {3}
 
     out = tmp_path / "export2"
     export_checkpoint(run2, out)
@@ -245,3 +247,57 @@ def test_a_random_init_model_on_a_hf_tokenizer_without_bos_pad_or_mask(hf_clm_to
     model = build_model(resolve_model_config(ModelConfig(family="gpt2", preset="tiny")), vocab_size=tok.vocab_size,
                         seq_len=64, special_ids=ids)
     assert model.config.eos_token_id == ids["eos"] and model.get_input_embeddings().weight.shape[0] == len(ref)
+
+
+def _optimizer_steps(tag_dir: Path) -> set[int]:
+    """Every AdamW ``step`` count stored in a DeepSpeed checkpoint's optimizer files (all ranks)."""
+    steps: set[int] = set()
+
+    def walk(obj, key=None):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, k)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+        elif key == "step" and (torch.is_tensor(obj) or isinstance(obj, (int, float))):
+            steps.add(int(obj))
+
+    files = sorted(tag_dir.glob("*optim_states.pt"))
+    assert files, f"no optimizer files in {tag_dir}"
+    for f in files:
+        walk(torch.load(f, map_location="cpu", weights_only=False))
+    return steps
+
+
+def test_init_optimizer_checkpoint_continues_moments_and_step_count(stage1, prepared_corpus, tmp_path):
+    run1, _ = stage1
+    tag1 = (run1 / "checkpoints/latest").read_text().strip()
+    assert _optimizer_steps(run1 / "checkpoints" / tag1) == {4}
+    run2 = tmp_path / "continued"
+    _train(_config(tmp_path / "c.yaml", prepared_corpus, str(run1), steps=6), run2, 2,
+           "model.init_optimizer=checkpoint", "train.save_every=6")
+    rows = [json.loads(line) for line in (run2 / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [5, 6]  # the step count continues
+    tag2 = (run2 / "checkpoints/latest").read_text().strip()
+    assert _optimizer_steps(run2 / "checkpoints" / tag2) == {6}  # AdamW moments continued: 4 + 2 steps
+    states = torch.load(run2 / "checkpoints" / tag2 / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    assert states["lr_scheduler"]["base_lrs"] == [1.0e-4, 1.0e-4]  # this config's LR, not stage 1's 1e-3
+    assert states["lr_scheduler"]["last_epoch"] == 6
+    assert "continued from" in json.loads((run2 / "init_from.json").read_text())["optimizer"]
+
+
+def test_init_optimizer_checkpoint_needs_a_run_at_the_same_zero_stage(stage1, tiny_llama, prepared_corpus, tmp_path):
+    from zerolm.pretrain.init_from import locate_and_check
+
+    run1, _ = stage1
+    cfg = load_config(_config(tmp_path / "c.yaml", prepared_corpus, str(run1), zero=3, steps=9),
+                      ["model.init_optimizer=checkpoint"])
+    with pytest.raises(ConfigError, match="ZeRO-2"):
+        locate_and_check(cfg, tmp_path / "r", False)
+    cfg = load_config(_config(tmp_path / "c.yaml", prepared_corpus, str(run1), steps=4), ["model.init_optimizer=checkpoint"])
+    with pytest.raises(ConfigError, match="max_steps=4 must be larger"):
+        locate_and_check(cfg, tmp_path / "r", False)
+    cfg = load_config(_config(tmp_path / "c.yaml", prepared_corpus, str(tiny_llama)), ["model.init_optimizer=checkpoint"])
+    with pytest.raises(ConfigError, match="needs model.init_from to be a zerolm run directory"):
+        locate_and_check(cfg, tmp_path / "r", False)

@@ -135,6 +135,9 @@ class ModelConfig(_Section):
     # model's: shape keys set here must agree with it; the data pipeline tokenizes with the model's own
     # tokenizer when the folder has one. Optimizer and LR schedule start fresh (warm-up from the weights).
     init_from: str | None = None
+    # with init_from = a zerolm run directory: "checkpoint" also continues its optimizer state (AdamW
+    # moments) and step count (the LR schedule of this config at that step); "fresh" starts both anew
+    init_optimizer: Literal["fresh", "checkpoint"] = "fresh"
 
 
 class SpikeRecoveryConfig(_Section):
