@@ -75,6 +75,7 @@ def main() -> int:
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--steps", type=int, default=None, help="train.max_steps (default: the config's)")
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=None, help="train.seed and data.seed (default: the config's)")
     ap.add_argument("--eval-batches", type=int, default=16, help="validation batches for the independent perplexity")
     ap.add_argument("--no-eval-tasks", action="store_true", help="train.eval_tasks=[] (no in-loop downstream evals)")
     ap.add_argument("--work", default="runs/bench_continue")
@@ -101,6 +102,8 @@ def main() -> int:
         overrides += [f"train.max_steps={a.steps}", f"train.eval_every={a.steps}", f"train.save_every={a.steps}"]
     if a.lr:
         overrides.append(f"train.lr={a.lr}")
+    if a.seed is not None:
+        overrides += [f"train.seed={a.seed}", f"data.seed={a.seed}"]
     if a.no_eval_tasks:
         overrides.append("train.eval_tasks=[]")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
@@ -130,7 +133,7 @@ def main() -> int:
     mfu = [r["train/mfu"] for r in train_rows[1:]] or [r["train/mfu"] for r in train_rows]
     result = json.loads((run_dir / "result.json").read_text())
     record = {
-        "init_from": cfg.model.init_from, "base": str(base), "source": a.source, "steps": result["step"],
+        "init_from": cfg.model.init_from, "base": str(base), "seed": cfg.train.seed, "source": a.source, "steps": result["step"],
         "tokens": result["tokens_seen"], "lr": cfg.train.lr, "seq_len": cfg.data.seq_len,
         "global_batch": cfg.train.global_batch_size, "wall_s": round(train_s, 1),
         "before": before, "after": after, "perplexity_change": after["perplexity"] / before["perplexity"] - 1,

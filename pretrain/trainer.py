@@ -529,6 +529,7 @@ class Trainer:
         it = iter(self.loader)
         if tc.eval_at_start and self.step == 0:  # the starting point (e.g. the model init_from loaded)
             self._evaluate_and_log()
+            window["t0"] = time.perf_counter()  # evaluation is not training throughput
         self.engine.train()
         self_signal = _test_self_signal(self.env.rank)
         while self.step < tc.max_steps:
