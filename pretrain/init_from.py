@@ -159,7 +159,7 @@ def _locate(spec: str, run_dir: Path, is_main: bool) -> tuple[Path, dict[str, An
                 log.info("model.init_from: reusing %s (export of %s)", out, tag_dir)
             else:
                 log.info("model.init_from: exporting %s to %s", tag_dir, out)
-                export_checkpoint(resolved, out)
+                export_checkpoint(resolved, out, tag=tag_dir.name)
         run = record.get("run") or {}
         checkpoint = {"root": str(tag_dir.parent), "tag": tag_dir.name, "step": int(record.get("step", 0)),
                       "tokens_seen": int(record.get("tokens_seen", 0)),

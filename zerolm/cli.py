@@ -139,6 +139,22 @@ def _cmd_finetune_sentiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from zerolm.launch.plan import plan_renderables, plan_run
+
+    cfg = load_config(args.config, args.overrides)
+    plan = plan_run(cfg, gpus=args.gpus, gpu_type=args.gpu_type, tokens=args.tokens,
+                    price_per_gpu_hour=args.price_per_gpu_hour, grid_intensity_g_per_kwh=args.grid_intensity,
+                    pue=args.pue, mfu=args.mfu, peak_tflops=args.peak_tflops, gpu_memory_gb=args.gpu_memory,
+                    power_watts=args.power_watts, vocab_size=args.vocab_size)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        for item in plan_renderables(plan):
+            console.print(item, highlight=False)
+    return 0
+
+
 def _no_overrides(args: argparse.Namespace) -> None:
     if getattr(args, "overrides", None):
         raise ConfigError(f"zerolm {args.command} {getattr(args, 'what', '')}".rstrip()
@@ -406,6 +422,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=24, help="continuation length (causal-LM)")
     p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     p.set_defaults(func=_cmd_sample, overrides=[])
+
+    p = top.add_parser(
+        "plan",
+        help="plan a run before it starts: memory per rank, time, money, energy, CO2e",
+        description="Estimate, for a pretraining config, the memory per rank under every ZeRO stage and offload "
+        "(parameters, gradients, optimizer state, activations with and without checkpointing; whether it fits; the "
+        "largest micro-batch that fits), the training FLOPs, step and wall time, GPU-hours, cost, energy and CO2e. "
+        "Every number is printed beside the assumption it rests on. Formulas and sources: docs/plan.md.",
+        epilog="examples:\n"
+        "  zerolm plan configs/pretrain/quickstart_gpt.yaml\n"
+        "  zerolm plan configs/pretrain/quickstart_gpt.yaml --gpus 8 --gpu-type h100 --tokens 2e10 \\\n"
+        "      --price-per-gpu-hour 2.5 --grid-intensity 350 model.preset=gpt3-125m train.precision=bf16\n"
+        "  zerolm plan configs/pretrain/tiny_gpt.yaml --gpu-type cpu --power-watts 65 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="zerolm YAML config")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. model.preset=gpt3-125m")
+    p.add_argument("--gpus", type=int, default=1, help="devices = data-parallel ranks (default 1)")
+    p.add_argument("--gpu-type", default="a100", help="a100 | a100-40gb | h100 | h200 | v100 | cpu (default a100)")
+    p.add_argument("--tokens", type=float, default=None, help="training tokens (default train.max_steps x global batch x seq_len)")
+    p.add_argument("--price-per-gpu-hour", type=float, default=None, help="$ per device-hour (no cost without it)")
+    p.add_argument("--grid-intensity", type=float, default=None, help="gCO2e per kWh (default 475, IEA world average)")
+    p.add_argument("--pue", type=float, default=None, help="data-centre PUE (default 1.2)")
+    p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation in (0, 1] (default 0.4, assumed)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s per device (default: the device table; cpu: measured)")
+    p.add_argument("--gpu-memory", type=float, default=None, help="memory per device in GB (default: the device table)")
+    p.add_argument("--power-watts", type=float, default=None, help="average power per device in W (default: its TDP)")
+    p.add_argument("--vocab-size", type=int, default=None, help="vocabulary (default: the tokenizer folder, else tokenizer.vocab_size)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    p.set_defaults(func=_cmd_plan)
 
     from zerolm.launch.cli import register
 

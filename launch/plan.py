@@ -1,0 +1,420 @@
+"""Plan a pretraining run before it starts: memory per rank, time, money, energy and CO2e.
+
+:func:`plan_run` turns a validated :class:`zerolm.config.ZeroLMConfig` (from a YAML file or built in
+code) and a few facts about the hardware into a plain dict; :func:`plan_renderables` shows that dict as
+rich tables (the CLI prints them; ``zerolm plan --json`` prints the dict). Every number carries the
+assumption it rests on. Formulas and sources: ``docs/plan.md``.
+
+Memory per rank (bytes), ``N`` parameters, ``g`` data-parallel ranks, ``w`` bytes of the working
+dtype (2 for bf16/fp16, 4 for fp32), Adam(W):
+
+* working parameters ``w·N`` (``w·N/g`` at ZeRO-3), working gradients ``w·N`` (``w·N/g`` at ZeRO-2; at
+  ZeRO-3 they are reduce-scattered straight into the fp32 partition, so only a transient bucket is held),
+* optimizer state: fp32 master parameters ``4·N`` + two fp32 Adam moments ``8·N`` (the ZeRO paper's
+  ``K = 12``, Rajbhandari et al. 2020 §3) + the fp32 gradient partition the optimizer steps with
+  (``4·N``; DeepSpeed keeps it in mixed precision, in fp32 it is the working gradient itself), divided
+  by ``g`` from ZeRO-1 on. In fp32 DeepSpeed's ZeRO-1/2/3 still clone an fp32 master partition; at
+  ZeRO-0 in fp32 there is no master copy.
+* ZeRO-3 adds the largest layer gathered with its gradient (``2·w·largest_layer``), as DeepSpeed's
+  ``estimate_zero3_model_states_mem_needs`` does.
+
+This reproduces DeepSpeed's ``estimate_zero2/3_model_states_mem_needs`` exactly for bf16/fp16 (tested).
+Activations: Korthikanti et al. 2022 (eq. 2, no sequence/tensor parallelism), see :func:`activation_bytes`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from zerolm.config import ZeroLMConfig
+from zerolm.errors import ConfigError
+
+GB = 1e9  # device memory is labelled in decimal GB; we take the label at its word
+
+#: Devices users have: dense peak TFLOP/s of the training dtype (tensor cores, no sparsity), memory (GB)
+#: and board power (TDP, W). Sources: NVIDIA data sheets (A100: 312 TF bf16, 400 W SXM; H100 SXM: 989 TF
+#: dense bf16, 700 W; H200 SXM: 989 TF, 141 GB, 700 W; V100 SXM2: 125 TF fp16 tensor, 300 W).
+DEVICES: dict[str, dict[str, Any]] = {
+    "a100": {"peak_tflops": 312.0, "memory_gb": 80.0, "tdp_w": 400.0, "name": "NVIDIA A100 80GB SXM"},
+    "a100-40gb": {"peak_tflops": 312.0, "memory_gb": 40.0, "tdp_w": 400.0, "name": "NVIDIA A100 40GB SXM"},
+    "h100": {"peak_tflops": 989.0, "memory_gb": 80.0, "tdp_w": 700.0, "name": "NVIDIA H100 SXM"},
+    "h200": {"peak_tflops": 989.0, "memory_gb": 141.0, "tdp_w": 700.0, "name": "NVIDIA H200 SXM"},
+    "v100": {"peak_tflops": 125.0, "memory_gb": 32.0, "tdp_w": 300.0, "name": "NVIDIA V100 32GB SXM2 (fp16 tensor)"},
+    "cpu": {"peak_tflops": None, "memory_gb": None, "tdp_w": None, "name": "this machine's CPU (measured fp32 matmul)"},
+}
+
+#: Defaults printed as assumptions.
+DEFAULT_MFU = 0.4
+DEFAULT_PUE = 1.2  # hyperscale data centres ~1.1-1.2; Uptime Institute's 2023 survey average is 1.58
+DEFAULT_GRID_G_PER_KWH = 475.0  # IEA world-average electricity carbon intensity (2019)
+HOURS_PER_YEAR = 365.0 * 24.0
+#: Framework overhead left out of the formulas (CUDA context, allocator fragmentation, comm buckets):
+#: reserved off the device memory before deciding whether a plan fits.
+OVERHEAD_FRACTION = 0.10
+
+_OFFLOADS = (("none", False, False), ("optimizer", True, False), ("optimizer+params", True, True))
+
+
+def _working_bytes(precision: str) -> int:
+    return 4 if precision == "fp32" else 2
+
+
+def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int, precision: str,
+                      offload_optimizer: bool = False, offload_params: bool = False) -> dict[str, float]:
+    """Model-state bytes per rank (device and CPU) for Adam(W) under DeepSpeed ZeRO.
+
+    Args:
+        n_params: N, unique parameters.
+        largest_layer: parameters of the largest single module (ZeRO-3 gathers one at a time).
+        stage: ZeRO stage 0-3; dp: data-parallel ranks (≥1); precision: ``fp32`` | ``bf16`` | ``fp16``.
+        offload_optimizer / offload_params: DeepSpeed ``offload_optimizer`` / ``offload_param`` to CPU.
+
+    Returns:
+        ``{"params", "grads", "optimizer", "gathered", "device", "cpu"}`` in bytes (floats; ``device`` is the
+        sum of the device-resident ones, ``cpu`` what lives in host memory for this rank).
+
+    Raises:
+        ConfigError: optimizer offload at stage 0, parameter offload below stage 3, dp < 1.
+    """
+    if dp < 1:
+        raise ConfigError(f"data-parallel size must be >= 1 (got {dp})")
+    if offload_optimizer and stage == 0:
+        raise ConfigError("offload_optimizer needs zero_stage >= 1")
+    if offload_params and stage != 3:
+        raise ConfigError("offload_params needs zero_stage=3")
+    w = _working_bytes(precision)
+    n = float(n_params)
+    params = w * n / (dp if stage == 3 else 1)
+    if stage == 3:
+        grads = 0.0  # reduce-scattered straight into the fp32 partition (counted in the optimizer)
+    else:
+        grads = w * n / (dp if stage >= 2 else 1)
+    mixed = precision != "fp32"
+    master = 4.0 * n if (mixed or stage >= 1) else 0.0
+    fp32_grad = 4.0 * n if (mixed or stage == 3) else 0.0
+    optimizer = (master + fp32_grad + 8.0 * n) / (dp if stage >= 1 else 1)
+    gathered = 2.0 * w * largest_layer if stage == 3 else 0.0
+    cpu = 0.0
+    dev_params, dev_grads, dev_opt = params, grads, optimizer
+    if offload_optimizer:
+        cpu += optimizer
+        dev_opt = 0.0
+        if stage == 2:  # gradient partitions are copied to host memory as they are reduced
+            dev_grads = 0.0
+    if offload_params:
+        cpu += params
+        dev_params = 0.0
+    return {
+        "params": dev_params, "grads": dev_grads, "optimizer": dev_opt, "gathered": gathered,
+        "device": dev_params + dev_grads + dev_opt + gathered, "cpu": cpu,
+    }
+
+
+def activation_bytes(*, seq_len: int, micro_batch: int, d_model: int, n_head: int, n_layer: int, vocab: int,
+                     precision: str, checkpointing: bool) -> dict[str, float]:
+    """Activation memory of one micro-batch (bytes).
+
+    Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", eq. (2):
+    per layer ``s·b·h·(34 + 5·a·s/h)`` bytes for 16-bit activations (1-byte dropout masks), ``s`` sequence,
+    ``b`` micro-batch, ``h`` d_model, ``a`` heads. In fp32 the 16-bit terms double (we scale by 2, an
+    approximation). With full activation checkpointing each layer keeps only its input, ``2·s·b·h``
+    (``4·s·b·h`` in fp32), plus one layer's full activations while it is recomputed. Added explicitly:
+    the fp32 logits ``4·s·b·V`` (Hugging Face upcasts them for the loss). Left out: the ``5·a·s/h``
+    attention-score term is not stored by fused/flash SDPA kernels (this is then an upper bound); MLP widths
+    other than ``4h`` and grouped-query attention (the formula assumes GPT-2 shapes); the logits' gradient
+    and the loss's softmax (transient, another ``4·s·b·V`` at the end of the forward); embeddings' outputs;
+    framework overhead.
+
+    Returns:
+        ``{"per_layer", "layers", "logits", "total"}`` in bytes.
+    """
+    s, b, h, a = float(seq_len), float(micro_batch), float(d_model), float(n_head)
+    scale = 2.0 if precision == "fp32" else 1.0
+    full_layer = s * b * h * (34.0 + 5.0 * a * s / h) * scale
+    if checkpointing:
+        layers = n_layer * 2.0 * s * b * h * scale + full_layer
+    else:
+        layers = n_layer * full_layer
+    logits = 4.0 * s * b * vocab
+    return {"per_layer": full_layer, "layers": layers, "logits": logits, "total": layers + logits}
+
+
+def _model_counts(model_cfg, *, vocab: int, seq_len: int) -> dict[str, int]:
+    """Unique parameters, non-embedding parameters and the largest module's own parameters, counted on a
+    model built on the meta device (allocates nothing)."""
+    import torch
+
+    from zerolm.pretrain.models import build_model, count_parameters
+
+    special = {"bos": 0, "eos": 1, "pad": 2, "unk": 3, "cls": 0, "sep": 1, "mask": 3}
+    with torch.device("meta"):
+        model = build_model(model_cfg, vocab_size=vocab, seq_len=seq_len, special_ids=special)
+    counts = count_parameters(model)
+    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    return {"total": counts["total"], "non_embedding": counts["non_embedding"], "largest_layer": int(largest)}
+
+
+def _vocab_of(cfg: ZeroLMConfig, vocab_size: int | None) -> tuple[int, str]:
+    if vocab_size is not None:
+        if vocab_size < 1:
+            raise ConfigError(f"--vocab-size must be >= 1 (got {vocab_size})")
+        return int(vocab_size), "given (--vocab-size)"
+    from pathlib import Path
+
+    tok_dir = Path(cfg.data.tokenizer_dir)
+    if (tok_dir / "tokenizer.json").is_file() or (tok_dir / "tokenizer_config.json").is_file():
+        try:
+            from transformers import AutoTokenizer
+
+            return len(AutoTokenizer.from_pretrained(str(tok_dir))), f"the tokenizer in {tok_dir}"
+        except Exception as e:  # an unreadable folder: fall back, and say so
+            return cfg.tokenizer.vocab_size, f"tokenizer.vocab_size (could not read {tok_dir}: {type(e).__name__})"
+    return cfg.tokenizer.vocab_size, f"tokenizer.vocab_size ({tok_dir} has no tokenizer yet)"
+
+
+def _check_number(name: str, value: float | None, *, low: float, strict: bool = False, high: float | None = None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number (got {value!r})")
+    if (value <= low) if strict else (value < low):
+        raise ConfigError(f"{name} must be {'>' if strict else '>='} {low} (got {value})")
+    if high is not None and value > high:
+        raise ConfigError(f"{name} must be <= {high} (got {value})")
+
+
+def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens: float | None = None,
+             price_per_gpu_hour: float | None = None, grid_intensity_g_per_kwh: float | None = None,
+             pue: float | None = None, mfu: float | None = None, peak_tflops: float | None = None,
+             gpu_memory_gb: float | None = None, power_watts: float | None = None,
+             vocab_size: int | None = None) -> dict[str, Any]:
+    """Plan a pretraining run: memory per rank, time, money, energy and CO2e, with every assumption.
+
+    Args:
+        cfg: a validated config (``load_config`` or built in code); its ``model``, ``data.seq_len``,
+            ``data.micro_batch_size``, ``train.*`` (ZeRO stage, offload, precision, checkpointing, batch,
+            ``max_steps``) are used.
+        gpus: devices = data-parallel ranks (≥1).
+        gpu_type: a key of :data:`DEVICES`.
+        tokens: training tokens (default ``max_steps × global batch × seq_len``).
+        price_per_gpu_hour: $ per device-hour (no money line without it).
+        grid_intensity_g_per_kwh: gCO2e/kWh (default :data:`DEFAULT_GRID_G_PER_KWH`).
+        pue: data-centre power usage effectiveness (default :data:`DEFAULT_PUE`).
+        mfu: model FLOPs utilisation in (0, 1] (default :data:`DEFAULT_MFU`, marked assumed).
+        peak_tflops: override the device's peak (for ``cpu`` the default is measured with
+            :func:`zerolm.pretrain.metrics.measure_matmul_peak`, ~1 s).
+        gpu_memory_gb: override the device memory (decimal GB).
+        power_watts: average power per device (default its TDP; no energy line for ``cpu`` without it).
+        vocab_size: override the vocabulary (else the tokenizer folder, else ``tokenizer.vocab_size``).
+
+    Returns:
+        A JSON-able dict: ``model``, ``device``, ``memory`` (one row per ZeRO stage × offload, the config's
+        marked ``current``), ``time``, ``cost``, ``energy``, ``assumptions`` (name → text).
+
+    Raises:
+        ConfigError: unknown device, gpus < 1, negative tokens/price/intensity, PUE < 1, MFU outside (0, 1],
+            an invalid model config — all before any work.
+    """
+    if gpu_type not in DEVICES:
+        raise ConfigError(f"unknown --gpu-type {gpu_type!r}; known: {', '.join(DEVICES)}")
+    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
+        raise ConfigError(f"--gpus must be an integer >= 1 (got {gpus!r})")
+    _check_number("--tokens", tokens, low=0, strict=True)
+    _check_number("--price-per-gpu-hour", price_per_gpu_hour, low=0)
+    _check_number("--grid-intensity", grid_intensity_g_per_kwh, low=0)
+    _check_number("--pue", pue, low=1.0)
+    _check_number("--mfu", mfu, low=0, strict=True, high=1.0)
+    _check_number("--peak-tflops", peak_tflops, low=0, strict=True)
+    _check_number("--gpu-memory", gpu_memory_gb, low=0, strict=True)
+    _check_number("--power-watts", power_watts, low=0)
+    if not isinstance(cfg, ZeroLMConfig):
+        raise ConfigError(f"plan_run needs a ZeroLMConfig (got {type(cfg).__name__})")
+    cfg = ZeroLMConfig.model_validate(cfg.model_dump(exclude_unset=True))  # re-validate one built or edited in code
+    from zerolm.pretrain.models import flops_per_token, resolve_model_config
+
+    mc = resolve_model_config(cfg.model)
+    assumptions: dict[str, str] = {}
+    vocab, vocab_src = _vocab_of(cfg, vocab_size)
+    assumptions["vocab"] = f"{vocab} from {vocab_src}"
+    seq, mb, tc = cfg.data.seq_len, cfg.data.micro_batch_size, cfg.train
+    counts = _model_counts(mc, vocab=vocab, seq_len=seq)
+    n = counts["total"]
+
+    dev = dict(DEVICES[gpu_type])
+    if peak_tflops is not None:
+        peak, peak_src = float(peak_tflops), "given (--peak-tflops)"
+    elif dev["peak_tflops"] is not None:
+        peak, peak_src = dev["peak_tflops"], f"{dev['name']} data sheet, dense {'fp32' if gpu_type == 'cpu' else 'bf16/fp16'}"
+    else:
+        from zerolm.pretrain.metrics import measure_matmul_peak
+
+        peak, peak_src = measure_matmul_peak() / 1e12, "measured fp32 matmul peak of this machine (this process's threads)"
+    assumptions["peak"] = f"{peak:g} TFLOP/s per device: {peak_src}"
+    mem_gb = gpu_memory_gb if gpu_memory_gb is not None else dev["memory_gb"]
+    if mem_gb is None:  # cpu: physical memory
+        import os
+
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GB
+        assumptions["memory"] = (f"{mem_gb:.1f} GB: this machine's physical memory; "
+                                 f"{OVERHEAD_FRACTION:.0%} reserved for framework overhead")
+    else:
+        assumptions["memory"] = f"{mem_gb:g} GB per device ({'given' if gpu_memory_gb is not None else dev['name']}); " \
+                                f"{OVERHEAD_FRACTION:.0%} reserved for framework overhead"
+    usable = mem_gb * GB * (1.0 - OVERHEAD_FRACTION)
+
+    # memory per rank
+    rows = []
+    offloads = list(_OFFLOADS)
+    if tc.offload_params and not tc.offload_optimizer:
+        offloads.append(("params", False, True))
+    for stage in (0, 1, 2, 3):
+        for name, off_opt, off_par in offloads:
+            if (off_opt and stage == 0) or (off_par and stage != 3):
+                continue
+            ms = model_state_bytes(n, counts["largest_layer"], stage=stage, dp=gpus, precision=tc.precision,
+                                   offload_optimizer=off_opt, offload_params=off_par)
+            row: dict[str, Any] = {"zero_stage": stage, "offload": name, **{k: ms[k] for k in ("params", "grads", "optimizer", "gathered", "cpu")},
+                                   "current": stage == tc.zero_stage and off_opt == tc.offload_optimizer and off_par == tc.offload_params}
+            for ckpt in (False, True):
+                act = activation_bytes(seq_len=seq, micro_batch=mb, d_model=mc.d_model, n_head=mc.n_head,
+                                       n_layer=mc.n_layer, vocab=vocab, precision=tc.precision, checkpointing=ckpt)
+                per_b = act["total"] / mb  # every activation term is linear in the micro-batch
+                key = "ckpt" if ckpt else "no_ckpt"
+                total = ms["device"] + act["total"]
+                row[f"activations_{key}"] = act["total"]
+                row[f"total_{key}"] = total
+                row[f"fits_{key}"] = total <= usable
+                row[f"max_micro_batch_{key}"] = max(0, int((usable - ms["device"]) // per_b))
+            rows.append(row)
+    act_now = activation_bytes(seq_len=seq, micro_batch=mb, d_model=mc.d_model, n_head=mc.n_head, n_layer=mc.n_layer,
+                               vocab=vocab, precision=tc.precision, checkpointing=tc.activation_checkpointing)
+    assumptions["activations"] = ("Korthikanti et al. 2022 eq. 2, s·b·h·(34+5as/h) B/layer (×2 in fp32); "
+                                  "checkpointing 2sbh/layer + one layer; + fp32 logits 4sbV; leaves out flash-attention "
+                                  "savings, GQA/non-4h MLPs, logits gradient, comm buckets")
+    assumptions["model_states"] = ("Adam: working params+grads, fp32 master 4N + moments 8N + fp32 grad 4N "
+                                   "(ZeRO paper K=12, DeepSpeed's +4N fp32 grad), partitioned per stage")
+
+    # time
+    fpt = flops_per_token(n, mc.n_layer, mc.d_model, seq)
+    accum = tc.gradient_accumulation_steps
+    if tc.global_batch_size is not None:
+        seqs_per_step = tc.global_batch_size
+    else:
+        seqs_per_step = mb * (accum or 1) * gpus
+    tokens_per_step = seqs_per_step * seq
+    if tokens is None:
+        tokens = float(tc.max_steps * tokens_per_step)
+        assumptions["tokens"] = f"train.max_steps ({tc.max_steps}) × {seqs_per_step} sequences × seq_len {seq}"
+    else:
+        assumptions["tokens"] = "given (--tokens)"
+    mfu_v = DEFAULT_MFU if mfu is None else float(mfu)
+    assumptions["mfu"] = f"{mfu_v:g} ({'assumed default' if mfu is None else 'given'})"
+    total_flops = fpt * tokens
+    cluster_flops = gpus * peak * 1e12 * mfu_v
+    wall_s = total_flops / cluster_flops
+    gpu_hours = gpus * wall_s / 3600.0
+    time = {
+        "flops_per_token": fpt, "total_flops": total_flops, "tokens": tokens, "tokens_per_step": tokens_per_step,
+        "step_time_s": tokens_per_step * fpt / cluster_flops, "tokens_per_s": cluster_flops / fpt,
+        "wall_s": wall_s, "wall_days": wall_s / 86400.0, "gpu_hours": gpu_hours, "gpu_years": gpu_hours / HOURS_PER_YEAR,
+        "steps": tokens / tokens_per_step,
+    }
+    assumptions["flops"] = "6N + 12·L·d_model·seq_len per token (PaLM App. B; the trainer's MFU formula)"
+
+    # money and footprint
+    cost = None if price_per_gpu_hour is None else gpu_hours * price_per_gpu_hour
+    assumptions["price"] = "not given (--price-per-gpu-hour)" if price_per_gpu_hour is None else f"${price_per_gpu_hour:g}/GPU-hour (given)"
+    pue_v = DEFAULT_PUE if pue is None else float(pue)
+    assumptions["pue"] = f"{pue_v:g} ({'assumed default' if pue is None else 'given'})"
+    grid = DEFAULT_GRID_G_PER_KWH if grid_intensity_g_per_kwh is None else float(grid_intensity_g_per_kwh)
+    assumptions["grid"] = f"{grid:g} gCO2e/kWh ({'assumed: IEA 2019 world average' if grid_intensity_g_per_kwh is None else 'given'})"
+    watts = power_watts if power_watts is not None else dev["tdp_w"]
+    if watts is None:
+        energy_kwh = co2_kg = None
+        assumptions["power"] = "unknown for cpu: give --power-watts"
+    else:
+        energy_kwh = gpus * watts / 1000.0 * (wall_s / 3600.0) * pue_v
+        co2_kg = energy_kwh * grid / 1000.0
+        assumptions["power"] = f"{watts:g} W per device ({'given' if power_watts is not None else 'TDP, ' + dev['name']})"
+    return {
+        "model": {"family": mc.family, "preset": mc.preset, "n_layer": mc.n_layer, "d_model": mc.d_model,
+                  "n_head": mc.n_head, "vocab": vocab, "seq_len": seq, "micro_batch_size": mb,
+                  "params": n, "non_embedding_params": counts["non_embedding"], "largest_layer_params": counts["largest_layer"],
+                  "precision": tc.precision, "zero_stage": tc.zero_stage, "activation_checkpointing": tc.activation_checkpointing},
+        "device": {"type": gpu_type, "count": gpus, "peak_tflops": peak, "memory_gb": mem_gb, "power_w": watts},
+        "memory": rows,
+        "activations_current": act_now,
+        "time": time,
+        "cost": {"usd": cost, "price_per_gpu_hour": price_per_gpu_hour},
+        "energy": {"kwh": energy_kwh, "co2e_kg": co2_kg, "pue": pue_v, "grid_g_per_kwh": grid},
+        "assumptions": assumptions,
+    }
+
+
+def _num(x: float) -> str:
+    """3 significant digits below 100, whole numbers with thousands separators above."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _gib(x: float) -> str:
+    return _num(x / 2**30)
+
+
+def _dur(s: float) -> str:
+    if s < 1:
+        return f"{s * 1000:.3g} ms"
+    if s < 120:
+        return f"{s:.2f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    if s < 3 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
+
+
+def plan_renderables(plan: dict[str, Any]) -> list[Any]:
+    """Rich renderables of a :func:`plan_run` result: a memory table (GiB per rank) and a
+    time/money/energy table whose last column names the assumption behind each number."""
+    from rich.table import Table
+
+    m, d = plan["model"], plan["device"]
+    ckpt = m["activation_checkpointing"]
+    key = "ckpt" if ckpt else "no_ckpt"
+    other = "no_ckpt" if ckpt else "ckpt"
+    mem = Table(title=f"memory per rank (GiB): {m['family']} {m['preset'] or 'custom'}, {m['params'] / 1e6:,.1f}M params, "
+                      f"{m['precision']}, seq {m['seq_len']} × micro-batch {m['micro_batch_size']}, {d['count']} × {d['type']} "
+                      f"({d['memory_gb']:.0f} GB)")
+    for col in ("ZeRO", "offload", "params", "grads", "optim", "gathered", f"activ.{' (ckpt)' if ckpt else ''}", "total",
+                "fits", "max mb", f"max mb {'no ckpt' if ckpt else 'ckpt'}", "CPU/rank"):
+        mem.add_column(col, justify="left" if col in ("ZeRO", "offload", "fits") else "right")
+    for r in plan["memory"]:
+        mem.add_row(
+            f"{r['zero_stage']}{' *' if r['current'] else ''}", r["offload"], _gib(r["params"]), _gib(r["grads"]),
+            _gib(r["optimizer"]), _gib(r["gathered"]), _gib(r[f"activations_{key}"]), _gib(r[f"total_{key}"]),
+            "yes" if r[f"fits_{key}"] else "[red]no[/red]", str(r[f"max_micro_batch_{key}"]),
+            str(r[f"max_micro_batch_{other}"]), _gib(r["cpu"]), style="bold" if r["current"] else None,
+        )
+    t, e, a = plan["time"], plan["energy"], plan["assumptions"]
+    run = Table(title="time, money, footprint (* = this config's ZeRO setting)")
+    run.add_column("quantity")
+    run.add_column("value", justify="right")
+    run.add_column("assumption")
+    run.add_row("parameters", f"{m['params']:,}", f"vocabulary: {a['vocab']}")
+    run.add_row("FLOPs per token", f"{t['flops_per_token']:.4g}", a["flops"])
+    run.add_row("tokens", f"{t['tokens']:.4g}", a["tokens"])
+    run.add_row("training FLOPs", f"{t['total_flops']:.4g}", "")
+    run.add_row("peak per device", f"{d['peak_tflops']:g} TFLOP/s", a["peak"])
+    run.add_row("MFU", f"{float(a['mfu'].split()[0]):.3g}", a["mfu"])
+    run.add_row("step time", _dur(t["step_time_s"]), f"{t['tokens_per_step']:,} tokens/step")
+    run.add_row("tokens/s", f"{t['tokens_per_s']:,.0f}", f"{d['count']} devices")
+    run.add_row("wall time", _dur(t["wall_s"]), f"{t['steps']:,.0f} steps")
+    run.add_row("GPU-hours", _num(t["gpu_hours"]), f"{_num(t['gpu_years'])} GPU-years")
+    run.add_row("cost", "—" if plan["cost"]["usd"] is None else f"${_num(plan['cost']['usd'])}", a["price"])
+    run.add_row("energy", "—" if e["kwh"] is None else f"{_num(e['kwh'])} kWh", f"{a['power']}; PUE {a['pue']}")
+    run.add_row("CO2e", "—" if e["co2e_kg"] is None else f"{_num(e['co2e_kg'])} kg", a["grid"])
+    return [mem, run, f"activations: {a['activations']}", f"model states: {a['model_states']}"]
+
+
+__all__ = ["DEFAULT_GRID_G_PER_KWH", "DEFAULT_MFU", "DEFAULT_PUE", "DEVICES", "OVERHEAD_FRACTION",
+           "activation_bytes", "model_state_bytes", "plan_renderables", "plan_run"]
