@@ -34,6 +34,7 @@ from zerolm import fsutil
 from zerolm.fsutil import check_replaceable
 from zerolm.redact import redact
 from zerolm.errors import DataError
+from zerolm.pretrain.emissions import card_co2, summary_line
 from zerolm.pretrain.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,9 @@ def render_model_card(
         "pipeline_tag": "text-generation" if causal else "fill-mask",
         "tags": ["zerolm", "causal-lm" if causal else "masked-lm", model_cfg.family],
     }
+    co2 = card_co2(complete.get("emissions"))
+    if co2:  # the Hub's carbon metadata: grams CO2e, how measured, where, on what
+        metadata["co2_eq_emissions"] = co2
     arch = (hf_cfg.architectures or [type(hf_cfg).__name__])[0]
     metrics = complete.get("metrics") or {}
     positions = getattr(hf_cfg, "max_position_embeddings", None)
@@ -175,6 +179,8 @@ def render_model_card(
     ]
     if "eval/accuracy" in metrics:
         training.append(f"- final validation masked-token accuracy: {_fmt(metrics.get('eval/accuracy'))}")
+    if co2:
+        training.append(f"- energy and emissions (this stage, to checkpoint `{tag}`): {summary_line(complete['emissions'])}")
     data = ["## Data", ""]
     if manifest:
         data += [
@@ -360,6 +366,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
             "step": complete.get("step"),
             "tokens_seen": complete.get("tokens_seen"),
             "metrics": complete.get("metrics") or {},
+            "emissions": complete.get("emissions"),
             "family": model_cfg.family,
             "objective": objective,
             "params": counts,

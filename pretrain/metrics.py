@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 
 import psutil
@@ -49,3 +50,22 @@ def memory_stats(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         out["memory/cuda_max_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (bytes)."""
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    """The largest resident memory this process has had so far (bytes; Linux ``ru_maxrss`` is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def median(values: list[float]) -> float | None:
+    """The median of ``values`` (None for none)."""
+    v = sorted(values)
+    if not v:
+        return None
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else 0.5 * (v[mid - 1] + v[mid])

@@ -33,8 +33,9 @@ def sample(model_dir: str | Path, prompts: list[str] | None = None, max_new_toke
         seed: sampling seed (generation uses top-k 40, temperature 0.8).
 
     Returns:
-        ``{"kind": "clm"|"mlm", "validation": {...} or None, "samples": [...]}`` (the kind as
-        :func:`zerolm.hf_models.model_kind` tells it: the config's vocabulary).
+        ``{"kind": "clm"|"mlm", "validation": {...} or None, "emissions": {...} or None, "samples": [...]}``
+        (the kind as :func:`zerolm.hf_models.model_kind` tells it: the config's vocabulary; validation
+        metrics and the training's energy/CO2e as ``zerolm_export.json`` records them, for a zerolm export).
 
     Raises:
         DataError: the folder holds no causal or masked LM.
@@ -44,7 +45,8 @@ def sample(model_dir: str | Path, prompts: list[str] | None = None, max_new_toke
     model_dir = Path(model_dir)
     kind = model_kind(model_dir)
     meta_path = model_dir / "zerolm_export.json"
-    validation = json.loads(meta_path.read_text()).get("metrics") if meta_path.is_file() else None
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    validation, emissions = meta.get("metrics"), meta.get("emissions")
     if kind == "clm":
         gen = pipeline("text-generation", model=str(model_dir))
         set_seed(seed)
@@ -52,11 +54,11 @@ def sample(model_dir: str | Path, prompts: list[str] | None = None, max_new_toke
         for p in prompts or DEFAULT_PROMPTS:
             text = gen(p, max_new_tokens=max_new_tokens, do_sample=True, top_k=40, temperature=0.8)[0]["generated_text"]
             out.append({"prompt": p, "continuation": text[len(p):]})
-        return {"kind": kind, "validation": validation, "samples": out}
+        return {"kind": kind, "validation": validation, "emissions": emissions, "samples": out}
     fill = pipeline("fill-mask", model=str(model_dir), top_k=5)
     mask = fill.tokenizer.mask_token
     out = []
     for s in prompts or DEFAULT_MASKED:
         preds = fill(s.replace("[MASK]", mask))
         out.append({"text": s, "predictions": [(p["token_str"].strip(), round(float(p["score"]), 3)) for p in preds]})
-    return {"kind": kind, "validation": validation, "samples": out}
+    return {"kind": kind, "validation": validation, "emissions": emissions, "samples": out}

@@ -42,7 +42,8 @@ from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
 from zerolm.pretrain import checkpoint as ckpt
 from zerolm.pretrain import distributed
 from zerolm.pretrain.engine import Engine, check_precision
-from zerolm.pretrain.metrics import measure_matmul_peak, memory_stats, mfu
+from zerolm.pretrain.emissions import EnergyMeter, summary_line
+from zerolm.pretrain.metrics import measure_matmul_peak, median, memory_stats, mfu, peak_rss_bytes, rss_bytes
 from zerolm.pretrain import init_from
 from zerolm.pretrain.models import (build_model, count_parameters, describe_model, flops_per_token, objective_of,
                              resolve_model_config, special_ids_of)
@@ -257,6 +258,7 @@ class Trainer:
                  build: Callable[[ZeroLMConfig, distributed.DistEnv], tuple[ZeroLMConfig, Components]] = pretraining_components,
                  downstream: Callable[..., Callable[[Engine, int], dict[str, float]]] | None = None) -> None:
         self.env = env
+        self.baseline_rss = rss_bytes()  # the runtime (imports, process group) before data and model
         check_precision(cfg.train.precision)
         saved = self._newest_signature(Path(cfg.train.run_dir) / "checkpoints")
         micro, self.grad_accum, self.global_batch = batch_arithmetic(
@@ -311,6 +313,9 @@ class Trainer:
             self.step, self.tokens_seen = st["step"], st["tokens_seen"]
             log.info("continuing the optimizer state and step count of %s/%s: step %d, lr %.3g",
                      st["root"], st["tag"], self.step, self.engine.lr)
+        self.energy = EnergyMeter(cfg.tracking.emissions, env, self.engine.device.type,
+                                  ckpt.read_record(self.root, resumed).get("emissions") if resumed else None)
+        self.windows: list[tuple[float, float, float]] = []  # (s/step, tokens/s, MFU) of each log window
         self.line = ckpt.lineage(self.root, resumed)  # this run line's tags (retention counts only these)
         if env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -328,7 +333,10 @@ class Trainer:
                      f" | {', '.join(on)}" if on else "")
 
     def release(self) -> None:
-        """Give up the run-directory lock (training is over; export may follow in this process)."""
+        """Stop the energy tracker and give up the run-directory lock (training is over; export may
+        follow in this process)."""
+        if getattr(self, "energy", None) is not None:
+            self.energy.stop()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -448,6 +456,7 @@ class Trainer:
             log.warning("%s was not written by this run (it could not be loaded); moved to %s, not overwritten",
                         self.root / tag, moved)
         data_states = distributed.gather_to_main(self.loader.state_dict())
+        energy = self.energy.state() if self.energy.enabled else None  # a collective: every rank
         dist.barrier()
         self.engine.save(self.root, tag)
         ckpt.save_client_state(self.root, tag, self.env.rank, {"rng": ckpt.rng_state()})
@@ -464,6 +473,7 @@ class Trainer:
                 "metrics": self.metrics, "wandb_run_id": self.tracker.run_id if self.tracker else None,
                 "world_size": self.env.world_size, "run": self.signature, "data_step": self.data_step,
                 "spike_detector": self.detector.state_dict(), "lr_scale_until": self.lr_scale_until,
+                **({"emissions": energy} if energy else {}),
             })
             keep_before = self.step - self.spike_cfg.rollback_margin_steps if self.spike_cfg.enabled else None
             removed = ckpt.prune(self.root, self.cfg.train.keep_last, self.line | self.written, tag, keep_before)
@@ -616,11 +626,44 @@ class Trainer:
                   "nonfinite_skipped": self.nonfinite_total, "parameters": self.parts.parameters,
                   **({"loss_scale_skipped": self.loss_scale_skipped} if tc.precision == "fp16" else {}),
                   "spike_recoveries": [{k: v for k, v in r.items() if k != "data_states"} for r in self.recoveries],
-                  **self.metrics}
+                  **self.metrics, **self._measured()}
         if self.tracker:
+            if "emissions" in result:
+                log.info("%s", summary_line(result["emissions"]))
             self.tracker.summary(result)
             self.tracker.finish()
         return result
+
+    def _measured(self) -> dict[str, Any]:
+        """What this run measured of itself, for ``result.json`` (a collective: every rank calls it).
+
+        ``memory``: per rank, the RSS when the trainer started (the runtime: imports, the process
+        group), the peak RSS, and on CUDA the peak allocated (GiB); ``throughput``: medians over the
+        log windows after the first (s/step, tokens/s, MFU) and the peak the MFU is against;
+        ``train/energy_kwh``, ``train/co2_kg`` (and ``train/cost``) with ``emissions`` (how).
+        """
+        mine = [self.baseline_rss / 2**30, peak_rss_bytes() / 2**30]
+        if self.engine.device.type == "cuda":
+            mine.append(torch.cuda.max_memory_allocated(self.engine.device) / 2**30)
+        per_rank = distributed.gather_to_main(mine)
+        energy = self.energy.state() if self.energy.enabled else None
+        out: dict[str, Any] = {}
+        if energy:
+            out.update({"train/energy_kwh": energy["energy_kwh"], "train/co2_kg": energy["co2_kg"],
+                        **({"train/cost": energy["cost"]} if "cost" in energy else {}), "emissions": energy})
+        if per_rank is not None:
+            out["memory"] = {
+                "baseline_rss_gib": [r[0] for r in per_rank], "peak_rss_gib": [r[1] for r in per_rank],
+                **({"cuda_max_allocated_gib": [r[2] for r in per_rank]} if len(per_rank[0]) > 2 else {}),
+                "baseline": "RSS when the trainer started: after imports and process-group init, before the data "
+                            "loader and model were built"}
+        steady = self.windows[1:] or self.windows
+        if steady:
+            out["throughput"] = {"step_time_s": median([w[0] for w in steady]),
+                                 "tokens_per_second": median([w[1] for w in steady]),
+                                 "mfu": median([w[2] for w in steady]), "windows": len(steady),
+                                 "peak_tflops_per_rank": self.peak / 1e12}
+        return out
 
     # -- loss-spike recovery ---------------------------------------------------------------
     def _recover(self, it, first_step: int, loss: float, why: str) -> bool:
@@ -717,7 +760,9 @@ class Trainer:
             "train/tokens_seen": self.tokens_seen,
             "train/nonfinite_skipped": self.nonfinite_total,
             **memory_stats(self.engine.device),
+            **self.energy.totals(),
         }
+        self.windows.append((m["train/step_time_s"], tps, m["train/mfu"]))
         if w["steps"]:  # mean over the window's applied steps (a skipped step has no loss to show)
             m["train/loss"] = w["loss"] / w["steps"]
         gn = self.engine.grad_norm()

@@ -270,6 +270,35 @@ class TrainConfig(_Section):
         return self
 
 
+class EmissionsConfig(_Section):
+    """Energy, CO2e and cost of a run, measured while it trains (``tracking.emissions``).
+
+    One codecarbon ``OfflineEmissionsTracker`` per node (local rank 0, ``tracking_mode="machine"``:
+    the node's CPUs, GPUs and RAM), summed across nodes; it never sends telemetry. Where the hardware
+    has no energy counters (no RAPL, no NVML) codecarbon estimates CPU power from load × a TDP table,
+    and the run says so. ``country_iso_code`` (ISO 3166-1 alpha-3) and ``region`` choose the grid's
+    carbon intensity from codecarbon's tables, unless ``grid_intensity_g_per_kwh`` (g CO2e/kWh, e.g. your
+    provider's figure) overrides it; ``pue`` multiplies the measured energy;
+    ``price_per_gpu_hour`` (any currency; per device: GPU, or a CPU rank) gives ``train/cost``.
+    A tracker error is a warning: the run trains on without the figures.
+    """
+
+    enabled: bool = True
+    country_iso_code: str = "USA"
+    region: str | None = None
+    grid_intensity_g_per_kwh: float | None = Field(default=None, ge=0.0)
+    pue: float = Field(default=1.0, ge=1.0)
+    price_per_gpu_hour: float | None = Field(default=None, ge=0.0)
+    measure_power_secs: float = Field(default=15.0, gt=0.0)
+
+    @field_validator("country_iso_code")
+    @classmethod
+    def _alpha3(cls, v: str) -> str:
+        if len(v) != 3 or not v.isalpha():
+            raise ValueError(f"country_iso_code must be an ISO 3166-1 alpha-3 code such as USA, FRA, DEU (got {v!r})")
+        return v.upper()
+
+
 class TrackingConfig(_Section):
     """Experiment tracking: W&B plus a local ``metrics.jsonl`` and loss-curve PNG in the run dir.
 
@@ -282,6 +311,7 @@ class TrackingConfig(_Section):
     entity: str | None = None
     run_name: str | None = None
     tags: list[str] = []
+    emissions: EmissionsConfig = EmissionsConfig()
 
 
 class FinetuneConfig(_Section):
