@@ -39,6 +39,7 @@ import torch.distributed as dist
 from zerolm.finetune import sentiment as S
 from zerolm.finetune.sentiment_export import export_meta, export_policy
 from zerolm.config import ZeroLMConfig
+from zerolm.pretrain import distributed
 from zerolm.pretrain.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``(x − mean) / sqrt(var + eps)`` with mean and (population) variance over the masked entries of
     all ranks; masked-out entries become 0."""
-    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(stats)
+    stats = distributed.all_reduce_tensor(torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double())
     mean = stats[0] / stats[2].clamp(min=1)
     var = (stats[1] / stats[2].clamp(min=1) - mean ** 2).clamp(min=0)
     return ((x - mean.float()) * torch.rsqrt(var.float() + eps)) * mask
@@ -178,10 +177,9 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
+    t = distributed.all_reduce_tensor(torch.tensor([values[k] for k in keys], dtype=torch.float64))
+    if dist.is_initialized():
+        t = t / dist.get_world_size()
     return dict(zip(keys, t.tolist()))
 
 
@@ -219,7 +217,6 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         ConfigError: ``batch_size``/``mini_batch_size`` not divisible by the number of ranks.
         DataError: no prompt survives the length filter, or unreadable models/data.
     """
-    from zerolm.pretrain import distributed
     from zerolm.pretrain.tracking import Tracker, run_config
     from zerolm.errors import ConfigError, DataError
 

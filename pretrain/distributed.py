@@ -227,16 +227,40 @@ def shutdown() -> None:
             dist.destroy_process_group()
 
 
-def all_reduce_values(values: list[float], op: str = "sum") -> list[float]:
-    """A few Python numbers reduced over every rank (``op``: ``"sum"``, ``"min"`` or ``"max"``), as
-    float64; returned as they are when no process group (or one process) runs. One collective call."""
+def collective_device():
+    """The device a tensor must be on for this process group's collectives: this process's GPU
+    under NCCL (which has no CPU tensors: an all-reduce of a CPU tensor fails there), else the CPU
+    (gloo)."""
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
-    return t.tolist()
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_tensor(t, op: str = "sum"):
+    """``t`` reduced over every rank (``op``: ``"sum"``, ``"min"`` or ``"max"``), returned on ``t``'s
+    own device; ``t`` itself when no process group (or one process) runs. Moved to
+    :func:`collective_device` for the collective when it lives elsewhere (a CPU tensor under NCCL).
+    One collective call; no host synchronisation when ``t`` is already on the collective's device."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    dev = collective_device()
+    work = t if t.device == dev else t.to(dev)
+    dist.all_reduce(work, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+    return work if work is t else work.to(t.device)
+
+
+def all_reduce_values(values: list[float], op: str = "sum") -> list[float]:
+    """A few Python numbers reduced over every rank (``op``: ``"sum"``, ``"min"`` or ``"max"``), as
+    float64; returned as they are when no process group (or one process) runs. One collective call
+    (on the GPU under NCCL, see :func:`all_reduce_tensor`)."""
+    import torch
+
+    return all_reduce_tensor(torch.tensor(values, dtype=torch.float64), op).tolist()
 
 
 def gather_to_main(obj: Any) -> list[Any] | None:

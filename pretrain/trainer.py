@@ -500,9 +500,7 @@ class Trainer:
         keys = sorted(sums)
         if not keys:
             return {}
-        flat = torch.cat([sums[k].reshape(-1) for k in keys])
-        if dist.is_initialized() and self.env.world_size > 1:
-            dist.all_reduce(flat)
+        flat = distributed.all_reduce_tensor(torch.cat([sums[k].reshape(-1) for k in keys]))
         total, i = {}, 0
         for k in keys:
             size = sums[k].numel()
@@ -546,7 +544,10 @@ class Trainer:
             if self_signal and self.step + 1 == self_signal[0]:
                 os.kill(os.getpid(), self_signal[1])  # test hook: a signal arriving during this step
             poisoned = False
-            loss_sum, local_tokens = 0.0, 0
+            local_tokens = 0
+            # the step's loss and non-finite count stay on the device: no host synchronisation and no
+            # collective between micro-batches, one of each per optimizer step (below, at the last)
+            sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)
             self.data_step += 1
             self.engine.set_lr_scale(tc.inject_spike_lr_factor if self.data_step in tc.inject_spike_at_batches
                                      else self.spike_cfg.lr_scale if self.step < self.lr_scale_until else 1.0)
@@ -558,15 +559,21 @@ class Trainer:
                 loss = self.engine.forward(batch).loss
                 if self.step + 1 in tc.inject_nonfinite_at_steps:
                     loss = loss * float("nan")
-                finite = distributed.all_reduce_values([float(torch.isfinite(loss).item())], "min")[0] == 1.0
-                if not finite:  # guarantee non-finite gradients so the whole step is discarded
-                    poisoned = True
-                    loss = loss * float("nan")
+                d = loss.detach().double()
+                sums += torch.stack([d, (~torch.isfinite(d)).double()])
+                if micro == self.grad_accum - 1:
+                    # [Σ loss over micro-batches and ranks, non-finite count, tokens, stop signals]: the
+                    # step's one collective (a stop signal received later is seen at the next step)
+                    host = torch.tensor([float(local_tokens), float(self.stop_signal)], dtype=torch.float64)
+                    total = distributed.all_reduce_tensor(torch.cat([sums, host.to(sums.device)]))
+                    loss_total, bad, step_tokens, stop_any = total.tolist()
+                    if bad > 0:  # a non-finite loss on some rank: make this last micro-batch's gradients
+                        poisoned = True  # non-finite on every rank, so every rank discards the whole step
+                        loss = loss * float("nan")
                 self.engine.backward(loss)
                 self.engine.step(skip=poisoned and micro == self.grad_accum - 1)
-                loss_sum += float(loss.detach())
             self.step += 1
-            step_loss, step_tokens = distributed.all_reduce_values([loss_sum / self.grad_accum, float(local_tokens)])
+            step_loss = loss_total / self.grad_accum
             self.tokens_seen += int(step_tokens)
             window["tokens"] += int(step_tokens)
             spiking = False
@@ -611,7 +618,7 @@ class Trainer:
             t_aside = time.perf_counter()  # evaluation and checkpointing are not training throughput
             if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
                 self._evaluate_and_log()
-            stop = distributed.all_reduce_values([float(self.stop_signal)], "max")[0] > 0
+            stop = stop_any > 0  # some rank received SIGTERM/SIGUSR1 (signal numbers are > 0)
             if stop:
                 status = "preempted"
             elif tc.stop_at_step is not None and self.step >= tc.stop_at_step and self.step < tc.max_steps:

@@ -47,6 +47,7 @@ def overrides(spec: dict, run: dict) -> list[str]:
         "train.warmup_steps=0",
         "train.peak_flops=1e12",  # skip the matmul-peak measurement
         "tracking.wandb_mode=disabled",
+        "tracking.emissions.enabled=false",  # not what these runs test (tests/test_emissions.py does)
     ]
 
 
