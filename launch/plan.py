@@ -5,6 +5,11 @@ code) and a few facts about the hardware into a plain dict; :func:`plan_renderab
 rich tables (the CLI prints them; ``zerolm plan --json`` prints the dict). Every number carries the
 assumption it rests on. Formulas and sources: ``docs/plan.md``.
 
+After a run, :func:`compare_run` plans the run's own ``config.yaml`` for its world size and sets the plan
+beside what the run measured (``result.json``'s ``memory`` and ``throughput``, or ``metrics.jsonl`` for
+older runs): memory per rank and step time, with ratios; :func:`measured_mfu` gives a run's measured MFU
+to plan another config with (``zerolm plan CONFIG --mfu-from RUN_DIR``).
+
 Memory per rank (bytes), ``N`` parameters, ``g`` data-parallel ranks, ``w`` bytes of the working
 dtype (2 for bf16/fp16, 4 for fp32), Adam(W):
 
@@ -188,7 +193,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
              price_per_gpu_hour: float | None = None, grid_intensity_g_per_kwh: float | None = None,
              pue: float | None = None, mfu: float | None = None, peak_tflops: float | None = None,
              gpu_memory_gb: float | None = None, power_watts: float | None = None,
-             vocab_size: int | None = None) -> dict[str, Any]:
+             vocab_size: int | None = None, mfu_source: str | None = None) -> dict[str, Any]:
     """Plan a pretraining run: memory per rank, time, money, energy and CO2e, with every assumption.
 
     Args:
@@ -201,12 +206,15 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
         price_per_gpu_hour: $ per device-hour (no money line without it).
         grid_intensity_g_per_kwh: gCO2e/kWh (default :data:`DEFAULT_GRID_G_PER_KWH`).
         pue: data-centre power usage effectiveness (default :data:`DEFAULT_PUE`).
-        mfu: model FLOPs utilisation in (0, 1] (default :data:`DEFAULT_MFU`, marked assumed).
+        mfu: model FLOPs utilisation in (0, 1] (default :data:`DEFAULT_MFU`, marked assumed); with
+            ``mfu_source`` (a measured one) any value > 0.
         peak_tflops: override the device's peak (for ``cpu`` the default is measured with
             :func:`zerolm.pretrain.metrics.measure_matmul_peak`, ~1 s).
         gpu_memory_gb: override the device memory (decimal GB).
         power_watts: average power per device (default its TDP; no energy line for ``cpu`` without it).
         vocab_size: override the vocabulary (else the tokenizer folder, else ``tokenizer.vocab_size``).
+        mfu_source: where a given ``mfu`` comes from, printed beside it (default ``given``); e.g.
+            ``measured in RUN_DIR`` from :func:`measured_mfu`.
 
     Returns:
         A JSON-able dict: ``model``, ``device``, ``memory`` (one row per ZeRO stage × offload, the config's
@@ -224,7 +232,8 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     _check_number("--price-per-gpu-hour", price_per_gpu_hour, low=0)
     _check_number("--grid-intensity", grid_intensity_g_per_kwh, low=0)
     _check_number("--pue", pue, low=1.0)
-    _check_number("--mfu", mfu, low=0, strict=True, high=1.0)
+    # a measured MFU may exceed 1 when the run's peak reading was low (a busy machine): allowed, not assumed
+    _check_number("--mfu", mfu, low=0, strict=True, high=None if mfu_source else 1.0)
     _check_number("--peak-tflops", peak_tflops, low=0, strict=True)
     _check_number("--gpu-memory", gpu_memory_gb, low=0, strict=True)
     _check_number("--power-watts", power_watts, low=0)
@@ -309,7 +318,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     else:
         assumptions["tokens"] = "given (--tokens)"
     mfu_v = DEFAULT_MFU if mfu is None else float(mfu)
-    assumptions["mfu"] = f"{mfu_v:g} ({'assumed default' if mfu is None else 'given'})"
+    assumptions["mfu"] = f"{mfu_v:g} ({'assumed default' if mfu is None else (mfu_source or 'given')})"
     total_flops = fpt * tokens
     cluster_flops = gpus * peak * 1e12 * mfu_v
     wall_s = total_flops / cluster_flops
@@ -318,7 +327,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
         "flops_per_token": fpt, "total_flops": total_flops, "tokens": tokens, "tokens_per_step": tokens_per_step,
         "step_time_s": tokens_per_step * fpt / cluster_flops, "tokens_per_s": cluster_flops / fpt,
         "wall_s": wall_s, "wall_days": wall_s / 86400.0, "gpu_hours": gpu_hours, "gpu_years": gpu_hours / HOURS_PER_YEAR,
-        "steps": tokens / tokens_per_step,
+        "steps": tokens / tokens_per_step, "mfu": mfu_v,
     }
     assumptions["flops"] = "6N + 12·L·d_model·seq_len per token (PaLM App. B; the trainer's MFU formula)"
 
@@ -405,7 +414,7 @@ def plan_renderables(plan: dict[str, Any]) -> list[Any]:
     run.add_row("tokens", f"{t['tokens']:.4g}", a["tokens"])
     run.add_row("training FLOPs", f"{t['total_flops']:.4g}", "")
     run.add_row("peak per device", f"{d['peak_tflops']:g} TFLOP/s", a["peak"])
-    run.add_row("MFU", f"{float(a['mfu'].split()[0]):.3g}", a["mfu"])
+    run.add_row("MFU", f"{t['mfu']:.3g}", a["mfu"])
     run.add_row("step time", _dur(t["step_time_s"]), f"{t['tokens_per_step']:,} tokens/step")
     run.add_row("tokens/s", f"{t['tokens_per_s']:,.0f}", f"{d['count']} devices")
     run.add_row("wall time", _dur(t["wall_s"]), f"{t['steps']:,.0f} steps")
@@ -415,6 +424,265 @@ def plan_renderables(plan: dict[str, Any]) -> list[Any]:
     run.add_row("CO2e", "—" if e["co2e_kg"] is None else f"{_num(e['co2e_kg'])} kg", a["grid"])
     return [mem, run, f"activations: {a['activations']}", f"model states: {a['model_states']}"]
 
+# -- plan vs reality on a run directory ---------------------------------------------------------------
+def _read_json(path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+
+
+def _median(values: list[float]) -> float | None:
+    import statistics
+
+    values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return statistics.median(values) if values else None
+
+
+def read_run(run_dir) -> dict[str, Any]:
+    """What a finished (or running) pretraining run recorded about its memory and throughput.
+
+    Reads ``RUN_DIR/config.yaml`` (the resolved config the run used), ``result.json`` (its ``memory`` and
+    ``throughput`` sections, written by the trainer), ``ds_config.json`` and ``metrics.jsonl``. Runs from
+    before the trainer recorded ``memory``/``throughput`` fall back to ``metrics.jsonl`` (rank 0 only; the
+    throughput medians are then taken here over the log windows after the first, as the trainer does; no
+    RSS baseline exists there) — ``notes`` says so.
+
+    Returns:
+        ``{"run_dir", "cfg" (ZeroLMConfig), "world_size", "world_size_source", "throughput" ({"step_time_s",
+        "tokens_per_second", "mfu", "windows", "peak_tflops_per_rank"} or values None), "memory" ({"kind":
+        "rss" | "cuda" | "rss_absolute" | None, "bytes": [per rank], "baseline_bytes", "peak_bytes", "text"}),
+        "cuda" (bool: the run recorded CUDA memory), "notes" (list of str)}``. Bytes are ints/floats
+        (GiB × 2³⁰ as recorded).
+
+    Raises:
+        ConfigError: ``run_dir`` is not a folder or has no ``config.yaml`` (the message names the file); the
+            config fails validation; ``result.json`` / ``metrics.jsonl`` / ``ds_config.json`` exist but are not
+            readable JSON (named); neither ``result.json`` nor ``metrics.jsonl`` exists.
+    """
+    from pathlib import Path
+
+    from zerolm.config import load_config
+
+    root = Path(run_dir)
+    cfg_path = root / "config.yaml"
+    if not root.is_dir():
+        raise ConfigError(f"{root}: not a directory (expected a run directory holding config.yaml)")
+    if not cfg_path.is_file():
+        raise ConfigError(f"{cfg_path}: not found — {root} is not a zerolm run directory")
+    cfg = load_config(cfg_path)
+    notes: list[str] = []
+    res_path, met_path, ds_path = root / "result.json", root / "metrics.jsonl", root / "ds_config.json"
+    result: dict[str, Any] = {}
+    if res_path.is_file():
+        result = _read_json(res_path)
+        if not isinstance(result, dict):
+            raise ConfigError(f"{res_path}: unreadable (expected a JSON object, got {type(result).__name__})")
+    elif not met_path.is_file():
+        raise ConfigError(f"{res_path}: not found (nor {met_path.name}): the run recorded nothing to compare with")
+    else:
+        notes.append(f"no {res_path.name} (run unfinished?): read {met_path.name} only")
+    windows: list[dict[str, Any]] = []
+    if met_path.is_file():
+        import json
+
+        try:
+            lines = met_path.read_text().splitlines()
+            rows = [json.loads(ln) for ln in lines if ln.strip()]
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"{met_path}: unreadable ({type(e).__name__}: {e})") from e
+        windows = [r for r in rows if isinstance(r, dict) and "train/step_time_s" in r]
+
+    mem_rec = result.get("memory") if isinstance(result.get("memory"), dict) else None
+    thr_rec = result.get("throughput") if isinstance(result.get("throughput"), dict) else None
+
+    # world size: the per-rank memory lists, else the DeepSpeed batch arithmetic, else 1
+    world, world_src = None, ""
+    if mem_rec and isinstance(mem_rec.get("peak_rss_gib"), list) and mem_rec["peak_rss_gib"]:
+        world, world_src = len(mem_rec["peak_rss_gib"]), "ranks recorded in result.json memory"
+    elif isinstance(result.get("world_size"), int):
+        world, world_src = result["world_size"], "result.json world_size"
+    elif ds_path.is_file():
+        ds = _read_json(ds_path)
+        try:
+            world = int(ds["train_batch_size"]) // (int(ds["train_micro_batch_size_per_gpu"]) * int(ds.get("gradient_accumulation_steps", 1)))
+            world_src = "ds_config.json: train_batch_size ÷ (micro-batch × accumulation)"
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            world = None
+    if not world or world < 1:
+        world, world_src = 1, "not recorded: assumed 1"
+        notes.append("world size not recorded: assumed 1")
+
+    # throughput
+    if thr_rec and thr_rec.get("step_time_s") is not None:
+        thr = {k: thr_rec.get(k) for k in ("step_time_s", "tokens_per_second", "mfu", "windows", "peak_tflops_per_rank")}
+        thr["source"] = f"{res_path.name} throughput (medians over {thr.get('windows')} log windows after the first)"
+    else:
+        use = windows[1:] if len(windows) > 1 else windows
+        thr = {"step_time_s": _median([w.get("train/step_time_s") for w in use]),
+               "tokens_per_second": _median([w.get("train/tokens_per_second") for w in use]),
+               "mfu": _median([w.get("train/mfu") for w in use]), "windows": len(use), "peak_tflops_per_rank": None,
+               "source": f"{met_path.name} (rank 0; medians over {len(use)} log windows"
+                         f"{' after the first' if len(windows) > 1 else ''}; no throughput in result.json)"}
+        if windows:
+            notes.append(f"throughput from {met_path.name} (older run: no throughput section in result.json)")
+
+    # memory
+    cuda = False
+    mem: dict[str, Any] = {"kind": None, "bytes": None, "baseline_bytes": None, "peak_bytes": None, "text": "not recorded"}
+    if mem_rec:
+        cu = mem_rec.get("cuda_max_allocated_gib")
+        if isinstance(cu, list) and cu and all(isinstance(v, (int, float)) for v in cu):
+            cuda = True
+            mem.update(kind="cuda", bytes=[v * 2**30 for v in cu],
+                       text="torch.cuda.max_memory_allocated per rank (tensors only; no CUDA context or allocator cache)")
+        else:
+            base, peak = mem_rec.get("baseline_rss_gib"), mem_rec.get("peak_rss_gib")
+            if isinstance(base, list) and isinstance(peak, list) and len(base) == len(peak) and peak:
+                mem.update(kind="rss", bytes=[(p - b) * 2**30 for p, b in zip(peak, base)],
+                           baseline_bytes=[b * 2**30 for b in base], peak_bytes=[p * 2**30 for p in peak],
+                           text=f"peak RSS − baseline RSS per rank; baseline: {mem_rec.get('baseline', 'not described')}")
+    elif windows:
+        cu = [w["memory/cuda_max_allocated_gib"] for w in windows if isinstance(w.get("memory/cuda_max_allocated_gib"), (int, float))]
+        rss = [w["memory/rss_gib"] for w in windows if isinstance(w.get("memory/rss_gib"), (int, float))]
+        if cu:
+            cuda = True
+            mem.update(kind="cuda", bytes=[max(cu) * 2**30],
+                       text=f"rank 0's largest torch.cuda.max_memory_allocated in {met_path.name} (older run)")
+        elif rss:
+            mem.update(kind="rss_absolute", bytes=[max(rss) * 2**30],
+                       text=f"rank 0's largest RSS at a log window in {met_path.name} (older run: no baseline recorded, "
+                            "so this includes the Python/torch/DeepSpeed runtime — not comparable with the plan)")
+        notes.append(f"memory from {met_path.name}, rank 0 only (older run: no memory section in result.json)")
+    return {"run_dir": str(root), "cfg": cfg, "world_size": world, "world_size_source": world_src,
+            "throughput": thr, "memory": mem, "cuda": cuda, "notes": notes}
+
+
+def measured_mfu(run_dir) -> tuple[float, str]:
+    """The median MFU a run measured (``result.json`` throughput, else ``metrics.jsonl``), for
+    ``plan_run(mfu=..., mfu_source=...)``.
+
+    Returns:
+        ``(mfu, "measured in RUN_DIR (...)")``.
+
+    Raises:
+        ConfigError: as :func:`read_run`; or the run recorded no positive MFU.
+    """
+    run = read_run(run_dir)
+    v = run["throughput"].get("mfu")
+    if not isinstance(v, (int, float)) or not (0 < v < math.inf):
+        raise ConfigError(f"{run['run_dir']}: no usable measured MFU (got {v!r}) in result.json or metrics.jsonl")
+    warn = "; above 1: that run's peak reading was low (busy machine)" if v > 1 else ""
+    return float(v), f"measured in {run['run_dir']}: {run['throughput']['source']}{warn}"
+
+
+def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = None,
+                vocab_size: int | None = None) -> dict[str, Any]:
+    """Plan a finished run's own config and compare the plan with what the run measured.
+
+    The plan is :func:`plan_run` on ``RUN_DIR/config.yaml`` for the run's world size, with the peak the run
+    measured (``throughput.peak_tflops_per_rank``; for older runs derived as
+    ``flops_per_token × tokens/s per rank ÷ MFU`` from its own records), on ``gpu_type`` (default ``cpu``
+    when the run recorded no CUDA memory, else ``a100`` — the device is not recorded; pass the real one).
+
+    Memory per rank: predicted = the row of the run's ZeRO stage/offload — model states (device) +
+    activations (with/without checkpointing as configured); on CPU the offloaded (host) states live in the
+    same RAM and are added. Measured = peak RSS − the baseline RSS the trainer took (CPU) or
+    ``torch.cuda.max_memory_allocated`` (CUDA). Ratio = measured ÷ predicted.
+
+    Step time: predicted = tokens per step × FLOPs per token ÷ (ranks × peak × MFU). With the run's own
+    measured MFU (default) this is consistent by construction (MFU was computed from the same step times);
+    only a given ``mfu`` (assumed, or measured on another run) makes it a prediction.
+
+    Returns:
+        ``{"run_dir", "world_size", "device", "plan" (the plan_run dict), "memory": {"stage", "offload",
+        "predicted_model_states", "predicted_activations", "predicted_host", "predicted_total", "measured"
+        (per rank or None), "ratio" (per rank or None), "kind", "text"}, "time": {"mfu", "mfu_source",
+        "predicted_step_time_s", "measured_step_time_s", "ratio", "consistent_by_construction",
+        "measured_source"}, "notes"}`` (bytes; seconds).
+
+    Raises:
+        ConfigError: as :func:`read_run` and :func:`plan_run`; a run without recorded throughput and no
+            ``mfu`` given.
+    """
+    from zerolm.pretrain.models import flops_per_token, resolve_model_config
+
+    run = read_run(run_dir)
+    cfg, world, thr = run["cfg"], run["world_size"], run["throughput"]
+    notes = list(run["notes"])
+    gtype = gpu_type or ("a100" if run["cuda"] else "cpu")
+    if gpu_type is None and run["cuda"]:
+        notes.append("device type not recorded: planned as a100 (pass --gpu-type)")
+    peak = thr.get("peak_tflops_per_rank")
+    if peak is None and thr.get("mfu") and thr.get("tokens_per_second"):
+        mc = resolve_model_config(cfg.model)
+        vocab, _ = _vocab_of(cfg, vocab_size)
+        n = _model_counts(mc, vocab=vocab, seq_len=cfg.data.seq_len)["total"]
+        fpt = flops_per_token(n, mc.n_layer, mc.d_model, cfg.data.seq_len)
+        peak = fpt * thr["tokens_per_second"] / world / thr["mfu"] / 1e12
+        notes.append("peak not recorded: derived from the run's own tokens/s and MFU")
+    if mfu is None:
+        if not thr.get("mfu"):
+            raise ConfigError(f"{run['run_dir']}: no measured MFU recorded; give --mfu")
+        mfu_v, src, by_construction = float(thr["mfu"]), f"measured in {run['run_dir']} (this run: consistent by construction)", True
+    else:
+        mfu_v, src, by_construction = float(mfu), "given (--mfu)", False
+    plan = plan_run(cfg, gpus=world, gpu_type=gtype, mfu=mfu_v, mfu_source=src,
+                    peak_tflops=peak if peak is not None and peak > 0 else None, vocab_size=vocab_size)
+    (row,) = [r for r in plan["memory"] if r["current"]]
+    key = "ckpt" if cfg.train.activation_checkpointing else "no_ckpt"
+    states = row["params"] + row["grads"] + row["optimizer"] + row["gathered"]
+    host = row["cpu"] if gtype == "cpu" else 0.0
+    total = row[f"total_{key}"] + host
+    measured = run["memory"]["bytes"]
+    comparable = run["memory"]["kind"] in ("rss", "cuda")
+    pred_step = plan["time"]["step_time_s"]
+    meas_step = thr.get("step_time_s")
+    return {
+        "run_dir": run["run_dir"], "world_size": world, "world_size_source": run["world_size_source"],
+        "device": plan["device"], "plan": plan,
+        "memory": {"stage": row["zero_stage"], "offload": row["offload"], "predicted_model_states": states,
+                   "predicted_activations": row[f"activations_{key}"], "predicted_host": host, "predicted_total": total,
+                   "measured": measured,
+                   "ratio": [m / total for m in measured] if (measured and comparable and total > 0) else None,
+                   "kind": run["memory"]["kind"], "text": run["memory"]["text"]},
+        "time": {"mfu": mfu_v, "mfu_source": src, "predicted_step_time_s": pred_step, "measured_step_time_s": meas_step,
+                 "ratio": (meas_step / pred_step) if meas_step else None, "consistent_by_construction": by_construction,
+                 "measured_source": thr.get("source")},
+        "notes": notes,
+    }
+
+
+def compare_renderables(cmp: dict[str, Any]) -> list[Any]:
+    """Rich renderables of a :func:`compare_run` result: per-rank memory (GiB) and step time, predicted vs
+    measured with ratios, then the plan's own tables, the measurement sources and any notes."""
+    from rich.table import Table
+
+    m, t = cmp["memory"], cmp["time"]
+    tab = Table(title=f"plan vs measured: {cmp['run_dir']} ({cmp['world_size']} ranks, ZeRO-{m['stage']}, "
+                      f"offload {m['offload']}, {cmp['device']['type']})")
+    for col in ("quantity", "rank", "predicted", "measured", "measured ÷ predicted"):
+        tab.add_column(col, justify="left" if col == "quantity" else "right")
+    measured = m["measured"] or [None]
+    for r, val in enumerate(measured):
+        ratio = m["ratio"][r] if m["ratio"] else None
+        tab.add_row("memory (GiB)" if r == 0 else "", str(r) if m["measured"] else "—", _gib(m["predicted_total"]),
+                    "—" if val is None else _gib(val), "—" if ratio is None else f"{ratio:.2f}")
+    tab.add_row("step time", "all", _dur(t["predicted_step_time_s"]),
+                "—" if t["measured_step_time_s"] is None else _dur(t["measured_step_time_s"]),
+                "—" if t["ratio"] is None else f"{t['ratio']:.2f}")
+    out: list[Any] = [tab,
+                      f"predicted memory = model states {_gib(m['predicted_model_states'])} GiB + activations "
+                      f"{_gib(m['predicted_activations'])} GiB" + (f" + host (offloaded) {_gib(m['predicted_host'])} GiB"
+                                                                     if m["predicted_host"] else ""),
+                      f"measured memory: {m['text']}",
+                      f"step time: MFU {t['mfu']:.3g} {t['mfu_source']}; measured: {t['measured_source']}"]
+    out += [f"note: {n}" for n in cmp["notes"]]
+    return out + plan_renderables(cmp["plan"])
+
 
 __all__ = ["DEFAULT_GRID_G_PER_KWH", "DEFAULT_MFU", "DEFAULT_PUE", "DEVICES", "OVERHEAD_FRACTION",
-           "activation_bytes", "model_state_bytes", "plan_renderables", "plan_run"]
+           "activation_bytes", "compare_renderables", "compare_run", "measured_mfu", "model_state_bytes",
+           "plan_renderables", "plan_run", "read_run"]

@@ -160,3 +160,120 @@ def test_every_preset_and_family_plans():
         assert z3["params"] == pytest.approx(z0["params"] / 4)
         assert z0["optimizer"] == pytest.approx(16 * plan["model"]["params"])
         assert z3["optimizer"] == pytest.approx(z0["optimizer"] / 4)
+
+
+# -- plan vs reality on a run directory ------------------------------------------------------------
+def _run_dir(tmp_path, *, stage=2, micro=4, seq=64, result=None, metrics=None, ds=None):
+    """A hand-made run directory: config.yaml as the trainer writes it (the resolved config), plus the
+    given result.json / metrics.jsonl / ds_config.json."""
+    from zerolm.config import save_config
+    from zerolm.pretrain.models import resolve_model_config
+
+    cfg = load_config("configs/pretrain/tiny_gpt.yaml", [
+        f"data.seq_len={seq}", f"data.micro_batch_size={micro}", f"train.zero_stage={stage}",
+        f"data.tokenizer_dir={tmp_path / 'no_tokenizer'}"])  # no tokenizer: vocab = tokenizer.vocab_size
+    cfg = cfg.model_copy(update={"model": resolve_model_config(cfg.model)})
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    if result is not None:
+        (run / "result.json").write_text(json.dumps(result))
+    if metrics is not None:
+        (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    if ds is not None:
+        (run / "ds_config.json").write_text(json.dumps(ds))
+    return run, cfg
+
+
+def _tiny_params(vocab, seq):
+    """Unique parameters of the tiny GPT-2, counted here on a real model (tied embeddings once)."""
+    from zerolm.pretrain.models import build_model, resolve_model_config
+
+    model = build_model(resolve_model_config(ModelConfig(family="gpt2", preset="tiny")), vocab_size=vocab,
+                        seq_len=seq, special_ids={"bos": 0, "eos": 1, "pad": 2})
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+RESULT = {"status": "completed", "step": 20,
+          "memory": {"baseline_rss_gib": [0.50, 0.52], "peak_rss_gib": [0.90, 0.96], "baseline": "after imports"},
+          "throughput": {"step_time_s": 0.2, "tokens_per_second": 2560.0, "mfu": 0.3, "windows": 4,
+                         "peak_tflops_per_rank": 0.1}}
+
+
+def test_compare_run_against_an_independent_computation(tmp_path):
+    from zerolm.launch.plan import compare_run
+
+    run, cfg = _run_dir(tmp_path, result=RESULT)
+    V, s, b, L, h, a, g = cfg.tokenizer.vocab_size, 64, 4, 2, 64, 2, 2  # tiny: 2 layers, d_model 64, 2 heads
+    n = _tiny_params(V, s)
+    cmp = compare_run(run)
+    assert cmp["world_size"] == 2 and cmp["device"]["type"] == "cpu" and cmp["device"]["peak_tflops"] == 0.1
+    # fp32 ZeRO-2 on 2 ranks: params 4N + grads 4N/2 + (fp32 master 4N + Adam 8N)/2 = 12N bytes
+    assert cmp["memory"]["predicted_model_states"] == pytest.approx(12 * n)
+    act = L * s * b * h * (34 + 5 * a * s / h) * 2 + 4 * s * b * V  # Korthikanti eq. 2 (x2 fp32) + fp32 logits
+    assert cmp["memory"]["predicted_total"] == pytest.approx(12 * n + act)
+    measured = [(0.90 - 0.50) * 2**30, (0.96 - 0.52) * 2**30]
+    assert cmp["memory"]["measured"] == pytest.approx(measured)
+    assert cmp["memory"]["ratio"] == pytest.approx([m / (12 * n + act) for m in measured])
+    step = (b * g * s) * (6 * n + 12 * L * h * s) / (g * 0.1e12 * 0.3)
+    assert cmp["time"]["predicted_step_time_s"] == pytest.approx(step)
+    assert cmp["time"]["ratio"] == pytest.approx(0.2 / step)
+    assert cmp["time"]["consistent_by_construction"] and "measured in" in cmp["time"]["mfu_source"]
+    # an MFU from elsewhere makes it a prediction: half the MFU, twice the time
+    other = compare_run(run, mfu=0.15)
+    assert other["time"]["predicted_step_time_s"] == pytest.approx(2 * step)
+    assert not other["time"]["consistent_by_construction"]
+
+
+def test_compare_run_older_run_reads_metrics_jsonl(tmp_path):
+    from zerolm.launch.plan import compare_run
+
+    windows = [{"step": i, "train/step_time_s": t, "train/mfu": u, "train/tokens_per_second": 1000.0 / t,
+                "memory/rss_gib": r} for i, (t, u, r) in enumerate([(9.0, 0.01, 0.7), (0.3, 0.2, 0.8), (0.5, 0.4, 0.9),
+                                                                    (0.4, 0.3, 0.85)], 1)]
+    run, _ = _run_dir(tmp_path, result={"status": "completed"}, metrics=windows + [{"step": 4, "eval/loss": 5.0}],
+                      ds={"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 1})
+    cmp = compare_run(run)
+    assert cmp["world_size"] == 2  # 8 / (4 x 1) from ds_config.json
+    assert cmp["time"]["measured_step_time_s"] == pytest.approx(0.4)  # median of the windows after the first
+    assert cmp["time"]["mfu"] == pytest.approx(0.3)
+    assert cmp["memory"]["kind"] == "rss_absolute" and cmp["memory"]["ratio"] is None  # no baseline: no ratio
+    assert cmp["memory"]["measured"] == pytest.approx([0.9 * 2**30])
+    assert any("metrics.jsonl" in n for n in cmp["notes"])
+
+
+def test_compare_run_bad_directory_is_a_config_error(tmp_path):
+    from zerolm.launch.plan import compare_run
+
+    with pytest.raises(ConfigError, match="config.yaml"):
+        compare_run(tmp_path)
+    with pytest.raises(ConfigError, match="not a directory"):
+        compare_run(tmp_path / "missing")
+    run, _ = _run_dir(tmp_path)
+    (run / "result.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="result.json"):
+        compare_run(run)
+    (run / "result.json").unlink()  # neither result.json nor metrics.jsonl
+    with pytest.raises(ConfigError, match="result.json"):
+        compare_run(run)
+
+
+def test_cli_mfu_from_and_run_dir(tmp_path, capsys):
+    from zerolm.cli import main
+
+    run, _ = _run_dir(tmp_path, result=RESULT)
+    assert main(["plan", QUICKSTART, "--gpu-type", "h100", "--tokens", "1e9", "--json", "--mfu-from", str(run)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["time"]["mfu"] == 0.3 and plan["assumptions"]["mfu"].startswith("0.3 (measured in")
+    assert plan["time"]["wall_s"] == pytest.approx(1e9 * plan["time"]["flops_per_token"] / (989e12 * 0.3))
+    assert main(["plan", QUICKSTART, "--mfu", "0.5", "--mfu-from", str(run)]) == 2  # one or the other
+    assert main(["plan", QUICKSTART, "--mfu-from", str(tmp_path / "nowhere")]) == 2
+    errors = capsys.readouterr().out
+    assert "not both" in errors and "nowhere" in errors
+    assert main(["plan", str(run), "--json"]) == 0
+    cmp = json.loads(capsys.readouterr().out)
+    assert cmp["memory"]["measured"] == pytest.approx([0.4 * 2**30, 0.44 * 2**30])
+    assert main(["plan", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "plan vs measured" in out and "consistent by construction" in out
+    assert main(["plan", str(tmp_path)]) == 2  # a folder without config.yaml

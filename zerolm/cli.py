@@ -140,13 +140,30 @@ def _cmd_finetune_sentiment(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from zerolm.launch.plan import plan_renderables, plan_run
+    from zerolm.launch.plan import compare_renderables, compare_run, measured_mfu, plan_renderables, plan_run
 
+    if Path(args.config).is_dir():  # a run directory: plan its own config and compare with what it measured
+        if args.overrides:
+            raise ConfigError("zerolm plan RUN_DIR takes no config overrides (it plans the run's own config.yaml)")
+        if args.mfu_from:
+            raise ConfigError("--mfu-from is for a config; on a run directory give --mfu or nothing (its own MFU)")
+        cmp = compare_run(args.config, mfu=args.mfu, gpu_type=args.gpu_type, vocab_size=args.vocab_size)
+        if args.json:
+            print(json.dumps(cmp, indent=2, default=str))
+        else:
+            for item in compare_renderables(cmp):
+                console.print(item, highlight=False)
+        return 0
+    mfu, mfu_source = args.mfu, None
+    if args.mfu_from:
+        if args.mfu is not None:
+            raise ConfigError("give either --mfu or --mfu-from, not both")
+        mfu, mfu_source = measured_mfu(args.mfu_from)
     cfg = load_config(args.config, args.overrides)
-    plan = plan_run(cfg, gpus=args.gpus, gpu_type=args.gpu_type, tokens=args.tokens,
+    plan = plan_run(cfg, gpus=args.gpus, gpu_type=args.gpu_type or "a100", tokens=args.tokens,
                     price_per_gpu_hour=args.price_per_gpu_hour, grid_intensity_g_per_kwh=args.grid_intensity,
-                    pue=args.pue, mfu=args.mfu, peak_tflops=args.peak_tflops, gpu_memory_gb=args.gpu_memory,
-                    power_watts=args.power_watts, vocab_size=args.vocab_size)
+                    pue=args.pue, mfu=mfu, peak_tflops=args.peak_tflops, gpu_memory_gb=args.gpu_memory,
+                    power_watts=args.power_watts, vocab_size=args.vocab_size, mfu_source=mfu_source)
     if args.json:
         print(json.dumps(plan, indent=2))
     else:
@@ -223,7 +240,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         title += f" | validation loss {v['eval/loss']:.3f}, perplexity {v['eval/perplexity']:.1f}"
         if "eval/accuracy" in v:
             title += f", masked-token accuracy {v['eval/accuracy']:.1%}"
-    t = Table(title=title, show_lines=True)
+    caption = None
+    if res.get("emissions"):  # what training it cost, as the run measured it (tracking.emissions)
+        from zerolm.pretrain.emissions import summary_line
+
+        caption = f"training: {summary_line(res['emissions'])}"
+    t = Table(title=title, caption=caption, show_lines=True)
     if res["kind"] == "clm":
         t.add_column("prompt")
         t.add_column("sampled continuation")
@@ -434,18 +456,24 @@ def build_parser() -> argparse.ArgumentParser:
         "  zerolm plan configs/pretrain/quickstart_gpt.yaml\n"
         "  zerolm plan configs/pretrain/quickstart_gpt.yaml --gpus 8 --gpu-type h100 --tokens 2e10 \\\n"
         "      --price-per-gpu-hour 2.5 --grid-intensity 350 model.preset=gpt3-125m train.precision=bf16\n"
-        "  zerolm plan configs/pretrain/tiny_gpt.yaml --gpu-type cpu --power-watts 65 --json",
+        "  zerolm plan configs/pretrain/tiny_gpt.yaml --gpu-type cpu --power-watts 65 --json\n"
+        "  zerolm plan configs/pretrain/quickstart_gpt.yaml --gpu-type cpu --mfu-from runs/quickstart/gpt\n"
+        "  zerolm plan runs/quickstart/gpt          # a run directory: plan vs measured memory and step time",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="zerolm YAML config")
+    p.add_argument("config", help="zerolm YAML config, or a run directory (holding config.yaml) to compare plan and reality")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. model.preset=gpt3-125m")
     p.add_argument("--gpus", type=int, default=1, help="devices = data-parallel ranks (default 1)")
-    p.add_argument("--gpu-type", default="a100", help="a100 | a100-40gb | h100 | h200 | v100 | cpu (default a100)")
+    p.add_argument("--gpu-type", default=None, help="a100 | a100-40gb | h100 | h200 | v100 | cpu (default a100; "
+                   "for a run directory: cpu when it ran on CPU)")
     p.add_argument("--tokens", type=float, default=None, help="training tokens (default train.max_steps x global batch x seq_len)")
     p.add_argument("--price-per-gpu-hour", type=float, default=None, help="$ per device-hour (no cost without it)")
     p.add_argument("--grid-intensity", type=float, default=None, help="gCO2e per kWh (default 475, IEA world average)")
     p.add_argument("--pue", type=float, default=None, help="data-centre PUE (default 1.2)")
-    p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation in (0, 1] (default 0.4, assumed)")
+    p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation in (0, 1] (default 0.4, assumed; "
+                   "for a run directory: its own measured MFU)")
+    p.add_argument("--mfu-from", default=None, metavar="RUN_DIR", help="take the MFU a run measured (median over its log "
+                   "windows) instead of assuming one")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s per device (default: the device table; cpu: measured)")
     p.add_argument("--gpu-memory", type=float, default=None, help="memory per device in GB (default: the device table)")
     p.add_argument("--power-watts", type=float, default=None, help="average power per device in W (default: its TDP)")
