@@ -67,7 +67,7 @@ def required_roles(cfg: DataConfig) -> list[str]:
 def check_tokenizer_roles(tokenizer: Any, cfg: DataConfig) -> None:
     """Fail before any work when the tokenizer lacks a special token the objective needs.
 
-    A Hugging Face model's own tokenizer (:class:`~data_pipeline.tokenizer.HFPipelineTokenizer`) may have
+    A Hugging Face model's own tokenizer (:class:`~data_pipeline.hf_tokenizer.HFPipelineTokenizer`) may have
     no such token (GPT-2: no ``[MASK]``/``[CLS]``; BERT: no eos); zerolm's own tokenizers have all.
 
     Raises:
@@ -88,7 +88,7 @@ class PackedStream:
     Args:
         cfg: the data config.
         sources: the sources with their resolved files.
-        tokenizer: a :class:`data_pipeline.tokenizer.PipelineTokenizer` or ``HFPipelineTokenizer``
+        tokenizer: a :class:`data_pipeline.tokenizer.PipelineTokenizer` or :class:`data_pipeline.hf_tokenizer.HFPipelineTokenizer`
             (the roles :func:`required_roles` names must be set; other roles may be None).
         shard: this stream's shard index in ``[0, num_shards)``: a logical shard (training) or a
             (rank, worker) reader (validation).
@@ -370,7 +370,7 @@ class PackedDataLoader:
             (``cfg.validation_sources``, one pass, last block padded).
         rank: this process's data-parallel rank; ``world_size``: the data-parallel size.
         tokenizer: a loaded :class:`~data_pipeline.tokenizer.PipelineTokenizer` or
-            :class:`~data_pipeline.tokenizer.HFPipelineTokenizer` (default: load ``cfg.tokenizer_dir``:
+            :class:`~data_pipeline.hf_tokenizer.HFPipelineTokenizer` (default: load ``cfg.tokenizer_dir``:
             zerolm's own folder or a Hugging Face model's tokenizer folder).
         global_batch_size: sequences per optimizer step over all ranks (= the number of logical
             shards); default ``micro_batch_size × world_size`` (no gradient accumulation).

@@ -13,8 +13,8 @@ from transformers import AutoTokenizer
 
 from zerolm.config import DataConfig, SourceConfig
 from zerolm.data_pipeline.loader import PackedDataLoader
+from zerolm.data_pipeline.hf_tokenizer import HFPipelineTokenizer
 from zerolm.data_pipeline.tokenizer import (
-    HFPipelineTokenizer,
     PipelineTokenizer,
     load_pipeline_tokenizer,
     model_tokenizer,
