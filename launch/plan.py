@@ -24,7 +24,8 @@ dtype (2 for bf16/fp16, 4 for fp32), Adam(W):
   ``estimate_zero3_model_states_mem_needs`` does.
 
 This reproduces DeepSpeed's ``estimate_zero2/3_model_states_mem_needs`` exactly for bf16/fp16 (tested).
-Activations: Korthikanti et al. 2022 (eq. 2, no sequence/tensor parallelism), see :func:`activation_bytes`.
+Apart from the model states: DeepSpeed's gradient-reduction buffer (:func:`comm_buffer_bytes`, read from
+DeepSpeed 0.19.8's code with the bucket sizes of the config zerolm generates). Activations: Korthikanti et al. 2022 (eq. 2, no sequence/tensor parallelism), see :func:`activation_bytes`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ HOURS_PER_YEAR = 365.0 * 24.0
 #: Framework overhead left out of the formulas (CUDA context, allocator fragmentation, comm buckets):
 #: reserved off the device memory before deciding whether a plan fits.
 OVERHEAD_FRACTION = 0.10
+
+#: DeepSpeed 0.19.8 defaults (elements) for the bucket sizes zerolm's ``build_ds_config`` leaves unset:
+#: ``reduce_bucket_size`` (deepspeed/runtime/zero/config.py, ``DeepSpeedZeroConfig.reduce_bucket_size``, used by
+#: stage_1_and_2.py and stage3.py) and ZeRO-0's all-reduce buffer (deepspeed/runtime/engine.py,
+#: ``MEMORY_OPT_ALLREDUCE_SIZE``, the ``bucket_size`` of ``allreduce_gradients``).
+DS_REDUCE_BUCKET_SIZE = 500_000_000
+DS_ZERO0_ALLREDUCE_SIZE = 500_000_000
+#: ZeRO-3 defaults (runtime/zero/config.py) zerolm leaves unset: parameters of at most this many elements are kept
+#: whole on every rank (``stage3_param_persistence_threshold``) and gathered parameters are kept while their
+#: next use is within this many elements of the module order (``stage3_max_reuse_distance``).
+DS_PARAM_PERSISTENCE_THRESHOLD = 100_000
+DS_MAX_REUSE_DISTANCE = 1_000_000_000
 
 _OFFLOADS = (("none", False, False), ("optimizer", True, False), ("optimizer+params", True, True))
 
@@ -116,6 +129,95 @@ def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int,
     }
 
 
+def comm_buffer_bytes(n_params: int, *, stage: int, precision: str, reduce_bucket_size: int = DS_REDUCE_BUCKET_SIZE,
+                      overlap_comm: bool = False, resident_only: bool = False, grad_accum: int = 1) -> dict[str, Any]:
+    """DeepSpeed's gradient-reduction buffer per rank (bytes), beyond the model states of :func:`model_state_bytes`.
+
+    Read from DeepSpeed 0.19.8 (``w`` working bytes, ``N`` parameters, ``B`` = ``reduce_bucket_size`` elements):
+
+    * ZeRO-0 — ``engine.py`` ``allreduce_gradients`` → ``buffered_allreduce_fallback`` → ``allreduce_no_retain``
+      → ``allreduce_bucket``: after backward the gradients are flattened into one new tensor of up to
+      ``MEMORY_OPT_ALLREDUCE_SIZE`` elements (``w·min(N, 5e8)``), all-reduced and copied back. The activations
+      are freed by then, so this competes with them: ``timing = "after_backward"``.
+    * ZeRO-1/2 with ``contiguous_gradients`` (zerolm sets it) — ``stage_1_and_2.py`` ``setup_buckets`` allocates
+      ``torch.empty(reduce_bucket_size)`` (two with ``overlap_comm``) before every backward, and
+      ``reduce_independent_p_g_buckets_and_remove_grads`` copies each gradient into it and re-points ``param.grad``
+      at the copy. On a GPU the whole allocation counts (``w·B``, ×2 with overlap); in CPU RAM only the touched
+      pages are resident (``w·min(N, B·buffers)``). At ZeRO-1 the working gradients (``grads`` = ``w·N``) ARE views
+      into the bucket at the accumulation boundary, so only the rest is extra (with accumulation > 1 the
+      gradients accumulate outside it first: the whole allocation is extra on a GPU); at ZeRO-2 the bucket
+      comes on top of the gradient partition (``grads_in_partition``, ``w·N/g``).
+    * ZeRO-3 — ``stage3.py`` ``__init__`` allocates one ``torch.empty(reduce_bucket_size)`` per dtype for the whole
+      run; ``__add_grad_to_ipg_bucket`` copies gradients into it until it is full (``w·B`` on a GPU,
+      ``w·min(N, B)`` resident in CPU RAM). The plan counts no working gradients at ZeRO-3, so all of it is extra.
+
+    Stages 1–3 fill their bucket during backward, while activations are alive: ``timing = "backward"``.
+
+    Args:
+        n_params: N. stage: 0-3. precision: ``fp32`` | ``bf16`` | ``fp16`` (``w`` = 4 or 2; the bucket's dtype is
+            the parameters'; ZeRO-1 with a separate fp32 gradient-accumulation dtype is not modelled).
+        reduce_bucket_size: elements (the ds_config's ``zero_optimization.reduce_bucket_size``).
+        overlap_comm: the ds_config's ``zero_optimization.overlap_comm`` (a second ZeRO-1/2 bucket).
+        resident_only: count touched pages only (CPU RAM measured as RSS) instead of the allocation (GPU).
+        grad_accum: gradient-accumulation steps.
+
+    Returns:
+        ``{"buffer": bytes of the buffer, "extra": bytes not already in the model states, "timing":
+        "backward" | "after_backward", "source": "file: function"}``.
+    """
+    w = _working_bytes(precision)
+    n, b = float(n_params), float(reduce_bucket_size)
+    if stage == 0:
+        buf = w * min(n, float(DS_ZERO0_ALLREDUCE_SIZE))
+        return {"buffer": buf, "extra": buf, "timing": "after_backward",
+                "source": "deepspeed/runtime/engine.py: allreduce_gradients / allreduce_bucket (flatten)"}
+    if stage in (1, 2):
+        nbuf = 2 if overlap_comm else 1
+        buf = w * min(n, b * nbuf) if resident_only else w * b * nbuf
+        if stage == 1:
+            inside = w * n if (resident_only or grad_accum == 1) else 0.0  # the working gradients live in it
+            extra = max(0.0, buf - inside)
+        else:
+            extra = buf
+        return {"buffer": buf, "extra": extra, "timing": "backward",
+                "source": "deepspeed/runtime/zero/stage_1_and_2.py: setup_buckets / "
+                          "reduce_independent_p_g_buckets_and_remove_grads"}
+    buf = w * min(n, b) if resident_only else w * b
+    return {"buffer": buf, "extra": buf, "timing": "backward",
+            "source": "deepspeed/runtime/zero/stage3.py: __init__ (ipg bucket) / __add_grad_to_ipg_bucket"}
+
+
+def zero3_whole_param_bytes(n_params: int, persistent_params: int, largest_layer: int, *, precision: str,
+                            max_reuse_distance: int = DS_MAX_REUSE_DISTANCE) -> dict[str, float]:
+    """ZeRO-3 parameters held whole on a rank during training (bytes), beyond the partitions and the estimator's
+    one gathered layer.
+
+    From DeepSpeed 0.19.8's code:
+
+    * ``runtime/zero/parameter_offload.py`` ``mark_persistent_parameters``: every parameter of at most
+      ``stage3_param_persistence_threshold`` elements (default 1e5) is ``ds_persist`` — never released, whole on
+      every rank: ``w·persistent_params``.
+    * ``runtime/zero/partitioned_param_coordinator.py`` ``__params_to_release``: once the module trace is complete
+      (from the second step on) a gathered parameter is NOT released after its module if it is used again within
+      ``stage3_max_reuse_distance`` elements (default 1e9) of the module order. Forward is followed by backward in
+      reverse, so a parameter at fraction ``x`` of the forward is next used after ``2·(1−x)·N`` elements: the
+      parameters with ``2·(1−x)·N < D`` stay gathered from their forward to their backward —
+      ``min(N − persistent, D/2)`` elements, all of them for models below ``D/2`` = 5e8 parameters. They are alive
+      at the start of backward, with the activations.
+
+    ``extra`` subtracts the parameter half of the estimator's gathered layer (``w·largest_layer``, already in the
+    model states' ``gathered``).
+
+    Returns:
+        ``{"persistent", "retained", "extra"}`` in bytes.
+    """
+    w = _working_bytes(precision)
+    persistent = w * float(persistent_params)
+    retained = w * min(float(n_params - persistent_params), max_reuse_distance / 2.0)
+    return {"persistent": persistent, "retained": retained,
+            "extra": max(0.0, persistent + retained - w * float(largest_layer))}
+
+
 def activation_bytes(*, seq_len: int, micro_batch: int, d_model: int, n_head: int, n_layer: int, vocab: int,
                      precision: str, checkpointing: bool) -> dict[str, float]:
     """Activation memory of one micro-batch (bytes).
@@ -125,14 +227,18 @@ def activation_bytes(*, seq_len: int, micro_batch: int, d_model: int, n_head: in
     ``b`` micro-batch, ``h`` d_model, ``a`` heads. In fp32 the 16-bit terms double (we scale by 2, an
     approximation). With full activation checkpointing each layer keeps only its input, ``2·s·b·h``
     (``4·s·b·h`` in fp32), plus one layer's full activations while it is recomputed. Added explicitly:
-    the fp32 logits ``4·s·b·V`` (Hugging Face upcasts them for the loss). Left out: the ``5·a·s/h``
+    the fp32 logits ``4·s·b·V`` (Hugging Face upcasts them for the loss), and the loss at the start of
+    backward, ``12·s·b·V`` (``loss``): ``transformers`` ``ForCausalLMLoss`` → ``torch.nn.functional.cross_entropy``
+    = ``log_softmax`` + ``nll_loss``; ``log_softmax`` keeps its fp32 output (``4·s·b·V``) for backward, and when
+    its backward runs the gradient of that output (from ``nll_loss``'s backward, dense) and the gradient of the
+    logits (``4·s·b·V`` each) are alive together with it — while every layer's activations still are (the loss
+    is the first thing backward visits, so this coincides with the activation peak). Left out: the ``5·a·s/h``
     attention-score term is not stored by fused/flash SDPA kernels (this is then an upper bound); MLP widths
-    other than ``4h`` and grouped-query attention (the formula assumes GPT-2 shapes); the logits' gradient
-    and the loss's softmax (transient, another ``4·s·b·V`` at the end of the forward); embeddings' outputs;
+    other than ``4h`` and grouped-query attention (the formula assumes GPT-2 shapes); embeddings' outputs;
     framework overhead.
 
     Returns:
-        ``{"per_layer", "layers", "logits", "total"}`` in bytes.
+        ``{"per_layer", "layers", "logits", "loss", "total"}`` in bytes.
     """
     s, b, h, a = float(seq_len), float(micro_batch), float(d_model), float(n_head)
     scale = 2.0 if precision == "fp32" else 1.0
@@ -142,7 +248,8 @@ def activation_bytes(*, seq_len: int, micro_batch: int, d_model: int, n_head: in
     else:
         layers = n_layer * full_layer
     logits = 4.0 * s * b * vocab
-    return {"per_layer": full_layer, "layers": layers, "logits": logits, "total": layers + logits}
+    loss = 3.0 * 4.0 * s * b * vocab
+    return {"per_layer": full_layer, "layers": layers, "logits": logits, "loss": loss, "total": layers + logits + loss}
 
 
 def _model_counts(model_cfg, *, vocab: int, seq_len: int) -> dict[str, int]:
@@ -157,7 +264,10 @@ def _model_counts(model_cfg, *, vocab: int, seq_len: int) -> dict[str, int]:
         model = build_model(model_cfg, vocab_size=vocab, seq_len=seq_len, special_ids=special)
     counts = count_parameters(model)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return {"total": counts["total"], "non_embedding": counts["non_embedding"], "largest_layer": int(largest)}
+    # parameters ZeRO-3 keeps whole (parameter_offload.py mark_persistent_parameters; named_parameters dedupes ties)
+    persistent = sum(p.numel() for _, p in model.named_parameters() if p.numel() <= DS_PARAM_PERSISTENCE_THRESHOLD)
+    return {"total": counts["total"], "non_embedding": counts["non_embedding"], "largest_layer": int(largest),
+            "persistent": int(persistent)}
 
 
 def _vocab_of(cfg: ZeroLMConfig, vocab_size: int | None) -> tuple[int, str]:
@@ -218,7 +328,8 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
 
     Returns:
         A JSON-able dict: ``model``, ``device``, ``memory`` (one row per ZeRO stage × offload, the config's
-        marked ``current``), ``time``, ``cost``, ``energy``, ``assumptions`` (name → text).
+        marked ``current``; ``buffers`` = :func:`comm_buffer_bytes` ``extra`` with ``buffers_timing``; ``total_*``
+        = device states + buffers + activations, or at ZeRO-0 states + max(activations, buffers)), ``time``, ``cost``, ``energy``, ``assumptions`` (name → text).
 
     Raises:
         ConfigError: unknown device, gpus < 1, negative tokens/price/intensity, PUE < 1, MFU outside (0, 1],
@@ -274,6 +385,15 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
 
     # memory per rank
     rows = []
+    # the bucket sizes and overlap_comm of the DeepSpeed config zerolm generates (pretrain/engine.py
+    # build_ds_config); overlap_comm as it would be set on the planned device (on with CUDA)
+    from zerolm.pretrain.engine import build_ds_config
+
+    accum_now = tc.gradient_accumulation_steps or (max(1, tc.global_batch_size // (mb * gpus)) if tc.global_batch_size else 1)
+    zcfg = build_ds_config(tc.model_copy(update={"zero_stage": 2, "offload_optimizer": False, "offload_params": False}),
+                           mb, accum_now, gpus)["zero_optimization"]
+    bucket = int(zcfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
+    overlap = gpu_type != "cpu"  # build_ds_config: overlap_comm = torch.cuda.is_available()
     offloads = list(_OFFLOADS)
     if tc.offload_params and not tc.offload_optimizer:
         offloads.append(("params", False, True))
@@ -283,24 +403,45 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
                 continue
             ms = model_state_bytes(n, counts["largest_layer"], stage=stage, dp=gpus, precision=tc.precision,
                                    offload_optimizer=off_opt, offload_params=off_par)
+            buf = comm_buffer_bytes(n, stage=stage, precision=tc.precision, reduce_bucket_size=bucket,
+                                    overlap_comm=overlap, resident_only=gpu_type == "cpu", grad_accum=accum_now)
+            z3 = zero3_whole_param_bytes(n, counts["persistent"], counts["largest_layer"],
+                                         precision=tc.precision)["extra"] if stage == 3 else 0.0
             row: dict[str, Any] = {"zero_stage": stage, "offload": name, **{k: ms[k] for k in ("params", "grads", "optimizer", "gathered", "cpu")},
+                                   "buffers": buf["extra"], "buffers_timing": buf["timing"], "zero3_whole_params": z3,
                                    "current": stage == tc.zero_stage and off_opt == tc.offload_optimizer and off_par == tc.offload_params}
             for ckpt in (False, True):
                 act = activation_bytes(seq_len=seq, micro_batch=mb, d_model=mc.d_model, n_head=mc.n_head,
                                        n_layer=mc.n_layer, vocab=vocab, precision=tc.precision, checkpointing=ckpt)
                 per_b = act["total"] / mb  # every activation term is linear in the micro-batch
                 key = "ckpt" if ckpt else "no_ckpt"
-                total = ms["device"] + act["total"]
+                if buf["timing"] == "after_backward":  # ZeRO-0's flat copy: the activations are gone by then
+                    total = ms["device"] + max(act["total"], buf["extra"])
+                    room = usable - ms["device"] if ms["device"] + buf["extra"] <= usable else 0.0
+                else:
+                    total = ms["device"] + buf["extra"] + z3 + act["total"]
+                    room = usable - ms["device"] - buf["extra"] - z3
                 row[f"activations_{key}"] = act["total"]
                 row[f"total_{key}"] = total
                 row[f"fits_{key}"] = total <= usable
-                row[f"max_micro_batch_{key}"] = max(0, int((usable - ms["device"]) // per_b))
+                row[f"max_micro_batch_{key}"] = max(0, int(room // per_b))
             rows.append(row)
     act_now = activation_bytes(seq_len=seq, micro_batch=mb, d_model=mc.d_model, n_head=mc.n_head, n_layer=mc.n_layer,
                                vocab=vocab, precision=tc.precision, checkpointing=tc.activation_checkpointing)
     assumptions["activations"] = ("Korthikanti et al. 2022 eq. 2, s·b·h·(34+5as/h) B/layer (×2 in fp32); "
-                                  "checkpointing 2sbh/layer + one layer; + fp32 logits 4sbV; leaves out flash-attention "
-                                  "savings, GQA/non-4h MLPs, logits gradient, comm buckets")
+                                  "checkpointing 2sbh/layer + one layer; + fp32 logits 4sbV; + loss 12sbV (log_softmax output, "
+                                  "its gradient and the logits' gradient at the start of backward: torch cross_entropy); "
+                                  "leaves out flash-attention savings, GQA/non-4h MLPs")
+    assumptions["buffers"] = (f"DeepSpeed gradient-reduction buffer, reduce_bucket_size {bucket:.3g} elements "
+                              f"(DeepSpeed default; build_ds_config sets none), overlap_comm {overlap}, "
+                              f"{'touched pages (CPU RSS)' if gpu_type == 'cpu' else 'whole allocation'}: ZeRO-0 flat "
+                              "all-reduce copy w·min(N,5e8) after backward (engine.py allreduce_bucket), replacing the "
+                              "activations in the peak; ZeRO-1/2 ipg bucket(s) (stage_1_and_2.py setup_buckets), ZeRO-1's "
+                              "gradients live in it; ZeRO-3 ipg bucket (stage3.py __init__); counted apart from the model states")
+    assumptions["zero3_whole_params"] = ("ZeRO-3: parameters <= 1e5 elements kept whole (parameter_offload.py "
+                                         "mark_persistent_parameters) + gathered parameters kept from forward to "
+                                         "backward while reused within stage3_max_reuse_distance 1e9 elements "
+                                         "(partitioned_param_coordinator.py __params_to_release): w·min(N, 5e8)")
     assumptions["model_states"] = ("Adam: working params+grads, fp32 master 4N + moments 8N + fp32 grad 4N "
                                    "(ZeRO paper K=12, DeepSpeed's +4N fp32 grad), partitioned per stage")
 
@@ -350,6 +491,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
         "model": {"family": mc.family, "preset": mc.preset, "n_layer": mc.n_layer, "d_model": mc.d_model,
                   "n_head": mc.n_head, "vocab": vocab, "seq_len": seq, "micro_batch_size": mb,
                   "params": n, "non_embedding_params": counts["non_embedding"], "largest_layer_params": counts["largest_layer"],
+                  "persistent_params": counts["persistent"],
                   "precision": tc.precision, "zero_stage": tc.zero_stage, "activation_checkpointing": tc.activation_checkpointing},
         "device": {"type": gpu_type, "count": gpus, "peak_tflops": peak, "memory_gb": mem_gb, "power_w": watts},
         "memory": rows,
@@ -394,13 +536,13 @@ def plan_renderables(plan: dict[str, Any]) -> list[Any]:
     mem = Table(title=f"memory per rank (GiB): {m['family']} {m['preset'] or 'custom'}, {m['params'] / 1e6:,.1f}M params, "
                       f"{m['precision']}, seq {m['seq_len']} × micro-batch {m['micro_batch_size']}, {d['count']} × {d['type']} "
                       f"({d['memory_gb']:.0f} GB)")
-    for col in ("ZeRO", "offload", "params", "grads", "optim", "gathered", f"activ.{' (ckpt)' if ckpt else ''}", "total",
+    for col in ("ZeRO", "offload", "params", "grads", "optim", "gathered", "buffers", f"activ.{' (ckpt)' if ckpt else ''}", "total",
                 "fits", "max mb", f"max mb {'no ckpt' if ckpt else 'ckpt'}", "CPU/rank"):
         mem.add_column(col, justify="left" if col in ("ZeRO", "offload", "fits") else "right")
     for r in plan["memory"]:
         mem.add_row(
             f"{r['zero_stage']}{' *' if r['current'] else ''}", r["offload"], _gib(r["params"]), _gib(r["grads"]),
-            _gib(r["optimizer"]), _gib(r["gathered"]), _gib(r[f"activations_{key}"]), _gib(r[f"total_{key}"]),
+            _gib(r["optimizer"]), _gib(r["gathered"] + r["zero3_whole_params"]), _gib(r["buffers"]), _gib(r[f"activations_{key}"]), _gib(r[f"total_{key}"]),
             "yes" if r[f"fits_{key}"] else "[red]no[/red]", str(r[f"max_micro_batch_{key}"]),
             str(r[f"max_micro_batch_{other}"]), _gib(r["cpu"]), style="bold" if r["current"] else None,
         )
@@ -422,7 +564,8 @@ def plan_renderables(plan: dict[str, Any]) -> list[Any]:
     run.add_row("cost", "—" if plan["cost"]["usd"] is None else f"${_num(plan['cost']['usd'])}", a["price"])
     run.add_row("energy", "—" if e["kwh"] is None else f"{_num(e['kwh'])} kWh", f"{a['power']}; PUE {a['pue']}")
     run.add_row("CO2e", "—" if e["co2e_kg"] is None else f"{_num(e['co2e_kg'])} kg", a["grid"])
-    return [mem, run, f"activations: {a['activations']}", f"model states: {a['model_states']}"]
+    return [mem, run, f"activations: {a['activations']}", f"model states: {a['model_states']}", f"buffers: {a['buffers']}",
+            f"ZeRO-3 whole parameters (in 'gathered'): {a['zero3_whole_params']}"]
 
 # -- plan vs reality on a run directory ---------------------------------------------------------------
 def _read_json(path) -> Any:
@@ -587,7 +730,8 @@ def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = Non
     ``flops_per_token × tokens/s per rank ÷ MFU`` from its own records), on ``gpu_type`` (default ``cpu``
     when the run recorded no CUDA memory, else ``a100`` — the device is not recorded; pass the real one).
 
-    Memory per rank: predicted = the row of the run's ZeRO stage/offload — model states (device) +
+    Memory per rank: predicted = the row of the run's ZeRO stage/offload — model states (device) + DeepSpeed's
+    gradient-reduction buffer (:func:`comm_buffer_bytes`; at ZeRO-0 it replaces the activations in the peak) +
     activations (with/without checkpointing as configured); on CPU the offloaded (host) states live in the
     same RAM and are added. Measured = peak RSS − the baseline RSS the trainer took (CPU) or
     ``torch.cuda.max_memory_allocated`` (CUDA). Ratio = measured ÷ predicted.
@@ -599,7 +743,7 @@ def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = Non
     Returns:
         ``{"run_dir", "world_size", "device", "plan" (the plan_run dict), "memory": {"stage", "offload",
         "predicted_model_states", "predicted_activations", "predicted_host", "predicted_total", "measured"
-        (per rank or None), "ratio" (per rank or None), "kind", "text"}, "time": {"mfu", "mfu_source",
+        (per rank or None), "ratio" (per rank or None), "kind", "text", "predicted_buffers", "buffers_timing"}, "time": {"mfu", "mfu_source",
         "predicted_step_time_s", "measured_step_time_s", "ratio", "consistent_by_construction",
         "measured_source"}, "notes"}`` (bytes; seconds).
 
@@ -644,7 +788,9 @@ def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = Non
         "run_dir": run["run_dir"], "world_size": world, "world_size_source": run["world_size_source"],
         "device": plan["device"], "plan": plan,
         "memory": {"stage": row["zero_stage"], "offload": row["offload"], "predicted_model_states": states,
-                   "predicted_activations": row[f"activations_{key}"], "predicted_host": host, "predicted_total": total,
+                   "predicted_activations": row[f"activations_{key}"], "predicted_buffers": row["buffers"],
+                   "predicted_zero3_whole_params": row["zero3_whole_params"],
+                   "buffers_timing": row["buffers_timing"], "predicted_host": host, "predicted_total": total,
                    "measured": measured,
                    "ratio": [m / total for m in measured] if (measured and comparable and total > 0) else None,
                    "kind": run["memory"]["kind"], "text": run["memory"]["text"]},
@@ -674,15 +820,21 @@ def compare_renderables(cmp: dict[str, Any]) -> list[Any]:
                 "—" if t["measured_step_time_s"] is None else _dur(t["measured_step_time_s"]),
                 "—" if t["ratio"] is None else f"{t['ratio']:.2f}")
     out: list[Any] = [tab,
-                      f"predicted memory = model states {_gib(m['predicted_model_states'])} GiB + activations "
-                      f"{_gib(m['predicted_activations'])} GiB" + (f" + host (offloaded) {_gib(m['predicted_host'])} GiB"
-                                                                     if m["predicted_host"] else ""),
+                      f"predicted memory = model states {_gib(m['predicted_model_states'])} GiB + "
+                      + (f"max(activations {_gib(m['predicted_activations'])} GiB, all-reduce copy "
+                         f"{_gib(m['predicted_buffers'])} GiB after backward)" if m["buffers_timing"] == "after_backward"
+                         else f"reduction bucket {_gib(m['predicted_buffers'])} GiB + "
+                              + (f"ZeRO-3 whole parameters {_gib(m['predicted_zero3_whole_params'])} GiB + "
+                                 if m["predicted_zero3_whole_params"] else "") + "activations "
+                              f"{_gib(m['predicted_activations'])} GiB")
+                      + (f" + host (offloaded) {_gib(m['predicted_host'])} GiB" if m["predicted_host"] else ""),
                       f"measured memory: {m['text']}",
                       f"step time: MFU {t['mfu']:.3g} {t['mfu_source']}; measured: {t['measured_source']}"]
     out += [f"note: {n}" for n in cmp["notes"]]
     return out + plan_renderables(cmp["plan"])
 
 
-__all__ = ["DEFAULT_GRID_G_PER_KWH", "DEFAULT_MFU", "DEFAULT_PUE", "DEVICES", "OVERHEAD_FRACTION",
-           "activation_bytes", "compare_renderables", "compare_run", "measured_mfu", "model_state_bytes",
-           "plan_renderables", "plan_run", "read_run"]
+__all__ = ["DEFAULT_GRID_G_PER_KWH", "DEFAULT_MFU", "DEFAULT_PUE", "DEVICES", "DS_REDUCE_BUCKET_SIZE",
+           "DS_MAX_REUSE_DISTANCE", "DS_PARAM_PERSISTENCE_THRESHOLD", "DS_ZERO0_ALLREDUCE_SIZE", "OVERHEAD_FRACTION",
+           "activation_bytes", "comm_buffer_bytes", "compare_renderables", "compare_run", "measured_mfu", "model_state_bytes",
+           "plan_renderables", "plan_run", "read_run", "zero3_whole_param_bytes"]

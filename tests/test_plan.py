@@ -100,16 +100,20 @@ def test_activations_and_largest_micro_batch():
                        data=DataConfig(seq_len=32, micro_batch_size=4), train=TrainConfig(precision="bf16", zero_stage=0))
     plan = plan_run(cfg, gpus=1, gpu_type="a100", vocab_size=500, gpu_memory_gb=0.01)
     s, b, h, a, L, V = 32, 4, 64, 4, 2, 500
-    full = L * s * b * h * (34 + 5 * a * s / h) + 4 * s * b * V  # Korthikanti eq. 2 + fp32 logits
-    ckpt = L * 2 * s * b * h + s * b * h * (34 + 5 * a * s / h) + 4 * s * b * V
+    # Korthikanti eq. 2 + fp32 logits + the loss (log_softmax output, its gradient, the logits' gradient)
+    full = L * s * b * h * (34 + 5 * a * s / h) + 4 * s * b * V + 12 * s * b * V
+    ckpt = L * 2 * s * b * h + s * b * h * (34 + 5 * a * s / h) + 4 * s * b * V + 12 * s * b * V
     row = _row(plan, 0, "none")
     assert row["activations_no_ckpt"] == pytest.approx(full)
     assert row["activations_ckpt"] == pytest.approx(ckpt)
     states = plan["model"]["params"] * 20  # bf16 ZeRO-0: 2+2 working + 4 master + 4 fp32 grad + 8 moments
     assert _device(row) == pytest.approx(states)
     usable = 0.01e9 * 0.9
+    flat = 2 * plan["model"]["params"]  # ZeRO-0's flattened bf16 all-reduce copy, after backward (N < 5e8)
+    assert row["buffers"] == pytest.approx(flat) and row["buffers_timing"] == "after_backward"
+    assert row["total_no_ckpt"] == pytest.approx(states + max(full, flat))
     assert row["max_micro_batch_no_ckpt"] == math.floor((usable - states) / (full / b))
-    assert row["fits_no_ckpt"] == (states + full <= usable)
+    assert row["fits_no_ckpt"] == (states + max(full, flat) <= usable)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -210,11 +214,14 @@ def test_compare_run_against_an_independent_computation(tmp_path):
     assert cmp["world_size"] == 2 and cmp["device"]["type"] == "cpu" and cmp["device"]["peak_tflops"] == 0.1
     # fp32 ZeRO-2 on 2 ranks: params 4N + grads 4N/2 + (fp32 master 4N + Adam 8N)/2 = 12N bytes
     assert cmp["memory"]["predicted_model_states"] == pytest.approx(12 * n)
-    act = L * s * b * h * (34 + 5 * a * s / h) * 2 + 4 * s * b * V  # Korthikanti eq. 2 (x2 fp32) + fp32 logits
-    assert cmp["memory"]["predicted_total"] == pytest.approx(12 * n + act)
+    # Korthikanti eq. 2 (x2 fp32) + fp32 logits + loss (log_softmax output, its gradient, the logits' gradient)
+    act = L * s * b * h * (34 + 5 * a * s / h) * 2 + 4 * s * b * V + 12 * s * b * V
+    bucket = 4 * n  # ZeRO-2's reduction bucket on CPU: the N fp32 gradients written into it
+    assert cmp["memory"]["predicted_buffers"] == pytest.approx(bucket)
+    assert cmp["memory"]["predicted_total"] == pytest.approx(12 * n + bucket + act)
     measured = [(0.90 - 0.50) * 2**30, (0.96 - 0.52) * 2**30]
     assert cmp["memory"]["measured"] == pytest.approx(measured)
-    assert cmp["memory"]["ratio"] == pytest.approx([m / (12 * n + act) for m in measured])
+    assert cmp["memory"]["ratio"] == pytest.approx([m / (12 * n + bucket + act) for m in measured])
     step = (b * g * s) * (6 * n + 12 * L * h * s) / (g * 0.1e12 * 0.3)
     assert cmp["time"]["predicted_step_time_s"] == pytest.approx(step)
     assert cmp["time"]["ratio"] == pytest.approx(0.2 / step)
@@ -277,3 +284,169 @@ def test_cli_mfu_from_and_run_dir(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "plan vs measured" in out and "consistent by construction" in out
     assert main(["plan", str(tmp_path)]) == 2  # a folder without config.yaml
+
+
+# ------------------------------------------------------------------ DeepSpeed's gradient-reduction buffer
+
+def test_bucket_sizes_are_those_deepspeed_reads_from_the_generated_config():
+    """The plan's bucket sizes = what DeepSpeed 0.19.8 parses out of the ds_config zerolm generates (no bucket
+    keys are set, so DeepSpeed's defaults) and ZeRO-0's all-reduce buffer = ``allreduce_gradients``' default."""
+    import inspect
+
+    from deepspeed.runtime.engine import MEMORY_OPT_ALLREDUCE_SIZE, DeepSpeedEngine
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    from zerolm.launch.plan import DS_REDUCE_BUCKET_SIZE, DS_ZERO0_ALLREDUCE_SIZE
+    from zerolm.pretrain.engine import build_ds_config
+
+    for stage in (1, 2, 3):
+        zero = build_ds_config(TrainConfig(zero_stage=stage), 4, 1, 2)["zero_optimization"]
+        assert DeepSpeedZeroConfig(**zero).reduce_bucket_size == DS_REDUCE_BUCKET_SIZE
+    # allreduce_gradients is wrapped (no __wrapped__): read its signature from the module's source
+    assert "def allreduce_gradients(self, bucket_size=MEMORY_OPT_ALLREDUCE_SIZE)" in inspect.getsource(DeepSpeedEngine)
+    assert MEMORY_OPT_ALLREDUCE_SIZE == DS_ZERO0_ALLREDUCE_SIZE
+
+
+def test_comm_buffers_in_the_plan_rows():
+    """Per stage, on a GPU (whole allocation, overlap_comm on) and on CPU (touched pages): the bucket arithmetic
+    written out here from DeepSpeed's code, and how each row's total uses it."""
+    cfg = ZeroLMConfig(model=ModelConfig(family="gpt2", n_layer=2, n_head=4, d_model=64),
+                       data=DataConfig(seq_len=32, micro_batch_size=4), train=TrainConfig(precision="bf16", zero_stage=2))
+    B = 500_000_000
+    gpu = plan_run(cfg, gpus=2, gpu_type="a100", vocab_size=500)
+    n = gpu["model"]["params"]
+    expect_gpu = {0: 2 * n, 1: 2 * 2 * B - 2 * n, 2: 2 * 2 * B, 3: 2 * B}  # bf16: w = 2; two ZeRO-1/2 buckets
+    cpu = plan_run(cfg, gpus=2, gpu_type="cpu", vocab_size=500, peak_tflops=0.1)
+    expect_cpu = {0: 2 * n, 1: 0, 2: 2 * n, 3: 2 * n}  # N < B: only N elements are ever written
+    for plan, expect in ((gpu, expect_gpu), (cpu, expect_cpu)):
+        for stage, buf in expect.items():
+            row = _row(plan, stage, "none")
+            assert row["buffers"] == pytest.approx(buf)
+            dev = _device(row)
+            act = row["activations_no_ckpt"]
+            # ZeRO-3 from step 2 on: every parameter whole (N < 5e8: all reused within stage3_max_reuse_distance),
+            # less the estimator's gathered layer's parameters (already in "gathered")
+            z3 = 2 * n - 2 * plan["model"]["largest_layer_params"] if stage == 3 else 0
+            assert row["zero3_whole_params"] == pytest.approx(z3)
+            total = dev + max(act, buf) if stage == 0 else dev + buf + z3 + act
+            assert row["total_no_ckpt"] == pytest.approx(total)
+    assert "reduce_bucket_size 5e+08" in gpu["assumptions"]["buffers"]
+
+
+def _bucket_worker(out_path: str) -> None:
+    """One process, world size 1: a real DeepSpeed engine per ZeRO stage 1-3 (fp32, tiny GPT-2); after one
+    backward, the bytes DeepSpeed allocated for its gradient-reduction bucket(s) and how many of them are
+    resident (mincore(2))."""
+    import ctypes
+    import mmap
+    from pathlib import Path
+
+    import torch
+
+    from zerolm.pretrain import distributed
+    from zerolm.pretrain.engine import Engine
+    from zerolm.pretrain.models import build_model, resolve_model_config
+
+    def resident(t) -> int:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        ptr, nbytes, page = t.data_ptr(), t.numel() * t.element_size(), mmap.PAGESIZE
+        start = ptr - ptr % page
+        npages = (ptr + nbytes - start + page - 1) // page
+        vec = (ctypes.c_ubyte * npages)()
+        assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(ptr + nbytes - start), vec) == 0
+        return sum(v & 1 for v in vec) * page
+
+    env = distributed.detect()
+    distributed.init(env)
+    out = {}
+    for stage in (1, 2, 3):
+        torch.manual_seed(0)
+        model = build_model(resolve_model_config(ModelConfig(family="gpt2", preset="tiny")), vocab_size=500,
+                            seq_len=32, special_ids={"bos": 1, "eos": 2, "pad": 0})
+        n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        engine = Engine(model, TrainConfig(zero_stage=stage, lr=1e-3), 2, 1, 1)
+        opt = engine.optimizer
+
+        def look(opt=opt, stage=stage, n=n) -> None:
+            bufs = []
+            for bucket in opt.ipg_buckets.values():
+                bufs += list(bucket.buffer) if isinstance(bucket.buffer, list) else [bucket.buffer]
+            if bufs and stage not in out:
+                out[stage] = {"n": n, "allocated": sum(b.numel() * b.element_size() for b in bufs),
+                              "resident": sum(resident(b) for b in bufs), "page": mmap.PAGESIZE}
+
+        if stage < 3:  # ZeRO-1/2 release their bucket at the end of backward: look just before
+            release = opt._release_ipg_buffers
+
+            def looking_release(release=release, look=look) -> None:
+                look()
+                release()
+
+            opt._release_ipg_buffers = looking_release
+        x = torch.randint(0, 500, (2, 32))
+        engine.backward(engine.forward({"input_ids": x, "labels": x}).loss)
+        look()  # ZeRO-3 keeps its bucket for the whole run
+        engine.step()
+        del engine, model
+    # ZeRO-3, matrices above the persistence threshold: which parameters are whole at the end of step 2's forward
+    torch.manual_seed(0)
+    model = build_model(resolve_model_config(ModelConfig(family="gpt2", preset="tiny", d_model=256)), vocab_size=500,
+                        seq_len=32, special_ids={"bos": 1, "eos": 2, "pad": 0})
+    engine = Engine(model, TrainConfig(zero_stage=3, lr=1e-3), 2, 1, 1)
+    for step in range(2):
+        x = torch.randint(0, 500, (2, 32))
+        loss = engine.forward({"input_ids": x, "labels": x}).loss
+        params = list(engine.engine.module.parameters())
+        whole = sum(p.ds_numel for p in params if p.data.numel() == p.ds_numel)
+        if step == 0:  # the trace is being recorded: released after use
+            out["z3_step1_whole"] = whole
+        else:
+            out["z3"] = {"persistent": sum(p.ds_numel for p in params if p.ds_persist), "whole": whole,
+                         "n": sum(p.ds_numel for p in params)}
+        engine.backward(loss)
+        engine.step()
+    Path(out_path).write_text(json.dumps(out))
+    distributed.shutdown()
+
+
+def test_comm_buffer_matches_what_deepspeed_allocates_and_touches(tmp_path):
+    """A real 1-process DeepSpeed engine per stage: the bucket DeepSpeed allocates = ``w·B`` (the GPU figure),
+    and the pages gradients were written to = ``w·N`` (the CPU figure)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from zerolm.launch.plan import comm_buffer_bytes, zero3_whole_param_bytes
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "buckets.json"
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(out.read_text())
+    for stage in (1, 2, 3):
+        g = got[str(stage)]
+        alloc = comm_buffer_bytes(g["n"], stage=stage, precision="fp32", overlap_comm=False)["buffer"]
+        touched = comm_buffer_bytes(g["n"], stage=stage, precision="fp32", resident_only=True)["buffer"]
+        assert g["allocated"] == alloc
+        assert abs(g["resident"] - touched) <= 2 * g["page"] + 0.01 * touched, (stage, g, touched)
+    # ZeRO-3: the plan's persistent count = DeepSpeed's ds_persist flags; whole at the end of step 2's forward =
+    # persistent + retained (every parameter: N < 5e8)
+    z3 = got["z3"]
+    cfg = ZeroLMConfig(model=ModelConfig(family="gpt2", preset="tiny", d_model=256), data=DataConfig(seq_len=32),
+                       train=TrainConfig(zero_stage=3, precision="fp32"))
+    plan = plan_run(cfg, gpus=1, gpu_type="cpu", vocab_size=500, peak_tflops=0.1)
+    assert plan["model"]["params"] == z3["n"] and plan["model"]["persistent_params"] == z3["persistent"] > 0
+    assert got["z3_step1_whole"] < z3["n"]  # step 1 (trace incomplete) released them: the count can tell
+    whole = zero3_whole_param_bytes(z3["n"], z3["persistent"], 0, precision="fp32")
+    assert whole["persistent"] + whole["retained"] == 4 * z3["whole"] == 4 * z3["n"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    _bucket_worker(sys.argv[1])
