@@ -20,7 +20,8 @@ For each model × task × (k, limit):
   ``LanguageModel.loglikelihood``) to show where the speed comes from.
 
 Agreement: metrics (points = percentage points) and the largest per-item |Δ log-likelihood|.
-Targets (issue 7): speed ≥ 1.5× lm-eval; scores within 0.5 points. Results: bench/results/evals.json.
+Targets (issues 7, 18): speed ≥ 1.5× lm-eval on every task × k; scores within 0.5 points. Results:
+bench/results/evals.json; the method and the latest table: docs/evals-speed.md.
 """
 
 from __future__ import annotations

@@ -25,9 +25,13 @@ language model evaluation", v0.4):
 Standard errors are those of a mean: sample standard deviation (n − 1) / √n (lm-eval's
 ``mean_stderr``).
 
-Multiple-choice scoring shares each prompt across its choices: the prompt's tokens run through the
-model once, their key/value cache is reused for every choice, and the vocabulary projection is
-applied only where a log-probability is needed. Tokenisation is lm-eval's (``evals.lm``): the
+Multiple-choice scoring (:func:`evals.scoring.shared_context_loglikelihood`) batches several
+documents per forward pass: inputs are packed first-fit-decreasing into rows, each alone behind a
+block-diagonal causal mask with its own position ids, so long-tailed prompt lengths waste no padding;
+single-token choices (BoolQ, CommonsenseQA) all come from one row of logits at the prompt's last
+position; a prompt shared by multi-token choices runs once and its key/value cache is reused for every
+choice; the vocabulary projection is applied only where a log-probability is needed. Tokenisation is
+lm-eval's (``evals.lm``): the
 continuation is the tail of ``encode(prompt + continuation)`` beyond ``encode(prompt)``, so the
 scores equal one full forward pass per (prompt, choice) up to float rounding, including lm-eval's
 left truncation of inputs longer than the model's positions.

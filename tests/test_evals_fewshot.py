@@ -236,6 +236,68 @@ def test_shared_context_scoring_equals_one_pass_per_choice(tiny_gpt):
     assert [ll for ll, _ in shared] == pytest.approx([ll for ll, _ in full], abs=2e-4)
 
 
+def test_pack_rows_places_every_sequence_once_within_its_pass_width():
+    lengths = [9, 3, 3, 8, 1, 5, 2, 7, 4, 4, 1]
+    passes = scoring.pack_rows(lengths, max_rows=2)
+    placed = sorted(i for rows in passes for row in rows for i in row)
+    assert placed == list(range(len(lengths)))
+    for rows in passes:
+        assert 1 <= len(rows) <= 2
+        width = max(lengths[i] for row in rows for i in row)
+        assert all(sum(lengths[i] for i in row) <= width for row in rows)
+    # first-fit decreasing by hand: pass 1, width 9: [9], [8, 1]; pass 2, width 7: [7], [5, 2]
+    assert passes[0] == [[0], [3, 4]] and passes[1] == [[7], [5, 6]]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_packed_batches_equal_one_request_at_a_time(family, trained_tokenizer, tmp_path):
+    """Several documents per forward pass (packed rows, block-diagonal masks, shared contexts, one
+    pass for single-token choices and truncated inputs) give each request's log-likelihood and
+    greedy flag as a plain forward pass of that request alone does (absolute and rotary positions)."""
+    from conftest import _tiny_hf_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zerolm.evals.lm import load_lm
+
+    folder = _tiny_hf_model(trained_tokenizer, tmp_path / family, family)
+    model, tok = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    reqs = []
+    for name, k, n in (("boolq", 0, 6), ("commonsense_qa", 0, 5), ("piqa", 0, 6), ("piqa", 1, 3)):
+        t = load_task(name)
+        for i in range(n):
+            ctx = t.build_context(i, k, seed=5)
+            reqs += [(ctx, " " + c) for c in t.doc_to_choice(t.test_docs[i])]
+    lm = load_lm(str(folder), batch_size=4)
+    four_d = []
+    hook = lm.model.register_forward_pre_hook(
+        lambda mod, args, kw: four_d.append(getattr(kw.get("attention_mask"), "ndim", 0) == 4), with_kwargs=True)
+    try:
+        got = scoring.shared_context_loglikelihood(lm, reqs)
+    finally:
+        hook.remove()
+    assert any(four_d), "no forward pass packed several sequences into a row"
+    assert len(four_d) < len(reqs) / 4  # several documents per pass, choices sharing passes
+    want = [_direct_loglikelihood(model, tok, c, x) for c, x in reqs]
+    assert max(abs(a - b) for (a, _), b in zip(got, want)) < 1e-4
+    assert [g for _, g in got] == [g for _, g in lm.loglikelihood(reqs)]
+
+
+def test_fast_gelu_swaps_gelu_new_and_keeps_the_outputs():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from zerolm.evals.lm import fast_gelu
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=3, n_head=2,
+                                       activation_function="gelu_new")).eval()
+    ids = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        before = model(ids).logits
+        assert fast_gelu(model) == 3 and fast_gelu(model) == 0
+        after = model(ids).logits
+    assert torch.allclose(before, after, atol=1e-5) and not torch.equal(before, torch.zeros_like(before))
+
+
 def test_generate_until_item(tiny_gpt, tiny, tmp_path):
     model, tok = tiny
     res = fewshot.run_fewshot(str(tiny_gpt), ["gender_star"], [1], limit=2, out_dir=tmp_path)
