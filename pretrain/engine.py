@@ -202,7 +202,8 @@ class Engine:
         if cfg.activation_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         opt = _SkippableAdamW(
-            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
+            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+            **{"fused": True} if cfg.adamw_impl == "fused" else {"foreach": True},
         )
         self._client_opt = opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg))
@@ -437,9 +438,12 @@ class Engine:
         ``step`` of every sub-group; torch's AdamW increments ``step`` in place, once per sub-group
         step, so with k sub-groups the shared counter would advance by k per optimizer step and the
         bias correction of all but the first sub-group would be wrong."""
-        for st in self._client_opt.state.values():
+        fused = any(g.get("fused") for g in self._client_opt.param_groups)
+        for p, st in self._client_opt.state.items():
             if torch.is_tensor(st.get("step")):
-                st["step"] = st["step"].clone()
+                # fused AdamW keeps ``step`` as a float32 tensor on the parameter's device (as its own
+                # load_state_dict casts it); the converter's tensor may live elsewhere
+                st["step"] = (st["step"].to(device=p.device, dtype=torch.float32) if fused else st["step"]).clone()
 
     def _restore_param_group_hparams(self, saved: list[dict[str, Any]] | None) -> None:
         """Give group ``i`` of the optimizer the hyper-parameters saved for group ``i`` (all keys but
