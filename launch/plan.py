@@ -303,7 +303,8 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
              price_per_gpu_hour: float | None = None, grid_intensity_g_per_kwh: float | None = None,
              pue: float | None = None, mfu: float | None = None, peak_tflops: float | None = None,
              gpu_memory_gb: float | None = None, power_watts: float | None = None,
-             vocab_size: int | None = None, mfu_source: str | None = None) -> dict[str, Any]:
+             vocab_size: int | None = None, mfu_source: str | None = None,
+             peak_source: str | None = None) -> dict[str, Any]:
     """Plan a pretraining run: memory per rank, time, money, energy and CO2e, with every assumption.
 
     Args:
@@ -323,6 +324,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
         gpu_memory_gb: override the device memory (decimal GB).
         power_watts: average power per device (default its TDP; no energy line for ``cpu`` without it).
         vocab_size: override the vocabulary (else the tokenizer folder, else ``tokenizer.vocab_size``).
+        peak_source: where a given ``peak_tflops`` comes from, printed beside it (default ``given``).
         mfu_source: where a given ``mfu`` comes from, printed beside it (default ``given``); e.g.
             ``measured in RUN_DIR`` from :func:`measured_mfu`.
 
@@ -363,7 +365,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
 
     dev = dict(DEVICES[gpu_type])
     if peak_tflops is not None:
-        peak, peak_src = float(peak_tflops), "given (--peak-tflops)"
+        peak, peak_src = float(peak_tflops), peak_source or "given (--peak-tflops)"
     elif dev["peak_tflops"] is not None:
         peak, peak_src = dev["peak_tflops"], f"{dev['name']} data sheet, dense {'fp32' if gpu_type == 'cpu' else 'bf16/fp16'}"
     else:
@@ -774,7 +776,8 @@ def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = Non
     else:
         mfu_v, src, by_construction = float(mfu), "given (--mfu)", False
     plan = plan_run(cfg, gpus=world, gpu_type=gtype, mfu=mfu_v, mfu_source=src,
-                    peak_tflops=peak if peak is not None and peak > 0 else None, vocab_size=vocab_size)
+                    peak_tflops=peak if peak is not None and peak > 0 else None, vocab_size=vocab_size,
+                    peak_source=f"the matmul peak {run['run_dir']} measured and computed its MFU against")
     (row,) = [r for r in plan["memory"] if r["current"]]
     key = "ckpt" if cfg.train.activation_checkpointing else "no_ckpt"
     states = row["params"] + row["grads"] + row["optimizer"] + row["gathered"]
