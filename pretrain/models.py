@@ -2,7 +2,8 @@
 
 Models are plain Hugging Face classes (DESIGN: model code knows nothing of distribution):
 
-* ``gpt2``  → :class:`transformers.GPT2LMHeadModel` (causal LM, learned positions, GELU MLP),
+* ``gpt2``  → :class:`transformers.GPT2LMHeadModel` (causal LM, learned positions, tanh-GELU MLP as
+  ``gelu_pytorch_tanh``: GPT-2's ``gelu_new`` formula in one fused kernel),
 * ``llama`` → :class:`transformers.LlamaForCausalLM` (causal LM, RoPE, SwiGLU MLP, RMSNorm, GQA),
 * ``bert``  → :class:`transformers.BertForMaskedLM` (masked LM, post-LN, learned positions + token types),
 * ``modernbert`` → :class:`transformers.ModernBertForMaskedLM` (masked LM; Warner et al. 2024: pre-LN,
@@ -273,6 +274,9 @@ def hf_config(cfg: ModelConfig, *, vocab_size: int, seq_len: int, special_ids: d
     if cfg.family == "gpt2":
         hf = GPT2Config(
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.d_model, n_inner=cfg.d_ff, n_positions=positions,
+            # GPT-2's tanh-approximate GELU as one fused kernel (transformers' default "gelu_new" is the same
+            # formula in five Python-level tensor ops)
+            activation_function="gelu_pytorch_tanh",
             **dropout_settings("gpt2", p), bos_token_id=int(special_ids["bos"]), eos_token_id=int(special_ids["eos"]), **common,
         )
     elif cfg.family == "llama":
