@@ -6,7 +6,7 @@ with the bundled 8,000-token vocabulary) under ZeRO 0, 1, 2 and 3, one real pret
 ``configs/pretrain/tiny_gpt.yaml`` with the preset, fp32, seq_len 128, a small micro-batch, a handful of
 steps, log every step, gloo, ``DS_ACCELERATOR=cpu``, ``OMP_NUM_THREADS=1``, on the bundled
 ``data/corpus`` + ``data/tokenizer``. Each run's ``result.json`` (written by the trainer) is then
-compared with the plan by :func:`zerolm.launch.plan.compare_run`:
+compared with the plan by :func:`zerolm.launch.plan_vs_run.compare_run`:
 
 * **Model-state memory per rank** — predicted: the plan's params + grads + optimizer bytes for the run's
   stage on 2 ranks (the ZeRO-3 "gathered" largest layer, ``2·w·largest``, is transient — alive only inside
@@ -125,7 +125,7 @@ def _within(ratio: float | None, tol: float) -> bool:
 
 def analyse(runs: list[dict]) -> list[dict]:
     """One row per run and rank: predicted vs measured model states, total memory and step time."""
-    from zerolm.launch.plan import compare_run
+    from zerolm.launch.plan_vs_run import compare_run
 
     by = {(r["preset"], r["stage"]): r for r in runs}
     rows = []

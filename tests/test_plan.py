@@ -205,7 +205,7 @@ RESULT = {"status": "completed", "step": 20,
 
 
 def test_compare_run_against_an_independent_computation(tmp_path):
-    from zerolm.launch.plan import compare_run
+    from zerolm.launch.plan_vs_run import compare_run
 
     run, cfg = _run_dir(tmp_path, result=RESULT)
     V, s, b, L, h, a, g = cfg.tokenizer.vocab_size, 64, 4, 2, 64, 2, 2  # tiny: 2 layers, d_model 64, 2 heads
@@ -233,7 +233,7 @@ def test_compare_run_against_an_independent_computation(tmp_path):
 
 
 def test_compare_run_older_run_reads_metrics_jsonl(tmp_path):
-    from zerolm.launch.plan import compare_run
+    from zerolm.launch.plan_vs_run import compare_run
 
     windows = [{"step": i, "train/step_time_s": t, "train/mfu": u, "train/tokens_per_second": 1000.0 / t,
                 "memory/rss_gib": r} for i, (t, u, r) in enumerate([(9.0, 0.01, 0.7), (0.3, 0.2, 0.8), (0.5, 0.4, 0.9),
@@ -250,7 +250,7 @@ def test_compare_run_older_run_reads_metrics_jsonl(tmp_path):
 
 
 def test_compare_run_bad_directory_is_a_config_error(tmp_path):
-    from zerolm.launch.plan import compare_run
+    from zerolm.launch.plan_vs_run import compare_run
 
     with pytest.raises(ConfigError, match="config.yaml"):
         compare_run(tmp_path)

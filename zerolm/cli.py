@@ -140,7 +140,8 @@ def _cmd_finetune_sentiment(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from zerolm.launch.plan import compare_renderables, compare_run, measured_mfu, plan_renderables, plan_run
+    from zerolm.launch.plan import plan_renderables, plan_run
+    from zerolm.launch.plan_vs_run import compare_renderables, compare_run, measured_mfu
 
     if Path(args.config).is_dir():  # a run directory: plan its own config and compare with what it measured
         if args.overrides:
