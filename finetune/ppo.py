@@ -1,34 +1,57 @@
 """A compact PPO for language models: RL from a reward classifier with a per-token KL penalty.
 
 The algorithm of Ziegler et al. 2019 ("Fine-Tuning Language Models from Human Preferences") as the
-classic TRL ``PPOTrainer`` ran it in the gpt2-sentiment example; written here from the papers:
+classic TRL ``PPOTrainer`` ran it in the gpt2-sentiment example; written here from the papers. One
+step is three functions, so that another RL method can reuse the loop around them:
 
-1. **Rollout**: each rank takes its share of ``batch_size`` prompts, samples a response per prompt
-   (``response_min_tokens``–``response_max_tokens`` tokens, pure sampling), and the reward model
-   scores the decoded ``query + response`` text: ``score`` ``(B,)``.
-2. **Rewards per token** (Ziegler et al. eq. 2): ``r_t = −β (log π(y_t) − log π_ref(y_t))`` for each
-   response token, plus ``score`` on the last one. ``π_ref`` is the frozen initial policy; β is
-   adapted (:class:`AdaptiveKLController`, Ziegler et al. §2.2) toward ``target_kl`` nats/sample.
-3. **Advantages**: GAE (Schulman et al. 2016) with ``gamma``, ``lam`` over the response tokens from
-   a value head (a linear layer on the policy's last hidden state, zero-initialised so that it
-   starts at 0 and sends no gradient into the policy until it has learnt something); advantages are
-   whitened over the whole batch (all ranks); returns = advantages + values (before whitening).
-4. **Updates** (Schulman et al. 2017): ``ppo_epochs`` passes over the batch in shuffled mini-batches;
-   clipped policy loss (``cliprange``), clipped value loss (``cliprange_value``, weight ``vf_coef``),
-   Adam, gradient clipping at ``grad_clip``. Rewards are not normalised.
+1. **Rollout** (:func:`rollout`): each rank takes its share of ``batch_size`` prompts, samples a
+   response per prompt (``response_min_tokens``–``response_max_tokens`` tokens, pure sampling), and
+   the reward model scores the decoded ``query + response`` text: ``score`` ``(B,)``; the policy's
+   and the reference's log-probabilities and the value head's values are kept.
+2. **Advantages** (:func:`ppo_advantages`): rewards per token (Ziegler et al. eq. 2)
+   ``r_t = −β (log π(y_t) − log π_ref(y_t))`` for each response token, plus ``score`` on the last
+   one. ``π_ref`` is the frozen initial policy; β is adapted (:class:`AdaptiveKLController`,
+   Ziegler et al. §2.2) toward ``target_kl`` nats/sample. GAE (Schulman et al. 2016) with ``gamma``,
+   ``lam`` over the response tokens from a value head (a linear layer on the policy's last hidden
+   state, zero-initialised so that it starts at 0 and sends no gradient into the policy until it has
+   learnt something); advantages are whitened over the whole batch (all ranks); returns =
+   advantages + values (before whitening).
+3. **Updates** (:func:`ppo_update`, Schulman et al. 2017): ``ppo_epochs`` passes over the batch in
+   shuffled mini-batches; clipped policy loss (``cliprange``), clipped value loss
+   (``cliprange_value``, weight ``vf_coef``), Adam, gradient clipping at ``grad_clip``. Rewards are
+   not normalised.
 
 Distribution: the policy + value head run under ``torch.nn.parallel.DistributedDataParallel``
 (gloo on CPU, NCCL on GPUs) so that every rank applies the same averaged gradients; rank 0 logs
 ``ppo/*`` metrics through :class:`pretrain.tracking.Tracker` (W&B + ``metrics.jsonl``) and exports the
-policy (without the value head) at the end. There is no mid-run checkpoint: a run is short and
-``sentiment.max_minutes`` time-boxes it.
+policy (without the value head) at the end.
+
+Checkpoints and resume (the layout and rules of :mod:`zerolm.pretrain.checkpoint`, without the
+DeepSpeed engine files): every ``sentiment.save_every`` steps, at the last step and when the run
+stops early. Rank 0 writes what the ranks share (``zerolm_shared_state.pt``: the policy's trainable
+parameters and the value head, the Adam state, β, the metric history, the run's seconds so far);
+each rank writes its own streams (``zerolm_client_rank{r}.pt``: the torch/numpy/Python RNG states,
+the sampling and shuffling generators, the prompt stream's generator and pending order); after a
+barrier rank 0 writes the completion record, then applies retention (``sentiment.keep_last``). The
+same command on the same run directory resumes from the newest intact checkpoint (damaged ones are
+skipped with a warning) and continues exactly: N steps, a stop, a resume and N more steps give the
+weights and metrics of 2N uninterrupted steps. A checkpoint this run cannot continue (another
+world size, batch or mini-batch size, policy, trainable layers, method, target, prompt settings,
+model shapes) stops it before any work with an error naming what differs; a run directory with
+checkpoints never starts again from step 0. SIGTERM/SIGUSR1 finish the current step, checkpoint and
+end with status ``preempted`` (the ranks agree through the step's one all-reduce); ``zerolm launch
+slurm --entry finetune-sentiment`` then requeues the job. ``sentiment.max_minutes`` counts the run's
+time across resumes (status ``time_limit``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +59,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from zerolm.finetune import rloo
 from zerolm.finetune import sentiment as S
 from zerolm.finetune.sentiment_export import export_meta, export_policy
-from zerolm.config import ZeroLMConfig
+from zerolm.config import ZeroLMConfig, save_config
+from zerolm.pretrain import checkpoint as ckpt
 from zerolm.pretrain import distributed
 from zerolm.pretrain.progress import progress_bar
 
@@ -176,6 +201,9 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """``values`` averaged over the ranks in one all-reduce: a step's metrics together with its
+    ``stop`` (a stop signal arrived) and ``late`` (``max_minutes`` passed) flags, so that every rank
+    takes the same decision (a flag's mean is > 0 when any rank raised it)."""
     keys = sorted(values)
     t = distributed.all_reduce_tensor(torch.tensor([values[k] for k in keys], dtype=torch.float64))
     if dist.is_initialized():
@@ -183,15 +211,25 @@ def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def _barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 class PromptStream:
     """The global prompt order, identical on every rank: a seeded permutation of the pool per epoch;
     step ``s`` takes the next ``batch_size`` prompts and a response length for each; rank ``r`` of
-    ``w`` keeps every ``w``-th."""
+    ``w`` keeps every ``w``-th. :meth:`state_dict`/:meth:`load_state_dict` carry its position
+    across a resume."""
 
     def __init__(self, pool: list[list[int]], batch_size: int, lo: int, hi: int, seed: int, rank: int, world: int) -> None:
         self.pool, self.batch, self.lo, self.hi = pool, batch_size, lo, hi
         self.rng, self.rank, self.world = np.random.default_rng(seed), rank, world
         self.order: list[int] = []
+        h = hashlib.sha256()
+        for q in pool:
+            h.update(np.asarray([len(q), *q], dtype=np.int64).tobytes())
+        self.pool_sha256 = h.hexdigest()  # the pool a saved position indexes into
 
     def next(self) -> tuple[list[list[int]], list[int]]:
         while len(self.order) < self.batch:
@@ -201,23 +239,339 @@ class PromptStream:
         mine = range(self.rank, self.batch, self.world)
         return [self.pool[idx[i]] for i in mine], [lengths[i] for i in mine]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The position: the generator's state, the drawn prompt indices not yet used, and the pool's
+        size and SHA-256 (of every prompt's length and token ids)."""
+        return {"rng": self.rng.bit_generator.state, "order": list(self.order), "pool_size": len(self.pool),
+                "pool_sha256": self.pool_sha256}
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`.
+
+        Raises:
+            TrainingError: the pool is not the saved stream's (the prompts were built differently,
+                e.g. by another zerolm version or changed data: the saved indices would name other
+                prompts).
+        """
+        from zerolm.errors import TrainingError
+
+        if (state["pool_size"], state["pool_sha256"]) != (len(self.pool), self.pool_sha256):
+            raise TrainingError(f"this run's prompt pool ({len(self.pool)} prompts, sha256 {self.pool_sha256[:12]}) is not "
+                                f"the checkpoint's ({state['pool_size']} prompts, {state['pool_sha256'][:12]}): the "
+                                "prompts are built differently (another zerolm version or changed data); resume with "
+                                "the version and data that wrote the checkpoint, or choose another train.run_dir")
+        self.rng.bit_generator.state = state["rng"]
+        self.order = list(state["order"])
+
+
+# -- one step: rollout, advantages, update ---------------------------------------------------------
+@dataclass
+class Rollout:
+    """One step's samples on this rank: ``B`` prompts, responses right-padded to ``R`` tokens.
+
+    Attributes:
+        queries: the prompts (token ids). batch: :func:`finetune.sentiment.pack` of prompts and
+            responses (its ``response_mask`` ``(B, R)`` is 1 on response tokens). scores: ``(B,)``
+            reward-model scores. logp, ref_logp: ``(B, R)`` log-probabilities of the response tokens
+            under the sampling policy and the frozen reference (nats). values: ``(B, R)`` the value
+            head's estimates at sampling time.
+    """
+
+    queries: list[list[int]]
+    batch: dict[str, torch.Tensor]
+    scores: torch.Tensor
+    logp: torch.Tensor
+    ref_logp: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.batch["response_mask"]
+
+
+@torch.no_grad()
+def rollout(model: PolicyWithValueHead, ref: torch.nn.Module, reward: Any, tok: Any, stops: set[int],
+            queries: list[list[int]], lengths: list[int], sc: Any, generator: torch.Generator) -> Rollout:
+    """Sample a response to each prompt (at most ``lengths[i]`` tokens, stopping at ``stops``; sampling
+    settings of ``sc``, draws from ``generator``), score ``prompt + response`` (or the response alone,
+    ``sc.reward_text=continuation``) with ``reward`` and keep the policy's, the reference's and the
+    value head's view of the responses. RLOO passes each prompt ``rloo_k`` times, adjacent."""
+    responses = S.sample_responses(model.lm, queries, lengths, pad_id=tok.pad_token_id, stops=stops,
+                                   temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, generator=generator,
+                                   min_tokens=sc.response_min_tokens)
+    if sc.reward_text == "continuation":
+        texts = [tok.decode(r, skip_special_tokens=True) for r in responses]
+    else:
+        texts = [tok.decode(q + r, skip_special_tokens=True) for q, r in zip(queries, responses)]
+    scores = reward.score(texts)
+    batch = S.pack(queries, responses, tok.pad_token_id)
+    logits, values = model(**batch)
+    logp = S.token_logprobs(logits, batch["response"])
+    del logits
+    ref_logp = S.token_logprobs(S.response_logits(ref, batch, sc.temperature)[0], batch["response"])
+    return Rollout(queries, batch, scores, logp, ref_logp, values)
+
+
+@torch.no_grad()
+def ppo_advantages(ro: Rollout, kl_coef: float, gamma: float, lam: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token rewards (score on the last token, ``−β·KL`` on each; Ziegler et al. eq. 2) and GAE.
+
+    Returns:
+        ``(kl_tokens, rewards, advantages, returns)``, each ``(B, R)``: ``log π − log π_ref`` per
+        response token, the rewards, the advantages whitened over every rank's tokens
+        (:func:`masked_whiten`, a collective) and the returns (before whitening).
+    """
+    mask = ro.mask
+    kl_tok = (ro.logp - ro.ref_logp) * mask
+    rewards = -kl_coef * kl_tok
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(len(ro.queries)), last] += ro.scores
+    adv, returns = gae(rewards, ro.values, mask, gamma, lam)
+    return kl_tok, rewards, masked_whiten(adv, mask), returns
+
+
+@torch.no_grad()
+def rloo_step_advantages(ro: Rollout, kl_coef: float, k: int
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RLOO's advantages (:mod:`finetune.rloo`) for a rollout of ``k`` adjacent samples per prompt.
+
+    Returns:
+        ``(kl_tokens, rewards, advantages, returns)`` shaped like :func:`ppo_advantages`' ``(N, R)``:
+        ``log π − log π_ref`` per response token; the sequence reward ``score − β Σ_t KL_t`` on each
+        sample's last token (0 elsewhere, so that row sums are sequence rewards); the leave-one-out
+        advantage on every response token; returns all 0 (no value head is trained).
+    """
+    mask = ro.mask
+    kl_tok = (ro.logp - ro.ref_logp) * mask
+    seq = rloo.sequence_rewards(ro.scores, kl_tok, kl_coef)
+    adv = rloo.leave_one_out_advantages(seq.view(-1, k)).reshape(-1)
+    rewards = torch.zeros_like(kl_tok)
+    rewards[torch.arange(len(seq)), (mask.sum(1).long() - 1).clamp(min=0)] = seq
+    return kl_tok, rewards, rloo.token_advantages(adv, mask), torch.zeros_like(kl_tok)
+
+
+def ppo_update(ddp: torch.nn.Module, model: PolicyWithValueHead, opt: torch.optim.Optimizer, ro: Rollout,
+               advantages: torch.Tensor, returns: torch.Tensor, sc: Any, mini: int,
+               shuffle: torch.Generator) -> dict[str, float]:
+    """``sc.ppo_epochs`` passes over the rollout in mini-batches of ``mini`` rows (this rank's share
+    of ``mini_batch_size``; the order drawn from ``shuffle``), one Adam step each on the clipped
+    losses (:func:`ppo_losses`). ``ddp`` is ``model`` or its DDP wrapper (gradients averaged over
+    the ranks).
+
+    Returns:
+        Means over the mini-batches: ``policy_loss``, ``value_loss``, ``clipfrac``, ``approx_kl``,
+        ``entropy`` (nats/token of the updated policy's distribution).
+    """
+    acc: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy")}
+    mask = ro.mask
+    vf_coef = 0.0 if sc.method == "rloo" else sc.vf_coef  # RLOO trains no value head
+    for _ in range(sc.ppo_epochs):
+        perm = torch.randperm(len(ro.queries), generator=shuffle)
+        for s in range(0, len(ro.queries), mini):
+            i = perm[s : s + mini]
+            sub = {k: v[i] for k, v in ro.batch.items()}
+            logits, values = ddp(**sub)
+            logp = S.token_logprobs(logits, sub["response"])
+            pl, vl, st = ppo_losses(logp, values, ro.logp[i], ro.values[i], advantages[i], returns[i],
+                                    mask[i], sc.cliprange, sc.cliprange_value)
+            opt.zero_grad(set_to_none=True)
+            (pl + vf_coef * vl).backward()
+            if sc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                lp = torch.log_softmax(logits.detach(), -1)
+                st["entropy"] = float(masked_mean(-(lp.exp() * lp).sum(-1), mask[i]))
+            for k, v in (("policy_loss", float(pl)), ("value_loss", float(vl)), *st.items()):
+                acc[k].append(v)
+            del logits, values, lp
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+# the sentiment keys a resume must keep (besides the world size and the model's tensor shapes): the
+# batch arithmetic, what is trained toward what, and everything the prompt pool is built from
+RESUME_KEYS = ("method", "policy", "target", "batch_size", "mini_batch_size", "rloo_k", "trainable_layers", "seed", "data",
+               "text_column", "label_column", "validation_fraction", "test_fraction", "split_seed",
+               "prompt_min_tokens", "prompt_max_tokens", "prompt_kinds", "context_min_tokens", "context_max_tokens",
+               "tweet_min_tokens", "tweet_max_tokens", "train_prompts")
+
+
+def ppo_signature(sc: Any, world_size: int, model: torch.nn.Module) -> dict[str, Any]:
+    """What a PPO checkpoint must agree with to be resumed (:func:`checkpoint.run_signature`): the
+    world size, the tensor shapes of the policy + value head, and :data:`RESUME_KEYS` as
+    ``sentiment.<key>`` settings. Other keys (``lr``, the KL and clipping settings, ``steps``,
+    ``max_minutes`` …) may change on a resume."""
+    return ckpt.run_signature(world_size=world_size, micro_batch_size=None, gradient_accumulation_steps=None,
+                              global_batch_size=None, zero_stage=None, objective=None, precision="fp32",
+                              model_config=None, shapes=ckpt.model_shapes(model), data_layout=None,
+                              settings={f"sentiment.{k}": getattr(sc, k) for k in RESUME_KEYS})
+
+
+@dataclass
+class PPOState:
+    """Everything a PPO run carries from step to step, i.e. what a checkpoint holds.
+
+    Attributes:
+        model: the policy + value head (its trainable parameters are saved). opt: Adam over them.
+        kl_ctl: β. gen, shuffle: this rank's sampling and mini-batch order generators.
+        stream: the prompt stream. step: PPO steps done. history: every step's metrics (for the
+        first/final windows). seconds_before: run seconds of the processes before this one (from
+        the checkpoint resumed). wandb_run_id: the tracker's run to continue.
+    """
+
+    model: PolicyWithValueHead
+    opt: torch.optim.Optimizer
+    kl_ctl: AdaptiveKLController
+    gen: torch.Generator
+    shuffle: torch.Generator
+    stream: PromptStream
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds_before: float = 0.0
+    wandb_run_id: str | None = None
+
+    def shared_state(self, seconds: float) -> dict[str, Any]:
+        """What the ranks hold alike (rank 0 saves it); ``seconds``: the run's seconds so far."""
+        return {"model": {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad},
+                "optimizer": self.opt.state_dict(), "kl_coef": self.kl_ctl.value, "step": self.step,
+                "history": self.history, "seconds": seconds}
+
+    def client_state(self) -> dict[str, Any]:
+        """What is this rank's own: the RNG states, both generators, the prompt stream's position."""
+        return {"rng": ckpt.rng_state(), "gen": self.gen.get_state(), "shuffle": self.shuffle.get_state(),
+                "stream": self.stream.state_dict()}
+
+    def load(self, shared: dict[str, Any], client: dict[str, Any], lr: float) -> None:
+        """Restore a checkpoint's :meth:`shared_state` and this rank's :meth:`client_state`; the
+        optimizer continues at ``lr`` (``sentiment.lr`` of this run).
+
+        Raises:
+            TrainingError: the saved parameters are not this run's trainable ones, or the prompt
+                pool differs (:meth:`PromptStream.load_state_dict`).
+        """
+        from zerolm.errors import TrainingError
+
+        self.stream.load_state_dict(client["stream"])
+        params = dict(self.model.named_parameters())
+        trainable = {n for n, p in params.items() if p.requires_grad}
+        if set(shared["model"]) != trainable:
+            odd = sorted(set(shared["model"]) ^ trainable)
+            raise TrainingError(f"the checkpoint's trained parameters are not this run's (e.g. {odd[0]}): "
+                                "keep sentiment.trainable_layers and the policy of the checkpoint's config.yaml")
+        with torch.no_grad():
+            for n, t in shared["model"].items():
+                params[n].copy_(t)
+        self.opt.load_state_dict(shared["optimizer"])
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.kl_ctl.value = shared["kl_coef"]
+        self.step, self.history, self.seconds_before = shared["step"], list(shared["history"]), shared["seconds"]
+        ckpt.set_rng_state(client["rng"])
+        self.gen.set_state(client["gen"])
+        self.shuffle.set_state(client["shuffle"])
+
+
+def save_checkpoint(st: PPOState, root: Path, cfg: ZeroLMConfig, env: distributed.DistEnv, seconds: float,
+                    signature: dict[str, Any], line: set[str]) -> str:
+    """Checkpoint step ``st.step`` (every rank calls it): each rank its client state, rank 0 the
+    shared state and the run's ``config.yaml``; after a barrier rank 0 writes the completion record
+    (:func:`checkpoint.mark_complete`, which points ``latest`` at it) and applies retention
+    (:func:`checkpoint.prune` with ``sentiment.keep_last`` over ``line``, this run line's tags). A
+    folder already at this step (damaged, or one this run could not load) is moved aside first,
+    never overwritten. Returns the tag."""
+    tag = ckpt.tag_for(st.step)
+    if env.is_main and (root / tag).exists():
+        moved = ckpt.set_aside(root, tag)
+        log.warning("%s was not written by this run (it could not be loaded); moved to %s, not overwritten", root / tag, moved)
+    _barrier()
+    ckpt.save_client_state(root, tag, env.rank, st.client_state())
+    if env.is_main:
+        ckpt.save_shared_state(root, tag, st.shared_state(seconds))
+        save_config(cfg, root / tag / "config.yaml")
+    _barrier()  # every rank's files are written before the record that makes the checkpoint complete
+    if env.is_main:
+        ckpt.mark_complete(root, tag, {"step": st.step, "seconds": seconds, "kl_coef": st.kl_ctl.value,
+                                       "world_size": env.world_size, "run": signature, "wandb_run_id": st.wandb_run_id,
+                                       "metrics": st.history[-1] if st.history else {}})
+        removed = ckpt.prune(root, cfg.sentiment.keep_last, line | {tag}, tag)
+        log.info("saved checkpoint %s%s", root / tag, f" (removed {', '.join(removed)})" if removed else "")
+    _barrier()
+    return tag
+
+
+def resume_checkpoint(st: PPOState, root: Path, signature: dict[str, Any], env: distributed.DistEnv, lr: float) -> str | None:
+    """Decide (rank 0, from the completion records: :func:`checkpoint.plan_resume`) and load the
+    newest checkpoint of ``root`` that this run can continue and every rank can read (an unreadable
+    one falls back to the next older). Restores ``st`` in place. Returns the tag, or None for a
+    fresh start (no checkpoints).
+
+    Raises:
+        TrainingError: the newest intact checkpoint is incompatible (the message names what differs
+            and what to set), or checkpoints exist and none can be loaded.
+    """
+    from zerolm.errors import TrainingError
+
+    box = [ckpt.plan_resume(root, signature) if env.is_main else None]
+    if dist.is_initialized() and env.world_size > 1:
+        dist.broadcast_object_list(box, src=0)
+    plan: ckpt.ResumePlan = box[0]
+    if not plan.candidates and plan.error(root):
+        raise TrainingError(plan.error(root))
+    failed: dict[str, str] = {}
+    for tag in plan.candidates:
+        why = ""
+        try:
+            rec = ckpt.read_record(root, tag)
+            shared = ckpt.load_shared_state(root, tag)
+            client = ckpt.load_client_state(root, tag, env.rank)
+            ok = 1.0
+        except Exception as e:  # noqa: BLE001 - an unreadable file (damage the sizes did not show)
+            why = f"{type(e).__name__}: {e}"
+            log.warning("cannot load checkpoint %s: %s", root / tag, why)
+            ok = 0.0
+        if distributed.all_reduce_values([ok], "min")[0] < 1:
+            failed[tag] = why or "another rank could not read it"
+            log.warning("falling back from checkpoint %s to an older one", root / tag)
+            continue
+        st.load(shared, client, lr)
+        st.wandb_run_id = rec.get("wandb_run_id")
+        log.info("resumed from %s (step %d, β %.4g, %.0f s trained before)", root / tag, st.step, st.kl_ctl.value,
+                 st.seconds_before)
+        return tag
+    err = plan.error(root, failed)
+    if err:
+        raise TrainingError(err)
+    return None
+
+
+# -- the job ---------------------------------------------------------------------------------------
 def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> dict[str, Any]:
     """Run PPO as this process's part of the job (1 process, or each rank under torchrun/srun), then
     export the policy on rank 0 (:func:`finetune.sentiment_export.export_policy`). ``progress`` draws
     a bar of the PPO steps with the latest mean reward and KL (:func:`zerolm.pretrain.progress.progress_bar`:
     rank 0, stderr a terminal).
 
+    A run directory with checkpoints is resumed (:func:`resume_checkpoint`); one whose run is complete
+    (``sentiment.steps`` reached) is only exported again. SIGTERM/SIGUSR1 end the run after the
+    current step with a checkpoint (status ``preempted``); ``max_minutes`` (counted across resumes)
+    with status ``time_limit``.
+
     Returns:
-        ``status``, ``steps``, ``seconds``, ``first``/``final`` (mean metrics of the first/last five
-        steps), ``rank_weight_sha256`` (one digest per rank at the end: equal when the ranks stayed in
-        sync); rank 0 also ``export_dir``.
+        ``status`` (``completed``, ``preempted``, ``time_limit``), ``steps``, ``seconds`` (the run's,
+        across resumes), ``resumed_from`` (a tag or None), ``first``/``final`` (mean metrics of the
+        first/last five steps of the run), ``rank_weight_sha256`` (one digest per rank at the end:
+        equal when the ranks stayed in sync); rank 0 also ``export_dir``.
 
     Raises:
         ConfigError: ``batch_size``/``mini_batch_size`` not divisible by the number of ranks.
         DataError: no prompt survives the length filter, or unreadable models/data.
+        TrainingError: the run directory is in use, or its checkpoints cannot be continued by this
+            run (before any training step; the message names what differs).
     """
     from zerolm.pretrain.tracking import Tracker, run_config
+    from zerolm.pretrain.trainer import _test_self_signal
     from zerolm.errors import ConfigError, DataError
 
     sc = cfg.sentiment
@@ -226,8 +580,13 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         raise ConfigError(f"sentiment.batch_size={sc.batch_size} and mini_batch_size={sc.mini_batch_size} must be "
                           f"divisible by the {env.world_size} ranks")
     distributed.init(env)
+    handlers: dict[int, Any] = {}
+    lock = None
     try:
         t_start = time.perf_counter()
+        run_dir = Path(cfg.train.run_dir)
+        root = run_dir / "checkpoints"
+        lock = distributed.lock_run_dir(run_dir, env)
         torch.manual_seed(sc.seed)  # the same value head on every rank (DDP also broadcasts rank 0's)
         lm, tok = S.load_policy(sc.policy)
         ref, _ = S.load_policy(sc.policy)
@@ -235,104 +594,107 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             p.requires_grad_(False)
         reward = S.RewardModel(sc.reward, sc.target, sc.target_label, sc.reward_type)
         stops = S.stop_ids(lm, tok)
-        pool = S.make_queries(tok, S.split_texts(sc)["validation"][0], sc.prompt_min_tokens, sc.prompt_max_tokens,
-                              np.random.default_rng(sc.seed))
+        pool = [p.ids for p in S.prompt_pool(sc, tok, "validation", None, np.random.default_rng(sc.seed))]
         if not pool:
             raise DataError(f"{sc.data}: no validation row has {sc.prompt_min_tokens}+ tokens to make a prompt")
-        stream = PromptStream(pool, sc.batch_size, sc.response_min_tokens, sc.response_max_tokens, sc.seed + 1,
-                              env.rank, env.world_size)
         trainable = freeze_lower_layers(lm, sc.trainable_layers)
         model = PolicyWithValueHead(lm, sc.temperature).eval()  # eval: no dropout, so ratios start at exactly 1
+        group = sc.rloo_k if sc.method == "rloo" else 1  # samples per prompt
+        if group > 1:
+            model.v_head.requires_grad_(False)  # RLOO's baseline is the group's: no value head to train
+        st = PPOState(
+            model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=sc.lr),
+            AdaptiveKLController(sc.init_kl_coef, sc.target_kl, sc.kl_horizon, sc.adaptive_kl),
+            torch.Generator().manual_seed(sc.seed * 1000 + env.rank),
+            torch.Generator().manual_seed(sc.seed * 1000 + 500 + env.rank),
+            PromptStream(pool, sc.batch_size, sc.response_min_tokens, sc.response_max_tokens, sc.seed + 1,
+                         env.rank, env.world_size))
+        signature = ppo_signature(sc, env.world_size, model)
+        # an intact checkpoint this run cannot continue stops it here: nothing in the run directory changed
+        resumed = resume_checkpoint(st, root, signature, env, sc.lr)
+        line, written = ckpt.lineage(root, resumed), set()
+
+        def elapsed() -> float:
+            return st.seconds_before + time.perf_counter() - t_start
+
         ddp = model
         if env.world_size > 1:
             ddp = torch.nn.parallel.DistributedDataParallel(model)
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=sc.lr)
-        kl_ctl = AdaptiveKLController(sc.init_kl_coef, sc.target_kl, sc.kl_horizon, sc.adaptive_kl)
-        gen = torch.Generator().manual_seed(sc.seed * 1000 + env.rank)
-        shuffle = torch.Generator().manual_seed(sc.seed * 1000 + 500 + env.rank)
-        run_dir = Path(cfg.train.run_dir)
         tracker = None
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            tracker = Tracker(cfg.tracking, run_dir, run_config(cfg, "sentiment_ppo"), None)
+            tracker = Tracker(cfg.tracking, run_dir, run_config(cfg, f"sentiment_{sc.method}"), st.wandb_run_id,
+                              resume_step=st.step if resumed else None)
+            st.wandb_run_id = tracker.run_id
             log.info("PPO: %s (%.1fM parameters, %.1fM trained) → %s (%s) of %s | %d prompts | %d/step = %d ranks × %d | "
-                     "%d epochs × mini-batch %d | lr %.2e | β0 %.2f → KL %.1f", sc.policy,
+                     "%d epochs × mini-batch %d | lr %.2e | β0 %.2f → KL %.1f%s", sc.policy,
                      sum(p.numel() for p in lm.parameters()) / 1e6, trainable / 1e6,
                      sc.target, reward.label, sc.reward, len(pool), sc.batch_size, env.world_size,
-                     sc.batch_size // env.world_size, sc.ppo_epochs, sc.mini_batch_size, sc.lr, kl_ctl.value, sc.target_kl)
-        history: list[dict[str, float]] = []
-        status, step = "completed", 0
-        bar = progress_bar(sc.steps, "PPO", "steps", progress)
-        while step < sc.steps:
+                     sc.batch_size // env.world_size, sc.ppo_epochs, sc.mini_batch_size, sc.lr, sc.init_kl_coef,
+                     sc.target_kl, f" | resumed at step {st.step}" if resumed else "")
+
+        stop_signal = [0]
+
+        def on_signal(signum, _frame) -> None:
+            stop_signal[0] = signum
+            log.warning("received %s: will checkpoint after this step and exit", signal.Signals(signum).name)
+
+        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+            if sig is not None:
+                handlers[sig] = signal.signal(sig, on_signal)
+        limit = 60 * sc.max_minutes if sc.max_minutes is not None else None
+        status = "completed"
+        if limit is not None and st.step < sc.steps and st.seconds_before >= limit:  # the same on every rank
+            status = "time_limit"
+            log.warning("not training: the run already took %.0f s, sentiment.max_minutes=%s", st.seconds_before, sc.max_minutes)
+        self_signal = _test_self_signal(env.rank)
+        mini = sc.mini_batch_size // env.world_size * group  # rows of this rank per update (k rows per prompt)
+        bar = progress_bar(sc.steps, "PPO", "steps", progress, initial=st.step)
+        while status == "completed" and st.step < sc.steps:
+            if self_signal and st.step + 1 == self_signal[0]:
+                os.kill(os.getpid(), self_signal[1])  # test hook: a signal arriving during this step
             t0 = time.perf_counter()
-            queries, lengths = stream.next()
-            responses = S.sample_responses(lm, queries, lengths, pad_id=tok.pad_token_id, stops=stops,
-                                           temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, generator=gen)
-            texts = [tok.decode(q + r, skip_special_tokens=True) for q, r in zip(queries, responses)]
-            scores = reward.score(texts)
-            batch = S.pack(queries, responses, tok.pad_token_id)
-            mask = batch["response_mask"]
-            with torch.no_grad():
-                logits, old_values = model(**batch)
-                old_logp = S.token_logprobs(logits, batch["response"])
-                ref_logp = S.token_logprobs(S.response_logits(ref, batch, sc.temperature)[0], batch["response"])
-                del logits
-                kl_tok = (old_logp - ref_logp) * mask
-                rewards = -kl_ctl.value * kl_tok
-                last = mask.sum(1).long() - 1
-                rewards[torch.arange(len(queries)), last] += scores
-                adv, returns = gae(rewards, old_values, mask, sc.gamma, sc.lam)
-                adv = masked_whiten(adv, mask)
+            queries, lengths = st.stream.next()
+            if group > 1:  # each prompt k times, adjacent, with the same length budget
+                queries = [q for q in queries for _ in range(group)]
+                lengths = [n for n in lengths for _ in range(group)]
+            ro = rollout(model, ref, reward, tok, stops, queries, lengths, sc, st.gen)
+            if group > 1:
+                kl_tok, rewards, adv, returns = rloo_step_advantages(ro, st.kl_ctl.value, group)
+            else:
+                kl_tok, rewards, adv, returns = ppo_advantages(ro, st.kl_ctl.value, sc.gamma, sc.lam)
             t_roll = time.perf_counter() - t0
-            mini = sc.mini_batch_size // env.world_size
-            acc: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "approx_kl", "entropy")}
-            for _ in range(sc.ppo_epochs):
-                perm = torch.randperm(len(queries), generator=shuffle)
-                for s in range(0, len(queries), mini):
-                    i = perm[s : s + mini]
-                    sub = {k: v[i] for k, v in batch.items()}
-                    logits, values = ddp(**sub)
-                    logp = S.token_logprobs(logits, sub["response"])
-                    pl, vl, st = ppo_losses(logp, values, old_logp[i], old_values[i], adv[i], returns[i],
-                                            mask[i], sc.cliprange, sc.cliprange_value)
-                    opt.zero_grad(set_to_none=True)
-                    (pl + sc.vf_coef * vl).backward()
-                    if sc.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), sc.grad_clip)
-                    opt.step()
-                    with torch.no_grad():
-                        lp = torch.log_softmax(logits.detach(), -1)
-                        st["entropy"] = float(masked_mean(-(lp.exp() * lp).sum(-1), mask[i]))
-                    for k, v in (("policy_loss", float(pl)), ("value_loss", float(vl)), *st.items()):
-                        acc[k].append(v)
-                    del logits, values, lp
-            tokens = float(batch["attention_mask"].sum())
+            stats = ppo_update(ddp, model, st.opt, ro, adv, returns, sc, mini, st.shuffle)
+            scores, mask = ro.scores, ro.mask
             local = {"mean_reward": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
                      "kl": float(kl_tok.sum(1).mean()), "mean_non_score_reward": float(rewards.sum(1).mean() - scores.mean()),
                      "response_tokens": float(mask.sum(1).mean()), "returns": float(masked_mean(returns, mask)),
-                     "tokens": tokens, **{k: float(np.mean(v)) for k, v in acc.items()}}
-            m = _mean_over_ranks(local)
-            step += 1
-            kl_coef = kl_ctl.value
-            kl_ctl.update(m["kl"], sc.batch_size)
+                     "tokens": float(ro.batch["attention_mask"].sum()), **stats,
+                     "stop": float(stop_signal[0]), "late": float(limit is not None and elapsed() > limit)}
+            m = _mean_over_ranks(local)  # the step's one collective after the update: metrics and both flags
+            stop, late = m.pop("stop") > 0, m.pop("late") > 0
+            st.step += 1
+            kl_coef = st.kl_ctl.value
+            st.kl_ctl.update(m["kl"], sc.batch_size * group)
             dt = time.perf_counter() - t0
             m = {f"ppo/{k}": v for k, v in m.items() if k != "tokens"} | {
                 "ppo/kl_coef": kl_coef, "ppo/tokens_per_second": m["tokens"] * env.world_size / dt, "ppo/step_time_s": dt, "ppo/rollout_time_s": t_roll,
-                "ppo/lr": sc.lr, "train/loss": m["policy_loss"] + sc.vf_coef * m["value_loss"]}
-            history.append(m)
+                "ppo/lr": sc.lr, "train/loss": m["policy_loss"] + (sc.vf_coef * m["value_loss"] if group == 1 else 0.0)}
+            st.history.append(m)
             bar.update(1)
             bar.set_postfix_str(f"reward {m['ppo/mean_reward']:.3f} KL {m['ppo/kl']:.2f}", refresh=False)
-            if tracker and (step % sc.log_every == 0 or step == sc.steps):
-                tracker.log(m, step)
+            if tracker and (st.step % sc.log_every == 0 or st.step == sc.steps):
+                tracker.log(m, st.step)
                 log.info("step %d/%d | reward %.3f | KL %.2f nats | β %.3f | policy %.4f | value %.4f | clipfrac %.3f | "
-                         "entropy %.2f | %.0f tok/s | %.1f s", step, sc.steps, m["ppo/mean_reward"], m["ppo/kl"], kl_coef,
+                         "entropy %.2f | %.0f tok/s | %.1f s", st.step, sc.steps, m["ppo/mean_reward"], m["ppo/kl"], kl_coef,
                          m["ppo/policy_loss"], m["ppo/value_loss"], m["ppo/clipfrac"], m["ppo/entropy"],
                          m["ppo/tokens_per_second"], dt)
-            late = sc.max_minutes is not None and time.perf_counter() - t_start > 60 * sc.max_minutes
-            if _mean_over_ranks({"late": float(late)})["late"] > 0 and step < sc.steps:
-                status = "time_limit"
-                log.warning("stopping after step %d: sentiment.max_minutes=%s reached", step, sc.max_minutes)
-                break
+            if st.step < sc.steps and (stop or late):
+                status = "preempted" if stop else "time_limit"
+                log.warning("stopping after step %d (%s); run the same command to resume", st.step,
+                            "stop signal" if stop else f"sentiment.max_minutes={sc.max_minutes} reached")
+            if st.step % sc.save_every == 0 or st.step == sc.steps or status != "completed":
+                written.add(save_checkpoint(st, root, cfg, env, elapsed(), signature, line | written))
         bar.close()
         digests: list[Any] = [None] * env.world_size
         mine = weights_digest(model)
@@ -344,22 +706,26 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         def window(rows):
             return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
-        seconds = round(time.perf_counter() - t_start, 1)
-        result: dict[str, Any] = {"method": "ppo", "status": status, "steps": step, "seconds": seconds,
-                                  "first": window(history[:5]), "final": window(history[-5:]),
-                                  "rank_weight_sha256": digests}
+        seconds = round(elapsed(), 1)
+        result: dict[str, Any] = {"method": sc.method, "status": status, "steps": st.step, "seconds": seconds,
+                                  "resumed_from": resumed, "first": window(st.history[:5]),
+                                  "final": window(st.history[-5:]), "rank_weight_sha256": digests}
         if tracker:
-            tracker.summary({k: v for k, v in result["final"].items()} | {"ppo/steps": step, "ppo/seconds": seconds})
+            tracker.summary({k: v for k, v in result["final"].items()} | {"ppo/steps": st.step, "ppo/seconds": seconds})
             tracker.finish()
         if env.is_main:
             out = export_policy(lm, tok, sc.export_dir or run_dir / "hf", export_meta(
-                cfg, "ppo", reward.label, steps=step, status=status, seconds=seconds, final_metrics=result["final"],
+                cfg, sc.method, reward.label, steps=st.step, status=status, seconds=seconds, final_metrics=result["final"],
                 first_metrics=result["first"], ppo={k: getattr(sc, k) for k in (
                     "batch_size", "mini_batch_size", "ppo_epochs", "lr", "init_kl_coef", "adaptive_kl", "target_kl",
                     "kl_horizon", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam", "grad_clip", "temperature",
                     "top_k", "top_p", "prompt_min_tokens", "prompt_max_tokens", "response_min_tokens",
-                    "response_max_tokens", "trainable_layers")}, world_size=env.world_size))
+                    "response_max_tokens", "trainable_layers", "rloo_k", "reward_text", "reward_type")}, world_size=env.world_size))
             result["export_dir"] = str(out)
         return result
     finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+        if lock is not None:
+            lock.close()
         distributed.shutdown()

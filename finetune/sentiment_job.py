@@ -2,7 +2,7 @@
 reports before vs after.
 
 :func:`finetune_sentiment` checks the reward model, runs one method — ``control`` (control codes,
-:mod:`finetune.sentiment_control`) or ``ppo`` (:mod:`finetune.ppo`) — and, on rank 0, the report
+:mod:`finetune.sentiment_control`), ``ppo`` or ``rloo`` (:mod:`finetune.ppo`, :mod:`finetune.rloo`) — and, on rank 0, the report
 (:mod:`finetune.sentiment_report`). It is the top of the sentiment modules: the methods, the
 report and the export build on the primitives of :mod:`finetune.sentiment` and never import this.
 """
@@ -60,7 +60,7 @@ def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: boo
         previous = run_dir / "result.json"
         result: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
         result["export_dir"] = str(out)
-    elif sc.method == "ppo":
+    elif sc.method in ("ppo", "rloo"):
         from zerolm.finetune.ppo import train_ppo
 
         result = train_ppo(cfg, reward_label, progress=progress)

@@ -126,15 +126,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "slurm",
         help="render an sbatch script for N nodes x G GPUs and submit it",
-        description="Render an sbatch script that runs `python -m zerolm.pretrain CONFIG [overrides]` (or, with --entry finetune-classify, `python -m zerolm.finetune classify …`) on N nodes x G GPUs "
+        description="Render an sbatch script that runs `python -m zerolm.pretrain CONFIG [overrides]` (or, with --entry finetune-classify / finetune-sentiment, `python -m zerolm.finetune classify|sentiment …`) on N nodes x G GPUs "
         "(srun + torchrun with c10d rendezvous on the first node, plain srun tasks, or the deepspeed launcher with a "
         "hostfile from the allocation), asks Slurm for USR1 before the time limit, checkpoints, requeues itself and "
         "resumes. Prints the script with --dry-run, else submits it with sbatch and prints the job id and log path.",
     )
     p.add_argument("config", help="zerolm YAML config")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-    p.add_argument("--entry", choices=["pretrain", "finetune-classify"], default="pretrain",
-                   help="what to run: pretraining or classification finetuning (default pretrain)")
+    p.add_argument("--entry", choices=["pretrain", "finetune-classify", "finetune-sentiment"], default="pretrain",
+                   help="what to run: pretraining, classification finetuning or sentiment steering (default pretrain)")
     p.add_argument("--nodes", "-N", type=int, default=1, help="nodes (default 1)")
     p.add_argument("--gpus-per-node", "-G", type=int, default=8, help="GPUs (= ranks) per node; with --cpu: processes per node (default 8)")
     p.add_argument("--time", "-t", default="24:00:00", help="time limit, sbatch --time format (default 24:00:00)")
@@ -165,8 +165,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", help="zerolm YAML config")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-    p.add_argument("--entry", choices=["pretrain", "finetune-classify"], default="pretrain",
-                   help="what to run: pretraining or classification finetuning (default pretrain)")
+    p.add_argument("--entry", choices=["pretrain", "finetune-classify", "finetune-sentiment"], default="pretrain",
+                   help="what to run: pretraining, classification finetuning or sentiment steering (default pretrain)")
     p.add_argument("--nproc", "-n", type=int, default=1, help="processes (ranks) on this machine (default 1)")
     p.add_argument("--python", default=None, help="Python whose torchrun to use (default: this one)")
     p.add_argument("--dry-run", action="store_true", help="print the command only")

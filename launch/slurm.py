@@ -3,7 +3,9 @@
 The script is assembled from the templates in ``launch/templates/``: a header (``#SBATCH`` lines,
 rendezvous on the first node of ``SLURM_JOB_NODELIST`` with ``MASTER_PORT = 20000 + job id % 10000``,
 the USR1 trap), one launcher block and a footer (wait for the training step, requeue after a
-preemption/time-limit warning). Three launchers start the same entry point, ``python -m zerolm.pretrain``:
+preemption/time-limit warning). Three launchers start the same entry point, ``python -m zerolm.pretrain``
+(or another of :data:`ENTRIES`: classification finetuning, sentiment steering; each checkpoints on
+USR1 and resumes from its run directory):
 
 * ``torchrun`` (default): ``srun`` starts one torchrun agent per node; c10d rendezvous;
 * ``srun``: one Slurm task per GPU; each rank reads ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``;
@@ -40,7 +42,8 @@ log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LAUNCHERS = ("torchrun", "srun", "deepspeed")
 # what a job runs: the ``python -m`` module (and subcommand) of each entry point
-ENTRIES = {"pretrain": "zerolm.pretrain", "finetune-classify": "zerolm.finetune classify"}
+ENTRIES = {"pretrain": "zerolm.pretrain", "finetune-classify": "zerolm.finetune classify",
+           "finetune-sentiment": "zerolm.finetune sentiment"}
 PORT_BASE = 20000  # the same derivation as pretrain.distributed (MASTER_PORT = 20000 + job id % 10000)
 
 Launcher = Literal["torchrun", "srun", "deepspeed"]
@@ -53,9 +56,10 @@ class SlurmJob:
     Attributes:
         config: the zerolm YAML config (made absolute).
         overrides: ``key.sub=value`` overrides passed on to the entry point.
-        entry: what runs: ``pretrain`` (``python -m zerolm.pretrain``) or ``finetune-classify``
-            (``python -m zerolm.finetune classify``); both run the shared trainer, so checkpoint-on-USR1 and
-            requeue-resume work the same.
+        entry: what runs: ``pretrain`` (``python -m zerolm.pretrain``), ``finetune-classify``
+            (``python -m zerolm.finetune classify``) or ``finetune-sentiment`` (``python -m zerolm.finetune
+            sentiment``: the config's ``sentiment.method``; PPO checkpoints and resumes through the same
+            checkpoint module as the shared trainer), so checkpoint-on-USR1 and requeue-resume work the same.
         nodes: number of nodes.
         gpus_per_node: GPUs per node (= training processes per node); with ``cpu``, processes per node.
         time: Slurm time limit (``MM``, ``HH:MM:SS``, ``D-HH:MM`` …).

@@ -4,7 +4,11 @@ Layout (``RUN_DIR/checkpoints``)::
 
     latest                              the newest complete tag (written last, atomically)
     step_00000040/                      DeepSpeed engine state (model, optimizer, LR schedule)
-        zerolm_client_rank{r}.pt        per rank: RNG states
+        zerolm_client_rank{r}.pt        per rank: RNG states (and, for a job without the engine,
+                                        its per-rank streams: PPO's generators and prompt position)
+        zerolm_shared_state.pt          a job that trains without the DeepSpeed engine (PPO,
+                                        :mod:`zerolm.finetune.ppo`): what every rank shares (model,
+                                        optimizer, controller state, metric history), rank 0 writes it
         zerolm_data.json                every rank's data-loader state (rank 0 writes it; merged, it
                                         resumes the data on any world size the global batch allows)
         universal/                      DeepSpeed's universal copy of the engine state, converted
@@ -15,7 +19,8 @@ Layout (``RUN_DIR/checkpoints``)::
                                         architecture from it, not from the shape keys)
         zerolm_complete.json            written after every rank saved: step, tokens, metrics,
                                         the run's shape (``run``: world size, batch arithmetic,
-                                        ZeRO stage, objective, model tensor shapes, data layout)
+                                        ZeRO stage, objective, model tensor shapes, data layout,
+                                        a job's own ``settings`` such as ``sentiment.batch_size``)
                                         and the size of every file (truncation check)
     step_00000040.unloadable/           a checkpoint zerolm could not load, moved aside (never
                                         deleted) when this run line reached the same step
@@ -34,7 +39,7 @@ Resume rules (:func:`plan_resume`):
   (gradient accumulation is re-derived), the engine loads a universal checkpoint and the data
   continues exactly (``train.elastic_resume=false`` forbids it).
 * An **intact but incompatible** checkpoint (another global batch, ZeRO stage, objective, model
-  shape or data stream; another world size for a non-elastic loader) is never skipped: the run stops before any work,
+  shape, data stream or job setting; another world size for a non-elastic loader) is never skipped: the run stops before any work,
   with an error that names what differs and what to do. This is decided from the completion record
   (and, for checkpoints written before it carried ``run``, the checkpoint's ``config.yaml``), never
   by catching DeepSpeed's exceptions.
@@ -76,6 +81,7 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "zerolm_complete.json"
 DATA_STATE = "zerolm_data.json"
+SHARED_STATE = "zerolm_shared_state.pt"
 LATEST = "latest"
 SET_ASIDE = ".unloadable"
 ROLLED_BACK = ".rolled_back"
@@ -109,6 +115,20 @@ def save_client_state(root: Path, tag: str, rank: int, state: dict[str, Any]) ->
     path = client_state_file(root, tag, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_with(path, lambda p: torch.save(state, p))
+
+
+def save_shared_state(root: Path, tag: str, state: dict[str, Any]) -> None:
+    """On rank 0, for a job that trains without the DeepSpeed engine (PPO): the state every rank
+    holds alike (model and optimizer ``state_dict``s, controller values, metric history), one file
+    (temp file + rename). The completion record (:func:`mark_complete`) lists it like any file."""
+    path = root / tag / SHARED_STATE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_with(path, lambda p: torch.save(state, p))
+
+
+def load_shared_state(root: Path, tag: str) -> dict[str, Any]:
+    """Read what :func:`save_shared_state` wrote (on CPU)."""
+    return torch.load(root / tag / SHARED_STATE, map_location="cpu", weights_only=False)
 
 
 def save_hf_config(root: Path, tag: str, hf_config: dict[str, Any]) -> None:
@@ -294,7 +314,8 @@ def model_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
 def run_signature(*, world_size: int, micro_batch_size: int, gradient_accumulation_steps: int,
                   global_batch_size: int, zero_stage: int, objective: str, precision: str,
                   model_config: dict[str, Any] | None, shapes: dict[str, list[int]] | None,
-                  data_layout: dict[str, Any] | None, elastic_resume: bool = True) -> dict[str, Any]:
+                  data_layout: dict[str, Any] | None, elastic_resume: bool = True,
+                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed by a run (stored as ``run`` in its record).
 
     Args:
@@ -307,6 +328,9 @@ def run_signature(*, world_size: int, micro_batch_size: int, gradient_accumulati
             (``format``, ``seq_len``, ``sources``, ``logical_shards``, ``num_workers``, ``elastic``:
             its ``state_dict()`` fields). elastic_resume: whether this run may resume a checkpoint
             of another world size (``train.elastic_resume``).
+        settings: a job's own config keys that a resume must keep, ``{"sentiment.batch_size": 16, …}``
+            (a job outside the batch arithmetic above, e.g. PPO, passes None for those fields and
+            names its keys here); compared key by key, ``None`` values included.
     """
     return {
         "world_size": world_size, "micro_batch_size": micro_batch_size,
@@ -316,6 +340,7 @@ def run_signature(*, world_size: int, micro_batch_size: int, gradient_accumulati
         "model_shapes": shapes,
         "data_layout": {k: v for k, v in (data_layout or {}).items() if k in _DATA_KEPT},
         "elastic_resume": elastic_resume,
+        **({"settings": dict(settings)} if settings is not None else {}),
     }
 
 
@@ -352,7 +377,8 @@ def incompatibilities(saved: dict[str, Any], current: dict[str, Any]) -> list[tu
     set to resume)`` pairs; empty when the checkpoint can be resumed. Values unknown on either side
     (an older record) are not compared. A different micro-batch size and gradient accumulation with
     the same global batch is compatible; so is another world size or number of loader workers when
-    both runs' data loaders are elastic and ``current["elastic_resume"]`` is not False."""
+    both runs' data loaders are elastic and ``current["elastic_resume"]`` is not False. A job's
+    ``settings`` are compared for every key both runs recorded (``None`` is a value there)."""
     out: list[tuple[str, str]] = []
 
     def known(k: str) -> bool:
@@ -412,6 +438,11 @@ def incompatibilities(saved: dict[str, Any], current: dict[str, Any]) -> list[tu
                                 f"set train.global_batch_size={s_data[k]}"))
             else:
                 out.append((f"data.{k} {s_data[k]} → {c_data[k]}", f"set data.{k}={s_data[k]}"))
+    s_set, c_set = saved.get("settings") or {}, current.get("settings") or {}
+    for k in sorted(set(s_set) & set(c_set)):
+        if s_set[k] != c_set[k]:
+            a = "null" if s_set[k] is None else s_set[k]
+            out.append((f"{k} {a} → {'null' if c_set[k] is None else c_set[k]}", f"set {k}={a}"))
     return out
 
 

@@ -37,6 +37,7 @@ JOB_SECTIONS: dict[str, dict[str, tuple[str, ...] | None]] = {
     "classify": {"finetune": None, "data": ("micro_batch_size", "seed"), "train": None, "tracking": None},
     "sentiment_control": {"sentiment": None, "data": ("micro_batch_size", "seed"), "train": None, "tracking": None},
     "sentiment_ppo": {"sentiment": None, "train": ("run_dir",), "tracking": None},
+    "sentiment_rloo": {"sentiment": None, "train": ("run_dir",), "tracking": None},
 }
 
 

@@ -347,6 +347,22 @@ def test_sampling_and_logprobs_agree_with_an_unpadded_forward(tiny_gpt):
         assert torch.allclose(lp, torch.log_softmax(logits, -1).gather(1, torch.tensor(r)[:, None])[:, 0], atol=1e-5)
 
 
+def test_no_stop_token_before_the_minimum_length(tiny_gpt):
+    """``min_tokens``: stop tokens are not drawn before it (continuation-only rewards cannot be earned
+    by an empty text); with half the vocabulary as stop tokens, unconstrained responses end at once."""
+    model, tok = S.load_policy(str(tiny_gpt))
+    vocab = model.config.vocab_size
+    stops = set(range(0, vocab, 2))  # every even id ends a response
+    queries = [tok("The plot", add_special_tokens=False)["input_ids"]] * 16
+    free = S.sample_responses(model, queries, [12] * 16, pad_id=tok.pad_token_id, stops=stops,
+                              generator=torch.Generator().manual_seed(0))
+    held = S.sample_responses(model, queries, [12] * 16, pad_id=tok.pad_token_id, stops=stops,
+                              generator=torch.Generator().manual_seed(0), min_tokens=5)
+    assert min(len(r) for r in free) < 5  # half the draws stop: some response ends early
+    assert all(len(r) >= 5 and not any(t in stops for t in r[:5]) for r in held), held
+    assert all(len(r) == 12 or r[-1] in stops for r in held)  # after the minimum, stops end responses again
+
+
 def test_control_rows_mask_the_code(tiny_gpt):
     _, tok = S.load_policy(str(tiny_gpt))
     sc = load_config(None, ["sentiment.control_max_length=16"]).sentiment
@@ -373,3 +389,88 @@ def test_freeze_lower_layers(tiny_gpt):
     expected = {name for name, _ in model.named_parameters() if name.startswith(("transformer.h.1.", "transformer.ln_f."))}
     assert {name for name, p in model.named_parameters() if p.requires_grad} == expected
     assert n == sum(p.numel() for name, p in model.named_parameters() if name in expected) < total
+
+
+# ---------------------------------------------------------------------------------------------------
+# RLOO, both targets: the reward and the independent judge move toward the target
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def polarity_reward(tmp_path_factory):
+    """A reward that knows sentiment words: MiniLM-L6 (the packaged weights) finetuned 150 steps on
+    32 rows of the built-in ``polarity`` pool (reviews + tweets). The tiny BERT of ``reward_dir`` is
+    too weak here: RLOO against it finds its spurious features ('vvv' scored negative) and the
+    independent judge does not move — reward hacking in miniature; so does a MiniLM trained for 100
+    steps (accuracy ~0.7: ' you may you' scored positive). 150 steps (~0.77) carry sentiment words."""
+    from zerolm.config import FinetuneConfig
+    from zerolm.finetune import data as fdata
+    from zerolm.finetune.classify import build_classifier, load_tokenizer, prepare_data, tokenize
+    from zerolm.hf_models import resolve_model_path
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fc = FinetuneConfig(model=str(resolve_model_path("minilm")), data="polarity", max_length=24)
+        prep = prepare_data(fc)
+        tok = load_tokenizer(fc.model)
+        train = tokenize(tok, *prep["splits"]["train"], 24)
+        torch.manual_seed(0)
+        model = build_classifier(fc.model, prep["label_names"], tok.pad_token_id)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+        g = torch.Generator().manual_seed(0)
+        model.train()
+        for _ in range(150):
+            batch = fdata.collate([train[i] for i in torch.randint(len(train), (32,), generator=g).tolist()], tok.pad_token_id)
+            loss = model(**batch).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out = tmp_path_factory.mktemp("polarity_reward")
+        model.save_pretrained(str(out))
+        tok.save_pretrained(str(out))
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["positive", "negative"])
+def rloo_run(request, control_run, polarity_reward, tmp_path_factory):
+    """`--method rloo --report`, one process: 100 steps of 4 prompts × k=4 samples, reward on the
+    continuation alone (logit margin of the target), review prompts only (the tiny GPT knows reviews)."""
+    run = tmp_path_factory.mktemp(f"rloo_{request.param}")
+    sentiment_cli(["--method", "rloo", "--target", request.param, "--policy", control_run / "hf", "--reward", polarity_reward,
+                   "--run-dir", run, "--report", "sentiment.steps=100", "sentiment.batch_size=4", "sentiment.rloo_k=4",
+                   "sentiment.mini_batch_size=4", "sentiment.ppo_epochs=2", "sentiment.lr=1e-3",
+                   "sentiment.trainable_layers=null", "sentiment.max_minutes=null", "sentiment.init_kl_coef=0.05",
+                   "sentiment.reward_type=logit_margin", "sentiment.reward_text=continuation",
+                   "sentiment.prompt_kinds={review: 1.0}", "sentiment.prompt_max_tokens=4", "sentiment.log_every=10",
+                   "sentiment.response_min_tokens=8", "sentiment.report_prompts=64", "tracking.wandb_mode=disabled"])
+    return request.param, run
+
+
+def test_rloo_moves_reward_and_judge_toward_the_target(rloo_run):
+    target, run = rloo_run
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(10, 101, 10))
+    result = json.loads((run / "result.json").read_text())
+    assert result["method"] == "rloo" and result["status"] == "completed" and result["steps"] == 100
+    assert result["final"]["ppo/mean_reward"] > result["first"]["ppo/mean_reward"] + 0.3, result
+    assert abs(result["first"]["ppo/kl"]) < 5 and result["final"]["ppo/kl"] > 0.5
+    assert all(r["ppo/value_loss"] == 0 for r in rows)  # no value head is trained
+    meta = json.loads((run / "hf" / S.MARKER).read_text())
+    assert meta["method"] == "rloo" and meta["ppo"]["rloo_k"] == 4 and meta["ppo"]["reward_text"] == "continuation"
+    rep = json.loads((run / "sentiment_report.json").read_text())
+    items = [json.loads(line) for line in (run / "sentiment_report_items.jsonl").read_text().splitlines()]
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    sign = 1 if target == "positive" else -1
+
+    def judge(variant):  # VADER recomputed here on the continuations alone
+        return np.mean([sign * analyzer.polarity_scores(it[variant]["continuation"])["compound"] >= 0.05 for it in items])
+
+    assert rep["after"]["mean_reward"] > rep["before"]["mean_reward"] + 0.3
+    assert judge("after") > judge("before"), (target, judge("before"), judge("after"))
+    if target == "positive":  # the untuned tiny GPT's gibberish already reads negative to the reward: less room
+        assert judge("after") > judge("before") + 0.1

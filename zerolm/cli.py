@@ -394,21 +394,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = ft_sub.add_parser(
         "sentiment",
-        help="steer a causal LM's continuations toward a sentiment (control codes or PPO) and export it",
+        help="steer a causal LM's continuations toward a sentiment (control codes, PPO or RLOO) and export it",
         description="Steer any causal-LM Hugging Face folder (our GPT export, 'smollm2') toward positive or "
         "negative continuations, rewarded by a sentiment classifier from `zerolm finetune classify`. "
         "--method control: finetune on labelled real text prefixed with plain-text control codes (the shared "
         "DeepSpeed trainer). --method ppo: PPO with a per-token KL penalty against the frozen reference, "
-        "adaptive KL coefficient, value head, GAE (TRL gpt2-sentiment defaults). Prompts are the first 2-8 "
-        "tokens of held-out rows. Exports a Hugging Face folder (RUN_DIR/hf); --report writes "
+        "adaptive KL coefficient, value head, GAE (TRL gpt2-sentiment defaults). --method rloo: the same loop "
+        "with several samples per prompt and a leave-one-out baseline instead of a value head (Ahmadian et al. 2024). "
+        "Prompts: held-out review openings, tweets, news and Wikipedia paragraphs cut mid-sentence, story openings. "
+        "PPO/RLOO checkpoint every sentiment.save_every steps and resume. Exports a Hugging Face folder (RUN_DIR/hf); --report writes "
         "sentiment_report.json/.png (before vs after: target rate by the reward model and by VADER, mean "
         "reward, KL, perplexity under the reference, distinct-1/2, samples). Defaults: "
-        "configs/finetune/sentiment_{ppo,control}.yaml. Runs as one process or each rank under torchrun.",
+        "configs/finetune/sentiment_{ppo,rloo,control}.yaml. Runs as one process or each rank under torchrun.",
     )
     p.add_argument("--policy", default=None, help="causal-LM folder or 'smollm2' (sentiment.policy)")
     p.add_argument("--reward", default=None, help="sentiment classifier folder (sentiment.reward)")
     p.add_argument("--target", default=None, choices=["positive", "negative"], help="target sentiment (sentiment.target)")
-    p.add_argument("--method", default=None, choices=["control", "ppo"], help="control | ppo (sentiment.method; default ppo)")
+    p.add_argument("--method", default=None, choices=["control", "ppo", "rloo"],
+                   help="control | ppo | rloo (sentiment.method; default ppo)")
     p.add_argument("--run-dir", default=None, help="run directory (train.run_dir)")
     p.add_argument("--out", default=None, help="export folder (sentiment.export_dir; default RUN_DIR/hf)")
     p.add_argument("--report", action="store_true", help="after training, write and print the before/after report")

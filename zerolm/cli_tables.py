@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -101,21 +102,41 @@ def fewshot_table(result: dict[str, Any]) -> str:
 
 
 def sentiment_report_tables(rep: dict[str, Any]) -> list[Any]:
-    """``rich`` tables of a sentiment report (metrics before/after; sample continuations)."""
+    """``rich`` tables of a sentiment report: metrics before/after (± standard error; after − before
+    with its paired standard error), the main metrics per prompt kind, sample continuations."""
     from zerolm.finetune.sentiment_report import METRICS
 
+    def pm(value: float, se: float | None, sign: str = "") -> str:
+        return f"{value:{sign}.3f}" + (f" ± {se:.3f}" if se is not None else "")
+
     names = [n for n in ("before", "before_with_code", "after") if n in rep]
-    t = Table(title=f"{rep['method']} → {rep['target']} ({rep['prompts']['count']} held-out prompts; judge {rep['judge']})")
+    t = Table(title=f"{rep['method']} → {rep['target']} ({rep['prompts']['count']} held-out prompts; judge {rep['judge']}; ± se)")
     t.add_column("metric")
     for n in names:
         t.add_column(n, justify="right")
     t.add_column("after − before", justify="right")
     for k in METRICS:
-        t.add_row(k, *(f"{rep[n][k]:.3f}" for n in names), f"{rep['delta'][k]:+.3f}")
+        t.add_row(k, *(pm(rep[n][k], rep[n].get(f"{k}_se")) for n in names),
+                  pm(rep["delta"][k], rep.get("delta_se", {}).get(k), "+"))
+    out: list[Any] = [t]
+    if rep.get("by_kind"):
+        b = Table(title="by prompt kind (VADER = judge; Δ = after − before, paired se)")
+        for col in ("kind", "n", "VADER before", "VADER after", "Δ VADER (cont.)", "reward-model after", "Δ mean reward", "KL"):
+            b.add_column(col, justify="left" if col == "kind" else "right")
+        for k, v in rep["by_kind"].items():
+            bf, af = v["before"], v["after"]
+            b.add_row(k, str(v["count"]), pm(bf["judge_target_rate"], bf["judge_target_rate_se"]),
+                      pm(af["judge_target_rate"], af["judge_target_rate_se"]),
+                      pm(v["delta"]["judge_target_rate_continuation"], v["delta_se"]["judge_target_rate_continuation"], "+"),
+                      pm(af["reward_target_rate"], af["reward_target_rate_se"]),
+                      pm(v["delta"]["mean_reward"], v["delta_se"]["mean_reward"], "+"), f"{af['kl_to_reference']:.2f}")
+        out.append(b)
     s = Table(title="sample continuations (reward)", show_lines=True)
     s.add_column("prompt")
     for n in names:
         s.add_column(n)
     for row in rep["samples"]:
-        s.add_row(row["prompt"], *(f"{row[n]} ({row[f'reward_{n}']:+.2f})" for n in names))
-    return [t, s]
+        prompt = f"[{row['kind']}] {row['prompt']}" if "kind" in row else row["prompt"]
+        s.add_row(escape(prompt), *(escape(f"{row[n]} ({row[f'reward_{n}']:+.2f})") for n in names))  # text, not markup
+    out.append(s)
+    return out

