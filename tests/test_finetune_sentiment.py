@@ -101,13 +101,16 @@ def control_run(tiny_gpt, reward_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ppo_run(control_run, reward_dir, tmp_path_factory):
-    """`python -m zerolm.finetune sentiment --method ppo --report`, one process, 18 PPO steps of 16 prompts."""
+def ppo_run(control_run, polarity_reward, tmp_path_factory):
+    """`python -m zerolm.finetune sentiment --method ppo --report`, one process, 18 PPO steps of 16 prompts,
+    rewarded by the MiniLM polarity classifier on the continuation alone (with responses that cannot
+    stop before 8 tokens, the tiny BERT's reward gives PPO no signal it can climb in 18 steps)."""
     run = tmp_path_factory.mktemp("ppo")
-    sentiment_cli(["--method", "ppo", "--policy", control_run / "hf", "--reward", reward_dir, "--run-dir", run, "--report",
+    sentiment_cli(["--method", "ppo", "--policy", control_run / "hf", "--reward", polarity_reward, "--run-dir", run, "--report",
                    "sentiment.steps=18", "sentiment.batch_size=16", "sentiment.mini_batch_size=8", "sentiment.lr=5e-4",
                    "sentiment.trainable_layers=null", "sentiment.max_minutes=null",
                    "sentiment.init_kl_coef=0.05", "sentiment.reward_type=logit_margin", "sentiment.prompt_max_tokens=2",
+                   "sentiment.prompt_kinds={review: 1.0}", "sentiment.reward_text=continuation",
                    "sentiment.response_min_tokens=8", "sentiment.report_prompts=24", "tracking.wandb_mode=offline"])
     return run
 
@@ -152,7 +155,7 @@ def test_ppo_export_loads_and_generates(ppo_run, control_run):
     before = load_file(str(control_run / "hf" / "model.safetensors"))
     assert any(not torch.equal(saved[k], before[k]) for k in saved)  # PPO changed the weights
     meta = json.loads((hf / S.MARKER).read_text())
-    assert meta["method"] == "ppo" and meta["target_label"] == "fresh" and meta["steps"] == 18
+    assert meta["method"] == "ppo" and meta["target_label"] == "positive" and meta["steps"] == 18
     card = (hf / "README.md").read_text()
     assert "PPO" in card and "ppo/mean_reward" in card and "## Before vs after" in card
 
