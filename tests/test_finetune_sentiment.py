@@ -52,41 +52,51 @@ def sentiment_cli(args: list[str], nproc: int = 1, timeout: int = 300) -> subpro
     return r
 
 
-@pytest.fixture(scope="module")
-def reward_dir(tiny_bert, tmp_path_factory):
-    """A tiny BERT fresh/rotten classifier: 300 steps of 32 real RT training rows (classify's split,
-    so the sentiment prompts are never its training rows), saved as a text-classification folder."""
+def _train_classifier(model_path: str, data: str, max_length: int, steps: int, lr: float, out: Path) -> float | None:
+    """Finetune a sequence classifier with finetune.classify's data and model pieces (one thread,
+    seed 0, batches of 32 random training rows, AdamW at ``lr``), save it to ``out``. Returns the
+    accuracy on the first 400 test rows for the RT reward (None otherwise: that check is RT's)."""
+    from zerolm.config import FinetuneConfig
     from zerolm.finetune import data as fdata
     from zerolm.finetune.classify import build_classifier, load_tokenizer, predict, prepare_data, tokenize
-    from zerolm.config import FinetuneConfig
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        fc = FinetuneConfig(model=str(tiny_bert), data="rotten_tomatoes", max_length=32)
+        fc = FinetuneConfig(model=model_path, data=data, max_length=max_length)
         prep = prepare_data(fc)
         tok = load_tokenizer(fc.model)
-        train = tokenize(tok, *prep["splits"]["train"], 32)
+        train = tokenize(tok, *prep["splits"]["train"], max_length)
         torch.manual_seed(0)
         model = build_classifier(fc.model, prep["label_names"], tok.pad_token_id)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
         g = torch.Generator().manual_seed(0)
         model.train()
-        for _ in range(300):
+        for _ in range(steps):
             batch = fdata.collate([train[i] for i in torch.randint(len(train), (32,), generator=g).tolist()], tok.pad_token_id)
             loss = model(**batch).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
-        texts, labels = prep["splits"]["test"]
-        acc = float(np.mean([p == y for p, y in zip(predict(model, tok, texts[:400], 32), labels[:400])]))
-        out = tmp_path_factory.mktemp("reward")
+        acc = None
+        if data == "rotten_tomatoes":
+            texts, labels = prep["splits"]["test"]
+            acc = float(np.mean([p == y for p, y in zip(predict(model, tok, texts[:400], 32), labels[:400])]))
         model.save_pretrained(str(out))
         tok.save_pretrained(str(out))
-        (out / "accuracy.json").write_text(json.dumps({"test_accuracy_400": acc}))
-        return out
+        return acc
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tiny_bert, tmp_path_factory):
+    """A tiny BERT fresh/rotten classifier: 300 steps of 32 real RT training rows (classify's split,
+    so the sentiment prompts are never its training rows), saved as a text-classification folder."""
+    out = tmp_path_factory.mktemp("reward")
+    acc = _train_classifier(str(tiny_bert), "rotten_tomatoes", 32, 300, 1e-3, out)
+    (out / "accuracy.json").write_text(json.dumps({"test_accuracy_400": acc}))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -406,35 +416,11 @@ def polarity_reward(tmp_path_factory):
     too weak here: RLOO against it finds its spurious features ('vvv' scored negative) and the
     independent judge does not move — reward hacking in miniature; so does a MiniLM trained for 100
     steps (accuracy ~0.7: ' you may you' scored positive). 150 steps (~0.77) carry sentiment words."""
-    from zerolm.config import FinetuneConfig
-    from zerolm.finetune import data as fdata
-    from zerolm.finetune.classify import build_classifier, load_tokenizer, prepare_data, tokenize
     from zerolm.hf_models import resolve_model_path
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fc = FinetuneConfig(model=str(resolve_model_path("minilm")), data="polarity", max_length=24)
-        prep = prepare_data(fc)
-        tok = load_tokenizer(fc.model)
-        train = tokenize(tok, *prep["splits"]["train"], 24)
-        torch.manual_seed(0)
-        model = build_classifier(fc.model, prep["label_names"], tok.pad_token_id)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
-        g = torch.Generator().manual_seed(0)
-        model.train()
-        for _ in range(150):
-            batch = fdata.collate([train[i] for i in torch.randint(len(train), (32,), generator=g).tolist()], tok.pad_token_id)
-            loss = model(**batch).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        out = tmp_path_factory.mktemp("polarity_reward")
-        model.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
-        return out
-    finally:
-        torch.set_num_threads(threads)
+    out = tmp_path_factory.mktemp("polarity_reward")
+    _train_classifier(str(resolve_model_path("minilm")), "polarity", 24, 150, 1e-4, out)
+    return out
 
 
 @pytest.fixture(scope="module", params=["positive", "negative"])
