@@ -16,7 +16,8 @@ to ``bench/results/sentiment_steering.json`` / ``.md``:
 * the issue's targets as pass/fail: Δ ≥ 30 pp at KL ≤ 10, perplexity ≤ 1.5×, distinct-2 ≥ 0.9
   (control codes: ≥ 10 pp over prompting with the code).
 
-Runs are sequential: each uses both cores.
+Runs are sequential: each uses both cores. Control codes train one model for both targets (in the
+positive run's directory); the negative run reports on that export (``--report-only``).
 """
 
 from __future__ import annotations
@@ -37,11 +38,17 @@ KINDS = ("review", "tweet", "news", "wiki", "story")
 def run_one(method: str, target: str, seed: int, args, extra: list[str]) -> dict:
     run = REPO / "runs" / "bench_sentiment" / f"{method}-{target}-{seed}"
     rep = run / "sentiment_report.json"
+    # one control-code model serves both targets: it is trained in the positive run, the other target reports on it
+    trained = REPO / "runs" / "bench_sentiment" / f"{method}-positive-{seed}"
+    report_only = method == "control" and target != "positive"
+    if report_only and not (trained / "hf").is_dir():
+        run_one(method, "positive", seed, args, extra)
     if args.fresh or not rep.is_file():
+        how = ["--report-only", f"sentiment.export_dir={trained / 'hf'}"] if report_only else \
+            ["--report", f"sentiment.max_minutes={args.minutes}"]
         cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(args.nproc), "-m", "zerolm.finetune",
                "sentiment", "--method", method, "--target", target, "--reward", args.reward, "--run-dir", str(run),
-               "--report", "--quiet", f"sentiment.seed={seed}", f"sentiment.max_minutes={args.minutes}",
-               "tracking.wandb_mode=disabled", *extra]
+               *how, "--quiet", f"sentiment.seed={seed}", "tracking.wandb_mode=disabled", *extra]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
         t0 = time.perf_counter()
         print("$", " ".join(cmd), flush=True)
@@ -57,13 +64,13 @@ def run_one(method: str, target: str, seed: int, args, extra: list[str]) -> dict
 def row(method: str, target: str, seed: int, rep: dict) -> dict:
     base = "before_with_code" if method == "control" else "before"
     b, a = rep[base], rep["after"]
-    jd = rep["judge_delta_continuation"]
+    jd = rep["judge_delta_vs_code"] if base == "before_with_code" else rep["judge_delta_continuation"]
     delta = a["judge_target_rate_continuation"] - b["judge_target_rate_continuation"]
     ppl = a["reference_perplexity"] / rep["before"]["reference_perplexity"]
     out = {"method": method, "target": target, "seed": seed, "steps": rep.get("training", {}).get("steps"),
            "minutes": round((rep.get("training", {}).get("seconds") or 0) / 60, 1), "prompts": rep["prompts"]["count"],
            "judge_before": b["judge_target_rate_continuation"], "judge_after": a["judge_target_rate_continuation"],
-           "judge_delta": delta, "judge_delta_se": jd["se"] if base == "before" else None,
+           "judge_delta": delta, "judge_delta_se": jd["se"],
            "reward_rate_before": b["reward_target_rate"], "reward_rate_after": a["reward_target_rate"],
            "kl": a["kl_to_reference"], "ppl_ratio": ppl, "distinct_2": a["distinct_2"],
            "by_kind": {k: {"before": v[base]["judge_target_rate_continuation"], "after": v["after"]["judge_target_rate_continuation"],

@@ -37,6 +37,21 @@ def check_reward(sc) -> str:
     return conf.id2label[resolve_target_label(conf.id2label, sc.target, sc.target_label, f"the reward model {sc.reward}")]
 
 
+def report_threads() -> int:
+    """Give rank 0's report the CPU threads of the node's other ranks, which have finished (the report
+    runs on rank 0 alone): ``torch`` threads × ``LOCAL_WORLD_SIZE``, at most the CPUs this process may
+    use. Returns the thread count set."""
+    import os
+
+    import torch
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = max(1, min(cpus, torch.get_num_threads() * local))
+    torch.set_num_threads(n)
+    return n
+
+
 def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: bool = False,
                        progress: bool = False) -> dict[str, Any]:
     """Steer ``cfg.sentiment.policy`` toward ``cfg.sentiment.target`` with ``method`` control or ppo,
@@ -73,7 +88,8 @@ def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: boo
     if report or report_only:
         from zerolm.finetune.sentiment_report import sentiment_report
 
+        report_threads()
         rep = sentiment_report(cfg, out, progress=progress)
-        result["report"] = {k: rep[k] for k in ("before", "before_with_code", "after", "delta", "json", "png") if k in rep}
+        result["report"] = {k: rep[k] for k in ("before", "before_with_code", "after", "delta", "judge_delta_vs_code", "json", "png") if k in rep}
     write_json(run_dir / "result.json", result, default=str)
     return result

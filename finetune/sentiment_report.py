@@ -150,6 +150,19 @@ def _variant(model, ref, tok, reward, sc, queries, prefix, lengths, stops, bar) 
             "ref_nll": [-float(x.sum()) for x in lp_ref]}
 
 
+def _delta_vs_code(runs: dict[str, Any], everything: list[int], by_kind_idx: dict[str, list[int]]) -> dict[str, Any]:
+    """Control codes: the judge's continuation target rate, after (finetuned, with the code) − the
+    untuned model prompted with the same code, paired over the same prompts, overall and per kind —
+    the baseline a control-code model has to beat (prompting alone)."""
+    key = "judge_target_rate_continuation"
+
+    def one(idx: list[int]) -> dict[str, Any]:
+        d, se = paired_delta(runs["after"], runs["before_with_code"], idx)
+        return {"delta": d[key], "se": se[key], "count": len(idx)}
+
+    return {**one(everything), "by_kind": {k: one(idx) for k, idx in by_kind_idx.items()}}
+
+
 def _sample_indices(kinds: list[str], k: int) -> list[int]:
     """``k`` prompt indices for the side-by-side samples: round robin over the kinds, stories first
     (the case steering exists for), then in :data:`PROMPT_KINDS` order; each kind's first prompts."""
@@ -228,6 +241,7 @@ def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path, progress: bool 
                                                      "se": v["delta_se"]["judge_target_rate_continuation"],
                                                      "count": v["count"]} for k, v in by_kind.items()}},
         "by_kind": by_kind,
+        **({"judge_delta_vs_code": _delta_vs_code(runs, everything, by_kind_idx)} if code else {}),
         "training": {k: meta.get(k) for k in ("steps", "seconds", "status", "final_metrics", "control_codes") if k in meta},
         "samples": [{"kind": kinds[i], "prompt": tok.decode(queries[i], skip_special_tokens=True),
                      **{name: r["continuations"][i] for name, r in runs.items()},
@@ -339,6 +353,11 @@ def report_markdown(rep: dict[str, Any]) -> str:
         lines.append(f"| {k} | " + " | ".join(_pm(rep[n], k) for n in names) + f" | {d} |")
     if jd:
         lines += ["", f"VADER on the continuation alone, after − before: {jd['delta']:+.3f} ± {jd['se'] or 0:.3f} (paired)."]
+    vc = rep.get("judge_delta_vs_code")
+    if vc:
+        lines += ["", f"VADER on the continuation alone, after − before_with_code (what finetuning adds to prompting "
+                  f"with the code): {vc['delta']:+.3f} ± {vc['se'] or 0:.3f} (paired); by kind: "
+                  + ", ".join(f"{k} {v['delta']:+.3f}" for k, v in vc["by_kind"].items()) + "."]
     if rep.get("by_kind"):
         lines += ["", "| prompt kind | n | VADER rate before → after | VADER (continuation) after − before | "
                   "reward-model rate before → after | mean reward before → after | KL (nats) |", "|---|---|---|---|---|---|---|"]

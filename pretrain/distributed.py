@@ -276,6 +276,18 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     return out
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's (picklable, small) ``obj`` on every rank, as a list in rank order. Without a
+    process group (or with one process): ``[obj]``. One collective call."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def lock_run_dir(run_dir: Path, env: DistEnv):
     """Hold an exclusive lock on ``RUN_DIR/.zerolm.lock`` (rank 0) for the life of the process, so two
     jobs started on one run directory fail at once instead of interleaving checkpoints. Released when

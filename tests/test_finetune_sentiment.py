@@ -104,7 +104,7 @@ def control_run(tiny_gpt, reward_dir, tmp_path_factory):
     """`python -m zerolm.finetune sentiment --method control --report` on the tiny GPT: 120 steps of 32 RT rows."""
     run = tmp_path_factory.mktemp("control")
     sentiment_cli(["--method", "control", "--policy", tiny_gpt, "--reward", reward_dir, "--run-dir", run, "--report",
-                   "sentiment.report_prompts=24", "data.micro_batch_size=32", "train.max_steps=120", "train.lr=3e-3",
+                   "sentiment.control_data=rows", "sentiment.report_prompts=24", "data.micro_batch_size=32", "train.max_steps=120", "train.lr=3e-3",
                    "train.warmup_steps=5", "train.log_every=40", "train.eval_every=120", "train.eval_batches=4",
                    "train.peak_flops=1e10", "tracking.wandb_mode=disabled"])
     return run
@@ -204,6 +204,16 @@ def test_reports_have_every_field(ppo_run, control_run):
     assert ppo["after"]["mean_reward"] > ppo["before"]["mean_reward"]
     ctl = _check_report(control_run, ("before", "before_with_code", "after"))
     assert ctl["method"] == "control" and ctl["before_with_code"]["kl_to_reference"] != 0
+    # what finetuning adds to prompting with the code: paired over the prompts, from the per-prompt records
+    items = [json.loads(line) for line in (control_run / "sentiment_report_items.jsonl").read_text().splitlines()]
+    diff = [(it["after"]["vader_continuation"] >= 0.05) - (it["before_with_code"]["vader_continuation"] >= 0.05) for it in items]
+    vc = ctl["judge_delta_vs_code"]
+    assert vc["delta"] == pytest.approx(np.mean(diff)) and vc["se"] == pytest.approx(np.std(diff, ddof=1) / math.sqrt(len(diff)))
+    story = [d for d, it in zip(diff, items) if it["kind"] == "story"]
+    assert vc["by_kind"]["review"]["count"] + sum(v["count"] for k, v in vc["by_kind"].items() if k != "review") == len(items)
+    if story:
+        assert vc["by_kind"]["story"]["delta"] == pytest.approx(np.mean(story))
+    assert "judge_delta_vs_code" not in ppo
 
 
 def test_report_only_reports_on_an_existing_export(control_run, reward_dir, tmp_path):

@@ -120,15 +120,21 @@ def sentiment_report_tables(rep: dict[str, Any]) -> list[Any]:
                   pm(rep["delta"][k], rep.get("delta_se", {}).get(k), "+"))
     out: list[Any] = [t]
     if rep.get("by_kind"):
+        vc = rep.get("judge_delta_vs_code")  # control codes: what finetuning adds to prompting with the code
         b = Table(title="by prompt kind (VADER = judge; Δ = after − before, paired se)")
-        for col in ("kind", "n", "VADER before", "VADER after", "Δ VADER (cont.)", "reward-model after", "Δ mean reward", "KL"):
+        cols = ["kind", "n", "VADER before", "VADER after", "Δ VADER (cont.)"] + (["Δ vs code (cont.)"] if vc else [])
+        for col in cols + ["reward-model after", "Δ mean reward", "KL"]:
             b.add_column(col, justify="left" if col == "kind" else "right")
-        for k, v in rep["by_kind"].items():
+        for k, v in [*rep["by_kind"].items(), *([("all", None)] if vc else [])]:
+            if v is None:  # the overall row of the comparison with prompting
+                b.add_row("all", str(vc["count"]), "", "", "", pm(vc["delta"], vc["se"], "+"), "", "", "")
+                continue
             bf, af = v["before"], v["after"]
+            code = [pm(vc["by_kind"][k]["delta"], vc["by_kind"][k]["se"], "+")] if vc and k in vc["by_kind"] else ([""] if vc else [])
             b.add_row(k, str(v["count"]), pm(bf["judge_target_rate"], bf["judge_target_rate_se"]),
                       pm(af["judge_target_rate"], af["judge_target_rate_se"]),
                       pm(v["delta"]["judge_target_rate_continuation"], v["delta_se"]["judge_target_rate_continuation"], "+"),
-                      pm(af["reward_target_rate"], af["reward_target_rate_se"]),
+                      *code, pm(af["reward_target_rate"], af["reward_target_rate_se"]),
                       pm(v["delta"]["mean_reward"], v["delta_se"]["mean_reward"], "+"), f"{af['kl_to_reference']:.2f}")
         out.append(b)
     s = Table(title="sample continuations (reward)", show_lines=True)

@@ -372,8 +372,14 @@ class SentimentConfig(_Section):
     sentence, ``context_min_tokens``–``context_max_tokens`` tokens. Each kind has its own PPO
     (validation) and report (test) sources; PPO's pool holds ``train_prompts`` prompts.
 
-    ``method=control``: causal-LM finetuning (``train.*``, ``data.micro_batch_size``) on training
-    rows written ``"<code> <text>"`` with the plain-text ``control_codes``; ``method=ppo``: PPO with
+    ``method=control``: causal-LM finetuning (``train.*``, ``data.micro_batch_size``) with the
+    plain-text ``control_codes`` on ``control_data``: ``rows`` — the labelled training rows written
+    ``"<code> <text>"`` (truncated to ``control_max_length`` tokens); ``samples`` — the policy's own
+    continuations of ``control_prompts`` training prompts (the PPO pool's kinds), ``control_k`` per
+    prompt, the one the reward scores most positive written after the positive code and the most
+    negative after the negative code (the top ``control_picks`` each way), when the reward's
+    positive − negative logit margin clears ``control_min_margin``
+    (:func:`finetune.sentiment_control.sampled_examples`); ``method=ppo``: PPO with
     a per-token KL penalty (``batch_size`` prompts per step, ``ppo_epochs`` passes in mini-batches of
     ``mini_batch_size``; TRL's gpt2-sentiment defaults otherwise; ``trainable_layers`` = k trains
     only the top k blocks, the final norm and the value head, for CPU budgets; ``max_minutes``
@@ -423,6 +429,11 @@ class SentimentConfig(_Section):
     top_p: float = Field(default=1.0, gt=0, le=1)
     control_codes: dict[str, str] = {"positive": "Positive review:", "negative": "Negative review:"}
     control_max_length: int = Field(default=64, ge=8)
+    control_data: Literal["rows", "samples"] = "rows"
+    control_prompts: int = Field(default=512, ge=2)
+    control_k: int = Field(default=4, ge=2)
+    control_min_margin: float = Field(default=0.0, ge=0)
+    control_picks: int = Field(default=1, ge=1)
     batch_size: int = Field(default=16, ge=1)
     mini_batch_size: int = Field(default=16, ge=1)
     ppo_epochs: int = Field(default=4, ge=1)
