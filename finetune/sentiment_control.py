@@ -160,21 +160,33 @@ def draw_samples(model, tok, sc, rank: int, world: int) -> list[dict[str, Any]]:
     return [r for _, r in sorted(everything, key=lambda x: x[0])]
 
 
-def _picks(margins: list[float], min_margin: float, picks: int) -> list[tuple[str, int]]:
+def margin_thresholds(records: list[dict[str, Any]], sc) -> tuple[float, float]:
+    """``(above, below)``: a sample goes after the positive code when its margin is > ``above``, after
+    the negative code when < ``below``. ``control_fraction`` = f: the (1 − f) and f quantiles of
+    every sample's margin (each code gets about the same number of samples, however the classifier
+    leans on the policy's text); otherwise ``±control_min_margin``."""
+    if sc.control_fraction is None:
+        return float(sc.control_min_margin), -float(sc.control_min_margin)
+    every = np.asarray([x for r in records for x in r["margins"]], dtype=float)
+    return float(np.quantile(every, 1 - sc.control_fraction)), float(np.quantile(every, sc.control_fraction))
+
+
+def _picks(margins: list[float], above: float, below: float, picks: int) -> list[tuple[str, int]]:
     """``(code, sample index)`` of one prompt's picks (see :func:`select_examples`)."""
     m = np.asarray(margins, dtype=float)
     order = np.argsort(-m, kind="stable")  # most positive first
-    out = [("positive", int(j)) for j in order[:picks] if m[j] > min_margin]
-    return out + [("negative", int(j)) for j in order[::-1][:picks] if m[j] < -min_margin]
+    out = [("positive", int(j)) for j in order[:picks] if m[j] > above]
+    return out + [("negative", int(j)) for j in order[::-1][:picks] if m[j] < below]
 
 
-def select_examples(records: list[dict[str, Any]], codes: dict[str, list[int]], min_margin: float = 0.0,
-                    picks: int = 1) -> tuple[list[tuple[list[int], int]], list[tuple[list[int], int]], dict[str, Any]]:
+def select_examples(records: list[dict[str, Any]], codes: dict[str, list[int]], above: float = 0.0,
+                    below: float = 0.0, picks: int = 1
+                    ) -> tuple[list[tuple[list[int], int]], list[tuple[list[int], int]], dict[str, Any]]:
     """Control-code examples from :func:`draw_samples`' records: per prompt, the ``picks``
     continuations with the largest margins after the positive code, those whose margin is >
-    ``min_margin`` (0: the classifier reads it positive), and the ``picks`` with the smallest after
-    the negative code, those < −``min_margin``. A higher ``min_margin`` keeps fewer, more clearly
-    polar examples; ``picks`` = k keeps every sample that clears it (Quark's reward bins). An example is
+    ``above`` (0: the classifier reads it positive), and the ``picks`` with the smallest after the
+    negative code, those < ``below`` (:func:`margin_thresholds`). Stricter thresholds keep fewer, more
+    clearly polar examples; ``picks`` = k keeps every sample that clears them (Quark's reward bins). An example is
     ``(code + prompt + continuation, len(code + prompt))`` (the loss falls on the continuation).
     Every :data:`VALIDATION_EVERY`-th prompt's examples go to validation.
 
@@ -185,14 +197,15 @@ def select_examples(records: list[dict[str, Any]], codes: dict[str, list[int]], 
     val: list[tuple[list[int], int]] = []
     n = {"positive": 0, "negative": 0}
     for i, r in enumerate(records):
-        for pol, j in _picks(r["margins"], min_margin, picks):
+        for pol, j in _picks(r["margins"], above, below, picks):
             head = codes[pol] + list(r["prompt"])
             (val if i % VALIDATION_EVERY == VALIDATION_EVERY - 1 else train).append((head + list(r["responses"][j]), len(head)))
             n[pol] += 1
     return train, val, {"prompts": len(records), "samples": sum(len(r["margins"]) for r in records), "examples": n}
 
 
-def judge_of_selection(records: list[dict[str, Any]], tok, min_margin: float = 0.0, picks: int = 1) -> dict[str, float]:
+def judge_of_selection(records: list[dict[str, Any]], tok, above: float = 0.0, below: float = 0.0,
+                       picks: int = 1) -> dict[str, float]:
     """VADER (the report's judge, never used to select) on the continuations: the positive rate of all
     samples and of the ones picked for the positive code, the negative rate likewise — the ceiling the
     finetuned model imitates, for the log and the export's metadata."""
@@ -202,7 +215,7 @@ def judge_of_selection(records: list[dict[str, Any]], tok, min_margin: float = 0
     every = [text(x) for r in records for x in r["responses"]]
     chosen = {"positive": [], "negative": []}
     for r in records:
-        for pol, j in _picks(r["margins"], min_margin, picks):
+        for pol, j in _picks(r["margins"], above, below, picks):
             chosen[pol].append(text(r["responses"][j]))
     rate = lambda texts, target: float(np.mean(judge_hits(vader_compound(texts), target))) if texts else float("nan")  # noqa: E731
     return {"vader_positive_all": rate(every, "positive"), "vader_positive_selected": rate(chosen["positive"], "positive"),
@@ -243,13 +256,16 @@ def sampled_examples(model, tok, sc, env, run_dir: Path):
             write_jsonl(rows_path, records)
             write_json(meta_path, {"signature": sig, "prompts": len(records), "seconds": round(time.perf_counter() - t0, 1)})
     codes = {p: code_ids(tok, c) for p, c in sc.control_codes.items()}
-    train, val, counts = select_examples(records, codes, sc.control_min_margin, sc.control_picks)
+    above, below = margin_thresholds(records, sc)
+    train, val, counts = select_examples(records, codes, above, below, sc.control_picks)
     if not train or min(counts["examples"].values()) == 0:
         raise DataError(f"control samples: the reward found {counts['examples']} positive/negative continuations among "
                         f"{counts['samples']}: nothing to teach one of the codes (raise sentiment.control_k or control_prompts)")
-    info = {**counts, "judge": judge_of_selection(records, tok, sc.control_min_margin, sc.control_picks), "draw_seconds": round(time.perf_counter() - t0, 1)}
-    log.info("control samples: %d prompts × %d → %s examples (%d train, %d validation); VADER positive %.3f of all → %.3f "
-             "of the positive picks, negative %.3f → %.3f", counts["prompts"], sc.control_k, counts["examples"], len(train),
+    info = {**counts, "thresholds": [round(above, 4), round(below, 4)],
+            "judge": judge_of_selection(records, tok, above, below, sc.control_picks), "draw_seconds": round(time.perf_counter() - t0, 1)}
+    log.info("control samples: %d prompts × %d, margins > %.2f / < %.2f → %s examples (%d train, %d validation); VADER "
+             "positive %.3f of all → %.3f of the positive picks, negative %.3f → %.3f", counts["prompts"], sc.control_k,
+             above, below, counts["examples"], len(train),
              len(val), info["judge"]["vader_positive_all"], info["judge"]["vader_positive_selected"],
              info["judge"]["vader_negative_all"], info["judge"]["vader_negative_selected"])
     return train, val, info

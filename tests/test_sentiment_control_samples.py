@@ -74,17 +74,28 @@ def test_selection_takes_the_extremes_each_on_its_side_of_zero():
     assert [x for x, _ in train if x[-3:-1] == [5, 105]] == [[1, 2, 7, 5, 105, 3]]  # record 5: its best, positive only
     assert [x for x, _ in train if x[-3:-1] == [6, 106]] == [[3, 7, 6, 106, 3]]  # record 6: its worst, negative only
     # a margin threshold keeps only the clearly polar picks
-    _, _, strict = C.select_examples(records, codes, min_margin=0.6)
+    _, _, strict = C.select_examples(records, codes, above=0.6, below=-0.6)
     assert strict["examples"] == {"positive": sum(max(r["margins"]) > 0.6 for r in records),
                                   "negative": sum(min(r["margins"]) < -0.6 for r in records)}
     assert strict["examples"]["positive"] < counts["examples"]["positive"]
     # picks = k: every sample that clears the threshold, each after its code (Quark's reward bins)
-    all_train, all_val, binned = C.select_examples(records, codes, min_margin=0.6, picks=4)
+    all_train, all_val, binned = C.select_examples(records, codes, above=0.6, below=-0.6, picks=4)
     assert binned["examples"] == {"positive": sum(x > 0.6 for r in records for x in r["margins"]),
                                   "negative": sum(x < -0.6 for r in records for x in r["margins"])}
     assert sorted(x for x, _ in all_train + all_val) == sorted(
         ([1, 2] if m > 0.6 else [3]) + [7, i, 100 + i, j]
         for i, r in enumerate(records) for j, m in enumerate(r["margins"]) if abs(m) > 0.6)
+    # control_fraction: quantile thresholds give each code the same share of all samples
+    sc = load_config(None, ["sentiment.control_fraction=0.2", "sentiment.control_picks=4"]).sentiment
+    above, below = C.margin_thresholds(records, sc)
+    every = sorted(x for r in records for x in r["margins"])
+    assert sum(x > above for x in every) == pytest.approx(0.2 * len(every), abs=2)
+    assert sum(x < below for x in every) == pytest.approx(0.2 * len(every), abs=2)
+    assert C.margin_thresholds(records, load_config(None, ["sentiment.control_min_margin=1.5"]).sentiment) == (1.5, -1.5)
+    from zerolm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="control_fraction"):
+        load_config(None, ["sentiment.control_fraction=0.2", "sentiment.control_min_margin=1"])
 
 
 def test_the_draw_is_the_same_on_any_number_of_ranks(tiny_gpt, random_reward):

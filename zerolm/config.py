@@ -378,7 +378,8 @@ class SentimentConfig(_Section):
     continuations of ``control_prompts`` training prompts (the PPO pool's kinds), ``control_k`` per
     prompt, the one the reward scores most positive written after the positive code and the most
     negative after the negative code (the top ``control_picks`` each way), when the reward's
-    positive − negative logit margin clears ``control_min_margin``
+    positive − negative logit margin clears ``±control_min_margin`` — or, with ``control_fraction`` = f,
+    lies in the top / bottom f of all samples' margins (balanced codes)
     (:func:`finetune.sentiment_control.sampled_examples`); ``method=ppo``: PPO with
     a per-token KL penalty (``batch_size`` prompts per step, ``ppo_epochs`` passes in mini-batches of
     ``mini_batch_size``; TRL's gpt2-sentiment defaults otherwise; ``trainable_layers`` = k trains
@@ -434,6 +435,7 @@ class SentimentConfig(_Section):
     control_k: int = Field(default=4, ge=2)
     control_min_margin: float = Field(default=0.0, ge=0)
     control_picks: int = Field(default=1, ge=1)
+    control_fraction: float | None = Field(default=None, gt=0, lt=0.5)
     batch_size: int = Field(default=16, ge=1)
     mini_batch_size: int = Field(default=16, ge=1)
     ppo_epochs: int = Field(default=4, ge=1)
@@ -477,6 +479,9 @@ class SentimentConfig(_Section):
             raise ValueError(f"batch_size={self.batch_size} is not a multiple of mini_batch_size={self.mini_batch_size}")
         if set(self.control_codes) != {"positive", "negative"} or not all(c.strip() for c in self.control_codes.values()):
             raise ValueError(f"control_codes needs non-empty 'positive' and 'negative' codes, got {self.control_codes}")
+        if self.control_fraction is not None and self.control_min_margin:
+            raise ValueError("set one of control_fraction (quantile thresholds) and control_min_margin (fixed "
+                             f"thresholds), not both: got {self.control_fraction} and {self.control_min_margin}")
         return self
 
 
