@@ -223,3 +223,6 @@ def test_full_parameters_lets_ranks_run_different_forwards(tmp_path):
 
 if __name__ == "__main__":
     _engine_worker(sys.argv[1])
+    from zerolm.pretrain import distributed as _dist
+
+    _dist.exit_process(0)  # skip the interpreter teardown that aborts now and then after a process group (STACK_FACTS)

@@ -450,3 +450,6 @@ if __name__ == "__main__":
     import sys
 
     _bucket_worker(sys.argv[1])
+    from zerolm.pretrain import distributed as _dist
+
+    _dist.exit_process(0)  # skip the interpreter teardown that aborts now and then after a process group (STACK_FACTS)
