@@ -31,8 +31,9 @@ per rank (``OMP_NUM_THREADS=1``):
    reduction buckets (allocated vs resident pages, mincore(2)) and the process RSS (end, after
    ``malloc_trim``, peak). Ratios are against ZeRO-0. In fp32, DeepSpeed 0.19.8 keeps its fp32 master
    partition as a second copy of the (already fp32) parameter partition at every stage — at ZeRO-3
-   the no-copy branch compares a ``torch.device`` with a device-name string and never fires;
-   ``--alias-experiment`` adds a row (3*) with the copy replaced by the parameter partition.
+   the no-copy branch compares a ``torch.device`` with a device-name string and never fires, so
+   zerolm's engine shares the one copy (``train.share_fp32_master``, docs/zero3-fp32-master.md);
+   ``--deepspeed-copy-row`` adds a row (3c) with DeepSpeed's copy kept, for comparison.
 
 Targets (reported, not enforced): zerolm ≥ 1.3× HF Trainer tokens/s; zerolm MFU ≥ 50 % of the
 measured peak; ZeRO-3 parameter+optimizer bytes per rank ≤ 0.55× ZeRO-0.
@@ -43,7 +44,7 @@ cores (up to ~9 when the machine is slow)::
 
     .venv/bin/python bench/pretrain_throughput.py [--steps 30] [--rounds 2] [--warmup 3] [--zero-stage 2]
         [--n-layer 6 --d-model 512 --n-head 8 --seq-len 256 --micro-batch 4 --grad-accum 1]
-        [--mem-stages 0,1,2,3] [--alias-experiment] [--skip-hf] [--skip-mem]
+        [--mem-stages 0,1,2,3] [--deepspeed-copy-row] [--skip-hf] [--skip-mem]
         [--out bench/results/pretrain_throughput.json]
 
 Run it on a quiet machine: two ranks own both cores, anything else running skews the figures.
@@ -195,11 +196,11 @@ def run_hf(a, work: Path, i: int = 0) -> dict:
     return res
 
 
-def run_mem(a, work: Path, stage: int, alias: bool = False, peak_reps: int = 0) -> dict:
-    tag = f"zero{stage}" + ("_alias" if alias else "")
+def run_mem(a, work: Path, stage: int, ds_copy: bool = False, peak_reps: int = 0) -> dict:
+    tag = f"zero{stage}" + ("_dscopy" if ds_copy else "")
     out = work / f"mem_{tag}.json"
     cmd = [*_torchrun(a.nproc), str(WORKER), "mem", "--out", str(out), *_model_args(a), "--zero-stage", str(stage),
-           "--steps", str(a.mem_steps), "--peak-reps", str(peak_reps), *(["--alias-fp32-master"] if alias else [])]
+           "--steps", str(a.mem_steps), "--peak-reps", str(peak_reps), *(["--deepspeed-fp32-copy"] if ds_copy else [])]
     wall = _run(f"ZeRO-{stage} memory", cmd, work / f"mem_{tag}.log", a.timeout)
     res = json.loads(out.read_text())
     res["wall_s"] = wall
@@ -293,7 +294,7 @@ def summarize(a, peak_flops: float, zs: list[dict], hfs: list[dict], mem: dict[s
                 "comm_buckets_resident": mx(lambda r: r["in_step"]["resident"].get("comm_buckets", 0)),
                 "rss_end": mx(lambda r: r["rss_end"]),
                 "rss_end_trimmed": mx(lambda r: r["rss_end_trimmed"]),
-                "aliased_fp32_master_bytes": mx(lambda r: r.get("aliased_fp32_master_bytes", 0)),
+                "shared_fp32_master_bytes": mx(lambda r: r.get("shared_fp32_master_bytes", 0)),
                 "peak_rss": mx(lambda r: r["peak_rss"]),
                 "rss_after_model_build": mx(lambda r: r["rss_after_model_build"]),
                 "step_s": mx(lambda r: r["step_s"]),
@@ -315,9 +316,9 @@ def summarize(a, peak_flops: float, zs: list[dict], hfs: list[dict], mem: dict[s
     if "3" in memt and "0" in memt:
         v = memt["3"]["param_opt_vs_zero0"]
         targets["zero3_param_opt<=0.55x_zero0"] = {"value": v, "met": v <= 0.55}
-    if "3*" in memt and "0" in memt:
-        v = memt["3*"]["param_opt_vs_zero0"]
-        targets["(experiment 3*) same, fp32 master aliased"] = {"value": v, "met": v <= 0.55}
+    if "3c" in memt and "0" in memt:
+        v = memt["3c"]["param_opt_vs_zero0"]
+        targets["(before, 3c) ZeRO-3 with DeepSpeed's fp32 copy"] = {"value": v, "met": v <= 0.55}
     res["targets"] = targets
     return res
 
@@ -386,14 +387,14 @@ def render(a, r: dict, peaks: list[dict]) -> str:
                      f"{m['rss_end'] / MiB:>8.0f} {m['rss_end_trimmed'] / MiB:>8.0f} {rt('rss_end_trimmed'):>6} "
                      f"{m['peak_rss'] / MiB:>9.0f} {rt('peak_rss'):>6} {m['step_s']:>7.3f}")
         L.append("optim = DeepSpeed's fp32 master partition + Adam moments (in fp32 training the master is a second copy "
-                 "of this rank's parameter partition at every stage);\nbuckets = gradient reduction buffers "
+                 "of this rank's parameter partition at ZeRO-1/2; zerolm's ZeRO-3 shares one copy);\nbuckets = gradient reduction buffers "
                  "(resident pages / allocated, reduce_bucket_size 5e8 elements);\n"
                  "trimmed = RSS after malloc_trim(0) (without glibc's cache of freed pages); s/step of the few memory steps")
-        if "3*" in mem:
-            L.append("3* = experiment, not zerolm's behaviour: ZeRO-3 with DeepSpeed's fp32 master partition pointed at the "
-                     f"fp32 parameter partition ({mem['3*']['aliased_fp32_master_bytes'] / MiB:.0f} MiB freed; losses "
-                     + ("identical to ZeRO-3" if mem['3*']['losses_rank0'] == mem.get('3', {}).get('losses_rank0') else
-                        "DIFFER from ZeRO-3") + ")")
+        if "3c" in mem:
+            L.append("3c = ZeRO-3 with DeepSpeed's second fp32 copy as the master (share_fp32_master=false); row 3 shares "
+                     f"one copy ({mem.get('3', {}).get('shared_fp32_master_bytes', 0) / MiB:.0f} MiB freed per rank; losses "
+                     + ("identical to 3c" if mem['3c']['losses_rank0'] == mem.get('3', {}).get('losses_rank0') else
+                        "DIFFER from 3c") + ")")
         L.append("")
     if r["targets"]:
         L.append("targets:")
@@ -412,9 +413,9 @@ def main() -> int:
     ap.add_argument("--num-workers", type=int, default=0, help="zerolm data.num_workers (0: tokenize in the rank)")
     ap.add_argument("--mem-stages", default="0,1,2,3", help="ZeRO stages for the memory table")
     ap.add_argument("--mem-steps", type=int, default=2)
-    ap.add_argument("--alias-experiment", action="store_true",
-                    help="add a ZeRO-3 row (3*) with DeepSpeed's fp32 master partition pointed at the fp32 parameter "
-                         "partition — an experiment, not zerolm's behaviour (+~40 s)")
+    ap.add_argument("--deepspeed-copy-row", action="store_true",
+                    help="add a ZeRO-3 row (3c) with DeepSpeed's second fp32 copy kept as the master "
+                         "(train.share_fp32_master=false), to compare with zerolm's default (+~40 s)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-zerolm", action="store_true")
     ap.add_argument("--skip-mem", action="store_true")
@@ -466,8 +467,8 @@ def main() -> int:
                 mem[str(s)] = phase(f"ZeRO-{s} memory", run_mem, a, work, s, False, 5 if i == 0 else 0)
                 if mem[str(s)]["per_rank"][0].get("peak"):
                     peaks.append(dict(mem[str(s)]["per_rank"][0]["peak"], where=f"ZeRO-{s} memory job, before the engine"))
-            if 3 in stages and a.precision == "fp32" and a.alias_experiment:
-                mem["3*"] = phase("ZeRO-3 memory, fp32 master aliased (experiment)", run_mem, a, work, 3, True)
+            if 3 in stages and a.precision == "fp32" and a.deepspeed_copy_row:
+                mem["3c"] = phase("ZeRO-3 memory, DeepSpeed's fp32 copy", run_mem, a, work, 3, True)
     except BaseException:
         print(f"logs kept in {work}", file=sys.stderr)
         raise

@@ -40,9 +40,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3, help="steps not timed (hf)")
     ap.add_argument("--log-every", type=int, default=1)
     ap.add_argument("--peak-reps", type=int, default=5, help="peak: repetitions; hf/mem: also measure the peak first")
-    ap.add_argument("--alias-fp32-master", action="store_true",
-                    help="mem, ZeRO-3 fp32: an experiment, not zerolm's behaviour — point DeepSpeed's fp32 master "
-                         "partition at the (already fp32) parameter partition instead of keeping a second copy")
+    ap.add_argument("--deepspeed-fp32-copy", action="store_true",
+                    help="train.share_fp32_master=false: fp32 ZeRO-3 keeps DeepSpeed's second fp32 copy of the "
+                         "parameter partition as its master (zerolm's default shares one copy)")
     return ap.parse_args(argv)
 
 
@@ -63,7 +63,8 @@ def _model_cfg(a: argparse.Namespace):
 def _train_cfg(a: argparse.Namespace):
     from zerolm.config import TrainConfig
 
-    return TrainConfig(zero_stage=a.zero_stage, precision=a.precision, max_steps=a.steps)
+    return TrainConfig(zero_stage=a.zero_stage, precision=a.precision, max_steps=a.steps,
+                       share_fp32_master=not getattr(a, "deepspeed_fp32_copy", False))
 
 
 def _build_model(a: argparse.Namespace, tok):
@@ -340,7 +341,8 @@ def _account(eng) -> dict[str, dict[str, int]]:
     for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
         for t in getattr(opt, name, None) or []:
             led.add("grads", t.grad)
-    # optimizer: fp32 master partition (ZeRO-1/2 clone even in fp32; ZeRO-3 fp32 aliases the params) + Adam state
+    # optimizer: fp32 master partition (ZeRO-1/2 clone even in fp32; fp32 ZeRO-3 shares the parameter partition
+    # unless share_fp32_master=false, then it is charged here) + Adam state
     for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
         led.add("opt_master", getattr(opt, name, None))
     client = getattr(eng, "_client_opt", None) or opt
@@ -350,26 +352,6 @@ def _account(eng) -> dict[str, dict[str, int]]:
     for b in (getattr(opt, "ipg_buckets", None) or {}).values():
         led.add("comm_buckets", getattr(b, "buffer", None))
     return {"bytes": led.bytes, "resident": led.resident}
-
-
-def _alias_fp32_master(eng) -> int:
-    """ZeRO-3 keeps ``fp32_partitioned_groups_flat`` as a clone of the parameter partition unless
-    ``partition.device == self.device`` — on DeepSpeed 0.19.8 that compares a ``torch.device`` with the
-    string from ``get_accelerator().current_device_name()`` and is always False, so fp32 training holds
-    the same numbers twice. Re-point each fp32 group at its parameter partition (same dtype, device and
-    size; before the first step, so the Adam state is keyed on the same tensor objects). Returns the
-    bytes freed."""
-    opt = eng.engine.optimizer
-    lp, hp = getattr(opt, "fp16_partitioned_groups_flat", None), getattr(opt, "fp32_partitioned_groups_flat", None)
-    if not lp or not hp:
-        return 0
-    freed = 0
-    for low, high in zip(lp, hp):
-        if low is not None and low.dtype == high.dtype and low.device == high.device and low.numel() == high.numel() \
-                and low.untyped_storage().data_ptr() != high.untyped_storage().data_ptr():
-            freed += high.untyped_storage().nbytes()
-            high.data = low.data
-    return freed
 
 
 def _trimmed_rss(proc) -> int:
@@ -406,7 +388,6 @@ def run_mem(a: argparse.Namespace) -> None:
     torch.manual_seed(tcfg.seed + env.rank)
     eng = Engine(model, tcfg, a.micro_batch, a.grad_accum, env.world_size)
     del model
-    aliased = _alias_fp32_master(eng) if a.alias_fp32_master else 0
     rss_engine = proc.memory_info().rss
     dcfg = DataConfig(
         sources=[SourceConfig(name="bundled", paths=[os.path.join(a.corpus, "train", "*.jsonl")])],
@@ -441,7 +422,7 @@ def run_mem(a: argparse.Namespace) -> None:
         "step_s": step_s,
         "n_params": n_params,
         "optimizer": type(eng.optimizer).__name__,
-        "aliased_fp32_master_bytes": aliased,
+        "shared_fp32_master_bytes": eng.shared_fp32_master_bytes,
         "peak": peak,
     }
     per_rank = _gather(res)

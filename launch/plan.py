@@ -18,8 +18,9 @@ dtype (2 for bf16/fp16, 4 for fp32), Adam(W):
 * optimizer state: fp32 master parameters ``4·N`` + two fp32 Adam moments ``8·N`` (the ZeRO paper's
   ``K = 12``, Rajbhandari et al. 2020 §3) + the fp32 gradient partition the optimizer steps with
   (``4·N``; DeepSpeed keeps it in mixed precision, in fp32 it is the working gradient itself), divided
-  by ``g`` from ZeRO-1 on. In fp32 DeepSpeed's ZeRO-1/2/3 still clone an fp32 master partition; at
-  ZeRO-0 in fp32 there is no master copy.
+  by ``g`` from ZeRO-1 on. In fp32 DeepSpeed's ZeRO-1/2 still clone an fp32 master partition; at
+  ZeRO-0 in fp32 there is no master copy, nor at ZeRO-3 without offload when ``train.share_fp32_master``
+  (the default) lets the engine re-point the master at the parameter partition.
 * ZeRO-3 adds the largest layer gathered with its gradient (``2·w·largest_layer``), as DeepSpeed's
   ``estimate_zero3_model_states_mem_needs`` does.
 
@@ -79,7 +80,8 @@ def _working_bytes(precision: str) -> int:
 
 
 def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int, precision: str,
-                      offload_optimizer: bool = False, offload_params: bool = False) -> dict[str, float]:
+                      offload_optimizer: bool = False, offload_params: bool = False,
+                      share_fp32_master: bool = True) -> dict[str, float]:
     """Model-state bytes per rank (device and CPU) for Adam(W) under DeepSpeed ZeRO.
 
     Args:
@@ -87,6 +89,8 @@ def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int,
         largest_layer: parameters of the largest single module (ZeRO-3 gathers one at a time).
         stage: ZeRO stage 0-3; dp: data-parallel ranks (≥1); precision: ``fp32`` | ``bf16`` | ``fp16``.
         offload_optimizer / offload_params: DeepSpeed ``offload_optimizer`` / ``offload_param`` to CPU.
+        share_fp32_master: ``train.share_fp32_master``: an fp32 ZeRO-3 run without offload keeps no
+            separate fp32 master (the engine re-points it at the parameter partition).
 
     Returns:
         ``{"params", "grads", "optimizer", "gathered", "device", "cpu"}`` in bytes (floats; ``device`` is the
@@ -109,7 +113,8 @@ def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int,
     else:
         grads = w * n / (dp if stage >= 2 else 1)
     mixed = precision != "fp32"
-    master = 4.0 * n if (mixed or stage >= 1) else 0.0
+    shared = share_fp32_master and not mixed and stage == 3 and not (offload_optimizer or offload_params)
+    master = 4.0 * n if (mixed or stage >= 1) and not shared else 0.0
     fp32_grad = 4.0 * n if (mixed or stage == 3) else 0.0
     optimizer = (master + fp32_grad + 8.0 * n) / (dp if stage >= 1 else 1)
     gathered = 2.0 * w * largest_layer if stage == 3 else 0.0
@@ -404,7 +409,8 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
             if (off_opt and stage == 0) or (off_par and stage != 3):
                 continue
             ms = model_state_bytes(n, counts["largest_layer"], stage=stage, dp=gpus, precision=tc.precision,
-                                   offload_optimizer=off_opt, offload_params=off_par)
+                                   offload_optimizer=off_opt, offload_params=off_par,
+                                   share_fp32_master=tc.share_fp32_master)
             buf = comm_buffer_bytes(n, stage=stage, precision=tc.precision, reduce_bucket_size=bucket,
                                     overlap_comm=overlap, resident_only=gpu_type == "cpu", grad_accum=accum_now)
             z3 = zero3_whole_param_bytes(n, counts["persistent"], counts["largest_layer"],
@@ -445,7 +451,9 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
                                          "backward while reused within stage3_max_reuse_distance 1e9 elements "
                                          "(partitioned_param_coordinator.py __params_to_release): w·min(N, 5e8)")
     assumptions["model_states"] = ("Adam: working params+grads, fp32 master 4N + moments 8N + fp32 grad 4N "
-                                   "(ZeRO paper K=12, DeepSpeed's +4N fp32 grad), partitioned per stage")
+                                   "(ZeRO paper K=12, DeepSpeed's +4N fp32 grad), partitioned per stage"
+                                   + ("; fp32 ZeRO-3 without offload: no separate master (train.share_fp32_master)"
+                                      if tc.share_fp32_master and tc.precision == "fp32" else ""))
 
     # time
     fpt = flops_per_token(n, mc.n_layer, mc.d_model, seq)

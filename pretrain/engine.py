@@ -175,6 +175,54 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def share_fp32_master(zero3_optimizer: Any) -> int:
+    """Make a ZeRO-3 optimizer that trains in fp32 keep one copy of this rank's parameter partition.
+
+    DeepSpeed's ZeRO-3 steps AdamW on ``fp32_partitioned_groups_flat`` (the fp32 master partition, one
+    flat 1-D tensor per sub-group) and copies the result into ``fp16_partitioned_groups_flat`` (the
+    working partition the forward pass gathers; fp32 too when the run is fp32). Its
+    ``_create_fp32_partitions`` means to reuse the working partition as the master when the two have
+    the same dtype and device, but in 0.19.8 it compares ``tensor.device`` (a ``torch.device``) with the
+    accelerator's device *name* (a ``str``), which is never equal, so it always clones: every rank holds
+    its ``4·N/g`` bytes of fp32 weights twice. This re-points each master sub-group at its working
+    partition (``.data``; the Python objects the AdamW state and the param groups are keyed on stay the
+    same), before the first optimizer step: the numbers are equal, every later step updates the one
+    copy in place, and DeepSpeed's copy master → working becomes a copy onto itself. Checkpoints are
+    unchanged: both ``load`` paths (plain and universal) write the master then copy it into the working
+    partition, and the saved master tensors are views of the same per-rank buffer as before.
+
+    Only sub-groups whose two tensors have the same dtype, device and size and still equal values are
+    shared (offload, mixed precision and NVMe swapping keep DeepSpeed's copy). ZeRO-1/2 also clone an
+    fp32 master in fp32 runs, by design; sharing it is not done: their working partition is a view
+    into the whole model's flat buffer, so ``torch.save`` of the optimizer shard would write the whole
+    buffer on every rank. Write-up: ``docs/zero3-fp32-master.md``.
+
+    Args:
+        zero3_optimizer: the engine's ``DeepSpeedZeroOptimizer_Stage3`` (``engine.optimizer``).
+
+    Returns:
+        Bytes of the fp32 master partitions freed on this rank (0 when nothing could be shared).
+    """
+    working = getattr(zero3_optimizer, "fp16_partitioned_groups_flat", None)
+    master = getattr(zero3_optimizer, "fp32_partitioned_groups_flat", None)
+    if not working or not master or len(working) != len(master):
+        return 0
+    freed = 0
+    for low, high in zip(working, master):
+        if low is None or high is None or low.dtype != high.dtype or low.device != high.device \
+                or low.shape != high.shape or low.numel() == 0:
+            continue
+        if low.untyped_storage().data_ptr() == high.untyped_storage().data_ptr():
+            continue  # already one copy (a DeepSpeed that fixed the comparison)
+        if not torch.equal(low, high):
+            continue  # not a fresh clone: leave it alone
+        freed += high.numel() * high.element_size()
+        high.data = low.data
+    if freed:
+        log.debug("ZeRO-3 fp32 master shares the parameter partition: %.1f MiB freed on this rank", freed / 2**20)
+    return freed
+
+
 def _activation_checkpointing(model: torch.nn.Module) -> bool:
     """Whether a ``transformers`` model recomputes activations in backward (its
     ``is_activation_checkpointing``; transformers 5 deprecated the ``gradient_checkpointing`` names)."""
@@ -211,6 +259,9 @@ class Engine:
             model=model, optimizer=opt, lr_scheduler=sched, config=self.ds_config
         )
         self.device = self.engine.device
+        shareable = cfg.zero_stage == 3 and cfg.precision == "fp32" and not (cfg.offload_optimizer or cfg.offload_params)
+        #: bytes of the fp32 master partition this rank no longer holds twice (0: nothing shared)
+        self.shared_fp32_master_bytes = share_fp32_master(self.engine.optimizer) if shareable and cfg.share_fp32_master else 0
         # DeepSpeed computes the pre-clipping gradient norm inside its ZeRO / mixed-precision
         # optimizers; at ZeRO-0 in fp32 it clips without keeping the norm, so we measure it here
         self._own_grad_norm = cfg.zero_stage == 0 and cfg.precision == "fp32"

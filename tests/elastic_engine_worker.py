@@ -24,6 +24,12 @@ one process group for all):
   DeepSpeed's optimizer and of the client torch optimizer, the LR, the engine's global
   steps/samples; then one more optimizer step (its loss, the weights, LR, Adam and global steps
   after it).
+* ``{"kind": "share_master", "share": B}`` (``tests/test_zero3_fp32_master.py``): ZeRO-3 fp32 with
+  ``train.share_fp32_master`` = B; 2 optimizer steps, checkpoint ``OUT/wW_z3_share{B}/step_2``, 2
+  more; rank 0 dumps ``run_rank0.pt``: bytes freed, DeepSpeed's partition sizes, the bytes of the
+  distinct storages behind the working + master partitions (before and after), weights before/after.
+* ``{"kind": "share_resume"}``: a fresh shared engine loads ``OUT/wW_z3_share1/step_2`` and trains
+  steps 3–4 (``resumed.pt``).
 """
 
 from __future__ import annotations
@@ -43,14 +49,14 @@ VOCAB = 96
 SAVE_STEP = 3
 
 
-def train_config(stage: int):
+def train_config(stage: int, share: bool = True):
     from zerolm.config import TrainConfig
 
     return TrainConfig(zero_stage=stage, lr=3e-3, warmup_steps=2, max_steps=10, min_lr_ratio=0.1,
-                       weight_decay=0.1, grad_clip=1.0)
+                       weight_decay=0.1, grad_clip=1.0, share_fp32_master=share)
 
 
-def build_engine(stage: int, world: int):
+def build_engine(stage: int, world: int, share: bool = True):
     """A tiny GPT-2 (same initial weights on every rank) in a zerolm Engine; global batch 4."""
     from zerolm.config import ModelConfig
     from zerolm.pretrain.engine import Engine
@@ -60,7 +66,7 @@ def build_engine(stage: int, world: int):
     model = build_model(resolve_model_config(ModelConfig(family="gpt2", preset="tiny")), vocab_size=VOCAB,
                         seq_len=SEQ_LEN, special_ids={r: i for i, r in enumerate(SPECIAL_ROLES)})
     accum = GLOBAL_BATCH // (MICRO * world)
-    return Engine(model, train_config(stage), micro_batch_size=MICRO, grad_accum=accum, world_size=world)
+    return Engine(model, train_config(stage, share), micro_batch_size=MICRO, grad_accum=accum, world_size=world)
 
 
 def global_batch(step: int) -> torch.Tensor:
@@ -180,6 +186,56 @@ def task_load(out: Path, stage: int, src: str, rank: int, world: int) -> None:
         torch.save(dump, out / f"loaded_{src}_to_w{world}.pt")
 
 
+def _storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (a storage shared by several counts once)."""
+    seen = {}
+    for t in tensors:
+        if t is not None and t.numel():
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+def task_share_master(out: Path, share: bool, rank: int, world: int) -> None:
+    """ZeRO-3 fp32 with the master partition shared (or DeepSpeed's copy): 2 optimizer steps, a
+    checkpoint, 2 more; dumps losses, weights, and what this rank's partitions hold in memory."""
+    engine = build_engine(3, world, share)
+    opt = engine.engine.optimizer
+    groups = lambda: [*opt.fp16_partitioned_groups_flat, *opt.fp32_partitioned_groups_flat]  # noqa: E731
+    dump = {
+        "freed": engine.shared_fp32_master_bytes,
+        # DeepSpeed's own record of this rank's partition of every parameter (padding included)
+        "partition_numel": sum(p.ds_tensor.numel() for p in engine.module.parameters()),
+        "held_bytes": _storage_bytes(groups()),
+        "weights0": full_states(engine, 3, moments=False)["fp32"],
+    }
+    losses = [optimizer_step(engine, s, rank, world) for s in range(2)]
+    root = out / f"w{world}_z3_share{int(share)}"
+    engine.save(root, "step_2")
+    losses += [optimizer_step(engine, s, rank, world) for s in range(2, 4)]
+    dump["held_bytes_after"] = _storage_bytes(groups())
+    dump["adam_keys_are_masters"] = all(any(k is m for m in opt.fp32_partitioned_groups_flat)
+                                        for k in engine._client_opt.state)
+    dump.update(losses=losses, weights=full_states(engine, 3, moments=False)["fp32"])
+    if rank == 0:
+        torch.save(dump, root / f"run_rank{rank}.pt")
+
+
+def task_share_resume(out: Path, rank: int, world: int) -> None:
+    """A fresh shared-master ZeRO-3 engine loads the shared run's step-2 checkpoint (same world size)
+    and trains steps 3 and 4."""
+    engine = build_engine(3, world, True)
+    root = out / f"w{world}_z3_share1"
+    engine.load(root, "step_2", saved_world_size=world)
+    opt = engine.engine.optimizer
+    still = all(lo.untyped_storage().data_ptr() == hi.untyped_storage().data_ptr()
+                for lo, hi in zip(opt.fp16_partitioned_groups_flat, opt.fp32_partitioned_groups_flat))
+    losses = [optimizer_step(engine, s, rank, world) for s in range(2, 4)]
+    weights = full_states(engine, 3, moments=False)["fp32"]
+    if rank == 0:
+        torch.save({"losses": losses, "weights": weights, "shared_after_load": still}, root / "resumed.pt")
+
+
 def main(spec_path: str) -> None:
     from zerolm.pretrain import distributed
 
@@ -193,6 +249,10 @@ def main(spec_path: str) -> None:
             task_reference(out, env.rank, env.world_size)
         elif task["kind"] == "train_save":
             task_train_save(out, task["stage"], env.rank, env.world_size)
+        elif task["kind"] == "share_master":
+            task_share_master(out, task["share"], env.rank, env.world_size)
+        elif task["kind"] == "share_resume":
+            task_share_resume(out, env.rank, env.world_size)
         elif task["kind"] == "load":
             task_load(out, task["stage"], task["src"], env.rank, env.world_size)
         else:

@@ -56,6 +56,26 @@ def test_model_states_match_deepspeed_estimators(preset):
                 assert row["cpu"] * world * 1.5 == pytest.approx(cpu, abs=2.0), (world, offload)
 
 
+def test_fp32_zero3_master_shared_only_where_the_engine_shares_it():
+    """fp32 ZeRO-3 without offload: no separate fp32 master when ``train.share_fp32_master`` (the engine
+    re-points it at the parameter partition, tests/test_zero3_fp32_master.py measures the bytes); with it
+    off, with offload, at ZeRO-1/2 or in bf16 the 4N master stays, written out here from the formula."""
+    mcfg = ModelConfig(family="gpt2", preset="tiny")
+    for share in (True, False):
+        cfg = ZeroLMConfig(model=mcfg, data=DataConfig(seq_len=64, micro_batch_size=2),
+                           train=TrainConfig(precision="fp32", zero_stage=3, share_fp32_master=share))
+        plan = plan_run(cfg, gpus=4, gpu_type="a100", vocab_size=1000)
+        n = plan["model"]["params"]
+        # optimizer partition: (fp32 grad 4N + Adam moments 8N [+ master 4N]) / g
+        assert _row(plan, 3, "none")["optimizer"] == pytest.approx((12 * n + (0 if share else 4 * n)) / 4)
+        assert _row(plan, 3, "optimizer")["cpu"] == pytest.approx(16 * n / 4)  # offload keeps DeepSpeed's copy
+        assert _row(plan, 2, "none")["optimizer"] == pytest.approx(12 * n / 4)  # ZeRO-1/2: master 4N + Adam 8N
+        bf16 = ZeroLMConfig(model=mcfg, data=cfg.data, train=TrainConfig(precision="bf16", zero_stage=3,
+                                                                         share_fp32_master=share))
+        assert _row(plan_run(bf16, gpus=4, gpu_type="a100", vocab_size=1000), 3, "none")["optimizer"] == \
+            pytest.approx(16 * n / 4)
+
+
 def _gpt3_175b() -> ZeroLMConfig:
     # Brown et al. 2020, Table 2.1: 96 layers, d_model 12288, 96 heads, context 2048; GPT-2 BPE vocabulary 50257
     return ZeroLMConfig(
@@ -412,20 +432,12 @@ def _bucket_worker(out_path: str) -> None:
 def test_comm_buffer_matches_what_deepspeed_allocates_and_touches(tmp_path):
     """A real 1-process DeepSpeed engine per stage: the bucket DeepSpeed allocates = ``w·B`` (the GPU figure),
     and the pages gradients were written to = ``w·N`` (the CPU figure)."""
-    import os
-    import socket
-    import subprocess
-    import sys
+    from single_rank import run_as_single_rank
 
     from zerolm.launch.plan import comm_buffer_bytes, zero3_whole_param_bytes
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "buckets.json"
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, __file__, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    r = run_as_single_rank(__file__, str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(out.read_text())
     for stage in (1, 2, 3):

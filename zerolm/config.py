@@ -229,6 +229,9 @@ class TrainConfig(_Section):
     offload_params: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     activation_checkpointing: bool = False
+    # fp32 ZeRO-3 without offload: keep one fp32 copy of this rank's parameter partition (DeepSpeed 0.19.8
+    # means to and clones it anyway; see docs/zero3-fp32-master.md): 4 bytes/param/rank less, same losses
+    share_fp32_master: bool = True
     seed: int = 1234
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=100, ge=1)
