@@ -175,6 +175,27 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def compile_decision(cfg: TrainConfig) -> tuple[bool, str]:
+    """Whether the training steps run ``torch.compile``'d, and why (logged at start-up).
+
+    ``train.compile``: ``"on"`` / ``"off"`` as given; ``"auto"``: on when ``max_steps ≥
+    compile_min_steps`` (the compile time is paid once at the first step; the threshold is where the
+    measured steady-state gain has paid it back on this project's CPU bench, ``bench/compile_gain.py``)
+    and the ZeRO stage is 0–2 (ZeRO-3 gathers parameters in per-module hooks that split the graph;
+    not measured here: ``"on"`` tries it).
+
+    Returns:
+        ``(enabled, reason)``.
+    """
+    if cfg.compile != "auto":
+        return cfg.compile == "on", f"train.compile={cfg.compile}"
+    if cfg.zero_stage == 3:
+        return False, "train.compile=auto: off at ZeRO-3"
+    if cfg.max_steps < cfg.compile_min_steps:
+        return False, f"train.compile=auto: off, max_steps {cfg.max_steps} < compile_min_steps {cfg.compile_min_steps}"
+    return True, f"train.compile=auto: on, max_steps {cfg.max_steps} >= compile_min_steps {cfg.compile_min_steps}"
+
+
 def share_fp32_master(zero3_optimizer: Any) -> int:
     """Make a ZeRO-3 optimizer that trains in fp32 keep one copy of this rank's parameter partition.
 
@@ -262,6 +283,12 @@ class Engine:
         shareable = cfg.zero_stage == 3 and cfg.precision == "fp32" and not (cfg.offload_optimizer or cfg.offload_params)
         #: bytes of the fp32 master partition this rank no longer holds twice (0: nothing shared)
         self.shared_fp32_master_bytes = share_fp32_master(self.engine.optimizer) if shareable and cfg.share_fp32_master else 0
+        #: whether the training steps run torch.compile'd, and why (``train.compile``)
+        self.compiled, self.compile_reason = compile_decision(cfg)
+        if self.compiled:
+            # DeepSpeed compiles the module in place (``nn.Module.compile``, inductor on CPU and CUDA):
+            # parameter names, hooks and checkpoints stay those of the eager module
+            self.engine.compile()
         # DeepSpeed computes the pre-clipping gradient norm inside its ZeRO / mixed-precision
         # optimizers; at ZeRO-0 in fp32 it clips without keeping the norm, so we measure it here
         self._own_grad_norm = cfg.zero_stage == 0 and cfg.precision == "fp32"
@@ -319,19 +346,29 @@ class Engine:
         """What the built engine really does, read from DeepSpeed's ZeRO optimizer and the model
         (not from our config): ``offload_optimizer`` (optimizer state on the CPU),
         ``offload_params`` (ZeRO-3 parameters on the CPU), ``activation_checkpointing`` (the
-        ``transformers`` model recomputes activations in backward)."""
+        ``transformers`` model recomputes activations in backward), ``compiled`` (DeepSpeed's engine
+        compiled the module: ``train.compile``)."""
         opt = self.engine.optimizer
         return {
             "offload_optimizer": bool(getattr(opt, "offload_optimizer", getattr(opt, "cpu_offload", False))),
             "offload_params": bool(getattr(opt, "offload_param", False)),
             "activation_checkpointing": _activation_checkpointing(self.engine.module),
+            "compiled": bool(getattr(self.engine, "is_compiled", False)),
         }
 
     def train(self) -> None:
+        """Training mode; the compiled forward (``train.compile``) is used again."""
         self.engine.train()
+        if self.compiled:
+            torch.compiler.set_stance("default")
 
     def eval(self) -> None:
+        """Evaluation mode. A compiled model evaluates eagerly (``torch.compiler.set_stance
+        ("force_eager")`` until :meth:`train`): no-grad passes and the few-shot evals' varying shapes
+        would otherwise each compile new graphs, minutes on a CPU, for a few forward passes."""
         self.engine.eval()
+        if self.compiled:
+            torch.compiler.set_stance("force_eager")
 
     @property
     def module(self) -> torch.nn.Module:

@@ -331,6 +331,7 @@ class Trainer:
                      self.parts.description, self.global_batch, micro, self.grad_accum, env.world_size,
                      self.parts.tokens_per_sample, cfg.train.zero_stage, cfg.train.precision,
                      f" | {', '.join(on)}" if on else "")
+            log.info("%s", self.engine.compile_reason)
 
     def release(self) -> None:
         """Stop the energy tracker and give up the run-directory lock (training is over; export may

@@ -197,6 +197,11 @@ class EvalTaskConfig(_Section):
         return self
 
 
+# train.compile=auto's threshold: ~2x the slowest break-even measured on this project's CPU bench
+# (quickstart shape, cold inductor cache: 1082 and 2338 steps in two runs; docs/performance.md)
+COMPILE_MIN_STEPS = 5000
+
+
 class TrainConfig(_Section):
     """The training loop (shared by pretraining and finetuning).
 
@@ -229,6 +234,11 @@ class TrainConfig(_Section):
     offload_params: bool = False
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     activation_checkpointing: bool = False
+    # torch.compile of the model for the training steps (inductor's fused kernels; evaluation runs eager):
+    # "auto" = on when max_steps >= compile_min_steps at ZeRO 0-2 (about twice the steps after which the
+    # measured compile time has paid for itself: bench/compile_gain.py, docs/performance.md); "on" / "off"
+    compile: Literal["auto", "on", "off"] = "auto"
+    compile_min_steps: int = Field(default=COMPILE_MIN_STEPS, ge=1)
     # fp32 ZeRO-3 without offload: keep one fp32 copy of this rank's parameter partition (DeepSpeed 0.19.8
     # means to and clones it anyway; see docs/zero3-fp32-master.md): 4 bytes/param/rank less, same losses
     share_fp32_master: bool = True
@@ -252,6 +262,12 @@ class TrainConfig(_Section):
     inject_spike_at_batches: list[int] = []
     inject_spike_lr_factor: float = Field(default=1000.0, gt=0)
     elastic_resume: bool = True
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_yaml_booleans(cls, v: Any) -> Any:
+        # YAML 1.1 (OmegaConf's dotlist and files) reads a bare on/off as a boolean
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("eval_tasks", mode="before")
     @classmethod
