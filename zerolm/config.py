@@ -414,7 +414,7 @@ class SentimentConfig(_Section):
     resume must keep ``method``, ``policy``, ``target``, ``batch_size``, ``mini_batch_size``, ``rloo_k``,
     ``trainable_layers``, ``seed``, the keys the prompt pool is built from (``data``, its columns and
     split, ``prompt_kinds``, the prompt length keys, ``train_prompts``) and the world size; it stops
-    with an error naming any that differs (``finetune.ppo.RESUME_KEYS``). ``max_minutes`` counts the run's time across resumes (the seconds each checkpoint
+    with an error naming any that differs (``finetune.rl_checkpoint.RESUME_KEYS``). ``max_minutes`` counts the run's time across resumes (the seconds each checkpoint
     records): a run resumed past it stops with status ``time_limit`` before another step; raise it to
     continue.
     """
