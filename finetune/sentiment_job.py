@@ -10,6 +10,7 @@ report and the export build on the primitives of :mod:`finetune.sentiment` and n
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from zerolm.errors import ConfigError, DataError
 from zerolm.finetune.sentiment import resolve_target_label
 from zerolm.fsutil import write_json
 from zerolm.pretrain.distributed import is_main_process
+
+log = logging.getLogger(__name__)
 
 
 def check_reward(sc) -> str:
@@ -56,8 +59,9 @@ def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: boo
                        progress: bool = False) -> dict[str, Any]:
     """Steer ``cfg.sentiment.policy`` toward ``cfg.sentiment.target`` with ``method`` control or ppo,
     export it (``export_dir``, default ``RUN_DIR/hf``) and, with ``report``, write the before/after
-    report on rank 0 (:func:`finetune.sentiment_report.sentiment_report`). ``report_only`` skips
-    training and reports on an existing export. ``progress`` draws bars of the PPO steps and of the
+    report on rank 0 (:func:`finetune.sentiment_report.sentiment_report`) — not after a preempted run
+    (status ``preempted``: the grace period is for the checkpoint; the requeued run reports when it
+    ends). ``report_only`` skips training and reports on an existing export. ``progress`` draws bars of the PPO steps and of the
     report's prompts (:func:`zerolm.pretrain.progress.progress_bar`: rank 0, stderr a terminal); the control
     method's trainer logs every ``log_every`` steps instead.
 
@@ -85,6 +89,12 @@ def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: boo
         result = train_control(cfg, reward_label)
     if not is_main_process():
         return result
+    if report and not report_only and result.get("status") == "preempted":
+        # a preempted job has the scheduler's grace period left, not the minutes a report takes; the
+        # requeued run (the same command) resumes, finishes and reports then
+        log.warning("preempted at step %s: no report now; the same command resumes the run and reports when it ends",
+                    result.get("steps", result.get("step")))
+        report = False
     if report or report_only:
         from zerolm.finetune.sentiment_report import sentiment_report
 

@@ -78,12 +78,13 @@ def one_process(tiny_gpt, untrained_reward, tmp_path_factory):
     base = tmp_path_factory.mktemp("ppo1")
     full, run = base / "full", base / "run"
     ref, _ = ppo(full, tiny_gpt, untrained_reward)
-    first, _ = ppo(run, tiny_gpt, untrained_reward, signal_at="2:SIGTERM")
+    first, stopped = ppo(run, tiny_gpt, untrained_reward, "--report", signal_at="2:SIGTERM")
     tags_at_stop = ckpt.list_tags(run / "checkpoints")
     rows_at_stop = rows(run)
     second, _ = ppo(run, tiny_gpt, untrained_reward)
     return {"ref": ref, "full": full, "first": first, "tags_at_stop": tags_at_stop, "rows_at_stop": rows_at_stop,
-            "second": second, "run": run}
+            "second": second, "run": run, "stopped_log": stopped.stdout + stopped.stderr,
+            "report_at_stop": (run / "sentiment_report.json").exists()}
 
 
 def test_sigterm_checkpoints_the_step_and_resume_is_exact(one_process):
@@ -93,6 +94,9 @@ def test_sigterm_checkpoints_the_step_and_resume_is_exact(one_process):
     assert p["first"]["status"] == "preempted" and p["first"]["steps"] == 2
     assert p["tags_at_stop"] == ["step_00000001", "step_00000002"]
     assert [r["step"] for r in p["rows_at_stop"]] == [1, 2]
+    # --report is put off after a preemption (the grace period is for the checkpoint)
+    assert "report" not in p["first"] and not p["report_at_stop"]
+    assert "preempted at step 2: no report now" in p["stopped_log"]
     # resumed from it, finished, and equals the uninterrupted run bitwise (weights and every step's metrics)
     assert p["second"]["status"] == "completed" and p["second"]["steps"] == 4
     assert p["second"]["resumed_from"] == "step_00000002" and p["ref"]["resumed_from"] is None
