@@ -391,7 +391,8 @@ def incompatibilities(saved: dict[str, Any], current: dict[str, Any]) -> list[tu
         if current.get("elastic_resume") is False:
             fix = f"{run_on}, or allow an elastic resume with train.elastic_resume=true"
         elif not c_data.get("elastic"):
-            fix = f"{run_on}: this job's data loader resumes only on the world size it was saved with"
+            fix = (f"{run_on}: this job's data stream (its loader, or the RL loop's prompt stream) resumes only on "
+                   "the world size it was saved with")
         elif not s_data.get("elastic"):
             fix = f"{run_on}: the checkpoint's data state (written by an older zerolm) cannot be resharded"
         else:
