@@ -112,8 +112,10 @@ def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int,
         grads = 0.0  # reduce-scattered straight into the fp32 partition (counted in the optimizer)
     else:
         grads = w * n / (dp if stage >= 2 else 1)
+    from zerolm.pretrain.engine import shares_fp32_master
+
     mixed = precision != "fp32"
-    shared = share_fp32_master and not mixed and stage == 3 and not (offload_optimizer or offload_params)
+    shared = shares_fp32_master(stage, precision, offload_optimizer, offload_params, share_fp32_master)
     master = 4.0 * n if (mixed or stage >= 1) and not shared else 0.0
     fp32_grad = 4.0 * n if (mixed or stage == 3) else 0.0
     optimizer = (master + fp32_grad + 8.0 * n) / (dp if stage >= 1 else 1)

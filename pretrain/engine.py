@@ -196,6 +196,18 @@ def compile_decision(cfg: TrainConfig) -> tuple[bool, str]:
     return True, f"train.compile=auto: on, max_steps {cfg.max_steps} >= compile_min_steps {cfg.compile_min_steps}"
 
 
+def shares_fp32_master(stage: int, precision: str, offload_optimizer: bool, offload_params: bool,
+                       enabled: bool = True) -> bool:
+    """Whether zerolm's engine keeps one copy of the fp32 master (see :func:`share_fp32_master`).
+
+    The one rule both the engine and ``zerolm plan`` (``launch/plan.py``) follow: ZeRO-3, fp32 training,
+    no optimizer or parameter offload, and ``train.share_fp32_master`` on (``enabled``). Everywhere
+    else DeepSpeed's separate master stays (bf16/fp16 need an fp32 master; offload keeps it on the host;
+    ZeRO-1/2: see :func:`share_fp32_master`).
+    """
+    return bool(enabled) and stage == 3 and precision == "fp32" and not (offload_optimizer or offload_params)
+
+
 def share_fp32_master(zero3_optimizer: Any) -> int:
     """Make a ZeRO-3 optimizer that trains in fp32 keep one copy of this rank's parameter partition.
 
@@ -280,9 +292,10 @@ class Engine:
             model=model, optimizer=opt, lr_scheduler=sched, config=self.ds_config
         )
         self.device = self.engine.device
-        shareable = cfg.zero_stage == 3 and cfg.precision == "fp32" and not (cfg.offload_optimizer or cfg.offload_params)
+        shareable = shares_fp32_master(cfg.zero_stage, cfg.precision, cfg.offload_optimizer, cfg.offload_params,
+                                       cfg.share_fp32_master)
         #: bytes of the fp32 master partition this rank no longer holds twice (0: nothing shared)
-        self.shared_fp32_master_bytes = share_fp32_master(self.engine.optimizer) if shareable and cfg.share_fp32_master else 0
+        self.shared_fp32_master_bytes = share_fp32_master(self.engine.optimizer) if shareable else 0
         #: whether the training steps run torch.compile'd, and why (``train.compile``)
         self.compiled, self.compile_reason = compile_decision(cfg)
         if self.compiled:
