@@ -331,6 +331,8 @@ def train_control(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
             keep = fdata.stratified_split(labels, 1e-9, 1e-9, sc.seed, sc.max_examples)["train"]
             texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
         prepared = {**splits, "train": (texts, labels)}
+    if sc.max_minutes is not None:  # the time box of the training steps (the shared trainer's train.max_minutes)
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_minutes": sc.max_minutes})})
     result = train(cfg, build=functools.partial(control_components, prepared=prepared))
     info = prepared.get("samples_info")
     rows = info["examples"] if info else len(prepared["train"][0])

@@ -402,7 +402,8 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     zcfg = build_ds_config(tc.model_copy(update={"zero_stage": 2, "offload_optimizer": False, "offload_params": False}),
                            mb, accum_now, gpus)["zero_optimization"]
     bucket = int(zcfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
-    overlap = gpu_type != "cpu"  # build_ds_config: overlap_comm = torch.cuda.is_available()
+    # build_ds_config: train.comm.overlap_comm, where "auto" means on with CUDA
+    overlap = gpu_type != "cpu" if tc.comm.overlap_comm == "auto" else tc.comm.overlap_comm == "on"
     offloads = list(_OFFLOADS)
     if tc.offload_params and not tc.offload_optimizer:
         offloads.append(("params", False, True))
@@ -443,7 +444,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
                                   "its gradient and the logits' gradient at the start of backward: torch cross_entropy); "
                                   "leaves out flash-attention savings, GQA/non-4h MLPs")
     assumptions["buffers"] = (f"DeepSpeed gradient-reduction buffer, reduce_bucket_size {bucket:.3g} elements "
-                              f"(DeepSpeed default; build_ds_config sets none), overlap_comm {overlap}, "
+                              f"({'train.comm.reduce_bucket_size' if tc.comm.reduce_bucket_size else 'DeepSpeed default'}), overlap_comm {overlap}, "
                               f"{'touched pages (CPU RSS)' if gpu_type == 'cpu' else 'whole allocation'}: ZeRO-0 flat "
                               "all-reduce copy w·min(N,5e8) after backward (engine.py allreduce_bucket), replacing the "
                               "activations in the peak; ZeRO-1/2 ipg bucket(s) (stage_1_and_2.py setup_buckets), ZeRO-1's "

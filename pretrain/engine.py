@@ -132,7 +132,15 @@ def build_ds_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, wo
     """
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.zero_stage >= 1:
-        zero.update(contiguous_gradients=True, overlap_comm=torch.cuda.is_available())
+        comm = cfg.comm
+        overlap = torch.cuda.is_available() if comm.overlap_comm == "auto" else comm.overlap_comm == "on"
+        zero.update(contiguous_gradients=comm.contiguous_gradients, overlap_comm=overlap)
+        for key, ds_key in (("reduce_bucket_size", "reduce_bucket_size"), ("allgather_bucket_size", "allgather_bucket_size"),
+                            ("prefetch_bucket_size", "stage3_prefetch_bucket_size"),
+                            ("param_persistence_threshold", "stage3_param_persistence_threshold")):
+            value = getattr(comm, key)
+            if value is not None:
+                zero[ds_key] = int(value)
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if cfg.offload_params:

@@ -3,9 +3,10 @@
 Large runs diverge in spikes: the loss jumps far above its recent level and either returns slowly or
 never. PaLM (Chowdhery et al. 2022, §5.1) and OPT (Zhang et al. 2022, logbook) handled them by hand:
 restart from a checkpoint before the spike and skip the batches around it. zerolm does it for you:
-this module owns the *test* (is this step's loss a spike?), :class:`zerolm.pretrain.trainer.Trainer`
-owns the *recovery* (roll back, skip the data, continue) and :mod:`zerolm.pretrain.checkpoint` owns
-the recovery records in the run directory.
+this module owns the *test* (is this step's loss a spike?), :mod:`zerolm.pretrain.recovery` owns the
+*recovery* (which checkpoint, whether the run may recover again, the record), the trainer moves its
+own state back (engine, counters; the data is skipped, not rewound) and
+:mod:`zerolm.pretrain.checkpoint` owns the recovery records' files in the run directory.
 
 The test is robust to the loss' own noise and to earlier spikes in the window: a loss ``x`` is a
 spike when, with ``n ≥ min_history`` earlier applied losses in the last ``window`` steps,

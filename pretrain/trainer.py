@@ -16,7 +16,8 @@ loads DeepSpeed's universal copy of it, and the data loader takes its logical sh
 merged states of all the ranks that saved it, so the next global batch is the one the
 uninterrupted run would have trained on.
 
-Loss spikes (:mod:`zerolm.pretrain.spikes`, ``train.spike_recovery``): every applied step's loss is
+Loss spikes (:mod:`zerolm.pretrain.spikes` tests, :mod:`zerolm.pretrain.recovery` decides,
+``train.spike_recovery``): every applied step's loss is
 tested against a robust running statistic of the recent ones; a spike (or a streak of non-finite
 losses) rolls the model and optimizer back to the newest checkpoint before it, keeps the data
 stream where it is (the batches trained since are skipped, recorded in the run so that a restart
@@ -48,7 +49,7 @@ from zerolm.pretrain import init_from
 from zerolm.pretrain.models import (build_model, count_parameters, describe_model, flops_per_token, objective_of,
                              resolve_model_config, special_ids_of)
 from zerolm.pretrain.objectives import Objective, get_objective
-from zerolm.pretrain.spikes import SpikeDetector, recoveries_in_window, rollback_limit
+from zerolm.pretrain.recovery import SpikeRecovery
 from zerolm.pretrain.tracking import Tracker, run_config
 from zerolm.config import ZeroLMConfig, save_config
 from zerolm.errors import ConfigError, TrainingError
@@ -299,12 +300,11 @@ class Trainer:
         self.step = self.tokens_seen = self.nonfinite_total = 0
         self.loss_scale_skipped = 0  # fp16 overflow skips (dynamic loss scaling), not counted as non-finite
         self.data_step = 0  # global batches drawn from the data stream (a recovery skips, never rewinds it)
-        self.spike_cfg = cfg.train.spike_recovery
-        self.detector = SpikeDetector(self.spike_cfg)
-        self.recoveries = ckpt.read_recoveries(self.root)
-        self.lr_scale_until = 0  # steps before this one train at spike_recovery.lr_scale × the schedule
+        self.spikes = SpikeRecovery(cfg.train.spike_recovery, self.root, env)  # detector, records, LR-scale window
         self.metrics: dict[str, float] = {}
         self.stop_signal = 0
+        self.seconds_before = 0.0  # training-loop seconds of the run before this process (train.max_minutes)
+        self._t_start: float | None = None
         self.written: set[str] = set()  # tags this process saved
         run_id, resumed = self._resume(plan)
         if resumed is None and self.parts.init_state:  # model.init_optimizer=checkpoint, first start
@@ -405,7 +405,8 @@ class Trainer:
                 torch.manual_seed(self.cfg.train.seed + self.env.rank + 7919 * self.step)
             self.nonfinite_total = rec.get("nonfinite_skipped", 0)
             self.metrics = rec.get("metrics", {})
-            self._restore_spike_state(rec, recovery)
+            self.seconds_before = float(rec.get("train_seconds", 0.0))
+            self.data_step = self.spikes.restore(rec, recovery)
             if recovery:
                 log.warning("continuing the loss-spike recovery of step %d: the data resumes after global batch %d "
                             "(batches %d–%d skipped)", recovery["detected_at_step"], recovery["data_step"],
@@ -435,16 +436,6 @@ class Trainer:
         merge = getattr(self.loader, "merge_states", None)
         return merge(states) if merge is not None else states[self.env.rank]
 
-    def _restore_spike_state(self, rec: dict[str, Any], recovery: dict[str, Any] | None) -> None:
-        """The spike detector's history, the data position and the LR-scale window as of checkpoint
-        record ``rec`` — or, when a recovery rolled back to it, as that recovery left them."""
-        self.detector.load_state_dict(rec.get("spike_detector"))
-        self.data_step = int(rec.get("data_step", rec["step"]))
-        self.lr_scale_until = int(rec.get("lr_scale_until", 0))
-        if recovery:
-            self.data_step = int(recovery["data_step"])
-            self.lr_scale_until = int(recovery["lr_scale_until"])
-
     def save(self) -> None:
         """Checkpoint at the current step on every rank; rank 0 marks it complete last, then applies
         retention (:func:`checkpoint.prune`). A folder already at this step that this run did not
@@ -473,13 +464,19 @@ class Trainer:
                 "step": self.step, "tokens_seen": self.tokens_seen, "nonfinite_skipped": self.nonfinite_total,
                 "metrics": self.metrics, "wandb_run_id": self.tracker.run_id if self.tracker else None,
                 "world_size": self.env.world_size, "run": self.signature, "data_step": self.data_step,
-                "spike_detector": self.detector.state_dict(), "lr_scale_until": self.lr_scale_until,
+                "train_seconds": round(self.train_seconds(), 3),
+                **self.spikes.checkpoint_fields(),
                 **({"emissions": energy} if energy else {}),
             })
-            keep_before = self.step - self.spike_cfg.rollback_margin_steps if self.spike_cfg.enabled else None
-            removed = ckpt.prune(self.root, self.cfg.train.keep_last, self.line | self.written, tag, keep_before)
+            removed = ckpt.prune(self.root, self.cfg.train.keep_last, self.line | self.written, tag,
+                                 self.spikes.keep_before(self.step))
             log.info("saved checkpoint %s%s", self.root / tag, f" (removed {', '.join(removed)})" if removed else "")
         dist.barrier()
+
+    def train_seconds(self) -> float:
+        """Seconds the run has spent in its training loop, across resumes (``train.max_minutes``
+        counts these; evaluation and checkpointing inside the loop included, set-up not)."""
+        return self.seconds_before + (time.perf_counter() - self._t_start if self._t_start is not None else 0.0)
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -528,7 +525,8 @@ class Trainer:
         log.warning("received %s: will checkpoint at the next step boundary and exit", signal.Signals(signum).name)
 
     def run(self) -> dict[str, Any]:
-        """Train to ``train.max_steps`` (or ``stop_at_step``, or a stop signal) and return a summary."""
+        """Train to ``train.max_steps`` (or ``stop_at_step``, ``max_minutes``, or a stop signal) and return a
+        summary (``status``: ``completed``, ``preempted``, ``stopped`` or ``time_limit``)."""
         tc = self.cfg.train
         for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
             if sig is not None:
@@ -541,7 +539,14 @@ class Trainer:
             window["t0"] = time.perf_counter()  # evaluation is not training throughput
         self.engine.train()
         self_signal = _test_self_signal(self.env.rank)
-        while self.step < tc.max_steps:
+        limit = 60.0 * tc.max_minutes if tc.max_minutes is not None else None
+        self._t_start = time.perf_counter()
+        over_at_start = limit is not None and self.step < tc.max_steps and self.seconds_before >= limit  # same on every rank
+        if over_at_start:
+            status = "time_limit"
+            log.warning("not training: the run already trained %.0f s, train.max_minutes=%s (raise it to continue)",
+                        self.seconds_before, tc.max_minutes)
+        while self.step < tc.max_steps and not over_at_start:
             if self_signal and self.step + 1 == self_signal[0]:
                 os.kill(os.getpid(), self_signal[1])  # test hook: a signal arriving during this step
             poisoned = False
@@ -551,7 +556,7 @@ class Trainer:
             sums = torch.zeros(2, dtype=torch.float64, device=self.engine.device)
             self.data_step += 1
             self.engine.set_lr_scale(tc.inject_spike_lr_factor if self.data_step in tc.inject_spike_at_batches
-                                     else self.spike_cfg.lr_scale if self.step < self.lr_scale_until else 1.0)
+                                     else self.spikes.lr_factor(self.step))
             for micro in range(self.grad_accum):
                 t = time.perf_counter()
                 batch = next(it)
@@ -563,11 +568,13 @@ class Trainer:
                 d = loss.detach().double()
                 sums += torch.stack([d, (~torch.isfinite(d)).double()])
                 if micro == self.grad_accum - 1:
-                    # [Σ loss over micro-batches and ranks, non-finite count, tokens, stop signals]: the
-                    # step's one collective (a stop signal received later is seen at the next step)
-                    host = torch.tensor([float(local_tokens), float(self.stop_signal)], dtype=torch.float64)
+                    # [Σ loss over micro-batches and ranks, non-finite count, tokens, stop signals, ranks
+                    # past train.max_minutes]: the step's one collective (a stop signal received later is
+                    # seen at the next step)
+                    late = limit is not None and self.train_seconds() >= limit
+                    host = torch.tensor([float(local_tokens), float(self.stop_signal), float(late)], dtype=torch.float64)
                     total = distributed.all_reduce_tensor(torch.cat([sums, host.to(sums.device)]))
-                    loss_total, bad, step_tokens, stop_any = total.tolist()
+                    loss_total, bad, step_tokens, stop_any, late_any = total.tolist()
                     if bad > 0:  # a non-finite loss on some rank: make this last micro-batch's gradients
                         poisoned = True  # non-finite on every rank, so every rank discards the whole step
                         loss = loss * float("nan")
@@ -601,19 +608,15 @@ class Trainer:
                 loss = step_loss / self.env.world_size
                 window["loss"] += loss
                 window["steps"] += 1
-                if self.spike_cfg.enabled:
-                    v = self.detector.observe(self.step, loss)
+                if self.spikes.cfg.enabled:
+                    v = self.spikes.observe(self.step, loss)
                     spiking = v.spike
-                    if v.spike:
-                        log.warning("step %d: loss %.4f above the spike threshold %.4f (median %.4f of the last %d steps); "
-                                    "%d of %d before a rollback", self.step, loss, v.threshold, v.median,
-                                    len(self.detector.history), v.streak, self.spike_cfg.patience)
                     if v.recover:
                         if self._recover(it, v.first_step, loss, f"loss {loss:.4f} > threshold {v.threshold:.4f} "
                                                                  f"(median {v.median:.4f})"):
                             window.update(loss=0.0, steps=0, tokens=0, data_s=0.0, t0=time.perf_counter())
                             continue
-                        self.detector.reset_streak()
+                        self.spikes.detector.reset_streak()
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                 self._log_window(window)
             t_aside = time.perf_counter()  # evaluation and checkpointing are not training throughput
@@ -622,18 +625,23 @@ class Trainer:
             stop = stop_any > 0  # some rank received SIGTERM/SIGUSR1 (signal numbers are > 0)
             if stop:
                 status = "preempted"
+            elif late_any > 0 and self.step < tc.max_steps:
+                stop, status = True, "time_limit"
             elif tc.stop_at_step is not None and self.step >= tc.stop_at_step and self.step < tc.max_steps:
                 stop, status = True, "stopped"
             if (self.step % tc.save_every == 0 or self.step == tc.max_steps or stop) and not (consecutive_bad or spiking):
                 self.save()  # never during non-finite losses or a spike: the last good checkpoint stays latest
             window["t0"] += time.perf_counter() - t_aside
             if stop:
-                log.warning("stopping at step %d (%s); resume by running the same command", self.step, status)
+                log.warning("stopping at step %d (%s); %s", self.step, status,
+                            f"raise train.max_minutes ({tc.max_minutes}) and run the same command to continue"
+                            if status == "time_limit" else "resume by running the same command")
                 break
         result = {"status": status, "step": self.step, "tokens_seen": self.tokens_seen,
+                  "train_seconds": round(self.train_seconds(), 1),
                   "nonfinite_skipped": self.nonfinite_total, "parameters": self.parts.parameters,
                   **({"loss_scale_skipped": self.loss_scale_skipped} if tc.precision == "fp16" else {}),
-                  "spike_recoveries": [{k: v for k, v in r.items() if k != "data_states"} for r in self.recoveries],
+                  "spike_recoveries": self.spikes.summary(),
                   **self.metrics, **self._measured()}
         if self.tracker:
             if "emissions" in result:
@@ -677,11 +685,11 @@ class Trainer:
     def _recover(self, it, first_step: int, loss: float, why: str) -> bool:
         """Roll back after a loss spike (or a streak of non-finite losses) first seen at ``first_step``.
 
-        Rolls the model, optimizer and LR schedule back to the newest intact checkpoint at a step ≤
-        :func:`spikes.rollback_limit`, leaves the data stream where it is (plus
-        ``skip_extra_batches``): the batches trained since that checkpoint are skipped. The recovery
-        is recorded (``checkpoints/zerolm_recoveries.json``) before anything changes, so that a
-        restart skips the same batches. Every rank calls it at the same step.
+        :class:`zerolm.pretrain.recovery.SpikeRecovery` chooses the checkpoint (the newest intact one
+        at a step ≤ :func:`spikes.rollback_limit`) and records the recovery before anything changes;
+        here the data stream is left where it is (plus ``skip_extra_batches``: the batches trained
+        since that checkpoint are skipped) and the model, optimizer, LR schedule and counters go back
+        to the checkpoint. Every rank calls it at the same step.
 
         Args:
             it: the training data iterator (drawn from for ``skip_extra_batches``).
@@ -690,68 +698,36 @@ class Trainer:
             why: the reason, for the log and the record.
 
         Returns:
-            True when the run rolled back; False when no checkpoint is old enough (nothing changed).
+            True when the run rolled back; False when recovery is off or no checkpoint is old enough
+            (nothing changed).
 
         Raises:
             TrainingError: ``max_recoveries`` recoveries already happened within the last
                 ``recovery_window_steps`` global batches (the checkpoints are left intact).
         """
-        cfg = self.spike_cfg
-        if not cfg.enabled:
+        spikes = self.spikes
+        if not spikes.cfg.enabled:
             return False
-        limit = rollback_limit(first_step, cfg.rollback_margin_steps)
-        box = [None]
-        if self.env.is_main:
-            good = [t for t in ckpt.list_tags(self.root) if ckpt.step_of(t) <= limit and ckpt.check(self.root, t) is None]
-            box = [good[-1] if good else None]
-        if dist.is_initialized() and self.env.world_size > 1:
-            dist.broadcast_object_list(box, src=0)
-        target = box[0]
+        target = spikes.target(self.step, first_step, self.data_step, why)
         if target is None:
-            log.warning("step %d: %s, but no checkpoint at step ≤ %d to roll back to; training on", self.step, why, limit)
             return False
-        recent = recoveries_in_window(self.recoveries, self.data_step, cfg.recovery_window_steps)
-        if recent >= cfg.max_recoveries:
-            raise TrainingError(
-                f"step {self.step}: {why}; {recent} loss-spike recoveries within the last {cfg.recovery_window_steps} "
-                f"global batches already (train.spike_recovery.max_recoveries={cfg.max_recoveries}): stopping. The "
-                f"checkpoints are intact (newest before the spike: {self.root / target}); look at the data around "
-                f"global batch {self.data_step} and the LR, then run the same command to continue from the newest one")
-        for _ in range(cfg.skip_extra_batches * self.grad_accum):
+        for _ in range(spikes.cfg.skip_extra_batches * self.grad_accum):
             next(it)
-        self.data_step += cfg.skip_extra_batches
+        self.data_step += spikes.cfg.skip_extra_batches
         states = distributed.gather_to_main(self.loader.state_dict())
+        record, moved = spikes.commit(step=self.step, first_step=first_step, why=why, loss=loss, target=target,
+                                      data_step=self.data_step, global_batch=self.global_batch, data_states=states)
+        self.written -= set(moved)
         rec = ckpt.read_record(self.root, target)
-        back_to = int(rec.get("data_step", rec["step"]))
-        record = {"detected_at_step": self.step, "first_spike_step": first_step, "reason": why,
-                  "loss": loss if math.isfinite(loss) else None, "rolled_back_to": target, "rollback_step": rec["step"],
-                  "skipped_batches": [back_to + 1, self.data_step],
-                  "skipped_samples": (self.data_step - back_to) * self.global_batch, "data_step": self.data_step,
-                  "lr_scale": cfg.lr_scale, "lr_scale_until": rec["step"] + cfg.lr_scale_steps,
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        if self.env.is_main:
-            ckpt.add_recovery(self.root, {**record, "data_states": states})
-        dist.barrier()
-        if os.environ.get("ZEROLM_TEST_EXIT_IN_RECOVERY"):  # test hook: killed after recording, before rolling back
-            os._exit(17)
-        moved = [ckpt.discard_rolled_back(self.root, target, self.data_step) if self.env.is_main else None]
-        if dist.is_initialized() and self.env.world_size > 1:
-            dist.broadcast_object_list(moved, src=0)
-        self.written -= set(moved[0])
         saved_world = (rec.get("run") or {}).get("world_size") or rec.get("world_size")
         self.engine.load(self.root, target, saved_world_size=saved_world)
         self.step, self.tokens_seen = rec["step"], rec["tokens_seen"]
         self.nonfinite_total = rec.get("nonfinite_skipped", 0)
         self.metrics = rec.get("metrics", {})
-        self._restore_spike_state(rec, record)
-        self.recoveries.append(record)
-        log.warning("step %d: %s — loss spike recovery %d: rolled back to %s (step %d), skipped global batches %d–%d "
-                    "(%d samples)%s", record["detected_at_step"], why, len(self.recoveries), self.root / target,
-                    rec["step"], *record["skipped_batches"], record["skipped_samples"],
-                    f"; LR × {cfg.lr_scale} until step {record['lr_scale_until']}" if cfg.lr_scale_steps and cfg.lr_scale < 1 else "")
+        self.data_step = spikes.rolled_back(rec, record)
         if self.tracker:
             self.tracker.rewind(self.step)
-            self.tracker.log({"spike/recoveries": len(self.recoveries), "spike/detected_at_step": record["detected_at_step"],
+            self.tracker.log({"spike/recoveries": len(spikes.records), "spike/detected_at_step": record["detected_at_step"],
                               "spike/skipped_samples": record["skipped_samples"],
                               **({"spike/loss": loss} if math.isfinite(loss) else {})}, self.step)
         return True

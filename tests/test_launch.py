@@ -296,6 +296,32 @@ def test_ds_config_is_generated_from_the_zerolm_config(tmp_path):
     assert "offload_optimizer" not in v["zero3"]["zero_optimization"]
 
 
+def test_train_comm_keys_reach_deepspeed_as_its_parser_reads_them():
+    """``train.comm`` → ``zero_optimization``: DeepSpeed's own config model (not our mapping) reads each
+    value back under its field; "auto" overlap follows CUDA; a bad size fails at load, naming the key."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from zerolm.config import load_config
+    from zerolm.launch.slurm import ds_config_for
+
+    over = ["train.zero_stage=3", "train.comm.overlap_comm=off", "train.comm.contiguous_gradients=false",
+            "train.comm.reduce_bucket_size=2e7", "train.comm.allgather_bucket_size=30000000",
+            "train.comm.prefetch_bucket_size=123456", "train.comm.param_persistence_threshold=0"]
+    zero = ds_config_for(load_config(GPT, over), 8, gpu=True)["zero_optimization"]
+    parsed = DeepSpeedZeroConfig(**zero)
+    assert (parsed.stage, parsed.overlap_comm, parsed.contiguous_gradients) == (3, False, False)
+    assert (parsed.reduce_bucket_size, parsed.allgather_bucket_size) == (20_000_000, 30_000_000)
+    assert (parsed.prefetch_bucket_size, parsed.param_persistence_threshold) == (123456, 0)
+    default = DeepSpeedZeroConfig(**ds_config_for(load_config(GPT, ["train.zero_stage=2"]), 8, gpu=False)["zero_optimization"])
+    assert default.reduce_bucket_size == DeepSpeedZeroConfig(stage=2).reduce_bucket_size  # unset: DeepSpeed's own
+    for gpu in (True, False):
+        auto = ds_config_for(load_config(GPT, ["train.zero_stage=2"]), 8, gpu=gpu)["zero_optimization"]
+        assert auto["overlap_comm"] is gpu
+        on = ds_config_for(load_config(GPT, ["train.zero_stage=2", "train.comm.overlap_comm=on"]), 8, gpu=gpu)
+        assert on["zero_optimization"]["overlap_comm"] is True
+    with pytest.raises(ConfigError, match="reduce_bucket_size"):
+        load_config(GPT, ["train.comm.reduce_bucket_size=0"])
+
+
 def test_launch_local_dry_run_prints_torchrun():
     r = subprocess.run([sys.executable, "-m", "zerolm", "launch", "local", "--nproc", "2", "--dry-run", str(TINY),
                         "train.max_steps=3"], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -279,3 +279,37 @@ def test_fp16_trains_where_supported_and_is_refused_before_any_work_elsewhere(da
         assert r.returncode == 2, f"expected a configuration error (exit 2), got {r.returncode}:\n{out[-3000:]}"
         assert "train.precision" in out and "fp16" in out and "Traceback" not in out, out[-3000:]
         assert not (run_dir / "metrics.jsonl").exists() and not list(run_dir.glob("checkpoints/step_*"))
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_counts_across_resumes(data_args, tmp_path):
+    """``train.max_minutes``: a run stops once its training loop has taken that long (status
+    ``time_limit``, a checkpoint at the step it stopped at, fewer steps than ``max_steps``, the time
+    recorded no more than the process's wall clock); the same command again trains nothing, because
+    the time is counted across resumes; a larger budget continues from that checkpoint."""
+    import time
+
+    run_dir = tmp_path / "timebox"
+    budget_s = 1.5
+    common = ["train.max_steps=100000", "train.eval_every=100000", "train.log_every=1", "train.save_every=100000"]
+    t0 = time.perf_counter()
+    _train(data_args, run_dir, *common, f"train.max_minutes={budget_s / 60}")
+    wall = time.perf_counter() - t0
+    first = json.loads((run_dir / "result.json").read_text())
+    assert first["status"] == "time_limit" and 1 < first["step"] < 100000, first
+    assert budget_s <= first["train_seconds"] <= wall, (first["train_seconds"], wall)
+    tags = sorted(p.name for p in (run_dir / "checkpoints").glob("step_*"))
+    assert tags == [f"step_{first['step']:08d}"], tags  # save_every is far away: the time limit saved it
+    rec = json.loads((run_dir / "checkpoints" / tags[0] / "zerolm_complete.json").read_text())
+    assert budget_s <= rec["train_seconds"] <= first["train_seconds"] + 1e-6
+
+    rows = (run_dir / "metrics.jsonl").read_text()
+    r = _train(data_args, run_dir, *common, f"train.max_minutes={budget_s / 60}")
+    again = json.loads((run_dir / "result.json").read_text())
+    assert again["status"] == "time_limit" and again["step"] == first["step"], again
+    assert (run_dir / "metrics.jsonl").read_text() == rows  # not one more step
+    assert "not training" in r.stdout + r.stderr
+
+    _train(data_args, run_dir, *common, f"train.max_minutes={(rec['train_seconds'] + budget_s) / 60}")
+    more = json.loads((run_dir / "result.json").read_text())
+    assert more["status"] == "time_limit" and more["step"] > first["step"], more
+    assert more["train_seconds"] >= rec["train_seconds"] + budget_s

@@ -174,6 +174,49 @@ class SpikeRecoveryConfig(_Section):
         return self
 
 
+class ZeroCommConfig(_Section):
+    """How DeepSpeed ZeRO moves gradients and parameters (``train.comm``; ZeRO 1–3, ignored at 0).
+
+    Each key maps to the DeepSpeed ``zero_optimization`` key of the same name; ``null`` leaves DeepSpeed
+    0.19's default. ``overlap_comm``: reduce (ZeRO-1/2) or gather (ZeRO-3) on a side stream while the
+    backward/forward goes on — ``"auto"`` is on with CUDA, off without (on CPU there is no side
+    stream to overlap with; measured in ``bench/comm_sweep.py``, docs/performance.md).
+    ``contiguous_gradients``: copy gradients into one flat buffer as they are reduced (less
+    fragmentation). ``reduce_bucket_size`` / ``allgather_bucket_size``: elements per reduce /
+    all-gather collective (DeepSpeed default 5e8). ``prefetch_bucket_size`` (ZeRO-3, default 5e7):
+    elements of parameters gathered ahead of use; ``param_persistence_threshold`` (ZeRO-3, default
+    1e5): parameters smaller than this stay whole on every rank instead of being partitioned.
+    """
+
+    overlap_comm: Literal["auto", "on", "off"] = "auto"
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int | None = Field(default=None, gt=0)
+    allgather_bucket_size: int | None = Field(default=None, gt=0)
+    prefetch_bucket_size: int | None = Field(default=None, ge=0)
+    param_persistence_threshold: int | None = Field(default=None, ge=0)
+
+    @field_validator("overlap_comm", mode="before")
+    @classmethod
+    def _overlap_yaml_booleans(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size",
+                     "param_persistence_threshold", mode="before")
+    @classmethod
+    def _sizes_as_numbers(cls, v: Any) -> Any:
+        # "5e7" from a YAML file or the command line: a whole number of elements
+        if isinstance(v, str):
+            try:
+                f = float(v)
+            except ValueError:
+                return v
+            if f.is_integer():
+                return int(f)
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return v
+
+
 class EvalTaskConfig(_Section):
     """One downstream few-shot task scored inside the pretraining loop (an item of ``train.eval_tasks``).
 
@@ -216,6 +259,9 @@ class TrainConfig(_Section):
     run_dir: str = "runs/default"
     max_steps: int = Field(default=100, ge=1)
     stop_at_step: int | None = Field(default=None, ge=1)  # checkpoint and exit 0 here; the schedule still targets max_steps
+    # time box: once the training loop's time, counted across resumes (checkpoints record it), reaches this,
+    # checkpoint and stop with status "time_limit" (the schedule still targets max_steps; raise it to continue)
+    max_minutes: float | None = Field(default=None, gt=0)
     global_batch_size: int | None = Field(default=None, ge=1)
     gradient_accumulation_steps: int | None = Field(default=None, ge=1)
     lr: float = Field(default=6e-4, gt=0)
@@ -242,6 +288,8 @@ class TrainConfig(_Section):
     # fp32 ZeRO-3 without offload: keep one fp32 copy of this rank's parameter partition (DeepSpeed 0.19.8
     # means to and clones it anyway; see docs/zero3-fp32-master.md): 4 bytes/param/rank less, same losses
     share_fp32_master: bool = True
+    # DeepSpeed ZeRO communication: overlap, bucket sizes, contiguous gradients (ZeroCommConfig)
+    comm: ZeroCommConfig = ZeroCommConfig()
     seed: int = 1234
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=100, ge=1)
@@ -416,7 +464,8 @@ class SentimentConfig(_Section):
     split, ``prompt_kinds``, the prompt length keys, ``train_prompts``) and the world size; it stops
     with an error naming any that differs (``finetune.rl_checkpoint.RESUME_KEYS``). ``max_minutes`` counts the run's time across resumes (the seconds each checkpoint
     records): a run resumed past it stops with status ``time_limit`` before another step; raise it to
-    continue.
+    continue. With ``method=control`` it time-boxes the training steps the same way (it becomes
+    ``train.max_minutes`` of the shared trainer; drawing the cached samples is not counted).
     """
 
     policy: str = "smollm2"
