@@ -103,3 +103,24 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert r.returncode == 2 and "data.seq_len" in r.stdout and "Traceback" not in r.stdout + r.stderr
     r = _zerolm("data", "inspect", "--data", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "nowhere" in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
+def test_deepspeed_accelerator_defaults_to_cpu_only_without_cuda(monkeypatch):
+    """The CLI sets ``DS_ACCELERATOR=cpu`` only where torch sees no CUDA device: on a GPU machine
+    DeepSpeed must pick CUDA (a forced ``cpu`` would train on the CPU accelerator), and a value the
+    user set is never changed."""
+    import torch
+
+    from zerolm.cli import default_ds_accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    env: dict[str, str] = {}
+    default_ds_accelerator(env)
+    assert env == {"DS_ACCELERATOR": "cpu"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    env = {}
+    default_ds_accelerator(env)
+    assert env == {}
+    env = {"DS_ACCELERATOR": "xpu"}
+    default_ds_accelerator(env)
+    assert env == {"DS_ACCELERATOR": "xpu"}

@@ -492,9 +492,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_ds_accelerator(environ: dict[str, str] | None = None) -> None:
+    """Set ``DS_ACCELERATOR=cpu`` when it is unset and torch sees no CUDA device (DeepSpeed picks its
+    accelerator at its first import; on a CPU-only machine it would probe and log). With CUDA it is
+    left unset, so DeepSpeed runs on the GPU. ``environ``: the mapping to change (default ``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    if "DS_ACCELERATOR" in environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``zerolm`` console script; returns the process exit status."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    default_ds_accelerator()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
