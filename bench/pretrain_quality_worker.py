@@ -159,7 +159,7 @@ def run_hf(a: argparse.Namespace) -> None:
 
     args = TrainingArguments(
         output_dir=a.model_out + ".trainer",
-        deepspeed=build_ds_config(tcfg, dcfg.micro_batch_size, accum, world),
+        deepspeed=build_ds_config(tcfg, dcfg.micro_batch_size, accum, world, hidden_size=model.config.hidden_size),
         per_device_train_batch_size=dcfg.micro_batch_size,
         gradient_accumulation_steps=accum,
         max_steps=tcfg.max_steps,

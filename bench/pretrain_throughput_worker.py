@@ -188,7 +188,7 @@ def run_hf(a: argparse.Namespace) -> None:
     hf_tok = load_hf_tokenizer(a.tokenizer)
     model, n_params, fpt = _build_model(a, tok)
     tcfg = _train_cfg(a)
-    ds_config = build_ds_config(tcfg, a.micro_batch, a.grad_accum, world)
+    ds_config = build_ds_config(tcfg, a.micro_batch, a.grad_accum, world, hidden_size=model.config.hidden_size)
     n_blocks = (a.steps + 1) * a.micro_batch * a.grad_accum * world
     train_ds = _hf_blocks(a, hf_tok, n_blocks)
 

@@ -259,9 +259,11 @@ def activation_bytes(*, seq_len: int, micro_batch: int, d_model: int, n_head: in
     return {"per_layer": full_layer, "layers": layers, "logits": logits, "loss": loss, "total": layers + logits + loss}
 
 
-def _model_counts(model_cfg, *, vocab: int, seq_len: int) -> dict[str, int]:
-    """Unique parameters, non-embedding parameters and the largest module's own parameters, counted on a
-    model built on the meta device (allocates nothing)."""
+def _model_counts(model_cfg, *, vocab: int, seq_len: int,
+                  persistence_threshold: int = DS_PARAM_PERSISTENCE_THRESHOLD) -> dict[str, int]:
+    """Unique parameters, non-embedding parameters, the largest module's own parameters and the parameters
+    ZeRO-3 keeps whole (at most ``persistence_threshold`` elements each), counted on a model built on the
+    meta device (allocates nothing)."""
     import torch
 
     from zerolm.pretrain.models import build_model, count_parameters
@@ -272,7 +274,7 @@ def _model_counts(model_cfg, *, vocab: int, seq_len: int) -> dict[str, int]:
     counts = count_parameters(model)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     # parameters ZeRO-3 keeps whole (parameter_offload.py mark_persistent_parameters; named_parameters dedupes ties)
-    persistent = sum(p.numel() for _, p in model.named_parameters() if p.numel() <= DS_PARAM_PERSISTENCE_THRESHOLD)
+    persistent = sum(p.numel() for _, p in model.named_parameters() if p.numel() <= persistence_threshold)
     return {"total": counts["total"], "non_embedding": counts["non_embedding"], "largest_layer": int(largest),
             "persistent": int(persistent)}
 
@@ -367,7 +369,14 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     vocab, vocab_src = _vocab_of(cfg, vocab_size)
     assumptions["vocab"] = f"{vocab} from {vocab_src}"
     seq, mb, tc = cfg.data.seq_len, cfg.data.micro_batch_size, cfg.train
-    counts = _model_counts(mc, vocab=vocab, seq_len=seq)
+    # the ZeRO-3 bucket keys as build_ds_config sets them for this model's width (zero3_width_defaults)
+    from zerolm.pretrain.engine import build_ds_config
+
+    accum_now = tc.gradient_accumulation_steps or (max(1, tc.global_batch_size // (mb * gpus)) if tc.global_batch_size else 1)
+    z3cfg = build_ds_config(tc.model_copy(update={"zero_stage": 3, "offload_optimizer": False, "offload_params": False}),
+                            mb, accum_now, gpus, hidden_size=mc.d_model)["zero_optimization"]
+    persist_at = int(z3cfg.get("stage3_param_persistence_threshold", DS_PARAM_PERSISTENCE_THRESHOLD))
+    counts = _model_counts(mc, vocab=vocab, seq_len=seq, persistence_threshold=persist_at)
     n = counts["total"]
 
     dev = dict(DEVICES[gpu_type])
@@ -396,12 +405,10 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     rows = []
     # the bucket sizes and overlap_comm of the DeepSpeed config zerolm generates (pretrain/engine.py
     # build_ds_config); overlap_comm as it would be set on the planned device (on with CUDA)
-    from zerolm.pretrain.engine import build_ds_config
-
-    accum_now = tc.gradient_accumulation_steps or (max(1, tc.global_batch_size // (mb * gpus)) if tc.global_batch_size else 1)
     zcfg = build_ds_config(tc.model_copy(update={"zero_stage": 2, "offload_optimizer": False, "offload_params": False}),
-                           mb, accum_now, gpus)["zero_optimization"]
+                           mb, accum_now, gpus, hidden_size=mc.d_model)["zero_optimization"]
     bucket = int(zcfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
+    bucket3 = int(z3cfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
     # build_ds_config: train.comm.overlap_comm, where "auto" means on with CUDA
     overlap = gpu_type != "cpu" if tc.comm.overlap_comm == "auto" else tc.comm.overlap_comm == "on"
     offloads = list(_OFFLOADS)
@@ -414,7 +421,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
             ms = model_state_bytes(n, counts["largest_layer"], stage=stage, dp=gpus, precision=tc.precision,
                                    offload_optimizer=off_opt, offload_params=off_par,
                                    share_fp32_master=tc.share_fp32_master)
-            buf = comm_buffer_bytes(n, stage=stage, precision=tc.precision, reduce_bucket_size=bucket,
+            buf = comm_buffer_bytes(n, stage=stage, precision=tc.precision, reduce_bucket_size=bucket3 if stage == 3 else bucket,
                                     overlap_comm=overlap, resident_only=gpu_type == "cpu", grad_accum=accum_now)
             z3 = zero3_whole_param_bytes(n, counts["persistent"], counts["largest_layer"],
                                          precision=tc.precision)["extra"] if stage == 3 else 0.0
@@ -443,13 +450,13 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
                                   "checkpointing 2sbh/layer + one layer; + fp32 logits 4sbV; + loss 12sbV (log_softmax output, "
                                   "its gradient and the logits' gradient at the start of backward: torch cross_entropy); "
                                   "leaves out flash-attention savings, GQA/non-4h MLPs")
-    assumptions["buffers"] = (f"DeepSpeed gradient-reduction buffer, reduce_bucket_size {bucket:.3g} elements "
-                              f"({'train.comm.reduce_bucket_size' if tc.comm.reduce_bucket_size else 'DeepSpeed default'}), overlap_comm {overlap}, "
+    assumptions["buffers"] = (f"DeepSpeed gradient-reduction buffer, reduce_bucket_size {bucket:.3g} elements at ZeRO-1/2, "
+                              f"{bucket3:.3g} at ZeRO-3 ({'train.comm.reduce_bucket_size' if tc.comm.reduce_bucket_size else 'DeepSpeed default; ZeRO-3: d_model²'}), overlap_comm {overlap}, "
                               f"{'touched pages (CPU RSS)' if gpu_type == 'cpu' else 'whole allocation'}: ZeRO-0 flat "
                               "all-reduce copy w·min(N,5e8) after backward (engine.py allreduce_bucket), replacing the "
                               "activations in the peak; ZeRO-1/2 ipg bucket(s) (stage_1_and_2.py setup_buckets), ZeRO-1's "
                               "gradients live in it; ZeRO-3 ipg bucket (stage3.py __init__); counted apart from the model states")
-    assumptions["zero3_whole_params"] = ("ZeRO-3: parameters <= 1e5 elements kept whole (parameter_offload.py "
+    assumptions["zero3_whole_params"] = (f"ZeRO-3: parameters <= {persist_at:.3g} elements kept whole (parameter_offload.py "
                                          "mark_persistent_parameters) + gathered parameters kept from forward to "
                                          "backward while reused within stage3_max_reuse_distance 1e9 elements "
                                          "(partitioned_param_coordinator.py __params_to_release): w·min(N, 5e8)")

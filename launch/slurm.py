@@ -154,17 +154,27 @@ def ds_config_for(cfg: ZeroLMConfig, world_size: int, gpu: bool = True) -> dict[
     """The DeepSpeed JSON config the trainer will generate for ``cfg`` on ``world_size`` ranks.
 
     Calls the trainer's own :func:`pretrain.trainer.batch_arithmetic` and
-    :func:`pretrain.engine.build_ds_config`, so it cannot drift from what runs.
+    :func:`pretrain.engine.build_ds_config` with the model's width, so it cannot drift from what runs —
+    except for a model loaded from a folder (``model.init_from``, the finetuning jobs), whose width the
+    trainer reads from the loaded model: there the ZeRO-3 bucket keys shown are DeepSpeed's defaults
+    unless ``train.comm`` sets them.
 
     Raises:
         ConfigError: the batch sizes do not divide over ``world_size`` ranks.
     """
     from zerolm.pretrain.engine import build_ds_config
+    from zerolm.pretrain.models import resolve_model_config
     from zerolm.pretrain.trainer import batch_arithmetic
 
     micro, gas, _ = batch_arithmetic(cfg, world_size)
+    width = None
+    if not cfg.model.init_from:
+        try:
+            width = resolve_model_config(cfg.model).d_model
+        except ConfigError:  # no shape in the model section: a finetuning job's model comes from a folder
+            width = None
     with _assume_cuda(gpu):
-        return build_ds_config(cfg.train, micro, gas, world_size)
+        return build_ds_config(cfg.train, micro, gas, world_size, hidden_size=width)
 
 
 DS_VARIANTS: dict[str, list[str]] = {

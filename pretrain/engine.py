@@ -118,7 +118,21 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_ds_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, world_size: int) -> dict[str, Any]:
+def zero3_width_defaults(hidden_size: int) -> dict[str, int]:
+    """ZeRO-3 bucket sizes from the model width ``d`` = ``hidden_size`` (elements): ``reduce_bucket_size`` d²,
+    ``stage3_prefetch_bucket_size`` 0.9·d², ``stage3_param_persistence_threshold`` 10·d — the values
+    transformers' DeepSpeed integration puts for ``"auto"`` (``HfTrainerDeepSpeedConfig``), which most
+    HF Trainer + ZeRO-3 runs use. DeepSpeed's own defaults (5e8 / 5e7 / 1e5) hold a reduce bucket of
+    5e8 elements for the whole run (2 GB in fp32 on a GPU) and gather up to 5e7 parameters ahead; measured
+    here (``bench/comm_sweep.py``, GPT-2 6×512, 2 ranks): the same tokens/s (1.006×) at 0.85× the peak
+    RSS per rank (docs/performance.md)."""
+    d = int(hidden_size)
+    return {"reduce_bucket_size": d * d, "stage3_prefetch_bucket_size": int(0.9 * d * d),
+            "stage3_param_persistence_threshold": 10 * d}
+
+
+def build_ds_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, world_size: int,
+                    hidden_size: int | None = None) -> dict[str, Any]:
     """The DeepSpeed JSON config generated from our train config (one source of truth).
 
     Args:
@@ -126,6 +140,8 @@ def build_ds_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, wo
         micro_batch_size: sequences per rank per forward pass.
         grad_accum: gradient accumulation steps.
         world_size: data-parallel size.
+        hidden_size: the model's width (``config.hidden_size``); at ZeRO-3 the bucket sizes that
+            ``train.comm`` leaves unset follow it (:func:`zero3_width_defaults`). None: DeepSpeed's defaults.
 
     Returns:
         A dict ``deepspeed.initialize(config=…)`` accepts; also written to the run dir.
@@ -135,11 +151,13 @@ def build_ds_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, wo
         comm = cfg.comm
         overlap = torch.cuda.is_available() if comm.overlap_comm == "auto" else comm.overlap_comm == "on"
         zero.update(contiguous_gradients=comm.contiguous_gradients, overlap_comm=overlap)
+        if cfg.zero_stage == 3 and hidden_size:
+            zero.update(zero3_width_defaults(hidden_size))
         for key, ds_key in (("reduce_bucket_size", "reduce_bucket_size"), ("allgather_bucket_size", "allgather_bucket_size"),
                             ("prefetch_bucket_size", "stage3_prefetch_bucket_size"),
                             ("param_persistence_threshold", "stage3_param_persistence_threshold")):
             value = getattr(comm, key)
-            if value is not None:
+            if value is not None:  # a train.comm value wins over both defaults
                 zero[ds_key] = int(value)
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
@@ -287,7 +305,8 @@ class Engine:
 
         self.cfg = cfg
         self.grad_accum = grad_accum
-        self.ds_config = build_ds_config(cfg, micro_batch_size, grad_accum, world_size)
+        self.ds_config = build_ds_config(cfg, micro_batch_size, grad_accum, world_size,
+                                         hidden_size=getattr(getattr(model, "config", None), "hidden_size", None))
         if cfg.activation_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         opt = _SkippableAdamW(

@@ -282,7 +282,8 @@ def test_ds_config_is_generated_from_the_zerolm_config(tmp_path):
                         "train.zero_stage=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     cfg = load_config(GPT, ["train.zero_stage=3"])
-    assert json.loads(r.stdout) == build_ds_config(cfg.train, 8, 1, 32) == ds_config_for(cfg, 32, gpu=False)
+    # the quickstart GPT is the small preset, d_model 256: the width the ZeRO-3 bucket keys follow
+    assert json.loads(r.stdout) == build_ds_config(cfg.train, 8, 1, 32, hidden_size=256) == ds_config_for(cfg, 32, gpu=False)
     gpu = ds_config_for(cfg, 32, gpu=True)
     assert gpu["zero_optimization"]["overlap_comm"] is True and gpu["train_batch_size"] == 256
     r = subprocess.run([sys.executable, "-m", "zerolm", "launch", "ds-config", "--world-size", "16", "--variants",
@@ -313,6 +314,10 @@ def test_train_comm_keys_reach_deepspeed_as_its_parser_reads_them():
     assert (parsed.prefetch_bucket_size, parsed.param_persistence_threshold) == (123456, 0)
     default = DeepSpeedZeroConfig(**ds_config_for(load_config(GPT, ["train.zero_stage=2"]), 8, gpu=False)["zero_optimization"])
     assert default.reduce_bucket_size == DeepSpeedZeroConfig(stage=2).reduce_bucket_size  # unset: DeepSpeed's own
+    # ZeRO-3 unset: from the quickstart GPT's width, d_model 256 (d², 0.9·d², 10·d); a train.comm value still wins
+    z3 = DeepSpeedZeroConfig(**ds_config_for(load_config(GPT, ["train.zero_stage=3"]), 8, gpu=False)["zero_optimization"])
+    assert (z3.reduce_bucket_size, z3.prefetch_bucket_size, z3.param_persistence_threshold) == (65536, 58982, 2560)
+    assert parsed.reduce_bucket_size == 20_000_000 and parsed.param_persistence_threshold == 0
     for gpu in (True, False):
         auto = ds_config_for(load_config(GPT, ["train.zero_stage=2"]), 8, gpu=gpu)["zero_optimization"]
         assert auto["overlap_comm"] is gpu

@@ -322,6 +322,12 @@ def test_bucket_sizes_are_those_deepspeed_reads_from_the_generated_config():
     for stage in (1, 2, 3):
         zero = build_ds_config(TrainConfig(zero_stage=stage), 4, 1, 2)["zero_optimization"]
         assert DeepSpeedZeroConfig(**zero).reduce_bucket_size == DS_REDUCE_BUCKET_SIZE
+    # with the model's width, ZeRO-3 gets transformers' "auto" values (d², 0.9·d², 10·d); ZeRO-1/2 keep DeepSpeed's
+    for stage in (1, 2):
+        zero = build_ds_config(TrainConfig(zero_stage=stage), 4, 1, 2, hidden_size=256)["zero_optimization"]
+        assert DeepSpeedZeroConfig(**zero).reduce_bucket_size == DS_REDUCE_BUCKET_SIZE
+    z3 = DeepSpeedZeroConfig(**build_ds_config(TrainConfig(zero_stage=3), 4, 1, 2, hidden_size=256)["zero_optimization"])
+    assert (z3.reduce_bucket_size, z3.prefetch_bucket_size, z3.param_persistence_threshold) == (65536, 58982, 2560)
     # allreduce_gradients is wrapped (no __wrapped__): read its signature from the module's source
     assert "def allreduce_gradients(self, bucket_size=MEMORY_OPT_ALLREDUCE_SIZE)" in inspect.getsource(DeepSpeedEngine)
     assert MEMORY_OPT_ALLREDUCE_SIZE == DS_ZERO0_ALLREDUCE_SIZE
@@ -333,11 +339,13 @@ def test_comm_buffers_in_the_plan_rows():
     cfg = ZeroLMConfig(model=ModelConfig(family="gpt2", n_layer=2, n_head=4, d_model=64),
                        data=DataConfig(seq_len=32, micro_batch_size=4), train=TrainConfig(precision="bf16", zero_stage=2))
     B = 500_000_000
+    B3 = 64 * 64  # ZeRO-3: d_model² (build_ds_config's width default)
     gpu = plan_run(cfg, gpus=2, gpu_type="a100", vocab_size=500)
     n = gpu["model"]["params"]
-    expect_gpu = {0: 2 * n, 1: 2 * 2 * B - 2 * n, 2: 2 * 2 * B, 3: 2 * B}  # bf16: w = 2; two ZeRO-1/2 buckets
+    assert n > B3
+    expect_gpu = {0: 2 * n, 1: 2 * 2 * B - 2 * n, 2: 2 * 2 * B, 3: 2 * B3}  # bf16: w = 2; two ZeRO-1/2 buckets
     cpu = plan_run(cfg, gpus=2, gpu_type="cpu", vocab_size=500, peak_tflops=0.1)
-    expect_cpu = {0: 2 * n, 1: 0, 2: 2 * n, 3: 2 * n}  # N < B: only N elements are ever written
+    expect_cpu = {0: 2 * n, 1: 0, 2: 2 * n, 3: 2 * B3}  # N < B: only N elements are ever written; B3 < N: all of it
     for plan, expect in ((gpu, expect_gpu), (cpu, expect_cpu)):
         for stage, buf in expect.items():
             row = _row(plan, stage, "none")
@@ -392,7 +400,7 @@ def _bucket_worker(out_path: str) -> None:
             for bucket in opt.ipg_buckets.values():
                 bufs += list(bucket.buffer) if isinstance(bucket.buffer, list) else [bucket.buffer]
             if bufs and stage not in out:
-                out[stage] = {"n": n, "allocated": sum(b.numel() * b.element_size() for b in bufs),
+                out[stage] = {"n": n, "d": model.config.hidden_size, "allocated": sum(b.numel() * b.element_size() for b in bufs),
                               "resident": sum(resident(b) for b in bufs), "page": mmap.PAGESIZE}
 
         if stage < 3:  # ZeRO-1/2 release their bucket at the end of backward: look just before
@@ -442,8 +450,9 @@ def test_comm_buffer_matches_what_deepspeed_allocates_and_touches(tmp_path):
     got = json.loads(out.read_text())
     for stage in (1, 2, 3):
         g = got[str(stage)]
-        alloc = comm_buffer_bytes(g["n"], stage=stage, precision="fp32", overlap_comm=False)["buffer"]
-        touched = comm_buffer_bytes(g["n"], stage=stage, precision="fp32", resident_only=True)["buffer"]
+        bucket = {"reduce_bucket_size": g["d"] ** 2} if stage == 3 else {}  # ZeRO-3: d_model² elements
+        alloc = comm_buffer_bytes(g["n"], stage=stage, precision="fp32", overlap_comm=False, **bucket)["buffer"]
+        touched = comm_buffer_bytes(g["n"], stage=stage, precision="fp32", resident_only=True, **bucket)["buffer"]
         assert g["allocated"] == alloc
         assert abs(g["resident"] - touched) <= 2 * g["page"] + 0.01 * touched, (stage, g, touched)
     # ZeRO-3: the plan's persistent count = DeepSpeed's ds_persist flags; whole at the end of step 2's forward =
