@@ -13,7 +13,7 @@ trained twice per seed from the same zerolm config file (generated here):
 Kept identical: the model (``pretrain.models.build_model`` after ``torch.manual_seed(seed)``, as
 zerolm's trainer does: the same initial weights), the tokenizer (``data/tokenizer``), the corpus
 (``data/corpus`` train), 2 ranks (gloo, ``OMP_NUM_THREADS=1``), the DeepSpeed config
-(``pretrain.engine.build_ds_config``: ZeRO-2, fp32, clipping 1.0), torch AdamW with the same lr,
+(``pretrain.ds_config.build_ds_config``: ZeRO-2, fp32, clipping 1.0), torch AdamW with the same lr,
 betas, eps and weight decay (decay on matrices/embeddings, none on biases/norms — the worker checks
 that HF's grouping equals zerolm's and records it), the LR schedule (zerolm's ``lr_at``: linear
 warm-up (s+1)/W then cosine to ``min_lr_ratio``; HF gets it as a ``LambdaLR`` from a ``Trainer``

@@ -116,7 +116,8 @@ def run_hf(a: argparse.Namespace) -> None:
 
     from zerolm.config import load_config
     from zerolm.data_pipeline.tokenizer import load_hf_tokenizer, load_pipeline_tokenizer
-    from zerolm.pretrain.engine import build_ds_config, lr_at, skip_shm_build
+    from zerolm.pretrain.ds_config import build_ds_config
+    from zerolm.pretrain.engine import lr_at, skip_shm_build
     from zerolm.pretrain.models import build_model, objective_of, resolve_model_config, special_ids_of
 
     t_start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Benchmark: zerolm's pretraining trainer vs Hugging Face ``transformers.Trainer``, and ZeRO memory.
 
 Measured in one invocation, same model (GPT-2 family, default 6 layers × d_model 512 × 8 heads,
-seq_len 256), same DeepSpeed config (``pretrain.engine.build_ds_config``: default ZeRO-2, fp32,
+seq_len 256), same DeepSpeed config (``pretrain.ds_config.build_ds_config``: default ZeRO-2, fp32,
 torch AdamW as the client optimizer, gradient clipping 1.0), same tokens per optimizer step
 (micro-batch 4 × accumulation 1 × 2 ranks × seq_len), 2 ranks under ``torchrun`` (gloo), one thread
 per rank (``OMP_NUM_THREADS=1``):

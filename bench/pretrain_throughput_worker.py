@@ -5,7 +5,7 @@ Modes (first argument):
 * ``peak``: the fp32 matmul peak per rank (``pretrain.metrics.measure_matmul_peak``) measured by
   all ranks at the same time, one thread each — what zerolm's trainer does at start-up.
 * ``hf``: Hugging Face ``transformers.Trainer`` on the same model and DeepSpeed config
-  (``pretrain.engine.build_ds_config``) as zerolm, with a ``TrainerCallback`` timing each step end.
+  (``pretrain.ds_config.build_ds_config``) as zerolm, with a ``TrainerCallback`` timing each step end.
 * ``mem``: zerolm's ``pretrain.engine.Engine`` at one ZeRO stage: a few steps on real packed
   batches, then the bytes of the parameter, gradient and optimizer-state tensors this rank holds
   (deduplicated by storage) and its resident memory.
@@ -173,7 +173,8 @@ def run_hf(a: argparse.Namespace) -> None:
     from transformers.utils import logging as hf_logging
 
     from zerolm.data_pipeline.tokenizer import load_hf_tokenizer, load_pipeline_tokenizer
-    from zerolm.pretrain.engine import build_ds_config, skip_shm_build
+    from zerolm.pretrain.ds_config import build_ds_config
+    from zerolm.pretrain.engine import skip_shm_build
 
     hf_logging.set_verbosity_warning()
     rank, world = _rank_world()

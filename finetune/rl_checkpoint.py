@@ -167,10 +167,7 @@ def resume_checkpoint(st: PPOState, root: Path, signature: dict[str, Any], env: 
     """
     from zerolm.errors import TrainingError
 
-    box = [ckpt.plan_resume(root, signature) if env.is_main else None]
-    if dist.is_initialized() and env.world_size > 1:
-        dist.broadcast_object_list(box, src=0)
-    plan: ckpt.ResumePlan = box[0]
+    plan: ckpt.ResumePlan = distributed.broadcast_from_main(ckpt.plan_resume(root, signature) if env.is_main else None)
     if not plan.candidates and plan.error(root):
         raise TrainingError(plan.error(root))
     failed: dict[str, str] = {}

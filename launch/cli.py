@@ -176,7 +176,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "ds-config",
         help="print the DeepSpeed JSON config the trainer generates for a config and world size",
-        description="Generate the DeepSpeed config exactly as the trainer will (pretrain.engine.build_ds_config), "
+        description="Generate the DeepSpeed config exactly as the trainer will (pretrain.ds_config.build_ds_config), "
         "for review or for tools that want a file. --variants DIR writes ZeRO-1/2/3 and offload variants.",
     )
     p.add_argument("config", help="zerolm YAML config")

@@ -112,7 +112,7 @@ def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int,
         grads = 0.0  # reduce-scattered straight into the fp32 partition (counted in the optimizer)
     else:
         grads = w * n / (dp if stage >= 2 else 1)
-    from zerolm.pretrain.engine import shares_fp32_master
+    from zerolm.pretrain.ds_config import shares_fp32_master
 
     mixed = precision != "fp32"
     shared = shares_fp32_master(stage, precision, offload_optimizer, offload_params, share_fp32_master)
@@ -370,7 +370,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     assumptions["vocab"] = f"{vocab} from {vocab_src}"
     seq, mb, tc = cfg.data.seq_len, cfg.data.micro_batch_size, cfg.train
     # the ZeRO-3 bucket keys as build_ds_config sets them for this model's width (zero3_width_defaults)
-    from zerolm.pretrain.engine import build_ds_config
+    from zerolm.pretrain.ds_config import build_ds_config
 
     accum_now = tc.gradient_accumulation_steps or (max(1, tc.global_batch_size // (mb * gpus)) if tc.global_batch_size else 1)
     z3cfg = build_ds_config(tc.model_copy(update={"zero_stage": 3, "offload_optimizer": False, "offload_params": False}),

@@ -14,7 +14,7 @@ USR1 and resumes from its run directory):
 
 ``cpu=True`` renders the CPU-only variant (no ``--gpus-per-node``; ``DS_ACCELERATOR=cpu``, one thread
 per process); then ``gpus_per_node`` counts processes per node. The DeepSpeed JSON config is not a
-hand-kept file: the trainer generates it from the zerolm config (:func:`pretrain.engine.build_ds_config`);
+hand-kept file: the trainer generates it from the zerolm config (:func:`pretrain.ds_config.build_ds_config`);
 :func:`ds_config_for` renders the same dict here for review (``ds_config.json`` beside the script,
 ``zerolm launch ds-config``).
 """
@@ -154,7 +154,7 @@ def ds_config_for(cfg: ZeroLMConfig, world_size: int, gpu: bool = True) -> dict[
     """The DeepSpeed JSON config the trainer will generate for ``cfg`` on ``world_size`` ranks.
 
     Calls the trainer's own :func:`pretrain.trainer.batch_arithmetic` and
-    :func:`pretrain.engine.build_ds_config` with the model's width, so it cannot drift from what runs —
+    :func:`pretrain.ds_config.build_ds_config` with the model's width, so it cannot drift from what runs —
     except for a model loaded from a folder (``model.init_from``, the finetuning jobs), whose width the
     trainer reads from the loaded model: there the ZeRO-3 bucket keys shown are DeepSpeed's defaults
     unless ``train.comm`` sets them.
@@ -162,7 +162,7 @@ def ds_config_for(cfg: ZeroLMConfig, world_size: int, gpu: bool = True) -> dict[
     Raises:
         ConfigError: the batch sizes do not divide over ``world_size`` ranks.
     """
-    from zerolm.pretrain.engine import build_ds_config
+    from zerolm.pretrain.ds_config import build_ds_config
     from zerolm.pretrain.models import resolve_model_config
     from zerolm.pretrain.trainer import batch_arithmetic
 

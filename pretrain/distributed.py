@@ -276,6 +276,19 @@ def gather_to_main(obj: Any) -> list[Any] | None:
     return out
 
 
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's (picklable, small) ``obj`` on every rank; what the other ranks pass is ignored (rank 0
+    decides, e.g. from files only it reads). Without a process group (or with one process): ``obj``.
+    One collective call."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's (picklable, small) ``obj`` on every rank, as a list in rank order. Without a
     process group (or with one process): ``[obj]``. One collective call."""

@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from zerolm.config import TrainConfig
+from zerolm.pretrain.ds_config import build_ds_config, compile_decision, shares_fp32_master
 from zerolm.errors import ConfigError, DataError, TrainingError
 from zerolm.fsutil import staged_dir, write_text
 
@@ -118,67 +119,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def zero3_width_defaults(hidden_size: int) -> dict[str, int]:
-    """ZeRO-3 bucket sizes from the model width ``d`` = ``hidden_size`` (elements): ``reduce_bucket_size`` d²,
-    ``stage3_prefetch_bucket_size`` 0.9·d², ``stage3_param_persistence_threshold`` 10·d — the values
-    transformers' DeepSpeed integration puts for ``"auto"`` (``HfTrainerDeepSpeedConfig``), which most
-    HF Trainer + ZeRO-3 runs use. DeepSpeed's own defaults (5e8 / 5e7 / 1e5) hold a reduce bucket of
-    5e8 elements for the whole run (2 GB in fp32 on a GPU) and gather up to 5e7 parameters ahead; measured
-    here (``bench/comm_sweep.py``, GPT-2 6×512, 2 ranks): the same tokens/s (1.006×) at 0.85× the peak
-    RSS per rank (docs/performance.md)."""
-    d = int(hidden_size)
-    return {"reduce_bucket_size": d * d, "stage3_prefetch_bucket_size": int(0.9 * d * d),
-            "stage3_param_persistence_threshold": 10 * d}
-
-
-def build_ds_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, world_size: int,
-                    hidden_size: int | None = None) -> dict[str, Any]:
-    """The DeepSpeed JSON config generated from our train config (one source of truth).
-
-    Args:
-        cfg: the train section.
-        micro_batch_size: sequences per rank per forward pass.
-        grad_accum: gradient accumulation steps.
-        world_size: data-parallel size.
-        hidden_size: the model's width (``config.hidden_size``); at ZeRO-3 the bucket sizes that
-            ``train.comm`` leaves unset follow it (:func:`zero3_width_defaults`). None: DeepSpeed's defaults.
-
-    Returns:
-        A dict ``deepspeed.initialize(config=…)`` accepts; also written to the run dir.
-    """
-    zero: dict[str, Any] = {"stage": cfg.zero_stage}
-    if cfg.zero_stage >= 1:
-        comm = cfg.comm
-        overlap = torch.cuda.is_available() if comm.overlap_comm == "auto" else comm.overlap_comm == "on"
-        zero.update(contiguous_gradients=comm.contiguous_gradients, overlap_comm=overlap)
-        if cfg.zero_stage == 3 and hidden_size:
-            zero.update(zero3_width_defaults(hidden_size))
-        for key, ds_key in (("reduce_bucket_size", "reduce_bucket_size"), ("allgather_bucket_size", "allgather_bucket_size"),
-                            ("prefetch_bucket_size", "stage3_prefetch_bucket_size"),
-                            ("param_persistence_threshold", "stage3_param_persistence_threshold")):
-            value = getattr(comm, key)
-            if value is not None:  # a train.comm value wins over both defaults
-                zero[ds_key] = int(value)
-    if cfg.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if cfg.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    return {
-        "train_batch_size": micro_batch_size * grad_accum * world_size,
-        "train_micro_batch_size_per_gpu": micro_batch_size,
-        "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": zero,
-        "bf16": {"enabled": cfg.precision == "bf16"},
-        "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0},
-        # a client torch optimizer (no JIT build); with offload on CPU-only machines too
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
-
-
 class _SkippableAdamW(torch.optim.AdamW):
     """torch AdamW with DeepSpeed's ``overflow`` protocol: when ``overflow`` is set the step is a
     no-op, and the engine counts it as skipped and leaves the LR schedule where it was. ZeRO 1–3
@@ -199,39 +139,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def compile_decision(cfg: TrainConfig) -> tuple[bool, str]:
-    """Whether the training steps run ``torch.compile``'d, and why (logged at start-up).
-
-    ``train.compile``: ``"on"`` / ``"off"`` as given; ``"auto"``: on when ``max_steps ≥
-    compile_min_steps`` (the compile time is paid once at the first step; the threshold is where the
-    measured steady-state gain has paid it back on this project's CPU bench, ``bench/compile_gain.py``)
-    and the ZeRO stage is 0–2 (ZeRO-3 gathers parameters in per-module hooks that split the graph;
-    not measured here: ``"on"`` tries it).
-
-    Returns:
-        ``(enabled, reason)``.
-    """
-    if cfg.compile != "auto":
-        return cfg.compile == "on", f"train.compile={cfg.compile}"
-    if cfg.zero_stage == 3:
-        return False, "train.compile=auto: off at ZeRO-3"
-    if cfg.max_steps < cfg.compile_min_steps:
-        return False, f"train.compile=auto: off, max_steps {cfg.max_steps} < compile_min_steps {cfg.compile_min_steps}"
-    return True, f"train.compile=auto: on, max_steps {cfg.max_steps} >= compile_min_steps {cfg.compile_min_steps}"
-
-
-def shares_fp32_master(stage: int, precision: str, offload_optimizer: bool, offload_params: bool,
-                       enabled: bool = True) -> bool:
-    """Whether zerolm's engine keeps one copy of the fp32 master (see :func:`share_fp32_master`).
-
-    The one rule both the engine and ``zerolm plan`` (``launch/plan.py``) follow: ZeRO-3, fp32 training,
-    no optimizer or parameter offload, and ``train.share_fp32_master`` on (``enabled``). Everywhere
-    else DeepSpeed's separate master stays (bf16/fp16 need an fp32 master; offload keeps it on the host;
-    ZeRO-1/2: see :func:`share_fp32_master`).
-    """
-    return bool(enabled) and stage == 3 and precision == "fp32" and not (offload_optimizer or offload_params)
 
 
 def share_fp32_master(zero3_optimizer: Any) -> int:

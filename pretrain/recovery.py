@@ -26,18 +26,10 @@ import torch.distributed as dist
 from zerolm.config import SpikeRecoveryConfig
 from zerolm.errors import TrainingError
 from zerolm.pretrain import checkpoint as ckpt
-from zerolm.pretrain.distributed import DistEnv
+from zerolm.pretrain.distributed import DistEnv, broadcast_from_main
 from zerolm.pretrain.spikes import SpikeDetector, Verdict, recoveries_in_window, rollback_limit
 
 log = logging.getLogger(__name__)
-
-
-def _broadcast(value: Any, env: DistEnv) -> Any:
-    """Rank 0's ``value`` on every rank (a collective when there are several ranks)."""
-    box = [value]
-    if dist.is_initialized() and env.world_size > 1:
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 class SpikeRecovery:
@@ -116,7 +108,7 @@ class SpikeRecovery:
         if self.env.is_main:
             tags = [t for t in ckpt.list_tags(self.root) if ckpt.step_of(t) <= limit and ckpt.check(self.root, t) is None]
             good = tags[-1] if tags else None
-        tag = _broadcast(good, self.env)
+        tag = broadcast_from_main(good)
         if tag is None:
             log.warning("step %d: %s, but no checkpoint at step ≤ %d to roll back to; training on", step, why, limit)
             return None
@@ -159,7 +151,7 @@ class SpikeRecovery:
         dist.barrier()
         if os.environ.get("ZEROLM_TEST_EXIT_IN_RECOVERY"):  # test hook: killed after recording, before rolling back
             os._exit(17)
-        moved = _broadcast(ckpt.discard_rolled_back(self.root, target, data_step) if self.env.is_main else None, self.env)
+        moved = broadcast_from_main(ckpt.discard_rolled_back(self.root, target, data_step) if self.env.is_main else None)
         return record, list(moved)
 
     def rolled_back(self, rec: dict[str, Any], record: dict[str, Any]) -> int:

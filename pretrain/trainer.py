@@ -346,10 +346,7 @@ class Trainer:
     def _newest_signature(self, root: Path) -> dict[str, Any] | None:
         """Rank 0 reads the run signature of the newest intact checkpoint (its global batch is kept
         on a resume); every rank gets it."""
-        box = [ckpt.newest_intact_signature(root) if self.env.is_main else None]
-        if dist.is_initialized() and self.env.world_size > 1:
-            dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return distributed.broadcast_from_main(ckpt.newest_intact_signature(root) if self.env.is_main else None)
 
     def _plan_resume(self) -> ckpt.ResumePlan:
         """Rank 0 reads the checkpoints' records (:func:`checkpoint.plan_resume`) and every rank gets
@@ -362,10 +359,7 @@ class Trainer:
         if self.env.is_main:
             for tag in ckpt.apply_recoveries(self.root):  # a run killed during a loss-spike recovery
                 log.warning("finished the interrupted loss-spike recovery: %s set aside as rolled back", self.root / tag)
-        box = [ckpt.plan_resume(self.root, self.signature) if self.env.is_main else None]
-        if dist.is_initialized() and self.env.world_size > 1:
-            dist.broadcast_object_list(box, src=0)
-        plan = box[0]
+        plan = distributed.broadcast_from_main(ckpt.plan_resume(self.root, self.signature) if self.env.is_main else None)
         if not plan.candidates and plan.error(self.root):
             raise TrainingError(plan.error(self.root))
         return plan

@@ -16,7 +16,7 @@ import pytest
 from single_rank import run_as_single_rank
 
 from zerolm.config import COMPILE_MIN_STEPS, TrainConfig, load_config
-from zerolm.pretrain.engine import compile_decision
+from zerolm.pretrain.ds_config import compile_decision
 
 REPO = Path(__file__).resolve().parents[1]
 

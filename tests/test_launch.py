@@ -275,7 +275,7 @@ def test_cpu_variant_and_cli_dry_run():
 
 def test_ds_config_is_generated_from_the_zerolm_config(tmp_path):
     from zerolm.launch.slurm import ds_config_for
-    from zerolm.pretrain.engine import build_ds_config
+    from zerolm.pretrain.ds_config import build_ds_config
     from zerolm.config import load_config
 
     r = subprocess.run([sys.executable, "-m", "zerolm", "launch", "ds-config", "--world-size", "32", "--cpu", str(GPT),

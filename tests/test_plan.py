@@ -317,7 +317,7 @@ def test_bucket_sizes_are_those_deepspeed_reads_from_the_generated_config():
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
     from zerolm.launch.plan import DS_REDUCE_BUCKET_SIZE, DS_ZERO0_ALLREDUCE_SIZE
-    from zerolm.pretrain.engine import build_ds_config
+    from zerolm.pretrain.ds_config import build_ds_config
 
     for stage in (1, 2, 3):
         zero = build_ds_config(TrainConfig(zero_stage=stage), 4, 1, 2)["zero_optimization"]

@@ -8,7 +8,7 @@
 # and exits 0; then the script requeues the job (`scontrol requeue`). The requeued job runs this same
 # script, and the trainer resumes from {{run_dir}}/checkpoints/latest.
 #
-# DeepSpeed config the trainer generates from the zerolm config (pretrain.engine.build_ds_config;
+# DeepSpeed config the trainer generates from the zerolm config (pretrain.ds_config.build_ds_config;
 # a copy for review: ds_config.json beside this script): {{ds_summary}}.
 #SBATCH --job-name={{job_name}}
 #SBATCH --nodes={{nodes}}
