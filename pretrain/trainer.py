@@ -632,7 +632,7 @@ class Trainer:
                             if status == "time_limit" else "resume by running the same command")
                 break
         result = {"status": status, "step": self.step, "tokens_seen": self.tokens_seen,
-                  "train_seconds": round(self.train_seconds(), 1),
+                  "train_seconds": round(self.train_seconds(), 3),
                   "nonfinite_skipped": self.nonfinite_total, "parameters": self.parts.parameters,
                   **({"loss_scale_skipped": self.loss_scale_skipped} if tc.precision == "fp16" else {}),
                   "spike_recoveries": self.spikes.summary(),
