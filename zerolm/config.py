@@ -18,6 +18,12 @@ from zerolm.errors import ConfigError
 from zerolm.fsutil import write_text
 
 
+def _on_off(v: Any) -> Any:
+    """An "auto"/"on"/"off" switch as written: YAML 1.1 (OmegaConf's dotlist and files) reads a bare ``on``/``off``
+    as a boolean, which this maps back to ``"on"``/``"off"``; anything else passes through to the field's check."""
+    return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -196,10 +202,7 @@ class ZeroCommConfig(_Section):
     prefetch_bucket_size: int | None = Field(default=None, ge=0)
     param_persistence_threshold: int | None = Field(default=None, ge=0)
 
-    @field_validator("overlap_comm", mode="before")
-    @classmethod
-    def _overlap_yaml_booleans(cls, v: Any) -> Any:
-        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+    _overlap_yaml_booleans = field_validator("overlap_comm", mode="before")(_on_off)
 
     @field_validator("reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size",
                      "param_persistence_threshold", mode="before")
@@ -312,11 +315,7 @@ class TrainConfig(_Section):
     inject_spike_lr_factor: float = Field(default=1000.0, gt=0)
     elastic_resume: bool = True
 
-    @field_validator("compile", mode="before")
-    @classmethod
-    def _compile_yaml_booleans(cls, v: Any) -> Any:
-        # YAML 1.1 (OmegaConf's dotlist and files) reads a bare on/off as a boolean
-        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+    _compile_yaml_booleans = field_validator("compile", mode="before")(_on_off)
 
     @field_validator("eval_tasks", mode="before")
     @classmethod
