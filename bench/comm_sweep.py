@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_run import REPO, require_bundled_data, run_pretrain  # noqa: E402
 
 #: one train.comm key changed per variant (name → overrides); the baseline is zerolm's defaults
 VARIANTS: dict[int, dict[str, list[str]]] = {
@@ -63,20 +61,11 @@ SHAPE = ["model.family=gpt2", "model.preset=null", "model.n_layer=6", "model.d_m
 
 def run_once(run_dir: Path, stage: int, steps: int, extra: list[str]) -> dict:
     """One 2-rank training run; returns its tokens/s (median over logged windows) and wall seconds."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled",
-           "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "zerolm.pretrain",
-           "--config", str(REPO / "configs/pretrain/tiny_gpt.yaml"), *SHAPE, f"train.zero_stage={stage}",
-           f"train.run_dir={run_dir}", f"train.max_steps={steps}", f"train.log_every={max(1, steps // 8)}",
-           f"train.eval_every={10 * steps}", f"train.save_every={10 * steps}", "train.eval_batches=1",
-           "tracking.wandb_mode=disabled", "tracking.emissions.enabled=false",
-           f"data.tokenizer_dir={REPO / 'data/tokenizer'}",
-           f"data.sources=[{{name: corpus, paths: ['{REPO}/data/corpus/train/*.jsonl']}}]",
-           f"data.validation_sources=[{{name: corpus, paths: ['{REPO}/data/corpus/validation/*.jsonl']}}]", *extra]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    if r.returncode != 0:
-        raise SystemExit(f"run failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    run_pretrain(run_dir, [*SHAPE, f"train.zero_stage={stage}", f"train.max_steps={steps}",
+                           f"train.log_every={max(1, steps // 8)}", f"train.eval_every={10 * steps}",
+                           f"train.save_every={10 * steps}", "train.eval_batches=1",
+                           "tracking.emissions.enabled=false", *extra])
     res = json.loads((run_dir / "result.json").read_text())
     ds = json.loads((run_dir / "ds_config.json").read_text()) if (run_dir / "ds_config.json").exists() else None
     return {"tokens_per_second": float(res["throughput"]["tokens_per_second"]), "wall_s": time.perf_counter() - t0,
@@ -93,9 +82,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides for every run (after --)")
     args = ap.parse_args()
     stages = [int(s) for s in args.stages.split(",")]
-    for d in ("data/corpus/train", "data/tokenizer"):
-        if not (REPO / d).exists():
-            raise SystemExit(f"missing {d}: run `make quickstart` (or zerolm data prepare / tokenizer train) first")
+    require_bundled_data()
     summary: dict = {"steps": args.steps, "shape": SHAPE, "overrides": args.overrides, "stages": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for stage in stages:

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_run import REPO, run_pretrain  # noqa: E402
 PACKAGES = ("pretrain", "finetune", "evals", "launch", "data_pipeline", "configs")
 
 
@@ -59,21 +58,9 @@ def tokens_per_second(run_dir: Path) -> float:
 
 
 def run_once(pythonpath: str | None, run_dir: Path, steps: int, extra: list[str]) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled"}
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "zerolm.pretrain",
-           "--config", str(REPO / "configs/pretrain/tiny_gpt.yaml"), f"train.run_dir={run_dir}",
-           f"train.max_steps={steps}", "data.micro_batch_size=1", "train.global_batch_size=16",
-           f"train.log_every={max(1, steps // 6)}", f"train.eval_every={steps}", f"train.save_every={steps}",
-           "train.eval_batches=1", "tracking.wandb_mode=disabled", f"data.tokenizer_dir={REPO / 'data/tokenizer'}",
-           f"data.sources=[{{name: corpus, paths: ['{REPO}/data/corpus/train/*.jsonl']}}]",
-           f"data.validation_sources=[{{name: corpus, paths: ['{REPO}/data/corpus/validation/*.jsonl']}}]", *extra]
-    # run outside the repository: `python -m` puts the working directory first on sys.path, where the
-    # repository's own zerolm/ folder would shadow the old revision's package
-    r = subprocess.run(cmd, cwd="/tmp", env=env, capture_output=True, text=True, timeout=1800)
-    if r.returncode != 0:
-        raise SystemExit(f"run failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    run_pretrain(run_dir, [f"train.max_steps={steps}", "data.micro_batch_size=1", "train.global_batch_size=16",
+                           f"train.log_every={max(1, steps // 6)}", f"train.eval_every={steps}",
+                           f"train.save_every={steps}", "train.eval_batches=1", *extra], pythonpath=pythonpath)
     return tokens_per_second(run_dir)
 
 
