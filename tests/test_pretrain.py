@@ -111,17 +111,27 @@ def test_batch_arithmetic_derives_the_third_and_rejects_disagreement():
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_ranks_resume_exactly(base_args, tmp_path, stage, stopped_2rank):
     """N steps + resume + N steps gives bitwise the losses of 2N uninterrupted steps (dropout on,
-    gradient accumulation 2)."""
+    gradient accumulation 2); at ZeRO-3 also when the first N steps ran at other bucket sizes and persistence
+    threshold (the sums of two ranks' gradients do not depend on how they are bucketed)."""
     common = [f"train.zero_stage={stage}", *RESUME_COMMON, f"train.save_every={2 if stage == 2 else 4}"]
     ref, res = tmp_path / "ref", tmp_path / "resumed"
     run(base_args, ref, *common)
     if stage == 2:
         shutil.copytree(stopped_2rank, res)
     else:
-        run(base_args, res, *common, "train.stop_at_step=4")
+        # the first half at DeepSpeed's own ZeRO-3 sizes (zerolm's defaults before 1047bb1: all of the tiny model's
+        # parameters but the embeddings stay whole under a 1e5 persistence threshold), the second at zerolm's
+        # width-derived ones (10·d: all but the biases and norms are partitioned): a checkpoint from before the change resumes exactly
+        run(base_args, res, *common, "train.stop_at_step=4", "train.comm.reduce_bucket_size=5e8",
+            "train.comm.prefetch_bucket_size=5e7", "train.comm.param_persistence_threshold=1e5")
+        ds_cfg = json.loads((res / "ds_config.json").read_text())["zero_optimization"]
+        assert ds_cfg["stage3_param_persistence_threshold"] == 100_000
     assert result(res)["status"] == "stopped" and latest(res) == "step_00000004"
     out = run(base_args, res, *common)
     assert "resumed from" in out.stderr + out.stdout
+    if stage == 3:
+        resumed_cfg = json.loads((res / "ds_config.json").read_text())
+        assert resumed_cfg["zero_optimization"]["stage3_param_persistence_threshold"] < 100_000
     a, b = losses(ref), losses(res)
     assert sorted(a) == list(range(1, 9)) and a == b, f"ZeRO-{stage}: {a} vs {b}"
     assert evals(ref) == evals(res)
