@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from rich.text import Text
+
 from zerolm.config import ZeroLMConfig, configs_dir, load_config
 from zerolm.cli_tables import fewshot_table, inspection_renderables, manifest_table, sentiment_report_tables
 from zerolm.console import console
@@ -529,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except ZeroLMError as e:
-        console.print(f"[bold red]error:[/bold red] {redact_text(str(e))}", highlight=False)
+        # one unwrapped line, the message as plain text: a path is never folded (nor a masked token split)
+        # and brackets in it are not read as rich markup
+        console.print(Text.assemble(("error:", "bold red"), " ", redact_text(str(e))), highlight=False, soft_wrap=True)
         return 2
 
 
