@@ -19,7 +19,8 @@ from zerolm.pretrain.emissions import EnergyMeter, card_co2
 
 INTENSITY = 400.0  # g CO2e per kWh, forced: the CO2e must be exactly energy × 0.4 kg/kWh
 PRICE = 3.0  # per device-hour
-COMMON = ["train.eval_every=100", "train.eval_batches=2", "train.save_every=5", "train.log_every=2",
+COMMON = ["tracking.emissions.enabled=true",  # the test configs turn the tracker off
+          "train.eval_every=100", "train.eval_batches=2", "train.save_every=5", "train.log_every=2",
           f"tracking.emissions.grid_intensity_g_per_kwh={INTENSITY}", f"tracking.emissions.price_per_gpu_hour={PRICE}",
           "tracking.emissions.measure_power_secs=1"]
 

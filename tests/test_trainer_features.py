@@ -80,9 +80,10 @@ def fp32_zero0(data_args, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def zero1_two_ranks(data_args, tmp_path_factory):
-    """GPT-2, fp32, ZeRO-1 on 2 ranks (torchrun)."""
+    """GPT-2, fp32, ZeRO-1 on 2 ranks (torchrun), MFU against each rank's measured matmul peak (the
+    test config states one: ``train.peak_flops=null`` restores the default)."""
     run_dir = tmp_path_factory.mktemp("zero1")
-    _train(data_args, run_dir, "train.zero_stage=1", "train.precision=fp32", nproc=2)
+    _train(data_args, run_dir, "train.zero_stage=1", "train.precision=fp32", "train.peak_flops=null", nproc=2)
     return run_dir
 
 
@@ -132,19 +133,26 @@ def test_logged_grad_norm_is_the_norm_of_the_step_gradient(run, request):
 
 
 # -- MFU and data wait -----------------------------------------------------------------------------
-def test_mfu_tokens_per_second_and_data_wait_follow_their_definitions(fp32_zero0, trained_tokenizer):
-    """MFU = (6N + 12·L·d·T) × tokens/s per rank ÷ peak (PaLM, Chowdhery et al. 2022, App. B), with N
-    counted here from GPT-2's shapes; tokens/s × s/step = the tokens of one step; data wait in [0, 1]."""
+def _gpt2_counts(run_dir: Path, tokenizer_dir) -> tuple[int, int]:
+    """(parameters, training FLOPs per token = 6N + 12·L·d·T) of a run's GPT-2, counted from its shapes."""
     from zerolm.data_pipeline.tokenizer import load_pipeline_tokenizer
 
-    cfg = load_config(fp32_zero0 / "config.yaml")
-    V, d, L, T = load_pipeline_tokenizer(trained_tokenizer).vocab_size, cfg.model.d_model, cfg.model.n_layer, cfg.data.seq_len
+    cfg = load_config(run_dir / "config.yaml")
+    V, d, L, T = load_pipeline_tokenizer(tokenizer_dir).vocab_size, cfg.model.d_model, cfg.model.n_layer, cfg.data.seq_len
     d_ff = 4 * d
     per_layer = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * d_ff + d_ff) + (d_ff * d + d)  # 2 LN, qkv, proj, MLP
     n_params = V * d + T * d + L * per_layer + 2 * d  # tied LM head
+    return n_params, 6 * n_params + 12 * L * d * T
+
+
+def test_mfu_tokens_per_second_and_data_wait_follow_their_definitions(fp32_zero0, trained_tokenizer):
+    """MFU = (6N + 12·L·d·T) × tokens/s per rank ÷ peak (PaLM, Chowdhery et al. 2022, App. B), with N
+    counted here from GPT-2's shapes; tokens/s × s/step = the tokens of one step; data wait in [0, 1]."""
+    cfg = load_config(fp32_zero0 / "config.yaml")
+    T = cfg.data.seq_len
+    n_params, flops_per_token = _gpt2_counts(fp32_zero0, trained_tokenizer)
     result = json.loads((fp32_zero0 / "result.json").read_text())
     assert result["parameters"] == n_params
-    flops_per_token = 6 * n_params + 12 * L * d * T
     rows = _train_rows(fp32_zero0)
     assert sorted(rows) == list(range(1, STEPS + 1))
     tokens_per_step = cfg.data.micro_batch_size * T  # one rank, no accumulation, packed (no padding)
@@ -155,6 +163,34 @@ def test_mfu_tokens_per_second_and_data_wait_follow_their_definitions(fp32_zero0
         assert 0.0 <= row["train/data_wait_fraction"] <= 1.0, step
         assert row["train/tokens_seen"] == step * tokens_per_step
     assert max(r["train/data_wait_fraction"] for r in rows.values()) > 0, "the first batch is read during step 1"
+
+
+def test_without_a_stated_peak_mfu_is_against_the_measured_matmul_peak(zero1_two_ranks, trained_tokenizer):
+    """With ``train.peak_flops`` unset the trainer measures the ranks' fp32 matmul FLOP/s (mean over ranks),
+    records it, and every logged MFU (per-rank tokens/s) is taken against it; the recorded peak is within 4× of a matmul timed
+    here (one thread, n = 1024: the same kind of reading, loose because the machine's load varies)."""
+    import time
+
+    _, flops_per_token = _gpt2_counts(zero1_two_ranks, trained_tokenizer)
+    peak = json.loads((zero1_two_ranks / "result.json").read_text())["throughput"]["peak_tflops_per_rank"] * 1e12
+    assert peak != 1.0e11, "the test config's stated peak was not used"
+    for step, row in _train_rows(zero1_two_ranks).items():
+        per_rank = row["train/tokens_per_second"] / 2  # the logged tokens/s are the job's, over 2 ranks
+        assert row["train/mfu"] == pytest.approx(flops_per_token * per_rank / peak, rel=1e-6), step
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        a @ b
+        best = 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(threads)
+    assert best / 4 < peak < best * 4, (peak, best)
 
 
 # -- ZeRO-1 ------------------------------------------------------------------------------------------
