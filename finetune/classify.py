@@ -209,7 +209,7 @@ def classification_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any] |
     """The ``build`` of :class:`pretrain.trainer.Trainer` for classification finetuning
     (``prepared``: the output of :func:`prepare_data`, computed here when not given)."""
     from zerolm.pretrain.models import flops_per_token
-    from zerolm.pretrain.trainer import Components
+    from zerolm.pretrain.components import Components
 
     fc = cfg.finetune
     model_dir = resolve_model_path(fc.model)

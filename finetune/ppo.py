@@ -399,7 +399,6 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             run (before any training step; the message names what differs).
     """
     from zerolm.pretrain.tracking import Tracker, run_config
-    from zerolm.pretrain.trainer import _test_self_signal
     from zerolm.errors import ConfigError, DataError
 
     sc = cfg.sentiment
@@ -475,7 +474,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         if limit is not None and st.step < sc.steps and st.seconds_before >= limit:  # the same on every rank
             status = "time_limit"
             log.warning("not training: the run already took %.0f s, sentiment.max_minutes=%s", st.seconds_before, sc.max_minutes)
-        self_signal = _test_self_signal(env.rank)
+        self_signal = distributed.scheduled_test_signal(env.rank)
         mini = sc.mini_batch_size // env.world_size * group  # rows of this rank per update (k rows per prompt)
         bar = progress_bar(sc.steps, "PPO", "steps", progress, initial=st.step)
         while status == "completed" and st.step < sc.steps:

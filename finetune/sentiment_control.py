@@ -277,7 +277,7 @@ def control_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any]):
     causal-LM :class:`pretrain.objectives.Objective`."""
     from zerolm.pretrain.models import flops_per_token
     from zerolm.pretrain.objectives import Objective
-    from zerolm.pretrain.trainer import Components
+    from zerolm.pretrain.components import Components
 
     sc = cfg.sentiment
     model, tok = load_policy(sc.policy)

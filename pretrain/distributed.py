@@ -195,6 +195,24 @@ def stop_with_launcher(env: DistEnv) -> bool:
     return True
 
 
+def scheduled_test_signal(rank: int) -> tuple[int, int] | None:
+    """Test hook (the signal tests' only way to know the step a signal arrives in):
+    ``ZEROLM_TEST_SIGNAL_AT_STEP=STEP:SIGNAME[:RANK]`` makes the process (of rank RANK, or every
+    rank) send itself SIGNAME as optimizer step STEP begins, as a scheduler's signal would arrive
+    mid-step. Unset in normal use. Used by the pretraining loop and the PPO loop.
+
+    Returns:
+        ``(step, signal number)`` for this rank, or None.
+    """
+    spec = os.environ.get("ZEROLM_TEST_SIGNAL_AT_STEP")
+    if not spec:
+        return None
+    step, name, *who = spec.split(":")
+    if who and int(who[0]) != rank:
+        return None
+    return int(step), int(getattr(signal, name))
+
+
 def exit_process(code: int) -> None:
     """End a process that ran a process group: flush, then ``os._exit``.
 

@@ -106,7 +106,7 @@ def control_run(tiny_gpt, reward_dir, tmp_path_factory):
     sentiment_cli(["--method", "control", "--policy", tiny_gpt, "--reward", reward_dir, "--run-dir", run, "--report",
                    "sentiment.control_data=rows", "sentiment.report_prompts=24", "data.micro_batch_size=32", "train.max_steps=120", "train.lr=3e-3",
                    "train.warmup_steps=5", "train.log_every=40", "train.eval_every=120", "train.eval_batches=4",
-                   "train.peak_flops=1e10", "tracking.wandb_mode=disabled"])
+                   "train.peak_flops=1e10", "tracking.wandb_mode=disabled", "tracking.emissions.enabled=false"])
     return run
 
 

@@ -129,7 +129,8 @@ def test_a_samples_run_trains_on_what_it_kept_and_reuses_it(tiny_gpt, random_rew
             "sentiment.control_data=samples", "sentiment.control_prompts=48", "sentiment.control_k=2",
             "sentiment.control_min_margin=0", "sentiment.control_picks=1",
             "sentiment.response_max_tokens=6", "sentiment.reward_text=continuation", "data.micro_batch_size=4",
-            "train.warmup_steps=1", "train.eval_every=1000", "train.save_every=2", "tracking.wandb_mode=disabled"]
+            "train.warmup_steps=1", "train.eval_every=1000", "train.save_every=2", "tracking.wandb_mode=disabled",
+            "train.peak_flops=1e10", "tracking.emissions.enabled=false"]  # no matmul-peak reading, no codecarbon probe
     r = _run([*base, "train.max_steps=2"])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     records = [json.loads(line) for line in (run / C.SAMPLES_FILE).read_text().splitlines()]
