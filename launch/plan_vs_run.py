@@ -152,12 +152,18 @@ def read_run(run_dir) -> dict[str, Any]:
             "throughput": thr, "memory": mem, "cuda": cuda, "notes": notes}
 
 
-def measured_mfu(run_dir) -> tuple[float, str]:
+def measured_mfu(run_dir, for_cfg=None) -> tuple[float, str]:
     """The median MFU a run measured (``result.json`` throughput, else ``metrics.jsonl``), for
     ``plan_run(mfu=..., mfu_source=...)``.
 
+    MFU carries over between runs that differ in length, data or number of nodes; it does not carry over
+    a change of how each step runs. With ``for_cfg`` (the config being planned), the source names what
+    differs among ZeRO stage, offload, precision, activation checkpointing and compile — e.g. ZeRO-3's
+    parameter gathers and partitioning hooks are time that is not FLOPs: in ``bench/plan_accuracy.py`` a
+    ZeRO-0 run's MFU predicted ZeRO-3 step times 1.4–1.85× too short (``docs/plan.md``).
+
     Returns:
-        ``(mfu, "measured in RUN_DIR (...)")``.
+        ``(mfu, "measured in RUN_DIR (...)")``, the source with ``; differs from the plan: …`` when it does.
 
     Raises:
         ConfigError: as :func:`read_run`; or the run recorded no positive MFU.
@@ -167,7 +173,18 @@ def measured_mfu(run_dir) -> tuple[float, str]:
     if not isinstance(v, (int, float)) or not (0 < v < math.inf):
         raise ConfigError(f"{run['run_dir']}: no usable measured MFU (got {v!r}) in result.json or metrics.jsonl")
     warn = "; above 1: that run's peak reading was low (busy machine)" if v > 1 else ""
+    if for_cfg is not None:
+        differs = [f"{key} {a} (plan: {b})" for key, a, b in _step_settings(run["cfg"], for_cfg) if a != b]
+        if differs:
+            warn += "; differs from the plan: " + ", ".join(differs) + " — measure MFU with the plan's settings"
     return float(v), f"measured in {run['run_dir']}: {run['throughput']['source']}{warn}"
+
+
+def _step_settings(measured, planned) -> list[tuple[str, Any, Any]]:
+    """(key, measured run's value, planned config's value) of the settings that change what a step costs
+    beyond its FLOPs."""
+    keys = ("zero_stage", "offload_optimizer", "offload_params", "precision", "activation_checkpointing", "compile")
+    return [(f"train.{k}", getattr(measured.train, k), getattr(planned.train, k)) for k in keys]
 
 
 def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = None,

@@ -285,6 +285,21 @@ def test_compare_run_bad_directory_is_a_config_error(tmp_path):
         compare_run(run)
 
 
+def test_mfu_from_a_run_that_steps_differently_names_what_differs(tmp_path, capsys):
+    """An MFU measured at ZeRO-0 carries no ZeRO-3 gathers: the plan's MFU assumption names each step
+    setting in which the measured run and the planned config differ, and nothing when they agree."""
+    from zerolm.cli import main
+
+    run, _ = _run_dir(tmp_path, stage=0, result=RESULT)  # the tiny test config: compile off, fp32
+    assert main(["plan", QUICKSTART, "--json", "--mfu-from", str(run), "train.zero_stage=3", "train.compile=off",
+                 "train.activation_checkpointing=true"]) == 0
+    said = json.loads(capsys.readouterr().out)["assumptions"]["mfu"]
+    assert "train.zero_stage 0 (plan: 3)" in said and "train.activation_checkpointing False (plan: True)" in said
+    assert "compile" not in said and "precision" not in said and said.startswith("0.3 (measured in")
+    assert main(["plan", QUICKSTART, "--json", "--mfu-from", str(run), "train.zero_stage=0", "train.compile=off"]) == 0
+    assert "differs" not in json.loads(capsys.readouterr().out)["assumptions"]["mfu"]
+
+
 def test_cli_mfu_from_and_run_dir(tmp_path, capsys):
     from zerolm.cli import main
 

@@ -158,11 +158,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 console.print(item, highlight=False)
         return 0
     mfu, mfu_source = args.mfu, None
-    if args.mfu_from:
-        if args.mfu is not None:
-            raise ConfigError("give either --mfu or --mfu-from, not both")
-        mfu, mfu_source = measured_mfu(args.mfu_from)
+    if args.mfu_from and args.mfu is not None:
+        raise ConfigError("give either --mfu or --mfu-from, not both")
     cfg = load_config(args.config, args.overrides)
+    if args.mfu_from:
+        mfu, mfu_source = measured_mfu(args.mfu_from, for_cfg=cfg)
     plan = plan_run(cfg, gpus=args.gpus, gpu_type=args.gpu_type or "a100", tokens=args.tokens,
                     price_per_gpu_hour=args.price_per_gpu_hour, grid_intensity_g_per_kwh=args.grid_intensity,
                     pue=args.pue, mfu=mfu, peak_tflops=args.peak_tflops, gpu_memory_gb=args.gpu_memory,
