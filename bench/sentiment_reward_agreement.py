@@ -33,6 +33,7 @@ import torch
 from zerolm.config import SentimentConfig
 from zerolm.evals.judge import VADER_THRESHOLD, vader_compound
 from zerolm.finetune import sentiment as S
+from zerolm.finetune import sentiment_prompts as P
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,9 +61,9 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     queries, kinds = [], []
     for kind, data in (("review", "rotten_tomatoes"), ("tweet", "tweets")):
-        texts = S.split_texts(SentimentConfig(data=data))["test"][0]
+        texts = P.split_texts(SentimentConfig(data=data))["test"][0]
         order = rng.permutation(len(texts))[: 4 * args.prompts]
-        qs = S.make_queries(tok, [texts[i] for i in order], *args.prompt_tokens, rng)[: args.prompts]
+        qs = P.make_queries(tok, [texts[i] for i in order], *args.prompt_tokens, rng)[: args.prompts]
         queries += qs
         kinds += [kind] * len(qs)
     t0 = time.perf_counter()

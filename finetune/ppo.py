@@ -50,6 +50,7 @@ import torch.distributed as dist
 
 from zerolm.finetune import rloo
 from zerolm.finetune import sentiment as S
+from zerolm.finetune.sentiment_prompts import prompt_pool
 from zerolm.finetune.rl_checkpoint import PPOState, ppo_signature, resume_checkpoint, save_checkpoint
 from zerolm.finetune.sentiment_export import export_meta, export_policy
 from zerolm.config import ZeroLMConfig
@@ -421,7 +422,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             p.requires_grad_(False)
         reward = S.RewardModel(sc.reward, sc.target, sc.target_label, sc.reward_type)
         stops = S.stop_ids(lm, tok)
-        pool = [p.ids for p in S.prompt_pool(sc, tok, "validation", None, np.random.default_rng(sc.seed))]
+        pool = [p.ids for p in prompt_pool(sc, tok, "validation", None, np.random.default_rng(sc.seed))]
         if not pool:
             raise DataError(f"{sc.data}: no validation row has {sc.prompt_min_tokens}+ tokens to make a prompt")
         trainable = freeze_lower_layers(lm, sc.trainable_layers)

@@ -41,7 +41,8 @@ from zerolm.config import ZeroLMConfig
 from zerolm.errors import ConfigError, DataError
 from zerolm.finetune import data as fdata
 from zerolm.finetune import sentiment as S
-from zerolm.finetune.sentiment import code_ids, load_policy, polarity_of, split_texts
+from zerolm.finetune.sentiment import code_ids, load_policy, polarity_of
+from zerolm.finetune.sentiment_prompts import prompt_pool, split_texts
 from zerolm.finetune.sentiment_export import export_meta, export_policy
 from zerolm.fsutil import write_json, write_jsonl
 from zerolm.pretrain import distributed
@@ -110,7 +111,7 @@ def polarity_indices(labels: dict[int, str], sc) -> tuple[int, int]:
 
 def draw_samples(model, tok, sc, rank: int, world: int) -> list[dict[str, Any]]:
     """Sample ``control_k`` continuations of each of ``control_prompts`` training prompts
-    (:func:`finetune.sentiment.prompt_pool`, validation split: never a report prompt) and score them
+    (:func:`finetune.sentiment_prompts.prompt_pool`, validation split: never a report prompt) and score them
     with the reward classifier; every rank draws its chunks and all ranks get every record.
 
     Chunk ``c`` (:data:`SAMPLE_CHUNK` prompts) is drawn by rank ``c % world`` with a generator seeded
@@ -122,7 +123,7 @@ def draw_samples(model, tok, sc, rank: int, world: int) -> list[dict[str, Any]]:
         lists of token ids), ``margins`` (``k`` floats: the reward's positive − negative logit on the
         ``reward_text``; > 0 reads positive).
     """
-    prompts = S.prompt_pool(sc, tok, "validation", sc.control_prompts, np.random.default_rng(sc.seed + 11))
+    prompts = prompt_pool(sc, tok, "validation", sc.control_prompts, np.random.default_rng(sc.seed + 11))
     lengths = np.random.default_rng(sc.seed + 13).integers(sc.response_min_tokens, sc.response_max_tokens + 1,
                                                            size=len(prompts)).tolist()
     reward = S.RewardModel(sc.reward, sc.target, sc.target_label, "logit_margin")

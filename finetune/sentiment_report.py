@@ -3,7 +3,7 @@
 :func:`sentiment_report` samples continuations of the same held-out prompts (``sentiment.report_prompts``,
 256 by default, a mixture of kinds — review openings, tweets, BBC News and Wikipedia paragraphs cut
 mid-sentence, hand-written story openings — from the test sources of
-:func:`finetune.sentiment.prompt_pool`: never the reward model's training rows nor PPO's prompts) from the
+:func:`finetune.sentiment_prompts.prompt_pool`: never the reward model's training rows nor PPO's prompts) from the
 reference policy ("before") and the steered one ("after"; for control codes also "before_with_code": the
 reference prompted with the code, i.e. what prompting alone does) with the same seeds and lengths, and
 measures, over all prompts and per prompt kind:
@@ -51,6 +51,7 @@ from zerolm.config import PROMPT_KINDS, ZeroLMConfig
 from zerolm.errors import DataError
 from zerolm.evals.judge import VADER_THRESHOLD, judge_hits, vader_compound  # the one judge, shared with the bias probe
 from zerolm.finetune import sentiment as S
+from zerolm.finetune.sentiment_prompts import prompt_pool
 from zerolm.fsutil import save_figure, write_json, write_jsonl
 from zerolm.pretrain.progress import progress_bar
 
@@ -199,7 +200,7 @@ def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path, progress: bool 
     reward = S.RewardModel(sc.reward or meta["reward"], sc.target, sc.target_label, sc.reward_type)
     stops = S.stop_ids(ref, tok)
     rng = np.random.default_rng(sc.seed + 7)
-    prompts = S.prompt_pool(sc, tok, "test", sc.report_prompts, rng)
+    prompts = prompt_pool(sc, tok, "test", sc.report_prompts, rng)
     queries, kinds = [p.ids for p in prompts], [p.kind for p in prompts]
     lengths = rng.integers(sc.response_min_tokens, sc.response_max_tokens + 1, size=len(queries)).tolist()
     code = S.code_ids(tok, meta.get("control_codes", sc.control_codes)[sc.target]) if meta["method"] == "control" else []

@@ -126,8 +126,8 @@ def test_graph_sees_known_edges():
     assert len(g) > 40
     assert "zerolm.errors" in g["zerolm.config"]                          # module level
     assert "zerolm.evals.lm" in g["zerolm.evals.fewshot"]                 # inside run_fewshot
-    assert "zerolm.finetune.data" in g["zerolm.finetune.sentiment"]       # from zerolm.finetune import data
-    assert "zerolm.finetune" in g["zerolm.finetune.sentiment"]            # ... which runs the package __init__
+    assert "zerolm.finetune.data" in g["zerolm.finetune.sentiment_prompts"]       # from zerolm.finetune import data
+    assert "zerolm.finetune" in g["zerolm.finetune.sentiment_prompts"]            # ... which runs the package __init__
     mods = {"a": Path("a/__init__.py"), "a.b": Path("a/b.py"), "a.c": Path("a/c/__init__.py")}
     assert _resolve("a.b", 1, "x", mods) == "a.x" and _resolve("a.c", 1, "y", mods) == "a.c.y"
     assert _resolve("a.c", 2, None, mods) == "a" and _resolve("a.b", 0, "z.w", mods) == "z.w"

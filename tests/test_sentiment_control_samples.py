@@ -21,6 +21,7 @@ import torch
 
 from zerolm.config import load_config
 from zerolm.finetune import sentiment as S
+from zerolm.finetune import sentiment_prompts as P
 from zerolm.finetune import sentiment_control as C
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def random_reward(tiny_bert, tmp_path_factory):
     model = AutoModelForSequenceClassification.from_pretrained(
         str(tiny_bert), num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
     tok = AutoTokenizer.from_pretrained(str(tiny_bert))
-    texts = S.split_texts(load_config(None, []).sentiment)["validation"][0][:64]
+    texts = P.split_texts(load_config(None, []).sentiment)["validation"][0][:64]
     with torch.no_grad():
         model.classifier.weight.mul_(200.0)
         logits = model.eval()(**tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")).logits

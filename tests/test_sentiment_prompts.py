@@ -23,6 +23,7 @@ import torch
 from zerolm.config import SentimentConfig, load_config
 from zerolm.errors import ConfigError
 from zerolm.finetune import sentiment as S
+from zerolm.finetune import sentiment_prompts as P
 
 REPO = Path(__file__).resolve().parents[1]
 LONG = ("tweet", "news", "wiki", "story")
@@ -38,8 +39,8 @@ def tok(tiny_gpt):
 @pytest.fixture(scope="module")
 def pools(tok):
     sc = SentimentConfig(prompt_kinds=WEIGHTS)
-    train = S.prompt_pool(sc, tok, "validation", 600, np.random.default_rng(0))
-    report = S.prompt_pool(sc, tok, "test", 256, np.random.default_rng(7))
+    train = P.prompt_pool(sc, tok, "validation", 600, np.random.default_rng(0))
+    report = P.prompt_pool(sc, tok, "test", 256, np.random.default_rng(7))
     return sc, train, report
 
 
@@ -57,7 +58,7 @@ def test_pool_has_every_kind_in_proportion(pools, tok):
         assert rc[kind] >= 256 * WEIGHTS[kind] - 1, rc
     assert len({p.source for p in report}) == len(report)
     # deterministic: the same call gives the same prompts
-    again = S.prompt_pool(sc, tok, "test", 256, np.random.default_rng(7))
+    again = P.prompt_pool(sc, tok, "test", 256, np.random.default_rng(7))
     assert [(p.kind, p.ids) for p in again] == [(p.kind, p.ids) for p in report]
 
 
@@ -88,16 +89,16 @@ def test_cut_context_hand_made_paragraph(tok):
     para = ("Mr. Smith opened the shop at nine. Nobody came in all morning, so he swept the floor twice. "
             "At noon a small girl walked in and asked for the thing nobody else had ever asked for.")
     for seed in range(8):
-        cut = S.cut_context(tok, para, 12, 40, np.random.default_rng(seed))
+        cut = P.cut_context(tok, para, 12, 40, np.random.default_rng(seed))
         assert cut is not None and cut.startswith("Mr. Smith opened the shop at nine. ")  # "Mr." is no sentence end
         assert 12 <= len(tok(cut, add_special_tokens=False)["input_ids"]) <= 40
         assert not FINAL.search(cut) and para.startswith(cut)
-    assert S.cut_context(tok, "One sentence only, with no second one", 2, 40, np.random.default_rng(0)) is None
-    assert S.split_sentences(para)[0] == "Mr. Smith opened the shop at nine."
+    assert P.cut_context(tok, "One sentence only, with no second one", 2, 40, np.random.default_rng(0)) is None
+    assert P.split_sentences(para)[0] == "Mr. Smith opened the shop at nine."
 
 
 def test_story_file_ships_and_every_story_has_two_sentences():
-    stories = S.load_stories()
+    stories = P.load_stories()
     assert len(stories) >= 55
     assert len({s["id"] for s in stories}) == len(stories) == len({s["text"] for s in stories})
     for s in stories:
@@ -108,7 +109,7 @@ def test_story_file_ships_and_every_story_has_two_sentences():
         assert not FINAL.search(text), text
     # the file is package data of zerolm.finetune (installed with the wheel)
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["zerolm.finetune"]
-    rel = S.STORIES_FILE.relative_to(REPO / "finetune").as_posix()
+    rel = P.STORIES_FILE.relative_to(REPO / "finetune").as_posix()
     assert any(fnmatch(rel, g) for g in globs), (rel, globs)
 
 
@@ -119,7 +120,7 @@ def test_unknown_prompt_kind_is_a_config_error(tok):
         load_config(overrides=["sentiment.context_min_tokens=80"])
     sc = SentimentConfig().model_copy(update={"prompt_kinds": {"review": 1.0, "limericks": 1.0}})  # not validated
     with pytest.raises(ConfigError, match="limericks"):
-        S.prompt_pool(sc, tok, "test", 8)
+        P.prompt_pool(sc, tok, "test", 8)
 
 
 @pytest.fixture(scope="module")

@@ -409,7 +409,7 @@ class FinetuneConfig(_Section):
     export_dir: str | None = None
 
 
-PROMPT_KINDS = ("review", "tweet", "news", "wiki", "story")  # sentiment.prompt_kinds (finetune/sentiment.py)
+PROMPT_KINDS = ("review", "tweet", "news", "wiki", "story")  # sentiment.prompt_kinds (finetune/sentiment_prompts.py)
 
 
 class SentimentConfig(_Section):
@@ -432,7 +432,7 @@ class SentimentConfig(_Section):
     ``prompt_min_tokens``–``prompt_max_tokens`` tokens of a row, responses
     ``response_min_tokens``–``response_max_tokens`` sampled tokens.
 
-    Prompt kinds (``prompt_kinds``: kind → mixture weight; :func:`finetune.sentiment.prompt_pool`):
+    Prompt kinds (``prompt_kinds``: kind → mixture weight; :func:`finetune.sentiment_prompts.prompt_pool`):
     ``review`` (the openings above), ``tweet`` (the first ``tweet_min_tokens``–``tweet_max_tokens``
     tokens of a tweet, cut at a word), ``news`` (BBC News), ``wiki`` (Wikipedia) and ``story``
     (hand-written story openings shipped with zerolm): whole sentences then a cut inside the next
