@@ -182,9 +182,14 @@ def measured_mfu(run_dir, for_cfg=None) -> tuple[float, str]:
 
 def _step_settings(measured, planned) -> list[tuple[str, Any, Any]]:
     """(key, measured run's value, planned config's value) of the settings that change what a step costs
-    beyond its FLOPs."""
-    keys = ("zero_stage", "offload_optimizer", "offload_params", "precision", "activation_checkpointing", "compile")
-    return [(f"train.{k}", getattr(measured.train, k), getattr(planned.train, k)) for k in keys]
+    beyond its FLOPs. ``train.compile`` is compared as what it decides (``"on"``/``"off"``, by
+    :func:`~zerolm.pretrain.ds_config.compile_decision`): ``"auto"`` is off in a short run and on in a long one."""
+    from zerolm.pretrain.ds_config import compile_decision
+
+    keys = ("zero_stage", "offload_optimizer", "offload_params", "precision", "activation_checkpointing")
+    rows = [(f"train.{k}", getattr(measured.train, k), getattr(planned.train, k)) for k in keys]
+    compiled = ["on" if compile_decision(c.train)[0] else "off" for c in (measured, planned)]
+    return [*rows, ("train.compile", *compiled)]
 
 
 def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = None,

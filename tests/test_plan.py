@@ -298,6 +298,12 @@ def test_mfu_from_a_run_that_steps_differently_names_what_differs(tmp_path, caps
     assert "compile" not in said and "precision" not in said and said.startswith("0.3 (measured in")
     assert main(["plan", QUICKSTART, "--json", "--mfu-from", str(run), "train.zero_stage=0", "train.compile=off"]) == 0
     assert "differs" not in json.loads(capsys.readouterr().out)["assumptions"]["mfu"]
+    # "auto" is compared as what it decides: on for a run as long as compile_min_steps, off below it
+    long = ["train.zero_stage=0", "train.compile=auto", "train.compile_min_steps=50"]
+    assert main(["plan", QUICKSTART, "--json", "--mfu-from", str(run), *long, "train.max_steps=50"]) == 0
+    assert "train.compile off (plan: on)" in json.loads(capsys.readouterr().out)["assumptions"]["mfu"]
+    assert main(["plan", QUICKSTART, "--json", "--mfu-from", str(run), *long, "train.max_steps=49"]) == 0
+    assert "differs" not in json.loads(capsys.readouterr().out)["assumptions"]["mfu"]
 
 
 def test_cli_mfu_from_and_run_dir(tmp_path, capsys):
