@@ -1,7 +1,7 @@
 """One 2-rank ``zerolm pretrain`` run on the bundled corpus, as the CPU benchmarks start it.
 
-``bench/comm_sweep.py`` and ``bench/trainer_ab.py`` (and any bench that times whole training runs) build
-the same command: ``torchrun --standalone --nproc_per_node N -m zerolm.pretrain --config
+``bench/comm_sweep.py``, ``bench/trainer_ab.py``, ``bench/mlm_recipe.py``, ``bench/elastic_resume.py`` and
+``bench/continued_pretraining.py`` (any bench that runs whole trainings) start the same command: ``torchrun --standalone --nproc_per_node N -m zerolm.pretrain --config
 configs/pretrain/tiny_gpt.yaml`` with the run's overrides, the bundled corpus and tokenizer
 (``data/corpus``, ``data/tokenizer``: ``make quickstart`` prepares both), W&B off, ``OMP_NUM_THREADS=1``
 per rank and ``DS_ACCELERATOR=cpu``.
@@ -36,26 +36,49 @@ def bundled_data_overrides() -> list[str]:
             f"data.validation_sources=[{{name: corpus, paths: ['{REPO}/data/corpus/validation/*.jsonl']}}]"]
 
 
-def run_pretrain(run_dir: Path, overrides: list[str], *, nproc: int = 2, pythonpath: str | None = None,
-                 timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Train the tiny-GPT config with ``overrides`` (applied after the bundled data's) into ``run_dir``.
+def run_pretrain(run_dir: Path, overrides: list[str], *, config: str | Path = "configs/pretrain/tiny_gpt.yaml",
+                 bundled_data: bool = True, nproc: int = 2, pythonpath: str | None = None, timeout: float | None = 1800,
+                 output: str | Path = "capture", check: bool = True) -> subprocess.CompletedProcess:
+    """Train ``config`` (relative to the repository, default the tiny GPT) into ``run_dir`` on ``nproc`` ranks.
 
-    ``pythonpath`` goes first on ``PYTHONPATH`` (``bench/trainer_ab.py`` runs an older revision's package
-    that way); the run then starts outside the repository, where the working tree's own ``zerolm/`` cannot
-    shadow it (``python -m`` puts the working directory first on ``sys.path``).
+    The command is ``torchrun --standalone --nproc_per_node NPROC -m zerolm.pretrain --config CONFIG
+    train.run_dir=RUN_DIR tracking.wandb_mode=disabled [bundled data] OVERRIDES``: ``overrides`` come last,
+    so they win (``tracking.wandb_mode=offline`` among them also sets ``WANDB_MODE``). Each rank runs with
+    ``OMP_NUM_THREADS=1``, ``DS_ACCELERATOR=cpu`` and the Hub offline.
+
+    Args:
+        bundled_data: point the run at ``data/corpus`` and ``data/tokenizer`` (:func:`bundled_data_overrides`);
+            off for a bench that names its own sources.
+        pythonpath: goes first on ``PYTHONPATH`` (``bench/trainer_ab.py`` runs an older revision's package
+            that way); the run then starts outside the repository, where the working tree's own
+            ``zerolm/`` cannot shadow it (``python -m`` puts the working directory first on ``sys.path``).
+        output: ``"capture"`` (stdout/stderr on the returned object), ``"inherit"`` (this process's console)
+            or a log file path (both streams, overwritten).
+        check: stop on a failed run; off returns it (``returncode``) for the caller to record.
 
     Raises:
-        SystemExit: the run failed (the command and the end of its stderr).
+        SystemExit: ``check`` and the run failed (the command and the end of its stderr, or the log's path).
+        subprocess.TimeoutExpired: the run took longer than ``timeout`` seconds.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled",
-           "TOKENIZERS_PARALLELISM": "false"}
+    modes = [o.split("=", 1)[1] for o in overrides if o.startswith("tracking.wandb_mode=")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": (modes or ["disabled"])[-1],
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "zerolm.pretrain",
-           "--config", str(REPO / "configs/pretrain/tiny_gpt.yaml"), f"train.run_dir={run_dir}",
-           "tracking.wandb_mode=disabled", *bundled_data_overrides(), *overrides]
-    r = subprocess.run(cmd, cwd="/tmp" if pythonpath else REPO, env=env, capture_output=True, text=True,
-                       timeout=timeout)
-    if r.returncode != 0:
-        raise SystemExit(f"run failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+           "--config", str(REPO / config), f"train.run_dir={run_dir}", "tracking.wandb_mode=disabled",
+           *(bundled_data_overrides() if bundled_data else []), *overrides]
+    kw = dict(cwd="/tmp" if pythonpath else REPO, env=env, timeout=timeout)
+    if output == "capture":
+        r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    elif output == "inherit":
+        print("$", " ".join(cmd), flush=True)
+        r = subprocess.run(cmd, **kw)
+    else:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w") as fh:
+            r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, **kw)
+    if check and r.returncode != 0:
+        tail = r.stderr[-3000:] if output == "capture" else f"(output: {output})"
+        raise SystemExit(f"run failed ({r.returncode}): {' '.join(cmd)}\n{tail}")
     return r

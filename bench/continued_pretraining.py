@@ -33,6 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_run import run_pretrain  # noqa: E402
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -90,7 +93,6 @@ def main() -> int:
 
         shutil.rmtree(run_dir)
     overrides = [
-        f"train.run_dir={run_dir}",
         f"data.sources=[{{name: {a.source}, paths: ['{a.corpus}/train/{a.source}-*.jsonl']}}]",
         f"data.validation_sources=[{{name: {a.source}, paths: ['{a.corpus}/validation/{a.source}-*.jsonl']}}]",
         "train.eval_at_start=true",
@@ -106,14 +108,10 @@ def main() -> int:
         overrides += [f"train.seed={a.seed}", f"data.seed={a.seed}"]
     if a.no_eval_tasks:
         overrides.append("train.eval_tasks=[]")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2",
-           "-m", "zerolm.pretrain", "--config", a.config, *overrides]
-    print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    run_pretrain(run_dir, overrides, config=a.config, bundled_data=False, timeout=None, output="inherit")
     train_s = time.perf_counter() - t0
-    subprocess.run([sys.executable, "-m", "zerolm", "export", str(run_dir), str(export)], cwd=REPO, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "zerolm", "export", str(run_dir), str(export)], cwd=REPO, check=True)
 
     from zerolm.config import load_config
     from zerolm.pretrain.init_from import read_record

@@ -21,34 +21,25 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_run import run_pretrain  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled"}
 
 
 def _train(args, run_dir: Path, nproc: int, max_steps: int) -> tuple[float, str]:
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(nproc), "-m", "zerolm.pretrain",
-           "--config", str(REPO / "configs/pretrain/tiny_gpt.yaml"), *args, f"train.run_dir={run_dir}",
-           f"train.max_steps={max_steps}", "train.save_every=1", "train.eval_every=1000", "tracking.wandb_mode=disabled"]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"training failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
-    return wall, " ".join((r.stdout + r.stderr).split())
+    r = run_pretrain(run_dir, [*args, f"train.max_steps={max_steps}", "train.save_every=1", "train.eval_every=1000"],
+                     bundled_data=False, nproc=nproc, timeout=None)
+    return time.perf_counter() - t0, " ".join((r.stdout + r.stderr).split())
 
 
 def _size_mb(path: Path) -> float:

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_run import run_pretrain  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/pretrain/quickstart_bert.yaml"
@@ -68,17 +69,10 @@ def parse_recipe(spec: str) -> tuple[str, list[str]]:
 def run_one(name: str, overrides: list[str], seed: int, nproc: int, run_root: Path) -> dict:
     """Train one (recipe, seed) with torchrun and return its record (metrics from the run's result.json)."""
     run_dir = run_root / f"{name}-s{seed}"
-    args = [*overrides, f"train.seed={seed}", f"data.seed={seed}", f"train.run_dir={run_dir}",
-            "tracking.wandb_mode=disabled"]
-    cmd = [str(ROOT / ".venv" / "bin" / "torchrun"), "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "zerolm.pretrain", "--config", CONFIG, *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    args = [*overrides, f"train.seed={seed}", f"data.seed={seed}"]
     log = run_root / f"{name}-s{seed}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    rc = run_pretrain(run_dir, args, config=CONFIG, nproc=nproc, timeout=None, output=log, check=False).returncode
     wall = time.perf_counter() - t0
     result = {}
     if (run_dir / "result.json").is_file():
