@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -188,10 +189,24 @@ def _validate_sources(cfg: CorpusConfig) -> list[str]:
 def _write_shards(
     tmp: Path, split: str, source: str, docs: list[tuple[str, str, str]], shard_bytes: int
 ) -> list[dict[str, Any]]:
-    """Write one source+split as shards of at most ``shard_bytes`` of text (a larger document gets its own)."""
+    """Write one source+split as ``ceil(text bytes / shard_bytes)`` shards of equal size (to within a document).
+
+    Documents keep their order; document i goes to shard ``floor((bytes before it + half its bytes) /
+    target)`` with ``target = text bytes / shards``, so every shard holds ``target`` ± one document (a shard a
+    long document would leave empty is not written). Equal sizes matter downstream: the loader deals whole
+    files to its logical shards and each shard starts its next epoch when its own files are done, so a
+    small last file (the old fill-to-``shard_bytes`` rule left 0.19 MB of BBC after two 1 MB files) puts its
+    shard epochs ahead of the others and one pass of the loader stops being one pass over the corpus
+    (:func:`~data_pipeline.sources.unequal_shards_warning`). MosaicML streaming writes fixed-size shards for
+    the same reason.
+    """
+    sizes = [len(text.encode("utf-8")) for _, _, text in docs]
+    total = sum(sizes)
+    target = total / max(1, math.ceil(total / shard_bytes))
     files: list[dict[str, Any]] = []
     shard: list[bytes] = []
     shard_docs = shard_text_bytes = 0
+    current = 0
 
     def flush() -> None:
         nonlocal shard, shard_docs, shard_text_bytes
@@ -210,14 +225,17 @@ def _write_shards(
         )
         shard, shard_docs, shard_text_bytes = [], 0, 0
 
-    for _, doc_id, text in docs:
-        n = len(text.encode("utf-8"))
-        if shard and shard_text_bytes + n > shard_bytes:
+    before = 0
+    for (_, doc_id, text), n in zip(docs, sizes):
+        j = int((before + n / 2) // target) if target else 0
+        if j != current and shard:
             flush()
+        current = j
         line = json.dumps({"text": text, "source": source, "id": doc_id}, ensure_ascii=False) + "\n"
         shard.append(line.encode("utf-8"))
         shard_docs += 1
         shard_text_bytes += n
+        before += n
     if shard:
         flush()
     return files

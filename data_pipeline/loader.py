@@ -40,7 +40,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from zerolm.data_pipeline.masking import IGNORE_INDEX, mask_tokens
 from zerolm.data_pipeline.packing import SourcePacker
-from zerolm.data_pipeline.sources import FILE_REASONS, FileRef, ShardedReader, mix64, resolve_files
+from zerolm.data_pipeline.sources import (FILE_REASONS, FileRef, ShardedReader, mix64, resolve_files,
+                                          unequal_shards_warning)
 from zerolm.config import DataConfig, SourceConfig
 from zerolm.errors import DataError
 
@@ -401,6 +402,11 @@ class PackedDataLoader:
         key = "data.sources" if split == "train" else "data.validation_sources"
         srcs = cfg.sources if split == "train" else cfg.validation_sources
         self.sources = [(s, resolve_files(s, f"{key}[{i}]")) for i, s in enumerate(srcs)]
+        if split == "train" and rank == 0:
+            for s, files in self.sources:
+                said = unequal_shards_warning(s.name, files, self.global_batch_size, cfg.seed, cfg.shuffle_files)
+                if said:
+                    log.warning(said)
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
         check_tokenizer_roles(self.tokenizer, cfg)
         self.infinite = split == "train"

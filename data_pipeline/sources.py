@@ -245,6 +245,40 @@ def _is_plain_local(ref: "FileRef") -> bool:
     return ref.compression is None and "://" not in ref.url and os.path.isfile(ref.url)
 
 
+#: shards' bytes per epoch (largest ÷ smallest) above which :func:`unequal_shards_warning` speaks
+UNEQUAL_SHARDS_RATIO = 1.5
+
+
+def unequal_shards_warning(name: str, files: list[FileRef], num_shards: int, seed: int = 0,
+                           shuffle_files: bool = True) -> str | None:
+    """What to tell the user when whole files of unequal size are dealt to the logical shards, else None.
+
+    With at least as many files as shards (:class:`ShardedReader`'s ``by_file`` dealing) each logical shard
+    reads whole files and starts its next epoch when its own files are done. Shards whose files are
+    smaller run ahead by epochs: one pass of the loader is then no longer one pass over the corpus (some
+    documents are read twice before others once), which makes the data order noisier than a uniform
+    shuffle at short horizons (the long-run share of each document stays proportional to its size).
+    Files of equal size keep the shards in step: ``zerolm data prepare`` writes them.
+
+    Speaks when the shards' bytes in epoch 0 differ by more than :data:`UNEQUAL_SHARDS_RATIO`; silent with
+    fewer files than shards (every shard strides over every file) or when a file is remote (no size read).
+    """
+    if len(files) < num_shards or any(_is_remote(f) or not os.path.isfile(f.url) for f in files):
+        return None
+    sizes = [os.path.getsize(f.url) for f in files]
+    reader = ShardedReader(files, "text", 0, num_shards, seed=seed, shuffle_files=shuffle_files, name=name)
+    per_shard = [0] * num_shards
+    for i, f in enumerate(reader.file_order(0)):
+        per_shard[i % num_shards] += sizes[f]
+    lo, hi = min(per_shard), max(per_shard)
+    if lo and hi / lo <= UNEQUAL_SHARDS_RATIO:
+        return None
+    return (f"source {name!r}: its {len(files)} files ({min(sizes) / 1e6:.2f}–{max(sizes) / 1e6:.2f} MB) are dealt "
+            f"whole to {num_shards} logical shards (the global batch), which then read {lo / 1e6:.2f}–{hi / 1e6:.2f} MB "
+            "per epoch each: the shards drift apart by epochs, and one pass of the loader reads some documents "
+            "twice before others once. Files of equal size avoid it (zerolm data prepare writes them).")
+
+
 def _saved_dataset_files(folder: Path, source: SourceConfig, key: str) -> list[FileRef]:
     """The Arrow files of a ``Dataset.save_to_disk`` folder, in order (its ``state.json``)."""
     try:
@@ -359,11 +393,17 @@ class ShardedReader:
         self.by_file = len(files) >= num_shards
         self._bad_files: list[str] = []  # files of the current epoch that could not be read (for the error)
 
-    def plan(self, epoch: int) -> list[tuple[int, int, int]]:
-        """This reader's files for ``epoch`` as ``(file index, stride, first owned record)``."""
+    def file_order(self, epoch: int) -> list[int]:
+        """The source's file indices in the order of ``epoch`` (shuffled by ``(seed, epoch)`` when
+        ``shuffle_files``); with ``by_file``, position ``i`` goes to shard ``i % num_shards``."""
         order = list(range(len(self.files)))
         if self.shuffle_files:
             random.Random(mix64(self.seed, epoch)).shuffle(order)
+        return order
+
+    def plan(self, epoch: int) -> list[tuple[int, int, int]]:
+        """This reader's files for ``epoch`` as ``(file index, stride, first owned record)``."""
+        order = self.file_order(epoch)
         if self.by_file:
             return [(f, 1, 0) for i, f in enumerate(order) if i % self.num_shards == self.shard]
         n = self.num_shards

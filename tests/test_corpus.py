@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -85,11 +86,16 @@ def test_manifest_matches_files_on_disk(prepared_corpus):
         texts = [rec["text"] for _, rel, rec in records if rel == f["path"]]
         assert f["documents"] == len(texts)
         assert f["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
-        assert f["bytes"] <= shard_bytes or f["documents"] == 1
         assert f["split"] == Path(f["path"]).parent.name
     for s in manifest["sources"]:
         for split in ("train", "validation"):
             files = [f for f in manifest["files"] if f["source"] == s["name"] and f["split"] == split]
+            # ceil(bytes / shard_bytes) shards of equal size, to within the source's longest document
+            longest = max(len(rec["text"].encode("utf-8")) for _, rel, rec in records
+                          if rel in {f["path"] for f in files})
+            assert len(files) == math.ceil(sum(f["bytes"] for f in files) / shard_bytes)
+            assert max(f["bytes"] for f in files) - min(f["bytes"] for f in files) <= longest, (s["name"], split)
+            assert all(f["bytes"] <= shard_bytes + longest for f in files)
             assert s["documents"][split] == sum(f["documents"] for f in files)
             assert s["bytes"][split] == sum(f["bytes"] for f in files)
         # every document read is accounted for exactly once

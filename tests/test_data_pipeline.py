@@ -364,3 +364,32 @@ def test_shuffle_window_permutes_the_stream_and_resumes_exactly(prepared_corpus,
                                     global_batch_size=16)
     with pytest.raises(DataError, match="shuffle_window=4, this run has 0"):
         plain_loader.load_state_dict(shuffled.state_dict())
+
+
+def test_whole_files_of_unequal_size_are_named_and_the_shards_drift_apart(prepared_corpus, trained_tokenizer, tok,
+                                                                          tmp_path, caplog):
+    """4 files dealt whole to 4 logical shards, one file a twelfth of the others: rank 0 warns with the
+    shards' bytes per epoch (here: the smallest and largest file's sizes, read off the disk), and what it
+    warns of happens — after 100 steps the shard on the small file is past its first epoch while the
+    others are still in it. Equal files, or rank 1, say nothing."""
+    import logging
+
+    docs = [line for f in sorted(prepared_corpus.glob("train/bbc_xsum-*.jsonl")) for line in f.open(encoding="utf-8")]
+    for name, counts in (("unequal", (60, 60, 60, 5)), ("equal", (40, 40, 40, 40))):
+        (tmp_path / name).mkdir()
+        start = 0
+        for i, n in enumerate(counts):
+            (tmp_path / name / f"part-{i}.jsonl").write_text("".join(docs[start:start + n]), encoding="utf-8")
+            start += n
+    cfg = _cfg(tmp_path, trained_tokenizer, "unequal/*.jsonl", num_workers=0, shuffle_window=0)
+    sizes = sorted(p.stat().st_size for p in (tmp_path / "unequal").glob("*.jsonl"))
+    with caplog.at_level(logging.WARNING, logger="zerolm.data_pipeline.loader"):
+        loader = PackedDataLoader(cfg, tokenizer=tok)
+        PackedDataLoader(_cfg(tmp_path, trained_tokenizer, "unequal/*.jsonl", num_workers=0, micro_batch_size=2),
+                         tokenizer=tok, rank=1, world_size=2)
+        PackedDataLoader(_cfg(tmp_path, trained_tokenizer, "equal/*.jsonl", num_workers=0), tokenizer=tok)
+    said = [r.getMessage() for r in caplog.records if "dealt" in r.getMessage()]
+    assert len(said) == 1 and f"read {sizes[0] / 1e6:.2f}–{sizes[-1] / 1e6:.2f} MB per epoch" in said[0], said
+    _take(loader, 100)
+    epochs = {q: st["sources"]["corpus"]["pos"][0] for q, st in loader.state_dict()["shards"].items()}
+    assert sorted(epochs.values())[:3] == [0, 0, 0] and max(epochs.values()) >= 1, epochs

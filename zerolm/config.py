@@ -59,6 +59,7 @@ class CorpusConfig(_Section):
 
     out_dir: str = "data/corpus"
     validation_percent: float = Field(default=1.0, gt=0, lt=50)
+    # a source+split is written as ceil(text bytes / shard_bytes) equal shards (± one document)
     shard_bytes: int = Field(default=1_000_000, gt=0)
     sources: list[str] = ["wikipedia_boolq", "wikipedia_quac", "bbc_xsum", "legal_multilexsum"]
 
