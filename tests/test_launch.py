@@ -347,11 +347,10 @@ def _env() -> dict[str, str]:
             "HF_TOKEN": ""}
 
 
-def test_launch_local_forwards_sigterm_and_a_rerun_resumes(data_args, tmp_path):
+def test_launch_local_forwards_sigterm_to_the_ranks(data_args, tmp_path):
     """`zerolm launch local --nproc 2` runs torchrun; SIGTERM to the launcher (what a scheduler or
     `kill` sends) reaches both ranks, which checkpoint at the next step boundary and stop (status
-    preempted), and everything exits cleanly (status 0, no traceback); running the same command again
-    resumes from that checkpoint."""
+    preempted), and everything exits cleanly (status 0, no traceback, no rank left behind)."""
     run_dir = tmp_path / "local"
     common = [*data_args, f"train.run_dir={run_dir}", "train.save_every=100000", "train.eval_every=100000",
               "train.log_every=1", "tracking.wandb_mode=disabled"]
@@ -395,15 +394,10 @@ def test_launch_local_forwards_sigterm_and_a_rerun_resumes(data_args, tmp_path):
             return False
 
     assert not any(alive(r) for r in ranks), "ranks outlived the launcher"
-    # the same command again (two more steps) resumes from the checkpoint the signal wrote
-    r = subprocess.run([*launch, *common, "train.max_steps=100000", f"train.stop_at_step={stopped + 2}"], cwd=REPO,
-                       env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert f"resumed from {run_dir / 'checkpoints' / f'step_{stopped:08d}'} (step {stopped}" in r.stdout + r.stderr
-    res = json.loads((run_dir / "result.json").read_text())
-    assert res["status"] == "stopped" and res["step"] == stopped + 2
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if "train/loss" in line]
-    assert logged == list(range(1, stopped + 3)), "every step trained exactly once across the signal and the rerun"
+    assert logged == list(range(1, stopped + 1)), "every step up to the signal's checkpoint trained once and logged"
+    # (running the same command again resumes from that checkpoint: the trainer's auto-resume, the same under
+    # any launcher; test_usr1_checkpoints_requeues_and_resumes_to_the_same_final_step runs it through Slurm)
 
 
 def _skip_reason() -> str | None:
