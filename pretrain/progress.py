@@ -9,7 +9,8 @@ The CLI passes ``progress=not args.quiet`` to the library function; the library 
 * stderr is a terminal (tqdm's ``disable=None``: nothing lands in log files or pipes).
 
 Otherwise the bar is a disabled tqdm object: ``update``/``set_postfix_str``/``close`` do nothing
-and nothing is written.
+and nothing is written. The libraries draw bars of their own (transformers' "Loading weights",
+huggingface_hub's downloads, datasets' map): :func:`quiet_library_bars` turns those off for ``--quiet``.
 """
 
 from __future__ import annotations
@@ -36,3 +37,20 @@ def progress_bar(total: int | None, desc: str, unit: str, enabled: bool, **kwarg
 
     disable = None if enabled and is_main_process() else True
     return tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, **kwargs)
+
+
+def quiet_library_bars() -> None:
+    """Turn off the progress bars transformers, huggingface_hub and datasets draw on their own, for the
+    rest of this process and its children (what ``--quiet`` asks of a command): the libraries' environment
+    switches (``HF_HUB_DISABLE_PROGRESS_BARS``, ``HF_DATASETS_DISABLE_PROGRESS_BARS``, read when they are
+    imported) and, for those already imported, their own functions."""
+    import os
+    import sys
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    for module, switch in (("huggingface_hub.utils", "disable_progress_bars"),
+                           ("transformers.utils.logging", "disable_progress_bar"),
+                           ("datasets.utils.tqdm", "disable_progress_bars")):
+        if module in sys.modules:
+            getattr(sys.modules[module], switch)()

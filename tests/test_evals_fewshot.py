@@ -431,11 +431,11 @@ def test_progress_bar_on_a_terminal_only_and_not_with_quiet(tiny_gpt, tmp_path, 
     from zerolm.cli import main
     from zerolm.pretrain.progress import progress_bar
 
-    args = ["eval", "fewshot", "--model", str(tiny_gpt), "--tasks", "piqa,gender_star", "--shots", "0,1",
-            "--limit", "3", "--batch-size", "2", "--out", str(tmp_path / "out")]
+    args = ["eval", "fewshot", "--model", str(tiny_gpt), "--batch-size", "2", "--out", str(tmp_path / "out")]
+    small = ["--tasks", "piqa", "--shots", "0", "--limit", "1"]  # no bar at all: one item shows it as well as 12
     runs = {}
-    for name, stream, extra in (("terminal", _Terminal(), []), ("quiet", _Terminal(), ["--quiet"]),
-                                ("pipe", io.StringIO(), [])):
+    for name, stream, extra in (("terminal", _Terminal(), ["--tasks", "piqa,gender_star", "--shots", "0,1", "--limit", "3"]),
+                                ("quiet", _Terminal(), [*small, "--quiet"]), ("pipe", io.StringIO(), small)):
         monkeypatch.setattr(sys, "stderr", stream)
         assert main([*args, *extra]) == 0
         monkeypatch.undo()
@@ -444,8 +444,16 @@ def test_progress_bar_on_a_terminal_only_and_not_with_quiet(tiny_gpt, tmp_path, 
     # rate as items/s, or as s/items when below one item a second: a loaded machine)
     assert re.search(r"fewshot: +100%\|.*\| 12/12 \[.*(items/s|s/items), gender_star k=1\]", runs["terminal"]), runs["terminal"]
     assert "fewshot:   0%|" in runs["terminal"]  # drawn as the work starts, not only at the end
-    assert "fewshot" not in runs["quiet"] and "/12" not in runs["quiet"]
-    assert "fewshot" not in runs["pipe"] and "/12" not in runs["pipe"]
+    assert runs["quiet"] == "", runs["quiet"]  # nor the libraries' own bars (transformers' "Loading weights")
+    # --quiet switched the libraries' bars off for the process: on again for the tests that follow
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.pop(var, None)
+    huggingface_hub.utils.enable_progress_bars()
+    transformers.utils.logging.enable_progress_bar()
+    assert "fewshot" not in runs["pipe"] and "1/1" not in runs["pipe"]
     # only the main process draws
     term = _Terminal()
     monkeypatch.setenv("RANK", "1")

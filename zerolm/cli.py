@@ -527,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format=f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())  # no log line carries a token (W&B captures them too)
+    if getattr(args, "quiet", False):
+        from zerolm.pretrain.progress import quiet_library_bars
+
+        quiet_library_bars()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
