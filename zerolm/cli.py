@@ -258,7 +258,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         t.add_column("sentence")
         t.add_column("top-5 fills (probability)")
         for r in res["samples"]:
-            t.add_row(r["text"], ", ".join(f"{w} ({p:.2f})" for w, p in r["predictions"]))
+            # a fill that decodes to whitespace only (sentencepiece's bare "▁") shows as ␣, not as a blank
+            t.add_row(r["text"], ", ".join(f"{w or '␣'} ({p:.2f})" for w, p in r["predictions"]))
     console.print(t)
     return 0
 
