@@ -22,7 +22,11 @@ compared with the plan by :func:`zerolm.launch.plan_vs_run.compare_run`:
   the same measurement against the plan without the buffer/whole-parameter/loss terms is shown as ``before``; measured: the trainer's ``peak RSS − baseline RSS``, the baseline taken when the trainer starts
   (after imports and process-group init, before the data loader and the model are built). The trainer's
   peak covers the whole run, its final evaluation and checkpoint included; the peak right after the last
-  optimizer step (``train peak``) is shown beside it. Target ±25 %.
+  optimizer step (``train peak``) is shown beside it. Target ±25 %. Measured a second way (``tensors``):
+  the most bytes of live torch tensors from the end of step 1 to the end of the last step, summed from
+  ``torch.profiler``'s allocator events (``plan_accuracy_worker --tensor-peak``) — what
+  ``torch.cuda.max_memory_allocated`` measures on a GPU and what the plan models; RSS also holds the
+  Python runtime, the libraries and heap pages glibc kept after a free.
 * **Step time** — predicted with an MFU measured on a DIFFERENT run, never the run's own: the same
   preset's ZeRO-0 run predicts its ZeRO-1/2/3 runs, and its ZeRO-1 run predicts ZeRO-0 (column ``MFU
   from``); the peak is the predicted run's own measured matmul peak (as ``zerolm plan --mfu-from`` on
@@ -96,7 +100,7 @@ def _run_one(a, preset: str, stage: int, micro: int, work: Path) -> dict:
     cfg_path = work / f"{tag}.yaml"
     write_text(cfg_path, yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-           "--config", str(cfg_path), "--acct", str(acct)]
+           "--config", str(cfg_path), "--acct", str(acct), "--tensor-peak"]
     log = work / f"{tag}.log"
     t0 = time.perf_counter()
     done = (run_dir / "result.json").is_file() and all((acct / f"acct_rank{r}.json").is_file() for r in range(2))
@@ -168,6 +172,10 @@ def analyse(runs: list[dict]) -> list[dict]:
                 "total_predicted_before": before, "total_ratio_before": tot_meas / before,
                 "runtime_before_model": pre_model,
                 "total_ratio_net_runtime": (tot_meas - pre_model) / tot_pred if pre_model is not None else None,
+                "tensor_peak_measured": acct.get("tensor_peak"),
+                "tensor_peak_ratio": acct["tensor_peak"] / tot_pred if acct.get("tensor_peak") else None,
+                "tensor_live_window_start": acct.get("tensor_live_window_start"),
+                "tensor_peak_whole_run": acct.get("tensor_peak_whole_run"),
                 "train_peak_measured": train_meas, "train_peak_ratio": train_meas / tot_pred if train_meas else None,
                 "baseline_rss": base,
                 "excess_bytes": tot_meas - tot_pred,
@@ -188,7 +196,7 @@ def analyse(runs: list[dict]) -> list[dict]:
 
 def _table(rows: list[dict]) -> str:
     head = (f"{'preset':<10} {'params':>7} {'Z':>1} {'r':>1} | {'states MiB pred':>15} {'meas':>7} {'ratio':>5} | "
-            f"{'total MiB pred':>14} {'meas':>7} {'ratio':>5} {'before':>6} {'buf':>5} {'pre-model':>9} {'net':>5} {'train':>5} {'excess':>6} | {'step s pred':>11} {'meas':>6} "
+            f"{'total MiB pred':>14} {'meas':>7} {'ratio':>5} {'before':>6} {'buf':>5} {'pre-model':>9} {'net':>5} {'train':>5} {'excess':>6} {'tensors':>7} {'ratio':>5} | {'step s pred':>11} {'meas':>6} "
             f"{'ratio':>5} {'src pk':>6} {'MFU from':>9}")
     out = [head, "-" * len(head)]
     for w in rows:
@@ -199,7 +207,8 @@ def _table(rows: list[dict]) -> str:
             f"{w['total_ratio_before']:>6.2f} {w['buffers_predicted'] / MiB:>5.0f} "
             f"{(w['runtime_before_model'] or 0) / MiB:>9.0f} {w['total_ratio_net_runtime'] or float('nan'):>5.2f} "
             f"{w['train_peak_ratio'] if w['train_peak_ratio'] is not None else float('nan'):>5.2f} "
-            f"{w['excess_bytes'] / MiB:>6.0f} | "
+            f"{w['excess_bytes'] / MiB:>6.0f} {(w['tensor_peak_measured'] or float('nan')) / MiB:>7.0f} "
+            f"{w['tensor_peak_ratio'] if w['tensor_peak_ratio'] is not None else float('nan'):>5.2f} | "
             f"{w['step_time_predicted_s']:>11.3f} {w['step_time_measured_s']:>6.3f} {w['step_time_ratio']:>5.2f} "
             f"{w['step_time_measured_s'] / w['step_time_predicted_src_peak_s']:>6.2f} {w['mfu_from']:>9}")
     return "\n".join(out)
@@ -207,10 +216,13 @@ def _table(rows: list[dict]) -> str:
 
 def _summary(rows: list[dict]) -> dict:
     keys = {"model_states": "model_states_ratio", "total": "total_ratio", "total_before": "total_ratio_before",
-            "total_net_runtime": "total_ratio_net_runtime", "step_time": "step_time_ratio"}
+            "total_net_runtime": "total_ratio_net_runtime", "total_tensors": "tensor_peak_ratio",
+            "step_time": "step_time_ratio"}
     out = {}
     for name, key in keys.items():
         vals = [w[key] for w in rows if w[key] is not None]
+        if not vals:
+            continue
         if name == "step_time":  # one figure per run, not per rank
             vals = [w[key] for w in rows if w["rank"] == 0]
         if name == "step_time":
@@ -264,6 +276,9 @@ def main(argv=None) -> None:
           "bytes = the runtime the plan does not model (data pipeline, tokenizer, matmul-peak buffers, allocator); "
           "net: (measured - pre-model) / predicted")
     print("excess: measured - predicted total (MiB): runtime, transient copies and caches the plan leaves out")
+    print("tensors: the most bytes of live torch tensors (torch.profiler memory events, main thread) from the end of "
+          "step 1 to the end of the last step - the CPU counterpart of torch.cuda.max_memory_allocated; ratio: / the "
+          "plan's total")
     print("step: FLOPs/step / (2 x this run's measured peak x MFU of the run named in 'MFU from', same preset); "
           "'src pk': the same MFU on the source run's own peak (its achieved FLOP/s), free of this run's peak noise")
     print("memory timeline of rank 0 (MiB above baseline: RSS / peak RSS):")

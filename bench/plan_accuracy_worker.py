@@ -10,6 +10,14 @@ trainer's own peak also covers its final evaluation and checkpoint), and a timel
 engine construction and around each optimizer step. Counting walks a few hundred tensors
 and takes milliseconds.
 
+With ``--tensor-peak`` (plan_accuracy.py passes it) the run is also profiled with ``torch.profiler``
+(``profile_memory=True``): every allocation and free of the CPU tensor allocator, with its size and time.
+Their running sum is the bytes of live tensors, and its maximum from the end of the first optimizer step
+to the end of the last one is ``tensor_peak`` — what ``torch.cuda.max_memory_allocated`` measures on a
+GPU, which RSS cannot give on a CPU (RSS also holds the Python runtime, libraries, and heap pages the
+allocator freed but glibc kept). Only allocations on the profiled (main) thread are seen; numpy arrays
+the data pipeline holds are not torch tensors and are not counted.
+
 Not a public entry point.
 """
 
@@ -31,11 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", required=True)
     ap.add_argument("--acct", required=True, help="folder for acct_rank<R>.json")
+    ap.add_argument("--tensor-peak", action="store_true", help="profile tensor allocations (see the module docstring)")
     a = ap.parse_args(argv)
 
+    import contextlib
     import resource
 
     import psutil
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     from zerolm.cli import main as zerolm_main
     from zerolm.pretrain.engine import Engine
@@ -63,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                 acct["at_step"] = state["boundary_steps"]
                 state["last"] = acct
         out = original(self, skip)
+        if state["boundary_steps"] >= 1:
+            with record_function(f"zerolm_mark:step_end:{state['boundary_steps']}"):
+                pass
         # peak RSS through the training steps (the trainer's own peak also covers its final eval + checkpoint)
         state["train_peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         mark(f"step {state['boundary_steps']}: after the optimizer step")
@@ -71,12 +85,37 @@ def main(argv: list[str] | None = None) -> int:
     Engine.step = counting_step
     Engine.__init__ = marking_init
     rank = int(os.environ.get("RANK", "0"))
-    rc = zerolm_main(["pretrain", "--config", a.config])
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True) if a.tensor_peak else contextlib.nullcontext()
+    with prof:
+        rc = zerolm_main(["pretrain", "--config", a.config])
+    peak = _tensor_peak(prof) if a.tensor_peak else {}
     os.makedirs(a.acct, exist_ok=True)
     with open(os.path.join(a.acct, f"acct_rank{rank}.json"), "w") as f:
         json.dump({**(state["last"] or {}), "train_peak_rss": state.get("train_peak_rss"),
-                   "timeline": state["timeline"]}, f, indent=1)
+                   "timeline": state["timeline"], **peak}, f, indent=1)
     return rc
+
+
+def _tensor_peak(prof) -> dict:
+    """``tensor_peak`` (bytes): the most bytes of live CPU tensors between the end of the first optimizer
+    step and the end of the last one; ``tensor_live_window_start`` (bytes): live at the window's start;
+    ``tensor_peak_whole_run``: the same maximum over the whole run (model construction included)."""
+    events = prof.profiler.kineto_results.events()
+    mem = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    marks = sorted((e.start_ns(), e.name()) for e in events if e.name().startswith("zerolm_mark:step_end:"))
+    if not mem or len(marks) < 2:
+        return {}
+    start, end = marks[0][0], marks[-1][0]
+    live = at_start = peak = whole = 0
+    for t, n in mem:
+        live += n
+        whole = max(whole, live)
+        if t <= start:
+            at_start = live
+        elif t <= end:
+            peak = max(peak, live)
+    return {"tensor_peak": max(peak, at_start), "tensor_live_window_start": at_start, "tensor_peak_whole_run": whole,
+            "tensor_events": len(mem)}
 
 
 if __name__ == "__main__":

@@ -51,11 +51,14 @@ Differences that remain (the two recipes, not removable without changing either)
   than its seed-to-seed scatter, docs/recipes.md). HF shuffles all blocks of the corpus uniformly each
   epoch (DistributedSampler).
   2000 steps × 16 × 128 = 4.1 M tokens ≈ 1.1 epochs of the 3.7 M-token corpus. zerolm's
-  ``data.shuffle_window`` (``--shuffle-window``, default 512 as in the shipped configs) emits each
-  shard's blocks in a shuffled order within windows of that many blocks. Measured (gpt2 small, 600
-  steps, seed 1234): without it zerolm was 0.075 nats behind HF (both seeds), with it level
-  (−0.001); re-splitting the corpus into 64 randomly mixed files instead changed nothing (5.188 vs
-  5.189): the order within a shard, not the file imbalance, was the gap.
+  ``data.shuffle_window`` (``--shuffle-window``, default: the shipped quickstart config's — GPT 512,
+  masked-LM 4096) emits each shard's blocks in a shuffled order within windows of that many blocks.
+  Measured (gpt2 small, 600 steps, seed 1234): without it zerolm was 0.075 nats behind HF (both
+  seeds), with 512 level (−0.001); re-splitting the corpus into 64 randomly mixed files instead
+  changed nothing (5.188 vs 5.189): the order within a shard, not the file imbalance, was the gap.
+  The ModernBERT masked-LM at 2000 steps needed more: +0.016 / +0.046 nats (seeds 1234 / 1235) behind
+  HF at 512, +0.005 / −0.001 at 4096 (a window longer than a shard's 2000 samples: one shuffle over
+  the whole run; docs/recipes.md).
 * Masking (masked-LM). zerolm masks each block with a seed derived from (seed, shard, sample)
   (numpy PCG64), random replacements from the non-special ids; HF's collator masks with the global
   torch RNG (``set_seed(seed)`` on every rank, so both ranks may draw the same position pattern),
@@ -107,8 +110,19 @@ from pretrain_throughput import ROOT, _check_data, _run, _torchrun
 
 WORKER = Path(__file__).resolve().parent / "pretrain_quality_worker.py"
 TARGET_NATS = 0.02
-#: Learning rates of the quickstart configs (configs/pretrain/quickstart_*.yaml), the default per objective.
+#: Default learning rate per objective: the quickstart GPT's (configs/pretrain/quickstart_gpt.yaml) and the
+#: former post-LN BERT quickstart's (the ModernBERT quickstart's is 2e-3: pass ``--lr 2e-3``).
 DEFAULT_LR = {"clm": 2e-3, "mlm": 1e-3}
+
+
+def shipped_shuffle_window(objective: str) -> int:
+    """``data.shuffle_window`` of the shipped quickstart config for ``objective`` ("clm" → quickstart_gpt,
+    "mlm" → quickstart_bert): the bench compares what a user runs."""
+    import yaml
+
+    name = "quickstart_gpt" if objective == "clm" else "quickstart_bert"
+    cfg = yaml.safe_load((ROOT / "configs" / "pretrain" / f"{name}.yaml").read_text())
+    return int(cfg["data"]["shuffle_window"])
 
 
 def zerolm_config(a: argparse.Namespace, seed: int, run_dir: Path, objective: str) -> dict:
@@ -123,7 +137,7 @@ def zerolm_config(a: argparse.Namespace, seed: int, run_dir: Path, objective: st
             "validation_sources": [{"name": "bundled", "paths": [os.path.join(corpus, "validation", "*.jsonl")]}],
             "tokenizer_dir": os.path.abspath(a.tokenizer), "objective": objective, "seq_len": a.seq_len,
             "micro_batch_size": a.micro_batch, "num_workers": 0, "seed": seed, "mlm_probability": a.mlm_probability,
-            "shuffle_window": a.shuffle_window,
+            "shuffle_window": shipped_shuffle_window(objective) if a.shuffle_window is None else a.shuffle_window,
         },
         "model": model,
         "train": {
@@ -202,8 +216,9 @@ def main() -> int:
     ap.set_defaults(seq_len=128, micro_batch=8, n_layer=None, d_model=None, n_head=None)
     ap.add_argument("--family", default="bert", help="gpt2 (causal-LM), bert or modernbert (masked-LM)")
     ap.add_argument("--preset", default="small")
-    ap.add_argument("--shuffle-window", type=int, default=512,
-                    help="zerolm data.shuffle_window (the shipped pretraining configs' 512; 0 = the packed stream's order)")
+    ap.add_argument("--shuffle-window", type=int, default=None,
+                    help="zerolm data.shuffle_window (default: the shipped quickstart config's for the objective — "
+                         "GPT 512, masked-LM 4096; 0 = the packed stream's order)")
     ap.add_argument("--d-ff", type=int, default=None, help="feed-forward width (default: the family's; the quickstart ModernBERT: 768)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--seeds", type=int, default=2, help="number of seeds (seed0, seed0+1, …)")

@@ -98,8 +98,9 @@ class DataConfig(_Section):
     # training: blocks per logical shard shuffled together (0 = the packed stream's order); see
     # data_pipeline.loader.PackedStream. Without it consecutive steps of a shard continue the same
     # documents: the quickstart GPT's validation loss after 600 steps was 0.075 nats worse than HF
-    # Trainer's with 0 and equal with 512 (bench/pretrain_quality.py). The shipped pretraining configs
-    # set 512; the skip counters of data/… metrics then lag by up to a window.
+    # Trainer's with 0 and equal with 512 (bench/pretrain_quality.py); the quickstart masked-LM needed 4096
+    # (docs/recipes.md). Cost: a window of packing at start and resume, W × seq_len × 8 bytes per logical
+    # shard; the skip counters of data/… metrics then lag by up to a window.
     shuffle_window: int = Field(default=0, ge=0)
     max_document_bytes: int = Field(default=1_000_000, gt=0)
     tokenize_batch_size: int = Field(default=64, ge=1)
