@@ -36,6 +36,7 @@ from typing import Any
 
 from zerolm.config import ZeroLMConfig
 from zerolm.errors import ConfigError
+from zerolm.pretrain.ds_config import DS_REDUCE_BUCKET_SIZE
 
 GB = 1e9  # device memory is labelled in decimal GB; we take the label at its word
 
@@ -60,11 +61,10 @@ HOURS_PER_YEAR = 365.0 * 24.0
 #: reserved off the device memory before deciding whether a plan fits.
 OVERHEAD_FRACTION = 0.10
 
-#: DeepSpeed 0.19.8 defaults (elements) for the bucket sizes zerolm's ``build_ds_config`` leaves unset:
-#: ``reduce_bucket_size`` (deepspeed/runtime/zero/config.py, ``DeepSpeedZeroConfig.reduce_bucket_size``, used by
-#: stage_1_and_2.py and stage3.py) and ZeRO-0's all-reduce buffer (deepspeed/runtime/engine.py,
-#: ``MEMORY_OPT_ALLREDUCE_SIZE``, the ``bucket_size`` of ``allreduce_gradients``).
-DS_REDUCE_BUCKET_SIZE = 500_000_000
+#: DeepSpeed 0.19.8 default (elements) of ZeRO-0's all-reduce buffer (deepspeed/runtime/engine.py,
+#: ``MEMORY_OPT_ALLREDUCE_SIZE``, the ``bucket_size`` of ``allreduce_gradients``); its ``reduce_bucket_size``
+#: default is ``DS_REDUCE_BUCKET_SIZE`` (pretrain/ds_config.py), which zerolm's ``build_ds_config`` lowers to
+#: ``min(N, 5e8)`` at ZeRO-1/2 and to d_model² at ZeRO-3 unless ``train.comm`` sets it.
 DS_ZERO0_ALLREDUCE_SIZE = 500_000_000
 #: ZeRO-3 defaults (runtime/zero/config.py) zerolm leaves unset: parameters of at most this many elements are kept
 #: whole on every rank (``stage3_param_persistence_threshold``) and gathered parameters are kept while their
@@ -279,6 +279,20 @@ def _model_counts(model_cfg, *, vocab: int, seq_len: int,
             "persistent": int(persistent)}
 
 
+def trainable_params(cfg: ZeroLMConfig, vocab_size: int | None = None) -> int:
+    """Parameters the trainer will train for ``cfg`` (a model built from ``cfg.model`` on the meta device
+    with the vocabulary of ``cfg.data.tokenizer_dir``, else ``tokenizer.vocab_size``; ties counted once):
+    what ``build_ds_config``'s ``n_params`` gets from the live model in the engine.
+
+    Raises:
+        ConfigError: ``cfg.model`` gives no shape (a model loaded from a folder).
+    """
+    from zerolm.pretrain.models import resolve_model_config
+
+    return _model_counts(resolve_model_config(cfg.model), vocab=_vocab_of(cfg, vocab_size)[0],
+                         seq_len=cfg.data.seq_len)["total"]
+
+
 def _vocab_of(cfg: ZeroLMConfig, vocab_size: int | None) -> tuple[int, str]:
     if vocab_size is not None:
         if vocab_size < 1:
@@ -406,7 +420,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     # the bucket sizes and overlap_comm of the DeepSpeed config zerolm generates (pretrain/engine.py
     # build_ds_config); overlap_comm as it would be set on the planned device (on with CUDA)
     zcfg = build_ds_config(tc.model_copy(update={"zero_stage": 2, "offload_optimizer": False, "offload_params": False}),
-                           mb, accum_now, gpus, hidden_size=mc.d_model)["zero_optimization"]
+                           mb, accum_now, gpus, hidden_size=mc.d_model, n_params=n)["zero_optimization"]
     bucket = int(zcfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
     bucket3 = int(z3cfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
     # build_ds_config: train.comm.overlap_comm, where "auto" means on with CUDA
@@ -451,7 +465,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
                                   "its gradient and the logits' gradient at the start of backward: torch cross_entropy); "
                                   "leaves out flash-attention savings, GQA/non-4h MLPs")
     assumptions["buffers"] = (f"DeepSpeed gradient-reduction buffer, reduce_bucket_size {bucket:.3g} elements at ZeRO-1/2, "
-                              f"{bucket3:.3g} at ZeRO-3 ({'train.comm.reduce_bucket_size' if tc.comm.reduce_bucket_size else 'DeepSpeed default; ZeRO-3: d_model²'}), overlap_comm {overlap}, "
+                              f"{bucket3:.3g} at ZeRO-3 ({'train.comm.reduce_bucket_size' if tc.comm.reduce_bucket_size else 'ZeRO-1/2: min(N, 5e8); ZeRO-3: d_model²'}), overlap_comm {overlap}, "
                               f"{'touched pages (CPU RSS)' if gpu_type == 'cpu' else 'whole allocation'}: ZeRO-0 flat "
                               "all-reduce copy w·min(N,5e8) after backward (engine.py allreduce_bucket), replacing the "
                               "activations in the peak; ZeRO-1/2 ipg bucket(s) (stage_1_and_2.py setup_buckets), ZeRO-1's "

@@ -156,8 +156,8 @@ def ds_config_for(cfg: ZeroLMConfig, world_size: int, gpu: bool = True) -> dict[
     Calls the trainer's own :func:`pretrain.trainer.batch_arithmetic` and
     :func:`pretrain.ds_config.build_ds_config` with the model's width, so it cannot drift from what runs —
     except for a model loaded from a folder (``model.init_from``, the finetuning jobs), whose width the
-    trainer reads from the loaded model: there the ZeRO-3 bucket keys shown are DeepSpeed's defaults
-    unless ``train.comm`` sets them.
+    trainer reads from the loaded model: there the ZeRO-3 bucket keys (and ZeRO-1/2's ``reduce_bucket_size``,
+    which follows the parameter count) shown are DeepSpeed's defaults unless ``train.comm`` sets them.
 
     Raises:
         ConfigError: the batch sizes do not divide over ``world_size`` ranks.
@@ -166,15 +166,18 @@ def ds_config_for(cfg: ZeroLMConfig, world_size: int, gpu: bool = True) -> dict[
     from zerolm.pretrain.models import resolve_model_config
     from zerolm.pretrain.trainer import batch_arithmetic
 
+    from zerolm.launch.plan import trainable_params
+
     micro, gas, _ = batch_arithmetic(cfg, world_size)
-    width = None
+    width = n_params = None
     if not cfg.model.init_from:
         try:
             width = resolve_model_config(cfg.model).d_model
+            n_params = trainable_params(cfg)
         except ConfigError:  # no shape in the model section: a finetuning job's model comes from a folder
-            width = None
+            width = n_params = None
     with _assume_cuda(gpu):
-        return build_ds_config(cfg.train, micro, gas, world_size, hidden_size=width)
+        return build_ds_config(cfg.train, micro, gas, world_size, hidden_size=width, n_params=n_params)
 
 
 DS_VARIANTS: dict[str, list[str]] = {

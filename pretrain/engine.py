@@ -213,7 +213,8 @@ class Engine:
         self.cfg = cfg
         self.grad_accum = grad_accum
         self.ds_config = build_ds_config(cfg, micro_batch_size, grad_accum, world_size,
-                                         hidden_size=getattr(getattr(model, "config", None), "hidden_size", None))
+                                         hidden_size=getattr(getattr(model, "config", None), "hidden_size", None),
+                                         n_params=sum(p.numel() for p in model.parameters() if p.requires_grad))
         if cfg.activation_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         opt = _SkippableAdamW(

@@ -313,7 +313,10 @@ def test_train_comm_keys_reach_deepspeed_as_its_parser_reads_them():
     assert (parsed.reduce_bucket_size, parsed.allgather_bucket_size) == (20_000_000, 30_000_000)
     assert (parsed.prefetch_bucket_size, parsed.param_persistence_threshold) == (123456, 0)
     default = DeepSpeedZeroConfig(**ds_config_for(load_config(GPT, ["train.zero_stage=2"]), 8, gpu=False)["zero_optimization"])
-    assert default.reduce_bucket_size == DeepSpeedZeroConfig(stage=2).reduce_bucket_size  # unset: DeepSpeed's own
+    # unset at ZeRO-2: the model's parameter count (5.2M for the quickstart GPT), not DeepSpeed's 5e8
+    from zerolm.launch.plan import trainable_params
+
+    assert default.reduce_bucket_size == trainable_params(load_config(GPT)) < DeepSpeedZeroConfig(stage=2).reduce_bucket_size
     # ZeRO-3 unset: from the quickstart GPT's width, d_model 256 (d², 0.9·d², 10·d); a train.comm value still wins
     z3 = DeepSpeedZeroConfig(**ds_config_for(load_config(GPT, ["train.zero_stage=3"]), 8, gpu=False)["zero_optimization"])
     assert (z3.reduce_bucket_size, z3.prefetch_bucket_size, z3.param_persistence_threshold) == (65536, 58982, 2560)

@@ -87,9 +87,11 @@ RESUME_COMMON = ["model.dropout=0.1", "train.max_steps=8", "train.gradient_accum
 @pytest.fixture(scope="module")
 def stopped_2rank(base_args, tmp_path_factory):
     """A tiny GPT run stopped at step 4 of 8 on 2 ranks (ZeRO-2), with checkpoints at steps 2 and 4:
-    the issue's scenario. Tests copy it before changing it."""
+    the issue's scenario. Tests copy it before changing it. It runs at DeepSpeed's own reduce bucket (5e8
+    elements), the runs that resume it at zerolm's default (the parameter count)."""
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
-    run(base_args, run_dir, "train.zero_stage=2", *RESUME_COMMON, "train.save_every=2", "train.stop_at_step=4")
+    run(base_args, run_dir, "train.zero_stage=2", *RESUME_COMMON, "train.save_every=2", "train.stop_at_step=4",
+        "train.comm.reduce_bucket_size=5e8")
     return run_dir
 
 
@@ -111,8 +113,10 @@ def test_batch_arithmetic_derives_the_third_and_rejects_disagreement():
 @pytest.mark.parametrize("stage", [2, 3])
 def test_two_ranks_resume_exactly(base_args, tmp_path, stage, stopped_2rank):
     """N steps + resume + N steps gives bitwise the losses of 2N uninterrupted steps (dropout on,
-    gradient accumulation 2); at ZeRO-3 also when the first N steps ran at other bucket sizes and persistence
-    threshold (the sums of two ranks' gradients do not depend on how they are bucketed)."""
+    gradient accumulation 2), also when the first N steps ran at other bucket sizes (the sums of two ranks'
+    gradients do not depend on how they are bucketed): at ZeRO-2 DeepSpeed's 5e8-element reduce bucket
+    before zerolm's min(N, 5e8), at ZeRO-3 DeepSpeed's bucket sizes and persistence threshold before
+    zerolm's width-derived ones."""
     common = [f"train.zero_stage={stage}", *RESUME_COMMON, f"train.save_every={2 if stage == 2 else 4}"]
     ref, res = tmp_path / "ref", tmp_path / "resumed"
     run(base_args, ref, *common)
@@ -129,9 +133,12 @@ def test_two_ranks_resume_exactly(base_args, tmp_path, stage, stopped_2rank):
     assert result(res)["status"] == "stopped" and latest(res) == "step_00000004"
     out = run(base_args, res, *common)
     assert "resumed from" in out.stderr + out.stdout
+    resumed_cfg = json.loads((res / "ds_config.json").read_text())
     if stage == 3:
-        resumed_cfg = json.loads((res / "ds_config.json").read_text())
         assert resumed_cfg["zero_optimization"]["stage3_param_persistence_threshold"] < 100_000
+    else:  # the resumed half ran at the parameter count, the uninterrupted run too
+        bucket = resumed_cfg["zero_optimization"]["reduce_bucket_size"]
+        assert bucket < 500_000_000 and json.loads((ref / "ds_config.json").read_text())["zero_optimization"]["reduce_bucket_size"] == bucket
     a, b = losses(ref), losses(res)
     assert sorted(a) == list(range(1, 9)) and a == b, f"ZeRO-{stage}: {a} vs {b}"
     assert evals(ref) == evals(res)
