@@ -26,7 +26,9 @@ compared with the plan by :func:`zerolm.launch.plan_vs_run.compare_run`:
   the most bytes of live torch tensors from the end of step 1 to the end of the last step, summed from
   ``torch.profiler``'s allocator events (``plan_accuracy_worker --tensor-peak``) — what
   ``torch.cuda.max_memory_allocated`` measures on a GPU and what the plan models; RSS also holds the
-  Python runtime, the libraries and heap pages glibc kept after a free.
+  Python runtime, the libraries and heap pages glibc kept after a free. The profiler's own event buffers
+  then add to RSS, unevenly (tiny GPT ZeRO-0, peak RSS − baseline per rank: 299–875 MiB with it, 336–367
+  without): ``--no-tensor-peak`` gives the RSS columns without them.
 * **Step time** — predicted with an MFU measured on a DIFFERENT run, never the run's own: the same
   preset's ZeRO-0 run predicts its ZeRO-1/2/3 runs, and its ZeRO-1 run predicts ZeRO-0 (column ``MFU
   from``); the peak is the predicted run's own measured matmul peak (as ``zerolm plan --mfu-from`` on
@@ -80,6 +82,8 @@ def _args(argv=None) -> argparse.Namespace:
     ap.add_argument("--reuse", action="store_true",
                     help="with --work: reuse runs already finished there (result.json + acct files), re-analyse only")
     ap.add_argument("--out", default="bench/results/plan_accuracy.json")
+    ap.add_argument("--no-tensor-peak", action="store_true",
+                    help="skip the torch.profiler live-tensor measurement: its event buffers add to the RSS columns")
     return ap.parse_args(argv)
 
 
@@ -100,7 +104,7 @@ def _run_one(a, preset: str, stage: int, micro: int, work: Path) -> dict:
     cfg_path = work / f"{tag}.yaml"
     write_text(cfg_path, yaml.safe_dump(cfg.model_dump(mode="json", exclude_unset=True), sort_keys=False))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-           "--config", str(cfg_path), "--acct", str(acct), "--tensor-peak"]
+           "--config", str(cfg_path), "--acct", str(acct), *([] if a.no_tensor_peak else ["--tensor-peak"])]
     log = work / f"{tag}.log"
     t0 = time.perf_counter()
     done = (run_dir / "result.json").is_file() and all((acct / f"acct_rank{r}.json").is_file() for r in range(2))
