@@ -17,7 +17,9 @@ to ``bench/results/sentiment_steering.json`` / ``.md``:
   (control codes: ≥ 10 pp over prompting with the code).
 
 Runs are sequential: each uses both cores. Control codes train one model for both targets (in the
-positive run's directory); the negative run reports on that export (``--report-only``).
+positive run's directory); the negative run reports on that export (``--report-only``). Method
+``rloo-codes`` / ``ppo-codes`` is RLOO / PPO with ``sentiment.rl_codes=true``: control codes learnt by RL
+(one model for both targets, judged against prompting the untuned model with the code, like ``control``).
 """
 
 from __future__ import annotations
@@ -35,20 +37,27 @@ BIN = Path(sys.executable).parent
 KINDS = ("review", "tweet", "news", "wiki", "story")
 
 
+def coded(method: str) -> bool:
+    """Whether ``method`` trains control codes (one model for both targets, judged against the code alone)."""
+    return method == "control" or method.endswith("-codes")
+
+
 def run_one(method: str, target: str, seed: int, args, extra: list[str]) -> dict:
     run = REPO / "runs" / "bench_sentiment" / f"{method}-{target}-{seed}"
     rep = run / "sentiment_report.json"
     # one control-code model serves both targets: it is trained in the positive run, the other target reports on it
     trained = REPO / "runs" / "bench_sentiment" / f"{method}-positive-{seed}"
-    report_only = method == "control" and target != "positive"
+    report_only = coded(method) and target != "positive"
+    base_method = method.removesuffix("-codes")
+    codes = ["sentiment.rl_codes=true"] if method.endswith("-codes") else []
     if report_only and not (trained / "hf").is_dir():
         run_one(method, "positive", seed, args, extra)
     if args.fresh or not rep.is_file():
         how = ["--report-only", f"sentiment.export_dir={trained / 'hf'}"] if report_only else \
             ["--report", f"sentiment.max_minutes={args.minutes}"]
         cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(args.nproc), "-m", "zerolm.finetune",
-               "sentiment", "--method", method, "--target", target, "--reward", args.reward, "--run-dir", str(run),
-               *how, "--quiet", f"sentiment.seed={seed}", "tracking.wandb_mode=disabled", *extra]
+               "sentiment", "--method", base_method, "--target", target, "--reward", args.reward, "--run-dir", str(run),
+               *how, "--quiet", f"sentiment.seed={seed}", "tracking.wandb_mode=disabled", *codes, *extra]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1"}
         t0 = time.perf_counter()
         print("$", " ".join(cmd), flush=True)
@@ -62,7 +71,7 @@ def run_one(method: str, target: str, seed: int, args, extra: list[str]) -> dict
 
 
 def row(method: str, target: str, seed: int, rep: dict) -> dict:
-    base = "before_with_code" if method == "control" else "before"
+    base = "before_with_code" if coded(method) else "before"
     b, a = rep[base], rep["after"]
     jd = rep["judge_delta_vs_code"] if base == "before_with_code" else rep["judge_delta_continuation"]
     delta = a["judge_target_rate_continuation"] - b["judge_target_rate_continuation"]
@@ -76,7 +85,7 @@ def row(method: str, target: str, seed: int, rep: dict) -> dict:
            "by_kind": {k: {"before": v[base]["judge_target_rate_continuation"], "after": v["after"]["judge_target_rate_continuation"],
                            "delta": v["after"]["judge_target_rate_continuation"] - v[base]["judge_target_rate_continuation"],
                            "n": v["count"]} for k, v in rep.get("by_kind", {}).items()}}
-    need = 0.10 if method == "control" else 0.30
+    need = 0.10 if coded(method) else 0.30
     out["target_met"] = bool(delta >= need and out["kl"] <= 10 and ppl <= 1.5 and out["distinct_2"] >= 0.9)
     return out
 

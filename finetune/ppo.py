@@ -21,6 +21,12 @@ step is three functions, so that another RL method can reuse the loop around the
    (``cliprange_value``, weight ``vf_coef``), Adam, gradient clipping at ``grad_clip``. Rewards are
    not normalised.
 
+Control codes learnt by RL (``sentiment.rl_codes``; :func:`code_prompts`): each prompt is prefixed
+with the positive or the negative code (half each) and its samples are scored for that code's class,
+so one policy learns both directions and the code selects one; the reference sees the same coded
+prompt, so the KL penalty is taken under the code. Compare Keskar et al. 2019 (CTRL: codes learnt by
+supervised training) and Lu et al. 2022 (Quark: reward tokens learnt from the model's own samples).
+
 Distribution: the policy + value head run under ``torch.nn.parallel.DistributedDataParallel``
 (gloo on CPU, NCCL on GPUs) so that every rank applies the same averaged gradients; rank 0 logs
 ``ppo/*`` metrics through :class:`pretrain.tracking.Tracker` (W&B + ``metrics.jsonl``) and exports the
@@ -277,11 +283,13 @@ class Rollout:
 
 @torch.no_grad()
 def rollout(model: PolicyWithValueHead, ref: torch.nn.Module, reward: Any, tok: Any, stops: set[int],
-            queries: list[list[int]], lengths: list[int], sc: Any, generator: torch.Generator) -> Rollout:
+            queries: list[list[int]], lengths: list[int], sc: Any, generator: torch.Generator,
+            targets: torch.Tensor | None = None) -> Rollout:
     """Sample a response to each prompt (at most ``lengths[i]`` tokens, stopping at ``stops``; sampling
     settings of ``sc``, draws from ``generator``), score ``prompt + response`` (or the response alone,
-    ``sc.reward_text=continuation``) with ``reward`` and keep the policy's, the reference's and the
-    value head's view of the responses. RLOO passes each prompt ``rloo_k`` times, adjacent."""
+    ``sc.reward_text=continuation``) with ``reward`` (for the class ``targets[i]`` of each sample when
+    given, ``(B,)``: :func:`code_prompts`) and keep the policy's, the reference's and the value head's
+    view of the responses. RLOO passes each prompt ``rloo_k`` times, adjacent."""
     responses = S.sample_responses(model.lm, queries, lengths, pad_id=tok.pad_token_id, stops=stops,
                                    temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, generator=generator,
                                    min_tokens=sc.response_min_tokens)
@@ -289,13 +297,30 @@ def rollout(model: PolicyWithValueHead, ref: torch.nn.Module, reward: Any, tok: 
         texts = [tok.decode(r, skip_special_tokens=True) for r in responses]
     else:
         texts = [tok.decode(q + r, skip_special_tokens=True) for q, r in zip(queries, responses)]
-    scores = reward.score(texts)
+    scores = reward.score(texts, targets)
     batch = S.pack(queries, responses, tok.pad_token_id)
     logits, values = model(**batch)
     logp = S.token_logprobs(logits, batch["response"])
     del logits
     ref_logp = S.token_logprobs(S.response_logits(ref, batch, sc.temperature)[0], batch["response"])
     return Rollout(queries, batch, scores, logp, ref_logp, values)
+
+
+def code_prompts(queries: list[list[int]], step: int, codes: dict[str, list[int]]
+                 ) -> tuple[list[list[int]], list[str]]:
+    """Control codes learnt by RL (``sentiment.rl_codes``): prefix this rank's prompts of step ``step``
+    with the positive and the negative code in turn (prompt ``j`` gets positive when ``j + step`` is
+    even), so each rank sees both codes every step (or every other step with one prompt per rank).
+
+    Args:
+        queries: this rank's prompts (token ids). step: the PPO steps done before this one.
+        codes: ``{"positive": ids, "negative": ids}`` (:func:`finetune.sentiment.code_ids`).
+
+    Returns:
+        ``(code + prompt per prompt, the polarity of each prompt's code)``.
+    """
+    pols = [("positive", "negative")[(j + step) % 2] for j in range(len(queries))]
+    return [codes[p] + list(q) for p, q in zip(pols, queries)], pols
 
 
 @torch.no_grad()
@@ -421,6 +446,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         for p in ref.parameters():
             p.requires_grad_(False)
         reward = S.RewardModel(sc.reward, sc.target, sc.target_label, sc.reward_type)
+        codes = {p: S.code_ids(tok, c) for p, c in sc.control_codes.items()} if sc.rl_codes else None
+        code_class = {p: reward.polarity_index(p) for p in ("positive", "negative")} if sc.rl_codes else None
         stops = S.stop_ids(lm, tok)
         pool = [p.ids for p in prompt_pool(sc, tok, "validation", None, np.random.default_rng(sc.seed))]
         if not pool:
@@ -457,7 +484,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             log.info("PPO: %s (%.1fM parameters, %.1fM trained) → %s (%s) of %s | %d prompts | %d/step = %d ranks × %d | "
                      "%d epochs × mini-batch %d | lr %.2e | β0 %.2f → KL %.1f%s", sc.policy,
                      sum(p.numel() for p in lm.parameters()) / 1e6, trainable / 1e6,
-                     sc.target, reward.label, sc.reward, len(pool), sc.batch_size, env.world_size,
+                     f"both codes {sc.control_codes}" if sc.rl_codes else sc.target,
+                     "each code's label" if sc.rl_codes else reward.label, sc.reward, len(pool), sc.batch_size, env.world_size,
                      sc.batch_size // env.world_size, sc.ppo_epochs, sc.mini_batch_size, sc.lr, sc.init_kl_coef,
                      sc.target_kl, f" | resumed at step {st.step}" if resumed else "")
 
@@ -483,10 +511,14 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
                 os.kill(os.getpid(), self_signal[1])  # test hook: a signal arriving during this step
             t0 = time.perf_counter()
             queries, lengths = st.stream.next()
+            targets = None
+            if codes:  # control codes learnt by RL: each prompt rewarded for its own code's sentiment
+                queries, pols = code_prompts(queries, st.step, codes)
+                targets = torch.tensor([code_class[p] for p in pols for _ in range(group)])
             if group > 1:  # each prompt k times, adjacent, with the same length budget
                 queries = [q for q in queries for _ in range(group)]
                 lengths = [n for n in lengths for _ in range(group)]
-            ro = rollout(model, ref, reward, tok, stops, queries, lengths, sc, st.gen)
+            ro = rollout(model, ref, reward, tok, stops, queries, lengths, sc, st.gen, targets)
             if group > 1:
                 kl_tok, rewards, adv, returns = rloo_step_advantages(ro, st.kl_ctl.value, group)
             else:
@@ -499,6 +531,9 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
                      "response_tokens": float(mask.sum(1).mean()), "returns": float(masked_mean(returns, mask)),
                      "tokens": float(ro.batch["attention_mask"].sum()), **stats,
                      "stop": float(stop_signal[0]), "late": float(limit is not None and elapsed() > limit)}
+            if codes and len(pols) > 1:  # each rank holds both codes this step: the reward of each code's samples
+                for p in ("positive", "negative"):
+                    local[f"reward_{p}_code"] = float(scores[targets == code_class[p]].mean())
             m = _mean_over_ranks(local)  # the step's one collective after the update: metrics and both flags
             stop, late = m.pop("stop") > 0, m.pop("late") > 0
             st.step += 1
@@ -548,7 +583,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
                     "batch_size", "mini_batch_size", "ppo_epochs", "lr", "init_kl_coef", "adaptive_kl", "target_kl",
                     "kl_horizon", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam", "grad_clip", "temperature",
                     "top_k", "top_p", "prompt_min_tokens", "prompt_max_tokens", "response_min_tokens",
-                    "response_max_tokens", "trainable_layers", "rloo_k", "reward_text", "reward_type")}, world_size=env.world_size))
+                    "response_max_tokens", "trainable_layers", "rloo_k", "reward_text", "reward_type")}, world_size=env.world_size,
+                **({"rl_codes": True, "control_codes": dict(sc.control_codes)} if sc.rl_codes else {})))
             result["export_dir"] = str(out)
         return result
     finally:

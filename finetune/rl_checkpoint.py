@@ -44,7 +44,8 @@ def _barrier() -> None:
 
 # the sentiment keys a resume must keep (besides the world size and the model's tensor shapes): the
 # batch arithmetic, what is trained toward what, and everything the prompt pool is built from
-RESUME_KEYS = ("method", "policy", "target", "batch_size", "mini_batch_size", "rloo_k", "trainable_layers", "seed", "data",
+RESUME_KEYS = ("method", "policy", "target", "batch_size", "mini_batch_size", "rloo_k", "rl_codes", "control_codes",
+               "trainable_layers", "seed", "data",
                "text_column", "label_column", "validation_fraction", "test_fraction", "split_seed",
                "prompt_min_tokens", "prompt_max_tokens", "prompt_kinds", "context_min_tokens", "context_max_tokens",
                "tweet_min_tokens", "tweet_max_tokens", "train_prompts")

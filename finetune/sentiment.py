@@ -80,6 +80,8 @@ class RewardModel:
     ``score(texts)`` gives one reward per text, shape ``(N,)``: with ``reward_type`` ``logit`` the
     target class's logit (TRL gpt2-sentiment: the pipeline's raw ``POSITIVE`` score), ``logit_margin``
     ``log p_t − log(1 − p_t)`` (two classes: target logit minus the other), ``log_prob`` ``log p_t``.
+    ``score(texts, index)`` takes the class per text instead (``index`` ``(N,)`` class indices, e.g.
+    :meth:`polarity_index` of each sample's control code, ``sentiment.rl_codes``).
     Texts are tokenized with the classifier's own tokenizer (truncated to ``max_length`` tokens).
 
     Raises:
@@ -96,6 +98,7 @@ class RewardModel:
         except (OSError, ValueError) as e:
             raise DataError(f"cannot load a sequence classifier from sentiment.reward={path}: {e}") from e
         self.labels = {int(i): n for i, n in self.model.config.id2label.items()}
+        self.path, self.target, self.target_label = path, target, target_label
         self.index = resolve_target_label(self.labels, target, target_label, f"the reward model {path}")
         self.label = self.labels[self.index]
         self.reward_type, self.max_length, self.batch_size = reward_type, max_length, batch_size
@@ -112,20 +115,32 @@ class RewardModel:
             out.append(self.model(**enc).logits.float())
         return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 
-    def rewards_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """``(N, C)`` logits → ``(N,)`` rewards of ``reward_type``."""
-        t = self.index
-        if self.reward_type == "logit":
-            return logits[:, t]
-        logp = torch.log_softmax(logits, -1)
-        if self.reward_type == "log_prob":
-            return logp[:, t]
-        others = torch.cat([logits[:, :t], logits[:, t + 1 :]], 1)
-        return logits[:, t] - torch.logsumexp(others, -1)
+    def polarity_index(self, polarity: str) -> int:
+        """The class index of ``polarity`` (positive/negative): the target's class as resolved at
+        construction (``target_label`` honoured), the other one by its label's synonyms.
 
-    def score(self, texts: list[str]) -> torch.Tensor:
-        """Rewards ``(N,)`` for texts."""
-        return self.rewards_from_logits(self.logits(texts))
+        Raises:
+            ConfigError: no single label maps to ``polarity`` (see :func:`resolve_target_label`).
+        """
+        if polarity == self.target:
+            return self.index
+        return resolve_target_label(self.labels, polarity, None, f"the reward model {self.path}")
+
+    def rewards_from_logits(self, logits: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, C)`` logits → ``(N,)`` rewards of ``reward_type`` for the target class, or for
+        ``index[i]`` (``(N,)`` long) on row ``i``."""
+        t = torch.full((len(logits),), self.index, dtype=torch.long) if index is None else index.long()
+        own = logits.gather(1, t[:, None])[:, 0]
+        if self.reward_type == "logit":
+            return own
+        if self.reward_type == "log_prob":
+            return torch.log_softmax(logits, -1).gather(1, t[:, None])[:, 0]
+        others = logits.masked_fill(torch.nn.functional.one_hot(t, logits.shape[1]).bool(), float("-inf"))
+        return own - torch.logsumexp(others, -1)
+
+    def score(self, texts: list[str], index: torch.Tensor | None = None) -> torch.Tensor:
+        """Rewards ``(N,)`` for texts (the class of ``index[i]`` for text ``i`` when given)."""
+        return self.rewards_from_logits(self.logits(texts), index)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -203,7 +203,8 @@ def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path, progress: bool 
     prompts = prompt_pool(sc, tok, "test", sc.report_prompts, rng)
     queries, kinds = [p.ids for p in prompts], [p.kind for p in prompts]
     lengths = rng.integers(sc.response_min_tokens, sc.response_max_tokens + 1, size=len(queries)).tolist()
-    code = S.code_ids(tok, meta.get("control_codes", sc.control_codes)[sc.target]) if meta["method"] == "control" else []
+    coded = meta["method"] == "control" or bool(meta.get("rl_codes"))  # the export expects a control code
+    code = S.code_ids(tok, meta.get("control_codes", sc.control_codes)[sc.target]) if coded else []
     with progress_bar(len(queries) * (3 if code else 2), "sentiment report", "prompts", progress) as bar:
         runs = {"before": _variant(ref, ref, tok, reward, sc, queries, [], lengths, stops, bar),
                 "after": _variant(steered, ref, tok, reward, sc, queries, code, lengths, stops, bar)}
@@ -375,18 +376,24 @@ def report_markdown(rep: dict[str, Any]) -> str:
 def model_card(name: str, meta: dict[str, Any]) -> str:
     """A Hugging Face model card for a steered policy (composed by :func:`zerolm.card.compose`): method,
     target, reward model, final metrics, usage."""
-    how = ("control codes (Keskar et al. 2019): prefix a prompt with the code "
-           + ", ".join(f"`{c}` ({p})" for p, c in meta.get("control_codes", {}).items()) + " and a newline"
-           if meta["method"] == "control" else
-           "PPO with a per-token KL penalty against the initial policy (Ziegler et al. 2019): prompt as is")
+    codes = ", ".join(f"`{c}` ({p})" for p, c in meta.get("control_codes", {}).items())
+    if meta["method"] == "control":
+        how = f"control codes (Keskar et al. 2019): prefix a prompt with the code {codes} and a newline"
+    elif meta.get("rl_codes"):
+        how = (f"control codes learnt by {meta['method'].upper()} (each code rewarded for its own sentiment, a KL "
+               f"penalty against the initial policy): prefix a prompt with the code {codes} and a newline")
+    else:
+        how = f"{meta['method'].upper()} with a KL penalty against the initial policy (Ziegler et al. 2019): prompt as is"
     final = "\n".join(f"| {k} | {v:.4g} |" for k, v in (meta.get("final_metrics") or {}).items()
                       if isinstance(v, (int, float)))
+    toward = "positive or negative (the code chooses)" if meta.get("rl_codes") else meta["target"]
     prefix = meta.get("control_codes", {}).get(meta["target"], "")
     prompt = (prefix + "\\n" if prefix else "") + "The film"
     metadata = {"library_name": "transformers", "pipeline_tag": "text-generation",
-                "tags": ["zerolm", "sentiment", "control-codes" if meta["method"] == "control" else "ppo"]}
+                "tags": ["zerolm", "sentiment", *(["control-codes"] if meta.get("control_codes") else []),
+                         *([] if meta["method"] == "control" else [meta["method"]])]}
     return modelcard.compose(metadata, name, [
-        f"`{Path(str(meta['policy'])).name}` steered toward **{meta['target']}** continuations with {how}. Reward\n"
+        f"`{Path(str(meta['policy'])).name}` steered toward **{toward}** continuations with {how}. Reward\n"
         f"model: `{meta['reward']}` (class `{meta['target_label']}`, reward = {meta['reward_type']}); text: `{meta['data']}`.\n"
         f"{meta.get('steps')} steps in {meta.get('seconds')} s. Settings and numbers: `zerolm_sentiment.json`.",
         "| final training metric | value |\n|---|---|\n" + final,

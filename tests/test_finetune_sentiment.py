@@ -473,3 +473,99 @@ def test_rloo_moves_reward_and_judge_toward_the_target(rloo_run):
     assert judge("after") > judge("before"), (target, judge("before"), judge("after"))
     if target == "positive":  # the untuned tiny GPT's gibberish already reads negative to the reward: less room
         assert judge("after") > judge("before") + 0.1
+
+
+def test_reward_per_sample_class_hand_computed():
+    """``RewardModel.rewards_from_logits`` with a class per row (``sentiment.rl_codes``) against each
+    reward type written out by hand on three-class logits."""
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.3, -2.0], [-0.7, 1.5, 1.0]])
+    index = torch.tensor([0, 2, 1])
+    rm = S.RewardModel.__new__(S.RewardModel)
+    rm.index = 2
+    for kind in ("logit", "log_prob", "logit_margin"):
+        rm.reward_type = kind
+        got = rm.rewards_from_logits(logits, index)
+        for i, t in enumerate(index.tolist()):
+            row = logits[i].tolist()
+            others = [v for j, v in enumerate(row) if j != t]
+            want = {"logit": row[t], "log_prob": row[t] - math.log(sum(math.exp(v) for v in row)),
+                    "logit_margin": row[t] - math.log(sum(math.exp(v) for v in others))}[kind]
+            assert got[i].item() == pytest.approx(want, abs=1e-6), (kind, i)
+        # without an index every row is scored for the target class (index 2)
+        assert rm.rewards_from_logits(logits).tolist() == pytest.approx(rm.rewards_from_logits(logits, torch.full((3,), 2)).tolist())
+
+
+def test_code_prompts_alternate_the_two_codes_per_rank_and_step():
+    from zerolm.finetune.ppo import code_prompts
+
+    codes = {"positive": [7, 8], "negative": [9]}
+    qs = [[1], [2, 3], [4], [5]]
+    coded, pols = code_prompts(qs, 0, codes)
+    assert pols == ["positive", "negative", "positive", "negative"]
+    assert coded == [[7, 8, 1], [9, 2, 3], [7, 8, 4], [9, 5]]
+    assert code_prompts(qs, 1, codes)[1] == ["negative", "positive", "negative", "positive"]
+    assert [code_prompts([[1]], s, codes)[1][0] for s in range(4)] == ["positive", "negative"] * 2  # one prompt per rank
+    with pytest.raises(Exception, match="method ppo or rloo"):
+        load_config(None, ["sentiment.method=control", "sentiment.rl_codes=true"])
+
+
+def test_coded_rollout_scores_each_sample_for_its_own_code(control_run, polarity_reward):
+    """``rollout`` with ``targets``: each continuation is scored for its code's class — checked against the
+    reward classifier's logits turned into margins here by hand."""
+    from zerolm.finetune.ppo import PolicyWithValueHead, code_prompts, rollout
+
+    sc = load_config(None, ["sentiment.reward_type=logit_margin", "sentiment.reward_text=continuation",
+                            "sentiment.response_min_tokens=4", "sentiment.response_max_tokens=6"]).sentiment
+    lm, tok = S.load_policy(str(control_run / "hf"))
+    reward = S.RewardModel(str(polarity_reward), "positive", None, "logit_margin")
+    codes = {p: S.code_ids(tok, c) for p, c in sc.control_codes.items()}
+    queries, pols = code_prompts([tok("The film is", add_special_tokens=False)["input_ids"]] * 4, 0, codes)
+    cls = {p: reward.polarity_index(p) for p in ("positive", "negative")}
+    assert cls["positive"] != cls["negative"]
+    targets = torch.tensor([cls[p] for p in pols])
+    ro = rollout(PolicyWithValueHead(lm).eval(), lm, reward, tok, S.stop_ids(lm, tok), queries, [6] * 4, sc,
+                 torch.Generator().manual_seed(0), targets)
+    resp = [[t for t, m in zip(row, mask) if m] for row, mask in zip(ro.batch["response"].tolist(), ro.mask.tolist())]
+    logits = reward.logits([tok.decode(r, skip_special_tokens=True) for r in resp])
+    for i, p in enumerate(pols):
+        own, other = cls[p], cls["negative" if p == "positive" else "positive"]
+        assert ro.scores[i].item() == pytest.approx((logits[i, own] - logits[i, other]).item(), abs=1e-5), i
+    assert [q[: len(codes[p])] for q, p in zip(ro.queries, pols)] == [codes[p] for p in pols]
+
+
+@pytest.fixture(scope="module")
+def rloo_codes_run(control_run, polarity_reward, tmp_path_factory):
+    """`--method rloo sentiment.rl_codes=true --report`, one process, 4 steps of 4 coded prompts × k=2;
+    a resume that drops ``rl_codes``; a report for the negative code on the same export."""
+    run = tmp_path_factory.mktemp("rloo_codes")
+    common = ["--policy", control_run / "hf", "--reward", polarity_reward, "--run-dir", run,
+              "sentiment.reward_type=logit_margin", "sentiment.reward_text=continuation",
+              "sentiment.prompt_kinds={review: 1.0}", "sentiment.prompt_max_tokens=4", "sentiment.report_prompts=12",
+              "sentiment.batch_size=4", "sentiment.rloo_k=2", "sentiment.mini_batch_size=4", "sentiment.ppo_epochs=1",
+              "sentiment.trainable_layers=null", "sentiment.max_minutes=null", "tracking.wandb_mode=disabled"]
+    sentiment_cli(["--method", "rloo", "--target", "positive", "--report", *common, "sentiment.rl_codes=true",
+                   "sentiment.steps=4"])
+    positive = json.loads((run / "sentiment_report.json").read_text())
+    with pytest.raises(AssertionError) as dropped:  # the same run dir without the codes: refused, nothing trained
+        sentiment_cli(["--method", "rloo", "--target", "positive", *common, "sentiment.steps=6"])
+    sentiment_cli(["--method", "rloo", "--target", "negative", "--report-only", *common, "sentiment.rl_codes=true"])
+    return run, positive, json.loads((run / "sentiment_report.json").read_text()), str(dropped.value)
+
+
+def test_rl_codes_export_and_reports_use_the_code(rloo_codes_run):
+    run, pos, neg, dropped = rloo_codes_run
+    meta = json.loads((run / "hf" / S.MARKER).read_text())
+    assert meta["method"] == "rloo" and meta["rl_codes"] is True and meta["steps"] == 4
+    assert meta["control_codes"] == {"positive": "Positive review:", "negative": "Negative review:"}
+    assert "sentiment.rl_codes" in dropped and json.loads((run / "result.json").read_text())["report"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:  # the step's reward is the mean of its two codes' halves (2 prompts × k of each per step)
+        assert r["ppo/mean_reward"] == pytest.approx((r["ppo/reward_positive_code"] + r["ppo/reward_negative_code"]) / 2, abs=1e-5)
+    card = (run / "hf" / "README.md").read_text()
+    assert "control codes learnt by RLOO" in card and "control-codes" in card
+    for rep, target in ((pos, "positive"), (neg, "negative")):
+        assert rep["target"] == target and "before_with_code" in rep and "judge_delta_vs_code" in rep
+    items = [json.loads(line) for line in (run / "sentiment_report_items.jsonl").read_text().splitlines()]
+    # the untuned model sampled with the same seeds with and without the negative code: the code changed the samples
+    changed = sum(it["before"]["continuation"] != it["before_with_code"]["continuation"] for it in items)
+    assert changed > len(items) // 2, (changed, len(items))

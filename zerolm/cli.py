@@ -404,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DeepSpeed trainer). --method ppo: PPO with a per-token KL penalty against the frozen reference, "
         "adaptive KL coefficient, value head, GAE (TRL gpt2-sentiment defaults). --method rloo: the same loop "
         "with several samples per prompt and a leave-one-out baseline instead of a value head (Ahmadian et al. 2024). "
+        "sentiment.rl_codes=true (ppo/rloo): learn both control codes by RL, one model for both targets. "
         "Prompts: held-out review openings, tweets, news and Wikipedia paragraphs cut mid-sentence, story openings. "
         "PPO/RLOO checkpoint every sentiment.save_every steps and resume. Exports a Hugging Face folder (RUN_DIR/hf); --report writes "
         "sentiment_report.json/.png (before vs after: target rate by the reward model and by VADER, mean "

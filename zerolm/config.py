@@ -455,14 +455,18 @@ class SentimentConfig(_Section):
     only the top k blocks, the final norm and the value head, for CPU budgets; ``max_minutes``
     time-boxes the run); ``method=rloo``: the same loop with ``rloo_k`` samples per prompt and the
     leave-one-out baseline of the group instead of a value head (:mod:`finetune.rloo`; the KL penalty
-    enters each sample's reward, ``mini_batch_size`` counts prompts). All export ``export_dir``
-    (default ``RUN_DIR/hf``).
+    enters each sample's reward, ``mini_batch_size`` counts prompts). ``rl_codes`` (ppo/rloo only):
+    control codes learnt by RL — each prompt of a step is prefixed with one of the two
+    ``control_codes`` (half each, alternating) and its samples are rewarded for that code's sentiment
+    (the reward model's logit/margin/log-prob of the code's label), so one model serves both targets;
+    the report then prompts with ``target``'s code and compares with the untuned model prompted with
+    it. All export ``export_dir`` (default ``RUN_DIR/hf``).
 
     PPO and RLOO checkpoint (``RUN_DIR/checkpoints``, :mod:`zerolm.pretrain.checkpoint`) every ``save_every``
     steps, at the end and when stopped (SIGTERM/SIGUSR1: status ``preempted``), keeping the newest
     ``keep_last``; the same command resumes from the newest intact one, exactly where it stopped. A
     resume must keep ``method``, ``policy``, ``target``, ``batch_size``, ``mini_batch_size``, ``rloo_k``,
-    ``trainable_layers``, ``seed``, the keys the prompt pool is built from (``data``, its columns and
+    ``rl_codes``, ``control_codes``, ``trainable_layers``, ``seed``, the keys the prompt pool is built from (``data``, its columns and
     split, ``prompt_kinds``, the prompt length keys, ``train_prompts``) and the world size; it stops
     with an error naming any that differs (``finetune.rl_checkpoint.RESUME_KEYS``). ``max_minutes`` counts the run's time across resumes (the seconds each checkpoint
     records): a run resumed past it stops with status ``time_limit`` before another step; raise it to
@@ -478,6 +482,7 @@ class SentimentConfig(_Section):
     reward_text: Literal["full", "continuation"] = "full"
     method: Literal["control", "ppo", "rloo"] = "ppo"
     rloo_k: int = Field(default=4, ge=2)
+    rl_codes: bool = False
     data: str = "rotten_tomatoes"
     text_column: str = "text"
     label_column: str = "label"
@@ -549,6 +554,9 @@ class SentimentConfig(_Section):
             raise ValueError(f"batch_size={self.batch_size} is not a multiple of mini_batch_size={self.mini_batch_size}")
         if set(self.control_codes) != {"positive", "negative"} or not all(c.strip() for c in self.control_codes.values()):
             raise ValueError(f"control_codes needs non-empty 'positive' and 'negative' codes, got {self.control_codes}")
+        if self.rl_codes and self.method == "control":
+            raise ValueError("rl_codes=true trains control codes by RL: it needs method ppo or rloo, got method=control "
+                             "(which learns its codes by finetuning on coded text)")
         if self.control_fraction is not None and self.control_min_margin:
             raise ValueError("set one of control_fraction (quantile thresholds) and control_min_margin (fixed "
                              f"thresholds), not both: got {self.control_fraction} and {self.control_min_margin}")
