@@ -535,37 +535,43 @@ def test_coded_rollout_scores_each_sample_for_its_own_code(control_run, polarity
 
 @pytest.fixture(scope="module")
 def rloo_codes_run(control_run, polarity_reward, tmp_path_factory):
-    """`--method rloo sentiment.rl_codes=true --report`, one process, 4 steps of 4 coded prompts × k=2;
-    a resume that drops ``rl_codes``; a report for the negative code on the same export."""
+    """`--method rloo sentiment.rl_codes=true`, one process, 4 steps of 4 coded prompts × k=2, then
+    `--report-only` for the negative code on that export."""
     run = tmp_path_factory.mktemp("rloo_codes")
-    common = ["--policy", control_run / "hf", "--reward", polarity_reward, "--run-dir", run,
-              "sentiment.reward_type=logit_margin", "sentiment.reward_text=continuation",
+    common = ["--method", "rloo", "--policy", control_run / "hf", "--reward", polarity_reward, "--run-dir", run,
+              "sentiment.rl_codes=true", "sentiment.reward_type=logit_margin", "sentiment.reward_text=continuation",
               "sentiment.prompt_kinds={review: 1.0}", "sentiment.prompt_max_tokens=4", "sentiment.report_prompts=12",
-              "sentiment.batch_size=4", "sentiment.rloo_k=2", "sentiment.mini_batch_size=4", "sentiment.ppo_epochs=1",
-              "sentiment.trainable_layers=null", "sentiment.max_minutes=null", "tracking.wandb_mode=disabled"]
-    sentiment_cli(["--method", "rloo", "--target", "positive", "--report", *common, "sentiment.rl_codes=true",
-                   "sentiment.steps=4"])
-    positive = json.loads((run / "sentiment_report.json").read_text())
-    with pytest.raises(AssertionError) as dropped:  # the same run dir without the codes: refused, nothing trained
-        sentiment_cli(["--method", "rloo", "--target", "positive", *common, "sentiment.steps=6"])
-    sentiment_cli(["--method", "rloo", "--target", "negative", "--report-only", *common, "sentiment.rl_codes=true"])
-    return run, positive, json.loads((run / "sentiment_report.json").read_text()), str(dropped.value)
+              "tracking.wandb_mode=disabled"]
+    sentiment_cli([*common, "--target", "positive", "sentiment.steps=4", "sentiment.batch_size=4", "sentiment.rloo_k=2",
+                   "sentiment.mini_batch_size=4", "sentiment.ppo_epochs=1", "sentiment.trainable_layers=null",
+                   "sentiment.max_minutes=null"])
+    sentiment_cli([*common, "--target", "negative", "--report-only"])
+    return run, json.loads((run / "sentiment_report.json").read_text())
 
 
-def test_rl_codes_export_and_reports_use_the_code(rloo_codes_run):
-    run, pos, neg, dropped = rloo_codes_run
+def test_rl_codes_export_and_report_use_the_code(rloo_codes_run):
+    from zerolm.finetune.rl_checkpoint import RESUME_KEYS
+    from zerolm.pretrain import checkpoint as ckpt
+
+    run, rep = rloo_codes_run
     meta = json.loads((run / "hf" / S.MARKER).read_text())
     assert meta["method"] == "rloo" and meta["rl_codes"] is True and meta["steps"] == 4
     assert meta["control_codes"] == {"positive": "Positive review:", "negative": "Negative review:"}
-    assert "sentiment.rl_codes" in dropped and json.loads((run / "result.json").read_text())["report"]
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:  # the step's reward is the mean of its two codes' halves (2 prompts × k of each per step)
-        assert r["ppo/mean_reward"] == pytest.approx((r["ppo/reward_positive_code"] + r["ppo/reward_negative_code"]) / 2, abs=1e-5)
     card = (run / "hf" / "README.md").read_text()
     assert "control codes learnt by RLOO" in card and "control-codes" in card
-    for rep, target in ((pos, "positive"), (neg, "negative")):
-        assert rep["target"] == target and "before_with_code" in rep and "judge_delta_vs_code" in rep
+    assert rep["target"] == "negative" and "before_with_code" in rep and "judge_delta_vs_code" in rep
+    assert json.loads((run / "result.json").read_text())["report"]["judge_delta_vs_code"] == rep["judge_delta_vs_code"]
     items = [json.loads(line) for line in (run / "sentiment_report_items.jsonl").read_text().splitlines()]
     # the untuned model sampled with the same seeds with and without the negative code: the code changed the samples
     changed = sum(it["before"]["continuation"] != it["before_with_code"]["continuation"] for it in items)
     assert changed > len(items) // 2, (changed, len(items))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4
+    for r in rows:  # the step's reward is the mean of its two codes' halves (2 prompts × k of each per step)
+        assert r["ppo/mean_reward"] == pytest.approx((r["ppo/reward_positive_code"] + r["ppo/reward_negative_code"]) / 2, abs=1e-5)
+    # a resume must keep the codes: a checkpoint of this run refuses a run without them, naming the key
+    settings = lambda codes: {f"sentiment.{k}": (codes if k == "rl_codes" else None) for k in RESUME_KEYS}  # noqa: E731
+    sig = lambda codes: ckpt.run_signature(world_size=1, micro_batch_size=None, gradient_accumulation_steps=None,  # noqa: E731
+                                           global_batch_size=None, zero_stage=None, objective=None, precision="fp32",
+                                           model_config=None, shapes=None, data_layout=None, settings=settings(codes))
+    assert [d for d, _ in ckpt.incompatibilities(sig(True), sig(False))] == ["sentiment.rl_codes True → False"]
