@@ -195,7 +195,7 @@ def run_hf(a: argparse.Namespace) -> None:
     clock = StepClock()
     trainer = ZerolmScheduleTrainer(model=model, args=args, train_dataset=train_ds, data_collator=collator,
                                     callbacks=[clock])
-    # zerolm decays parameters with ≥ 2 dimensions (pretrain/engine.py _param_groups); HF: all but biases and norms
+    # zerolm decays parameters with ≥ 2 dimensions (pretrain/engine.py weight_decay_groups); HF: all but biases and norms
     # (compared by tensor: a tied lm_head.weight is wte.weight under another name)
     names = set(trainer.get_decay_parameter_names(model))
     params = dict(model.named_parameters())

@@ -13,8 +13,11 @@ to plan another config with (also in :mod:`zerolm.launch.plan_vs_run`) (``zerolm
 Memory per rank (bytes), ``N`` parameters, ``g`` data-parallel ranks, ``w`` bytes of the working
 dtype (2 for bf16/fp16, 4 for fp32), Adam(W):
 
-* working parameters ``w·N`` (``w·N/g`` at ZeRO-3), working gradients ``w·N`` (``w·N/g`` at ZeRO-2; at
-  ZeRO-3 they are reduce-scattered straight into the fp32 partition, so only a transient bucket is held),
+* working parameters ``w·N`` (``w·N/g`` at ZeRO-3), working gradients ``w·N`` at ZeRO-0; at ZeRO-1/2 the
+  gradient partition DeepSpeed keeps, ``w·N/g`` plus the parameters that straddle a partition boundary
+  (:func:`zero12_grad_partition_elems`; ZeRO-1 with ``contiguous_gradients`` keeps it as ZeRO-2 does, its full
+  gradients are transient and counted with the reduction buffer); at ZeRO-3 they are reduce-scattered
+  straight into the fp32 partition, so only a transient bucket is held,
 * optimizer state: fp32 master parameters ``4·N`` + two fp32 Adam moments ``8·N`` (the ZeRO paper's
   ``K = 12``, Rajbhandari et al. 2020 §3) + the fp32 gradient partition the optimizer steps with
   (``4·N``; DeepSpeed keeps it in mixed precision, in fp32 it is the working gradient itself), divided
@@ -24,7 +27,8 @@ dtype (2 for bf16/fp16, 4 for fp32), Adam(W):
 * ZeRO-3 adds the largest layer gathered with its gradient (``2·w·largest_layer``), as DeepSpeed's
   ``estimate_zero3_model_states_mem_needs`` does.
 
-This reproduces DeepSpeed's ``estimate_zero2/3_model_states_mem_needs`` exactly for bf16/fp16 (tested).
+This reproduces DeepSpeed's ``estimate_zero2/3_model_states_mem_needs`` exactly for bf16/fp16, apart from the
+straddling parameters, which the estimator leaves out and DeepSpeed's own partitioning confirms (tested).
 Apart from the model states: DeepSpeed's gradient-reduction buffer (:func:`comm_buffer_bytes`, read from
 DeepSpeed 0.19.8's code with the bucket sizes of the config zerolm generates). Activations: Korthikanti et al. 2022 (eq. 2, no sequence/tensor parallelism), see :func:`activation_bytes`.
 """
@@ -81,7 +85,8 @@ def _working_bytes(precision: str) -> int:
 
 def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int, precision: str,
                       offload_optimizer: bool = False, offload_params: bool = False,
-                      share_fp32_master: bool = True) -> dict[str, float]:
+                      share_fp32_master: bool = True, grad_partition: float | None = None,
+                      contiguous_gradients: bool = True) -> dict[str, float]:
     """Model-state bytes per rank (device and CPU) for Adam(W) under DeepSpeed ZeRO.
 
     Args:
@@ -91,6 +96,11 @@ def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int,
         offload_optimizer / offload_params: DeepSpeed ``offload_optimizer`` / ``offload_param`` to CPU.
         share_fp32_master: ``train.share_fp32_master``: an fp32 ZeRO-3 run without offload keeps no
             separate fp32 master (the engine re-points it at the parameter partition).
+        grad_partition: gradient elements a ZeRO-1/2 rank keeps (:func:`zero12_grad_partition_elems`: ``N/g``
+            plus the parameters straddling partition boundaries); None: ``N/g``, as DeepSpeed's estimator.
+        contiguous_gradients: ``train.comm.contiguous_gradients``. With it, ZeRO-1 keeps the same gradient
+            partition as ZeRO-2 (its full working gradients are transient, counted by :func:`comm_buffer_bytes`);
+            without it ZeRO-1 keeps the full ``w·N`` (the ZeRO paper's P_os; not measured here).
 
     Returns:
         ``{"params", "grads", "optimizer", "gathered", "device", "cpu"}`` in bytes (floats; ``device`` is the
@@ -108,10 +118,13 @@ def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int,
     w = _working_bytes(precision)
     n = float(n_params)
     params = w * n / (dp if stage == 3 else 1)
+    part = n / dp if grad_partition is None else float(grad_partition)
     if stage == 3:
         grads = 0.0  # reduce-scattered straight into the fp32 partition (counted in the optimizer)
+    elif stage == 2 or (stage == 1 and contiguous_gradients):
+        grads = w * part  # grads_in_partition (stage_1_and_2.py copy_grads_in_partition)
     else:
-        grads = w * n / (dp if stage >= 2 else 1)
+        grads = w * n
     from zerolm.pretrain.ds_config import shares_fp32_master
 
     mixed = precision != "fp32"
@@ -136,8 +149,41 @@ def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int,
     }
 
 
+def zero12_grad_partition_elems(group_numels: list[list[int]], dp: int) -> int:
+    """Gradient elements DeepSpeed's ZeRO-1/2 keeps per rank (``grads_in_partition``), on the rank that keeps most.
+
+    Read from DeepSpeed 0.19.8 ``stage_1_and_2.py``: each optimizer parameter group is flattened in order and
+    padded to a multiple of ``2·g`` elements (``nccl_start_alignment_factor`` 2), then cut into ``g`` equal
+    partitions; ``get_partition_info`` lists the parameters that overlap a rank's partition, and
+    ``copy_grads_in_partition`` allocates ``grads_in_partition`` with the WHOLE size of each of them. A parameter
+    that straddles a partition boundary (often the embedding) is therefore held whole on both sides: the
+    figure is ``N/g`` plus up to one parameter per boundary and group. ZeRO-1 does the same when
+    ``contiguous_gradients`` is on (zerolm's default), so it keeps the same gradient partition as ZeRO-2.
+
+    Args:
+        group_numels: per parameter group (``pretrain.engine.weight_decay_groups`` order), the element count of
+            each parameter in order.
+        dp: data-parallel ranks (≥ 1).
+
+    Returns:
+        The largest rank's sum of the sizes of the parameters overlapping its partitions (elements).
+    """
+    per_rank = [0] * dp
+    for sizes in group_numels:
+        total = sum(sizes)
+        part = (total + (-total) % (2 * dp)) // dp
+        for r in range(dp):
+            lo, hi, at = part * r, part * (r + 1), 0
+            for size in sizes:
+                if lo <= at < hi or at < lo < at + size:
+                    per_rank[r] += size
+                at += size
+    return max(per_rank)
+
+
 def comm_buffer_bytes(n_params: int, *, stage: int, precision: str, reduce_bucket_size: int = DS_REDUCE_BUCKET_SIZE,
-                      overlap_comm: bool = False, resident_only: bool = False, grad_accum: int = 1) -> dict[str, Any]:
+                      overlap_comm: bool = False, resident_only: bool = False, grad_accum: int = 1,
+                      contiguous_gradients: bool = True) -> dict[str, Any]:
     """DeepSpeed's gradient-reduction buffer per rank (bytes), beyond the model states of :func:`model_state_bytes`.
 
     Read from DeepSpeed 0.19.8 (``w`` working bytes, ``N`` parameters, ``B`` = ``reduce_bucket_size`` elements):
@@ -150,10 +196,12 @@ def comm_buffer_bytes(n_params: int, *, stage: int, precision: str, reduce_bucke
       ``torch.empty(reduce_bucket_size)`` (two with ``overlap_comm``) before every backward, and
       ``reduce_independent_p_g_buckets_and_remove_grads`` copies each gradient into it and re-points ``param.grad``
       at the copy. On a GPU the whole allocation counts (``w·B``, ×2 with overlap); in CPU RAM only the touched
-      pages are resident (``w·min(N, B·buffers)``). At ZeRO-1 the working gradients (``grads`` = ``w·N``) ARE views
-      into the bucket at the accumulation boundary, so only the rest is extra (with accumulation > 1 the
-      gradients accumulate outside it first: the whole allocation is extra on a GPU); at ZeRO-2 the bucket
-      comes on top of the gradient partition (``grads_in_partition``, ``w·N/g``).
+      pages are resident (``w·min(N, B·buffers)``). ZeRO-1 keeps its full working gradients (``w·N``) until the
+      accumulation boundary, then copies them into the bucket (they ARE views into it from then on) and this
+      rank's part into ``grads_in_partition``, which :func:`model_state_bytes` counts; so at ZeRO-1 the extra
+      is ``max(bucket, w·N)`` (with accumulation > 1 on a GPU, bucket + ``w·N``: the gradients accumulate
+      outside it first; without ``contiguous_gradients`` the ``w·N`` is in the model states instead). At ZeRO-2
+      the bucket comes on top of the gradient partition (``grads_in_partition``).
     * ZeRO-3 — ``stage3.py`` ``__init__`` allocates one ``torch.empty(reduce_bucket_size)`` per dtype for the whole
       run; ``__add_grad_to_ipg_bucket`` copies gradients into it until it is full (``w·B`` on a GPU,
       ``w·min(N, B)`` resident in CPU RAM). The plan counts no working gradients at ZeRO-3, so all of it is extra.
@@ -167,6 +215,7 @@ def comm_buffer_bytes(n_params: int, *, stage: int, precision: str, reduce_bucke
         overlap_comm: the ds_config's ``zero_optimization.overlap_comm`` (a second ZeRO-1/2 bucket).
         resident_only: count touched pages only (CPU RAM measured as RSS) instead of the allocation (GPU).
         grad_accum: gradient-accumulation steps.
+        contiguous_gradients: ``train.comm.contiguous_gradients`` (ZeRO-1: where the full gradients are counted).
 
     Returns:
         ``{"buffer": bytes of the buffer, "extra": bytes not already in the model states, "timing":
@@ -183,7 +232,7 @@ def comm_buffer_bytes(n_params: int, *, stage: int, precision: str, reduce_bucke
         buf = w * min(n, b * nbuf) if resident_only else w * b * nbuf
         if stage == 1:
             inside = w * n if (resident_only or grad_accum == 1) else 0.0  # the working gradients live in it
-            extra = max(0.0, buf - inside)
+            extra = max(0.0, buf - inside) + (w * n if contiguous_gradients else 0.0)
         else:
             extra = buf
         return {"buffer": buf, "extra": extra, "timing": "backward",
@@ -261,11 +310,13 @@ def activation_bytes(*, seq_len: int, micro_batch: int, d_model: int, n_head: in
 
 def _model_counts(model_cfg, *, vocab: int, seq_len: int,
                   persistence_threshold: int = DS_PARAM_PERSISTENCE_THRESHOLD) -> dict[str, int]:
-    """Unique parameters, non-embedding parameters, the largest module's own parameters and the parameters
-    ZeRO-3 keeps whole (at most ``persistence_threshold`` elements each), counted on a model built on the
-    meta device (allocates nothing)."""
+    """Unique parameters, non-embedding parameters, the largest module's own parameters, the parameters
+    ZeRO-3 keeps whole (at most ``persistence_threshold`` elements each) and each parameter's size per
+    optimizer group (``zero12_groups``, for :func:`zero12_grad_partition_elems`), counted on a model built on
+    the meta device (allocates nothing)."""
     import torch
 
+    from zerolm.pretrain.engine import weight_decay_groups
     from zerolm.pretrain.models import build_model, count_parameters
 
     special = {"bos": 0, "eos": 1, "pad": 2, "unk": 3, "cls": 0, "sep": 1, "mask": 3}
@@ -275,8 +326,9 @@ def _model_counts(model_cfg, *, vocab: int, seq_len: int,
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     # parameters ZeRO-3 keeps whole (parameter_offload.py mark_persistent_parameters; named_parameters dedupes ties)
     persistent = sum(p.numel() for _, p in model.named_parameters() if p.numel() <= persistence_threshold)
+    groups = [[p.numel() for p in g["params"]] for g in weight_decay_groups(model, 0.0)]
     return {"total": counts["total"], "non_embedding": counts["non_embedding"], "largest_layer": int(largest),
-            "persistent": int(persistent)}
+            "persistent": int(persistent), "zero12_groups": groups}
 
 
 def trainable_params(cfg: ZeroLMConfig, vocab_size: int | None = None) -> int:
@@ -425,6 +477,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     bucket3 = int(z3cfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
     # build_ds_config: train.comm.overlap_comm, where "auto" means on with CUDA
     overlap = gpu_type != "cpu" if tc.comm.overlap_comm == "auto" else tc.comm.overlap_comm == "on"
+    grad_part = zero12_grad_partition_elems(counts["zero12_groups"], gpus)
     offloads = list(_OFFLOADS)
     if tc.offload_params and not tc.offload_optimizer:
         offloads.append(("params", False, True))
@@ -434,9 +487,11 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
                 continue
             ms = model_state_bytes(n, counts["largest_layer"], stage=stage, dp=gpus, precision=tc.precision,
                                    offload_optimizer=off_opt, offload_params=off_par,
-                                   share_fp32_master=tc.share_fp32_master)
+                                   share_fp32_master=tc.share_fp32_master, grad_partition=grad_part,
+                                   contiguous_gradients=tc.comm.contiguous_gradients)
             buf = comm_buffer_bytes(n, stage=stage, precision=tc.precision, reduce_bucket_size=bucket3 if stage == 3 else bucket,
-                                    overlap_comm=overlap, resident_only=gpu_type == "cpu", grad_accum=accum_now)
+                                    overlap_comm=overlap, resident_only=gpu_type == "cpu", grad_accum=accum_now,
+                                    contiguous_gradients=tc.comm.contiguous_gradients)
             z3 = zero3_whole_param_bytes(n, counts["persistent"], counts["largest_layer"],
                                          precision=tc.precision)["extra"] if stage == 3 else 0.0
             row: dict[str, Any] = {"zero_stage": stage, "offload": name, **{k: ms[k] for k in ("params", "grads", "optimizer", "gathered", "cpu")},
@@ -468,14 +523,16 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
                               f"{bucket3:.3g} at ZeRO-3 ({'train.comm.reduce_bucket_size' if tc.comm.reduce_bucket_size else 'ZeRO-1/2: min(N, 5e8); ZeRO-3: d_model²'}), overlap_comm {overlap}, "
                               f"{'touched pages (CPU RSS)' if gpu_type == 'cpu' else 'whole allocation'}: ZeRO-0 flat "
                               "all-reduce copy w·min(N,5e8) after backward (engine.py allreduce_bucket), replacing the "
-                              "activations in the peak; ZeRO-1/2 ipg bucket(s) (stage_1_and_2.py setup_buckets), ZeRO-1's "
-                              "gradients live in it; ZeRO-3 ipg bucket (stage3.py __init__); counted apart from the model states")
+                              "activations in the peak; ZeRO-1/2 ipg bucket(s) (stage_1_and_2.py setup_buckets); ZeRO-1's full "
+                              "gradients until they are copied into it; ZeRO-3 ipg bucket (stage3.py __init__); counted apart from the model states")
     assumptions["zero3_whole_params"] = (f"ZeRO-3: parameters <= {persist_at:.3g} elements kept whole (parameter_offload.py "
                                          "mark_persistent_parameters) + gathered parameters kept from forward to "
                                          "backward while reused within stage3_max_reuse_distance 1e9 elements "
                                          "(partitioned_param_coordinator.py __params_to_release): w·min(N, 5e8)")
     assumptions["model_states"] = ("Adam: working params+grads, fp32 master 4N + moments 8N + fp32 grad 4N "
-                                   "(ZeRO paper K=12, DeepSpeed's +4N fp32 grad), partitioned per stage"
+                                   "(ZeRO paper K=12, DeepSpeed's +4N fp32 grad), partitioned per stage; ZeRO-1/2 "
+                                   "gradient partition as DeepSpeed cuts it (parameters straddling a boundary whole, "
+                                   f"largest rank: {grad_part:,} of {n:,} elements)"
                                    + ("; fp32 ZeRO-3 without offload: no separate master (train.share_fp32_master)"
                                       if tc.share_fp32_master and tc.precision == "fp32" else ""))
 

@@ -132,8 +132,10 @@ class _SkippableAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices and embeddings, none on biases and norm gains (nanoGPT)."""
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The optimizer's two parameter groups, in this order: weight decay on matrices and embeddings
+    (``p.dim() >= 2``), none on biases and norm gains (nanoGPT). DeepSpeed's ZeRO-1/2 flattens and partitions
+    each group on its own, so :func:`zerolm.launch.plan.zero12_grad_partition_elems` plans with this split."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -218,7 +220,7 @@ class Engine:
         if cfg.activation_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         opt = _SkippableAdamW(
-            _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+            weight_decay_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
             **{"fused": True} if cfg.adamw_impl == "fused" else {"foreach": True},
         )
         self._client_opt = opt
@@ -484,7 +486,7 @@ class Engine:
     def _restore_param_group_hparams(self, saved: list[dict[str, Any]] | None) -> None:
         """Give group ``i`` of the optimizer the hyper-parameters saved for group ``i`` (all keys but
         ``params``), as a same-world-size load does; without a readable saved list (or another
-        number of groups), the configured weight decay per group (:func:`_param_groups`)."""
+        number of groups), the configured weight decay per group (:func:`weight_decay_groups`)."""
         groups = self._client_opt.param_groups  # DeepSpeed's ZeRO wrappers expose these same dicts
         if saved is None or len(saved) != len(groups):
             log.warning("the checkpoint's optimizer param groups are unreadable or do not match (%s saved, %d "
