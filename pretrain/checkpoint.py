@@ -372,6 +372,18 @@ def saved_signature(root: Path, tag: str) -> dict[str, Any]:
                          data_layout={k: data.get(k) for k in ("seq_len", "num_workers")})
 
 
+def _as_override(v: Any) -> str:
+    """A recorded value as a ``key=value`` override writes it (YAML: ``null``, ``true``/``false``, JSON-style
+    lists), so that the fix an error names can be pasted onto the command line as it is."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
 def incompatibilities(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, str]]:
     """What differs between the run that saved a checkpoint and this one, as ``(what differs, what to
     set to resume)`` pairs; empty when the checkpoint can be resumed. Values unknown on either side
@@ -411,7 +423,7 @@ def incompatibilities(saved: dict[str, Any], current: dict[str, Any]) -> list[tu
         out.append((f"objective {a} → {current['objective']}", f"set data.objective={a}"))
     s_shapes, c_shapes = saved.get("model_shapes"), current.get("model_shapes")
     s_model, c_model = saved.get("model_config") or {}, current.get("model_config") or {}
-    named = [f"{k} {s_model[k]} → {c_model[k]}" for k in _MODEL_FIELDS
+    named = [f"{k} {_as_override(s_model[k])} → {_as_override(c_model[k])}" for k in _MODEL_FIELDS
              if s_model.get(k) is not None and c_model.get(k) is not None and s_model[k] != c_model[k]]
     if s_shapes is not None and c_shapes is not None:
         if s_shapes != c_shapes:
@@ -438,12 +450,13 @@ def incompatibilities(saved: dict[str, Any], current: dict[str, Any]) -> list[tu
                     out.append((f"data logical shards (global batch) {s_data[k]} → {c_data[k]}",
                                 f"set train.global_batch_size={s_data[k]}"))
             else:
-                out.append((f"data.{k} {s_data[k]} → {c_data[k]}", f"set data.{k}={s_data[k]}"))
+                a = _as_override(s_data[k])
+                out.append((f"data.{k} {a} → {_as_override(c_data[k])}", f"set data.{k}={a}"))
     s_set, c_set = saved.get("settings") or {}, current.get("settings") or {}
     for k in sorted(set(s_set) & set(c_set)):
         if s_set[k] != c_set[k]:
-            a = "null" if s_set[k] is None else s_set[k]
-            out.append((f"{k} {a} → {'null' if c_set[k] is None else c_set[k]}", f"set {k}={a}"))
+            a = _as_override(s_set[k])
+            out.append((f"{k} {a} → {_as_override(c_set[k])}", f"set {k}={a}"))
     return out
 
 

@@ -570,8 +570,12 @@ def test_rl_codes_export_and_report_use_the_code(rloo_codes_run):
     for r in rows:  # the step's reward is the mean of its two codes' halves (2 prompts × k of each per step)
         assert r["ppo/mean_reward"] == pytest.approx((r["ppo/reward_positive_code"] + r["ppo/reward_negative_code"]) / 2, abs=1e-5)
     # a resume must keep the codes: a checkpoint of this run refuses a run without them, naming the key
-    settings = lambda codes: {f"sentiment.{k}": (codes if k == "rl_codes" else None) for k in RESUME_KEYS}  # noqa: E731
-    sig = lambda codes: ckpt.run_signature(world_size=1, micro_batch_size=None, gradient_accumulation_steps=None,  # noqa: E731
-                                           global_batch_size=None, zero_stage=None, objective=None, precision="fp32",
-                                           model_config=None, shapes=None, data_layout=None, settings=settings(codes))
-    assert [d for d, _ in ckpt.incompatibilities(sig(True), sig(False))] == ["sentiment.rl_codes True → False"]
+    def sig(codes: bool) -> dict:
+        settings = {f"sentiment.{k}": (codes if k == "rl_codes" else None) for k in RESUME_KEYS}
+        return ckpt.run_signature(world_size=1, micro_batch_size=None, gradient_accumulation_steps=None,
+                                  global_batch_size=None, zero_stage=None, objective=None, precision="fp32",
+                                  model_config=None, shapes=None, data_layout=None, settings=settings)
+
+    # written as the override that fixes it (YAML booleans, not Python's True/False)
+    assert ckpt.incompatibilities(sig(True), sig(False)) == [("sentiment.rl_codes true → false",
+                                                              "set sentiment.rl_codes=true")]
