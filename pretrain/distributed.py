@@ -219,11 +219,19 @@ def exit_process(code: int) -> None:
     After ``destroy_process_group`` a rank still aborted now and then at interpreter exit with
     ``terminate called without an active exception`` (SIGABRT from a C++ thread torn down during
     static destruction; seen here in ~1 of 12 runs without the shutdown, and still under load with
-    it). All work and files are finished by then, so the process skips the interpreter's teardown.
+    it). All work and files are finished by then, so the process skips the interpreter's teardown —
+    except the ``weakref.finalize`` callbacks a normal exit runs (``atexit=True``): temporary
+    directories clean up through them, and wandb makes two at import (``wandb-media``,
+    ``wandb-artifacts``) that every process would otherwise leave in the temp folder.
     """
     import logging
     import sys
+    import weakref
 
+    try:  # the same call Python's own atexit hook makes for weakref finalizers
+        weakref.finalize._exitfunc()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a finalizer's error must not change the exit status
+        pass
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -121,3 +121,21 @@ def test_planted_token_is_nowhere_but_the_local_resolved_config(tracked_run, tmp
     assert leaks == []
     meta = json.loads((out / "zerolm_export.json").read_text())
     assert meta["config"]["tracking"]["run_name"] == "tiny-***" and meta["config"]["data"]["tokenize_batch_size"] == 32
+
+
+@pytest.mark.parametrize("ending", ["exit_process", "os._exit"])
+def test_exit_process_removes_wandb_temp_dirs(tmp_path, ending):
+    """wandb makes ``*wandb-media`` and ``*wandb-artifacts`` temporary folders at import, removed by a
+    finalizer at a normal exit. zerolm's processes end with ``exit_process`` (``os._exit`` after the work),
+    which must still remove them; a bare ``os._exit`` (the control) leaves them behind."""
+    end = "from zerolm.pretrain.distributed import exit_process; exit_process(0)" if ending == "exit_process" \
+        else "import os; os._exit(0)"
+    code = "import wandb; " + end
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the child's temp folder: only its own folders land here
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    left = sorted(p.name for p in tmp_path.iterdir() if "wandb" in p.name)
+    if ending == "os._exit":
+        assert any(n.endswith("wandb-media") for n in left), left  # the leak exists without the cleanup
+    else:
+        assert left == []
