@@ -8,7 +8,7 @@
    ``AutoModelForSequenceClassification.from_pretrained(base)`` (an encoder gets a head on its
    first token, a causal LM one on its last non-pad token) inside :class:`Classifier`, which adds
    optional class weights to the loss; the objective is :class:`ClassificationObjective`;
-3. rank 0 consolidates the final checkpoint (:func:`pretrain.engine.load_checkpoint_weights`, any
+3. rank 0 consolidates the final checkpoint (:func:`pretrain.ds_checkpoint.load_checkpoint_weights`, any
    ZeRO stage), writes a Hugging Face folder with ``id2label``/``label2id`` and the tokenizer, and
    evaluates it on the test split: ``classification_metrics.json`` (accuracy, macro-F1, per-class
    precision/recall/F1, confusion matrix, class balance) and ``confusion_matrix.png``.
@@ -316,7 +316,7 @@ def export_classifier(cfg: ZeroLMConfig, out_dir: str | Path, prepared: dict[str
     """
     from transformers import AutoModelForSequenceClassification
 
-    from zerolm.pretrain.engine import load_checkpoint_weights, no_live_hf_deepspeed_config
+    from zerolm.pretrain.ds_checkpoint import load_checkpoint_weights, no_live_hf_deepspeed_config
 
     t0 = time.perf_counter()
     fc = cfg.finetune

@@ -319,7 +319,7 @@ def train_control(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
     DeepSpeed checkpoint and export it (:func:`export_policy`). Returns the trainer's summary."""
     import functools
 
-    from zerolm.pretrain.engine import load_checkpoint_weights, no_live_hf_deepspeed_config
+    from zerolm.pretrain.ds_checkpoint import load_checkpoint_weights, no_live_hf_deepspeed_config
     from zerolm.pretrain.trainer import train
 
     sc = cfg.sentiment

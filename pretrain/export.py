@@ -4,7 +4,7 @@ The run directory is the one the trainer writes; :mod:`zerolm.pretrain.checkpoin
 and picks the checkpoint (``checkpoint.resolve``: the ``latest`` one, or a tag; complete and intact).
 
 The export consolidates the fp32 weights through the engine wrapper
-(:func:`zerolm.pretrain.engine.consolidated_state_dict`, DeepSpeed's own ``zero_to_fp32`` route),
+(:func:`zerolm.pretrain.ds_checkpoint.consolidated_state_dict`, DeepSpeed's own ``zero_to_fp32`` route),
 rebuilds the model from the checkpoint's ``config.yaml`` (:func:`pretrain.models.build_model`), loads
 the weights strictly (tied weights are one tensor: ``lm_head.weight`` / ``wte.weight``), and writes::
 
@@ -62,7 +62,7 @@ _HF_LICENSES = {
 
 # The checkpoint layout (completion record, discovery) is zerolm.pretrain.checkpoint's, reading a
 # DeepSpeed checkpoint back as fp32 weights is the engine wrapper's (zerolm.pretrain.engine): export
-# asks them (checkpoint.resolve, engine.consolidated_state_dict / load_weights).
+# asks them (checkpoint.resolve, ds_checkpoint.consolidated_state_dict / load_weights).
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, tag: str | None 
     from zerolm.config import load_config
     from zerolm.pretrain.checkpoint import read_hf_config, resolve
     from zerolm.pretrain.lineage import this_stage
-    from zerolm.pretrain.engine import consolidated_state_dict, load_weights, no_live_hf_deepspeed_config
+    from zerolm.pretrain.ds_checkpoint import consolidated_state_dict, load_weights, no_live_hf_deepspeed_config
 
     t0 = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir).resolve()

@@ -22,7 +22,8 @@ import torch
 
 from zerolm.config import TrainConfig
 from zerolm.errors import TrainingError
-from zerolm.pretrain.engine import consolidated_state_dict, convert_to_universal, lr_at
+from zerolm.pretrain.ds_checkpoint import consolidated_state_dict, convert_to_universal
+from zerolm.pretrain.engine import lr_at
 
 REPO = Path(__file__).resolve().parents[1]
 SAVE_STEP = 3

@@ -154,3 +154,17 @@ def test_evals_never_import_finetune():
     bad = {m: sorted(t for t in ts if t.startswith("zerolm.finetune"))
            for m, ts in import_graph().items() if m.startswith("zerolm.evals")}
     assert not {m: t for m, t in bad.items() if t}
+
+
+def test_only_the_engine_wrapper_imports_deepspeed():
+    """DeepSpeed lives behind the engine wrapper (docs/architecture.md): ``pretrain/engine.py`` drives it and
+    ``pretrain/ds_checkpoint.py`` converts and consolidates its checkpoint folders; no other module imports it
+    (benches and tests may)."""
+    importers = set()
+    for mod, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            if any(n == "deepspeed" or n.startswith("deepspeed.") for n in names):
+                importers.add(mod)
+    assert importers == {"zerolm.pretrain.engine", "zerolm.pretrain.ds_checkpoint"}, sorted(importers)

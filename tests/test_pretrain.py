@@ -305,7 +305,7 @@ def test_nonfinite_loss_skips_the_update(base_args, tmp_path, nproc, stage):
     states = torch.load(run_dir / "checkpoints/step_00000004/mp_rank_00_model_states.pt", weights_only=False)
     assert states["skipped_steps"] == 1, "DeepSpeed discarded exactly one optimizer step"
     assert states["lr_scheduler"]["last_epoch"] == 3, "the LR schedule did not advance on the skipped step"
-    from zerolm.pretrain.engine import consolidated_state_dict
+    from zerolm.pretrain.ds_checkpoint import consolidated_state_dict
 
     weights, source = consolidated_state_dict(run_dir / "checkpoints/step_00000004")
     assert source == ("module" if stage == 0 else "zero_to_fp32")
