@@ -309,7 +309,7 @@ def activation_bytes(*, seq_len: int, micro_batch: int, d_model: int, n_head: in
 
 
 def _model_counts(model_cfg, *, vocab: int, seq_len: int,
-                  persistence_threshold: int = DS_PARAM_PERSISTENCE_THRESHOLD) -> dict[str, int]:
+                  persistence_threshold: int = DS_PARAM_PERSISTENCE_THRESHOLD) -> dict[str, Any]:
     """Unique parameters, non-embedding parameters, the largest module's own parameters, the parameters
     ZeRO-3 keeps whole (at most ``persistence_threshold`` elements each) and each parameter's size per
     optimizer group (``zero12_groups``, for :func:`zero12_grad_partition_elems`), counted on a model built on
