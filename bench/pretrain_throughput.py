@@ -1,10 +1,13 @@
 """Benchmark: zerolm's pretraining trainer vs Hugging Face ``transformers.Trainer``, and ZeRO memory.
 
 Measured in one invocation, same model (GPT-2 family, default 6 layers × d_model 512 × 8 heads,
-seq_len 256), same DeepSpeed config (``pretrain.ds_config.build_ds_config``: default ZeRO-2, fp32,
-torch AdamW as the client optimizer, gradient clipping 1.0), same tokens per optimizer step
-(micro-batch 4 × accumulation 1 × 2 ranks × seq_len), 2 ranks under ``torchrun`` (gloo), one thread
-per rank (``OMP_NUM_THREADS=1``):
+seq_len 256), same DeepSpeed config (``pretrain.ds_config.build_ds_config``: default ZeRO-2, torch
+AdamW as the client optimizer, gradient clipping 1.0), same tokens per optimizer step (micro-batch 4 ×
+accumulation 1 × 2 ranks × seq_len), 2 ranks under ``torchrun`` (gloo), one thread per rank
+(``OMP_NUM_THREADS=1``). Precision: by default (``--precision default``) each trainer runs its own
+default — zerolm ``train.precision=auto`` (bf16 on a CPU whose bf16 matmul is ≥ 1.5× its fp32 one, else
+fp32; the table says which it picked), HF Trainer fp32 (``bf16=False``); ``--precision fp32|bf16`` runs
+both in that precision. The memory table runs fp32 unless ``--precision bf16``.
 
 1. **Matmul peak** per rank: ``pretrain.metrics.measure_matmul_peak`` (fp32 2048² matmul) on both
    ranks at once, one thread each — what zerolm's trainer measures at start-up — the median of 3–5
@@ -19,7 +22,8 @@ per rank (``OMP_NUM_THREADS=1``):
    same dict>)`` on the run_clm.py data recipe (tokenize + EOS, concatenate, cut into seq_len
    blocks; map-style ``datasets.Dataset``; the Trainer's DistributedSampler shards it), timed by a
    ``TrainerCallback`` at ``on_step_end`` over the same steps.
-   MFU = (6·N + 12·L·d_model·T) × tokens/s per rank ÷ peak per rank (``pretrain.models.flops_per_token``).
+   MFU = (6·N + 12·L·d_model·T) × tokens/s per rank ÷ peak per rank (``pretrain.models.flops_per_token``);
+   a bf16 zerolm run's MFU is against its trainer's own start-up bf16 matmul reading.
    The two trainers run ``--rounds`` times each in ABBA order (zerolm, HF, HF, zerolm), ``--steps``
    measured steps per trainer split over the rounds: these shared machines change speed by tens of
    percent within minutes, and the interleaving cancels a steady drift. Tokens/s = all measured
@@ -129,6 +133,8 @@ def measure_peak(a, work: Path, tag: str) -> dict:
 
 
 def run_zerolm(a, work: Path, i: int = 0) -> dict:
+    from zerolm.config import load_config
+
     run_dir = work / f"zerolm_run{i}"
     total = a.warmup + a.run_steps
     cfg = {
@@ -141,7 +147,7 @@ def run_zerolm(a, work: Path, i: int = 0) -> dict:
         "model": {"family": "gpt2", "n_layer": a.n_layer, "d_model": a.d_model, "n_head": a.n_head},
         "train": {
             "run_dir": str(run_dir), "max_steps": total, "gradient_accumulation_steps": a.grad_accum,
-            "zero_stage": a.zero_stage, "precision": a.precision, "log_every": 1,
+            "zero_stage": a.zero_stage, **({} if a.precision == "default" else {"precision": a.precision}), "log_every": 1,
             "eval_every": 10**9, "eval_batches": 1, "save_every": 10**9, "keep_last": 1,
         },
         "tracking": {"wandb_mode": "disabled"},
@@ -181,7 +187,8 @@ def run_zerolm(a, work: Path, i: int = 0) -> dict:
     return {"command": " ".join(["OMP_NUM_THREADS=1", "torchrun --standalone --nproc_per_node", str(a.nproc),
                                  "-m zerolm.pretrain --config", str(cfg_path)]),
             "config": cfg, "rows": rows, "arrivals": arrivals, "wall_s": time.perf_counter() - t0,
-            "result": json.loads((run_dir / "result.json").read_text())}
+            "result": json.loads((run_dir / "result.json").read_text()),
+            "precision": load_config(run_dir / "config.yaml").train.precision}  # what the trainer ran (auto resolved)
 
 
 def run_hf(a, work: Path, i: int = 0) -> dict:
@@ -251,7 +258,11 @@ def summarize(a, peak_flops: float, zs: list[dict], hfs: list[dict], mem: dict[s
         losses = [r["train/loss"] for r in zs[0]["rows"] if "train/loss" in r]
         res["frameworks"]["zerolm"] = {
             **pooled, "tokens_per_s_trainer_reported": reported, "step_s": tps_step / pooled["tokens_per_s"],
-            "mfu": fpt * pooled["tokens_per_s"] / a.nproc / peak_flops, "trainer_own_peak_flops": own_peak,
+            # MFU against the matmul peak of the dtype the model computed in: a bf16 run against the trainer's own
+            # start-up reading (a bf16 matmul), an fp32 run against the bench's fp32 readings
+            "precision": zs[0]["precision"],
+            "mfu": fpt * pooled["tokens_per_s"] / a.nproc / (peak_flops if zs[0]["precision"] == "fp32" else own_peak),
+            "trainer_own_peak_flops": own_peak,
             "trainer_reported_mfu_mean": statistics.mean(r["train/mfu"] for r in meas),
             "data_wait_fraction": statistics.mean(r["train/data_wait_fraction"] for r in meas),
             "loss_first": losses[0], "loss_last": losses[-1], "rss_gib": meas[-1].get("memory/rss_gib"),
@@ -329,7 +340,9 @@ def render(a, r: dict, peaks: list[dict]) -> str:
              + (f", {r['frameworks'].get('zerolm', r['frameworks'].get('hf_trainer', {})).get('n_params', 0) / 1e6:.1f}M params"
                 if r["frameworks"] else "")
              + f" | {a.nproc} ranks × 1 thread (gloo) | micro-batch {a.micro_batch} × accumulation {a.grad_accum}"
-             f" → {r['tokens_per_step']} tokens/step | {a.precision} | ZeRO-{a.zero_stage}")
+             f" → {r['tokens_per_step']} tokens/step | precision: "
+             + (f"zerolm {r['frameworks'].get('zerolm', {}).get('precision', 'auto')} (its default, auto), HF fp32 (its default)"
+                if a.precision == "default" else a.precision) + f" | ZeRO-{a.zero_stage}")
     pk = ", ".join(f"{p['peak_flops_per_rank'] / 1e9:.1f}" for p in peaks)
     L.append(f"matmul peak per rank (fp32 2048², both ranks at once, 1 thread each): {r['peak_flops_per_rank'] / 1e9:.1f} "
              f"GFLOP/s (runs: {pk}) | FLOPs/token 6N+12·L·d·T = {r['flops_per_token'] / 1e6:.1f} M"
@@ -406,7 +419,7 @@ def render(a, r: dict, peaks: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(ap)
+    add_run_args(ap, precision_default="default")
     ap.add_argument("--steps", type=int, default=30, help="measured optimizer steps per trainer (split over the rounds)")
     ap.add_argument("--rounds", type=int, default=2, help="runs per trainer, in ABBA order")
     ap.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before them")

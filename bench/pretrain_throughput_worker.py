@@ -34,7 +34,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["peak", "hf", "mem"])
     ap.add_argument("--out", required=True)
-    add_run_args(ap)
+    add_run_args(ap, precision_default="default")  # called with the driver's --precision
     ap.add_argument("--family", default="gpt2")
     ap.add_argument("--steps", type=int, default=33, help="optimizer steps in all")
     ap.add_argument("--warmup", type=int, default=3, help="steps not timed (hf)")
@@ -63,7 +63,8 @@ def _model_cfg(a: argparse.Namespace):
 def _train_cfg(a: argparse.Namespace):
     from zerolm.config import TrainConfig
 
-    return TrainConfig(zero_stage=a.zero_stage, precision=a.precision, max_steps=a.steps,
+    # --precision default: HF Trainer's own default (fp32) for its DeepSpeed config and for the memory table
+    return TrainConfig(zero_stage=a.zero_stage, precision="fp32" if a.precision == "default" else a.precision, max_steps=a.steps,
                        share_fp32_master=not getattr(a, "deepspeed_fp32_copy", False))
 
 
