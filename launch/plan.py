@@ -52,7 +52,8 @@ DEVICES: dict[str, dict[str, Any]] = {
     "a100-40gb": {"peak_tflops": 312.0, "memory_gb": 40.0, "tdp_w": 400.0, "name": "NVIDIA A100 40GB SXM"},
     "h100": {"peak_tflops": 989.0, "memory_gb": 80.0, "tdp_w": 700.0, "name": "NVIDIA H100 SXM"},
     "h200": {"peak_tflops": 989.0, "memory_gb": 141.0, "tdp_w": 700.0, "name": "NVIDIA H200 SXM"},
-    "v100": {"peak_tflops": 125.0, "memory_gb": 32.0, "tdp_w": 300.0, "name": "NVIDIA V100 32GB SXM2 (fp16 tensor)"},
+    "v100": {"peak_tflops": 125.0, "memory_gb": 32.0, "tdp_w": 300.0, "name": "NVIDIA V100 32GB SXM2 (fp16 tensor)",
+             "bf16": False},
     "cpu": {"peak_tflops": None, "memory_gb": None, "tdp_w": None, "name": "this machine's CPU (measured fp32 matmul)"},
 }
 
@@ -81,6 +82,24 @@ _OFFLOADS = (("none", False, False), ("optimizer", True, False), ("optimizer+par
 
 def _working_bytes(precision: str) -> int:
     return 4 if precision == "fp32" else 2
+
+
+def _auto_precision(gpu_type: str) -> tuple[str, str]:
+    """What ``train.precision=auto`` trains in on ``gpu_type`` (as
+    :func:`zerolm.pretrain.engine.resolve_precision` decides on the device itself), and the assumption
+    text. ``cpu`` measures this machine's bf16 ÷ fp32 matmul rate (~0.6 s)."""
+    if gpu_type == "cpu":
+        from zerolm.pretrain.metrics import BF16_MIN_MATMUL_SPEEDUP, bf16_matmul_speedup
+
+        speedup = bf16_matmul_speedup()
+        chosen = "bf16" if speedup >= BF16_MIN_MATMUL_SPEEDUP else "fp32"
+        return chosen, (f"train.precision=auto -> {chosen}: this CPU's bf16 matmul measured {speedup:.2f}x its fp32 "
+                        f"matmul ({'>=' if chosen == 'bf16' else '<'} {BF16_MIN_MATMUL_SPEEDUP:g}x)")
+    name = DEVICES[gpu_type]["name"]
+    if DEVICES[gpu_type].get("bf16", True):
+        return "bf16", f"train.precision=auto -> bf16 ({name} has bf16 tensor cores)"
+    return "fp32", (f"train.precision=auto -> fp32: {name} has no bf16 (train.precision=fp16 uses its fp16 tensor "
+                    f"cores, whose peak is the one below)")
 
 
 def model_state_bytes(n_params: int, largest_layer: int, *, stage: int, dp: int, precision: str,
@@ -435,6 +454,9 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     vocab, vocab_src = _vocab_of(cfg, vocab_size)
     assumptions["vocab"] = f"{vocab} from {vocab_src}"
     seq, mb, tc = cfg.data.seq_len, cfg.data.micro_batch_size, cfg.train
+    if tc.precision == "auto":
+        chosen, assumptions["precision"] = _auto_precision(gpu_type)
+        tc = tc.model_copy(update={"precision": chosen})
     # the ZeRO-3 bucket keys as build_ds_config sets them for this model's width (zero3_width_defaults)
     from zerolm.pretrain.ds_config import build_ds_config
 
@@ -451,9 +473,13 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     elif dev["peak_tflops"] is not None:
         peak, peak_src = dev["peak_tflops"], f"{dev['name']} data sheet, dense {'fp32' if gpu_type == 'cpu' else 'bf16/fp16'}"
     else:
+        import torch
+
         from zerolm.pretrain.metrics import measure_matmul_peak
 
-        peak, peak_src = measure_matmul_peak() / 1e12, "measured fp32 matmul peak of this machine (this process's threads)"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision, torch.float32)
+        peak, peak_src = (measure_matmul_peak("cpu", dtype) / 1e12,
+                          f"measured {tc.precision} matmul peak of this machine (this process's threads)")
     assumptions["peak"] = f"{peak:g} TFLOP/s per device: {peak_src}"
     mem_gb = gpu_memory_gb if gpu_memory_gb is not None else dev["memory_gb"]
     if mem_gb is None:  # cpu: physical memory

@@ -187,7 +187,9 @@ def _step_settings(measured, planned) -> list[tuple[str, Any, Any]]:
     from zerolm.pretrain.ds_config import compile_decision
 
     keys = ("zero_stage", "offload_optimizer", "offload_params", "precision", "activation_checkpointing")
-    rows = [(f"train.{k}", getattr(measured.train, k), getattr(planned.train, k)) for k in keys]
+    rows = [(f"train.{k}", getattr(measured.train, k), getattr(planned.train, k)) for k in keys
+            # a planned precision=auto is what the run itself resolved to on its device (it saved the result)
+            if not (k == "precision" and planned.train.precision == "auto")]
     compiled = ["on" if compile_decision(c.train)[0] else "off" for c in (measured, planned)]
     return [*rows, ("train.compile", *compiled)]
 

@@ -159,6 +159,9 @@ def ds_config_for(cfg: ZeroLMConfig, world_size: int, gpu: bool = True) -> dict[
     trainer reads from the loaded model: there the ZeRO-3 bucket keys (and ZeRO-1/2's ``reduce_bucket_size``,
     which follows the parameter count) shown are DeepSpeed's defaults unless ``train.comm`` sets them.
 
+    ``train.precision=auto`` is shown as bf16 for GPUs (Ampere and newer; the trainer falls back to fp32 on
+    older ones) and fp32 for CPUs (the trainer measures whether this CPU's bf16 matmul pays).
+
     Raises:
         ConfigError: the batch sizes do not divide over ``world_size`` ranks.
     """
@@ -168,6 +171,8 @@ def ds_config_for(cfg: ZeroLMConfig, world_size: int, gpu: bool = True) -> dict[
 
     from zerolm.launch.plan import trainable_params
 
+    if cfg.train.precision == "auto":  # the trainer decides on the device at start and logs why (resolve_precision)
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "bf16" if gpu else "fp32"})})
     micro, gas, _ = batch_arithmetic(cfg, world_size)
     width = n_params = None
     if not cfg.model.init_from:

@@ -67,7 +67,16 @@ def build_ds_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, wo
 
     Returns:
         A dict ``deepspeed.initialize(config=…)`` accepts; also written to the run dir.
+
+    Raises:
+        ConfigError: ``cfg.precision`` is still ``auto`` (resolve it first:
+            :func:`zerolm.pretrain.engine.resolve_precision`, which the trainer calls at start).
     """
+    if cfg.precision == "auto":
+        from zerolm.errors import ConfigError
+
+        raise ConfigError("train.precision=auto must be resolved to fp32, bf16 or fp16 before the DeepSpeed config is "
+                          "built (zerolm.pretrain.engine.resolve_precision; the trainer does it at start)")
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.zero_stage >= 1:
         comm = cfg.comm

@@ -40,7 +40,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -81,6 +81,50 @@ def init_distributed(local_rank: int) -> None:
     else:
         skip_shm_build()
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def resolve_precision(requested: str, *, resumed: str | None = None,
+                      cpu_bf16_speedup: Callable[[], float] | None = None) -> tuple[str, str]:
+    """The precision a run trains in, and why: ``train.precision=auto`` made concrete.
+
+    ``auto`` is bf16 mixed precision (bf16 working weights, fp32 master weights and optimizer state in
+    DeepSpeed) wherever it is fast, else fp32 — the default of current pretraining recipes on hardware
+    with bf16 units (torchtitan's FSDP ``mixed_precision_param``; llm-foundry's ``amp_bf16``):
+
+    * a run that continues a checkpoint keeps the checkpoint's precision (``resumed``), so a restart on
+      other hardware never switches it silently;
+    * CUDA: bf16 where DeepSpeed's accelerator supports it (Ampere and newer), else fp32 (fp16 needs
+      loss scaling; it is never chosen for you);
+    * CPU: bf16 when ``cpu_bf16_speedup()`` (bf16 ÷ fp32 matmul FLOP/s, measured; the caller makes it
+      the same on every rank) is at least :data:`~zerolm.pretrain.metrics.BF16_MIN_MATMUL_SPEEDUP`.
+
+    Args:
+        requested: ``train.precision``: ``auto`` | ``fp32`` | ``bf16`` | ``fp16`` (anything but ``auto``
+            is returned as it is).
+        resumed: the precision recorded by the checkpoint this run continues, if any.
+        cpu_bf16_speedup: measures the CPU's bf16 ÷ fp32 matmul rate (default
+            :func:`~zerolm.pretrain.metrics.bf16_matmul_speedup`); called only for ``auto`` on CPU.
+
+    Returns:
+        ``(precision, reason)``: one of ``fp32``/``bf16``/``fp16`` and a log line (empty unless ``auto``).
+    """
+    if requested != "auto":
+        return requested, ""
+    if resumed:
+        return resumed, f"train.precision=auto: {resumed}, the precision of the checkpoint this run continues"
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    if acc.device_name() != "cpu":
+        if acc.is_bf16_supported():
+            return "bf16", f"train.precision=auto: bf16, the {acc.device_name()} accelerator supports it"
+        return "fp32", f"train.precision=auto: fp32, the {acc.device_name()} accelerator has no bf16"
+    from zerolm.pretrain.metrics import BF16_MIN_MATMUL_SPEEDUP, bf16_matmul_speedup
+
+    speedup = (cpu_bf16_speedup or bf16_matmul_speedup)()
+    choice = "bf16" if speedup >= BF16_MIN_MATMUL_SPEEDUP else "fp32"
+    return choice, (f"train.precision=auto: {choice}, this CPU's bf16 matmul runs {speedup:.2f}x its fp32 matmul "
+                    f"({'>=' if choice == 'bf16' else '<'} {BF16_MIN_MATMUL_SPEEDUP:g}x)")
 
 
 def check_precision(precision: str) -> None:

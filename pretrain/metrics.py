@@ -38,6 +38,25 @@ def measure_matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype =
     return best
 
 
+#: ``train.precision=auto`` trains in bf16 on a CPU whose bf16 matmul runs at least this many times as
+#: fast as its fp32 matmul. Measured on this project's 2-core Xeon (AVX512-BF16, oneDNN): 2.3-2.7x, and
+#: a whole training step 1.3x (quickstart GPT) to 1.8x (6 x 512) faster; a CPU without native bf16
+#: instructions emulates it and runs it slower than fp32 (docs/performance.md, "bf16 on CPU").
+BF16_MIN_MATMUL_SPEEDUP = 1.5
+
+
+def bf16_matmul_speedup(device: torch.device | str = "cpu", n: int = 1024, seconds: float = 0.15,
+                        trials: int = 2) -> float:
+    """How many times faster this device multiplies ``n × n`` bf16 matrices than fp32 ones (≈ 0.6 s).
+
+    Both rates come from :func:`measure_matmul_peak` with this process's threads (the best of
+    ``trials``, so a busy moment lowers both rather than one). Returns bf16 FLOP/s ÷ fp32 FLOP/s.
+    """
+    bf16 = measure_matmul_peak(device, torch.bfloat16, n=n, seconds=seconds, trials=trials)
+    fp32 = measure_matmul_peak(device, torch.float32, n=n, seconds=seconds, trials=trials)
+    return bf16 / fp32
+
+
 def mfu(flops_per_token: float, tokens_per_second_per_rank: float, peak_flops: float) -> float:
     """Model FLOPs utilisation (Chowdhery et al. 2022, Appendix B): achieved model FLOP/s of one
     rank ÷ that rank's peak FLOP/s. ``flops_per_token`` counts forward + backward (6N + 12LHQT)."""

@@ -39,9 +39,9 @@ import torch.distributed as dist
 
 from zerolm.pretrain import checkpoint as ckpt
 from zerolm.pretrain import distributed
-from zerolm.pretrain.engine import Engine, check_precision
+from zerolm.pretrain.engine import Engine, check_precision, resolve_precision
 from zerolm.pretrain.emissions import EnergyMeter, summary_line
-from zerolm.pretrain.metrics import measure_matmul_peak, median, memory_stats, mfu, peak_rss_bytes, rss_bytes
+from zerolm.pretrain.metrics import bf16_matmul_speedup, measure_matmul_peak, median, memory_stats, mfu, peak_rss_bytes, rss_bytes
 from zerolm.pretrain.components import Components, pretraining_components
 from zerolm.pretrain.recovery import SpikeRecovery
 from zerolm.pretrain.tracking import Tracker, run_config
@@ -135,8 +135,11 @@ class Trainer:
                  downstream: Callable[..., Callable[[Engine, int], dict[str, float]]] | None = None) -> None:
         self.env = env
         self.baseline_rss = rss_bytes()  # the runtime (imports, process group) before data and model
-        check_precision(cfg.train.precision)
         saved = self._newest_signature(Path(cfg.train.run_dir) / "checkpoints")
+        precision, precision_reason = resolve_precision(
+            cfg.train.precision, resumed=saved.get("precision") if saved else None,
+            cpu_bf16_speedup=lambda: distributed.all_reduce_values([bf16_matmul_speedup()])[0] / env.world_size)
+        check_precision(precision)
         micro, self.grad_accum, self.global_batch = batch_arithmetic(
             cfg, env.world_size, keep_global=saved.get("global_batch_size") if saved else None)
         self._lock = distributed.lock_run_dir(Path(cfg.train.run_dir), env)
@@ -144,7 +147,7 @@ class Trainer:
             "data": cfg.data.model_copy(update={"micro_batch_size": micro}),
             # the global batch is what a run keeps; the accumulation is derived from it on any world size
             # (also when this run's saved config.yaml is used as the config of a restart elsewhere)
-            "train": cfg.train.model_copy(update={"global_batch_size": self.global_batch,
+            "train": cfg.train.model_copy(update={"global_batch_size": self.global_batch, "precision": precision,
                                                   "gradient_accumulation_steps": None})})
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         cfg, self.parts = build(cfg, env)
@@ -196,7 +199,10 @@ class Trainer:
             self.root.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
             write_json(self.run_dir / "ds_config.json", self.engine.ds_config)
-        self.peak = cfg.train.peak_flops or distributed.all_reduce_values([measure_matmul_peak(self.engine.device)])[0] / env.world_size
+        # MFU's denominator: the matmul peak in the dtype the model computes in (bf16 runs ~2.5x fp32 here)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        self.peak = cfg.train.peak_flops or distributed.all_reduce_values(
+            [measure_matmul_peak(self.engine.device, dtype)])[0] / env.world_size
         self.tracker = None
         if env.is_main:
             self.tracker = Tracker(cfg.tracking, self.run_dir, run_config(cfg, self.parts.job), run_id,
@@ -207,6 +213,8 @@ class Trainer:
                      self.parts.tokens_per_sample, cfg.train.zero_stage, cfg.train.precision,
                      f" | {', '.join(on)}" if on else "")
             log.info("%s", self.engine.compile_reason)
+            if precision_reason:
+                log.info("%s", precision_reason)
 
     def release(self) -> None:
         """Stop the energy tracker and give up the run-directory lock (training is over; export may

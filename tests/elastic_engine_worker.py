@@ -52,7 +52,7 @@ SAVE_STEP = 3
 def train_config(stage: int, share: bool = True):
     from zerolm.config import TrainConfig
 
-    return TrainConfig(zero_stage=stage, lr=3e-3, warmup_steps=2, max_steps=10, min_lr_ratio=0.1,
+    return TrainConfig(zero_stage=stage, precision="fp32", lr=3e-3, warmup_steps=2, max_steps=10, min_lr_ratio=0.1,
                        weight_decay=0.1, grad_clip=1.0, share_fp32_master=share)
 
 

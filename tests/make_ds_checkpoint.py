@@ -46,6 +46,9 @@ def overrides(spec: dict, run: dict) -> list[str]:
         "train.lr=1e-2",
         "train.warmup_steps=0",
         "train.peak_flops=1e12",  # skip the matmul-peak measurement
+        # fp32: the export must reproduce the logged loss to 1e-5 (a bf16 run logs its bf16 working weights'
+        # loss; the export holds the fp32 master weights) and the tests read fp32 ZeRO file names
+        "train.precision=fp32",
         "tracking.wandb_mode=disabled",
         "tracking.emissions.enabled=false",  # not what these runs test (tests/test_emissions.py does)
     ]

@@ -74,7 +74,7 @@ def _worker(out_path: str) -> None:
         torch.manual_seed(0)
         model = build_model(resolve_model_config(ModelConfig(family="gpt2", preset="tiny")), vocab_size=96, seq_len=32,
                             special_ids={r: i for i, r in enumerate(SPECIAL_ROLES)})
-        engine = Engine(model, TrainConfig(zero_stage=2, lr=1e-3, compile=mode), 2, 1, 1)
+        engine = Engine(model, TrainConfig(zero_stage=2, lr=1e-3, compile=mode, precision="fp32"), 2, 1, 1)
         x = torch.randint(7, 96, (2, 32), generator=torch.Generator().manual_seed(1))
         engine.eval()
         before = sum(counters["stats"].values())

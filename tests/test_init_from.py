@@ -31,6 +31,7 @@ def _config(path: Path, corpus: Path, init_from: str, objective: str = "clm", ze
                  "validation_sources": [{"name": "corpus", "paths": [f"{corpus}/validation/*.jsonl"]}]},
         "model": {"init_from": init_from},
         "train": {"max_steps": steps, "global_batch_size": 8, "warmup_steps": 1, "lr": 1.0e-4, "zero_stage": zero,
+                  "precision": "fp32",  # the tests compare losses with fp32 recomputations
                   "log_every": 1, "eval_every": steps, "eval_batches": 2, "save_every": steps,
                   "eval_at_start": eval_at_start},
         "tracking": {"wandb_mode": "offline"},

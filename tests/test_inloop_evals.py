@@ -181,7 +181,7 @@ def _engine_worker(out_path: str) -> None:
     model = build_model(resolve_model_config(ModelConfig(family="gpt2", preset="tiny", d_model=256)), vocab_size=2000,
                         seq_len=64, special_ids={"bos": 1, "eos": 2, "pad": 0})
     reference = copy.deepcopy(model).eval()  # the same weights, never partitioned
-    engine = Engine(model, TrainConfig(zero_stage=3, lr=1e-3), 2, 1, env.world_size)
+    engine = Engine(model, TrainConfig(zero_stage=3, lr=1e-3, precision="fp32"), 2, 1, env.world_size)
     probe = torch.arange(3, 19).reshape(1, 16)
     engine.eval()
     # before any training step: DeepSpeed's trace is still being recorded (its pre-forward hook runs a collective)

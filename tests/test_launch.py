@@ -283,9 +283,12 @@ def test_ds_config_is_generated_from_the_zerolm_config(tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = load_config(GPT, ["train.zero_stage=3"])
     # the quickstart GPT is the small preset, d_model 256: the width the ZeRO-3 bucket keys follow
-    assert json.loads(r.stdout) == build_ds_config(cfg.train, 8, 1, 32, hidden_size=256) == ds_config_for(cfg, 32, gpu=False)
+    # train.precision=auto (the quickstart's default) is shown as fp32 for CPUs and bf16 for GPUs
+    fp32 = cfg.train.model_copy(update={"precision": "fp32"})
+    assert json.loads(r.stdout) == build_ds_config(fp32, 8, 1, 32, hidden_size=256) == ds_config_for(cfg, 32, gpu=False)
     gpu = ds_config_for(cfg, 32, gpu=True)
     assert gpu["zero_optimization"]["overlap_comm"] is True and gpu["train_batch_size"] == 256
+    assert gpu["bf16"]["enabled"] is True and json.loads(r.stdout)["bf16"]["enabled"] is False
     r = subprocess.run([sys.executable, "-m", "zerolm", "launch", "ds-config", "--world-size", "16", "--variants",
                         str(tmp_path / "ds"), str(GPT)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -368,24 +368,24 @@ def test_bucket_sizes_are_those_deepspeed_reads_from_the_generated_config():
     from zerolm.pretrain.ds_config import build_ds_config
 
     for stage in (1, 2, 3):
-        zero = build_ds_config(TrainConfig(zero_stage=stage), 4, 1, 2)["zero_optimization"]
+        zero = build_ds_config(TrainConfig(zero_stage=stage, precision="fp32"), 4, 1, 2)["zero_optimization"]
         assert DeepSpeedZeroConfig(**zero).reduce_bucket_size == DS_REDUCE_BUCKET_SIZE
     # with the model's width, ZeRO-3 gets transformers' "auto" values (d², 0.9·d², 10·d); ZeRO-1/2 keep DeepSpeed's
     for stage in (1, 2):
-        zero = build_ds_config(TrainConfig(zero_stage=stage), 4, 1, 2, hidden_size=256)["zero_optimization"]
+        zero = build_ds_config(TrainConfig(zero_stage=stage, precision="fp32"), 4, 1, 2, hidden_size=256)["zero_optimization"]
         assert DeepSpeedZeroConfig(**zero).reduce_bucket_size == DS_REDUCE_BUCKET_SIZE
-    z3 = DeepSpeedZeroConfig(**build_ds_config(TrainConfig(zero_stage=3), 4, 1, 2, hidden_size=256)["zero_optimization"])
+    z3 = DeepSpeedZeroConfig(**build_ds_config(TrainConfig(zero_stage=3, precision="fp32"), 4, 1, 2, hidden_size=256)["zero_optimization"])
     assert (z3.reduce_bucket_size, z3.prefetch_bucket_size, z3.param_persistence_threshold) == (65536, 58982, 2560)
     # with the parameter count, ZeRO-1/2's bucket is min(N, 5e8) (DeepSpeed parses it back); ZeRO-3 ignores N;
     # a train.comm value wins
     for stage in (1, 2):
         for n, want in ((1_234_567, 1_234_567), (10**9, DS_REDUCE_BUCKET_SIZE)):
-            zero = build_ds_config(TrainConfig(zero_stage=stage), 4, 1, 2, hidden_size=256, n_params=n)["zero_optimization"]
+            zero = build_ds_config(TrainConfig(zero_stage=stage, precision="fp32"), 4, 1, 2, hidden_size=256, n_params=n)["zero_optimization"]
             assert DeepSpeedZeroConfig(**zero).reduce_bucket_size == want
-        given = TrainConfig(zero_stage=stage, comm={"reduce_bucket_size": 7_000_000})
+        given = TrainConfig(zero_stage=stage, precision="fp32", comm={"reduce_bucket_size": 7_000_000})
         assert build_ds_config(given, 4, 1, 2, n_params=1000)["zero_optimization"]["reduce_bucket_size"] == 7_000_000
-    assert build_ds_config(TrainConfig(zero_stage=3), 4, 1, 2, hidden_size=256, n_params=1000)["zero_optimization"] == \
-        build_ds_config(TrainConfig(zero_stage=3), 4, 1, 2, hidden_size=256)["zero_optimization"]
+    assert build_ds_config(TrainConfig(zero_stage=3, precision="fp32"), 4, 1, 2, hidden_size=256, n_params=1000)["zero_optimization"] == \
+        build_ds_config(TrainConfig(zero_stage=3, precision="fp32"), 4, 1, 2, hidden_size=256)["zero_optimization"]
     # allreduce_gradients is wrapped (no __wrapped__): read its signature from the module's source
     assert "def allreduce_gradients(self, bucket_size=MEMORY_OPT_ALLREDUCE_SIZE)" in inspect.getsource(DeepSpeedEngine)
     assert MEMORY_OPT_ALLREDUCE_SIZE == DS_ZERO0_ALLREDUCE_SIZE
@@ -459,7 +459,7 @@ def _bucket_worker(out_path: str) -> None:
         model = build_model(resolve_model_config(ModelConfig(family="gpt2", preset="tiny")), vocab_size=500,
                             seq_len=32, special_ids={"bos": 1, "eos": 2, "pad": 0})
         n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        engine = Engine(model, TrainConfig(zero_stage=stage, lr=1e-3), 2, 1, 1)
+        engine = Engine(model, TrainConfig(zero_stage=stage, lr=1e-3, precision="fp32"), 2, 1, 1)
         opt = engine.optimizer
 
         def look(opt=opt, stage=stage, n=n) -> None:
@@ -487,7 +487,7 @@ def _bucket_worker(out_path: str) -> None:
     torch.manual_seed(0)
     model = build_model(resolve_model_config(ModelConfig(family="gpt2", preset="tiny", d_model=256)), vocab_size=500,
                         seq_len=32, special_ids={"bos": 1, "eos": 2, "pad": 0})
-    engine = Engine(model, TrainConfig(zero_stage=3, lr=1e-3), 2, 1, 1)
+    engine = Engine(model, TrainConfig(zero_stage=3, lr=1e-3, precision="fp32"), 2, 1, 1)
     for step in range(2):
         x = torch.randint(0, 500, (2, 32))
         loss = engine.forward({"input_ids": x, "labels": x}).loss

@@ -295,6 +295,57 @@ def test_llama_family_trains_a_llama(bf16_llama):
     assert logged["eval/loss"] == pytest.approx(loss_sum / tokens, rel=2e-3)
 
 
+# -- precision: auto ---------------------------------------------------------------------------------
+def _matmul_rate(dtype: torch.dtype) -> float:
+    """FLOP/s of a 1024² matmul on one thread, the best of 3 (timed here, not with zerolm's helper)."""
+    import time
+
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    a @ b
+    best = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - t0))
+    return best
+
+
+def test_precision_auto_picks_bf16_where_the_cpu_runs_it_fast_and_a_resume_keeps_the_checkpoints(
+        data_args, fp32_zero0, tmp_path):
+    """``train.precision=auto`` (the default) on this CPU: bf16 when its bf16 matmul is clearly faster than
+    fp32 (timed here: above 2× → bf16, below 1× → fp32; in between the test does not judge), and the run
+    records the choice where a restart reads it (config.yaml, ds_config.json, the checkpoint's weights).
+    A finished fp32 run resumed with ``auto`` stays fp32 whatever this CPU does best."""
+    import shutil
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        speedup = _matmul_rate(torch.bfloat16) / _matmul_rate(torch.float32)
+    finally:
+        torch.set_num_threads(threads)
+    run_dir = tmp_path / "auto"
+    r = _train(data_args, run_dir, "train.precision=auto", "train.zero_stage=0")
+    chosen = load_config(run_dir / "config.yaml").train.precision
+    assert chosen in ("bf16", "fp32")
+    if speedup > 2.0 or speedup < 1.0:
+        assert chosen == ("bf16" if speedup > 2.0 else "fp32"), (speedup, chosen)
+    assert f"train.precision=auto: {chosen}, this CPU's bf16 matmul" in r.stdout + r.stderr
+    states = _model_states(run_dir, STEPS)
+    assert states["ds_config"]["bf16"]["enabled"] is (chosen == "bf16")
+    assert {v.dtype for v in states["module"].values()} == {torch.bfloat16 if chosen == "bf16" else torch.float32}
+
+    resumed = tmp_path / "fp32_resumed"
+    shutil.copytree(fp32_zero0, resumed)
+    r = _train(data_args, resumed, "train.precision=auto", "train.zero_stage=0", f"train.max_steps={STEPS + 1}")
+    assert "train.precision=auto: fp32, the precision of the checkpoint this run continues" in r.stdout + r.stderr
+    assert load_config(resumed / "config.yaml").train.precision == "fp32"
+    last = _model_states(resumed, STEPS + 1)
+    assert last["ds_config"]["bf16"]["enabled"] is False
+    assert {v.dtype for v in last["module"].values()} == {torch.float32}
+
+
 # -- fp16 ------------------------------------------------------------------------------------------
 def test_fp16_trains_where_supported_and_is_refused_before_any_work_elsewhere(data_args, tmp_path):
     """Where the accelerator supports fp16, a 3-step fp16 run trains fp16 weights. Elsewhere (CPU)

@@ -284,7 +284,10 @@ class TrainConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # "auto" = bf16 mixed precision where the hardware runs it fast (CUDA with bf16; a CPU whose bf16 matmul
+    # measures >= 1.5x its fp32 one), else fp32; a resumed run keeps its checkpoint's precision
+    # (pretrain.engine.resolve_precision, docs/performance.md "bf16 on CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     activation_checkpointing: bool = False
     # torch.compile of the model for the training steps (inductor's fused kernels; evaluation runs eager):
     # "auto" = on when max_steps >= compile_min_steps at ZeRO 0-2 (about twice the steps after which the
