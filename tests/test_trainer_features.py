@@ -296,25 +296,31 @@ def test_llama_family_trains_a_llama(bf16_llama):
 
 
 # -- precision: auto ---------------------------------------------------------------------------------
-def _matmul_rate(dtype: torch.dtype) -> float:
-    """FLOP/s of a 1024² matmul on one thread, the best of 3 (timed here, not with zerolm's helper)."""
+def _bf16_over_fp32_matmul_rate(rounds: int = 8) -> float:
+    """bf16 ÷ fp32 FLOP/s of a 1024² matmul on one thread, timed here (not with zerolm's helper): the
+    best of ``rounds`` readings of 4 matmuls per dtype, the dtypes in turn (the test suite runs on 2
+    workers, so the machine is busy in bursts)."""
     import time
 
-    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
-    a @ b
-    best = 0.0
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(4):
+    mats = {dt: (torch.randn(1024, 1024, dtype=dt), torch.randn(1024, 1024, dtype=dt))
+            for dt in (torch.bfloat16, torch.float32)}
+    best = dict.fromkeys(mats, 0.0)
+    for _ in range(rounds):
+        for dt, (a, b) in mats.items():
             a @ b
-        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - t0))
-    return best
+            t0 = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            best[dt] = max(best[dt], 4 * 2 * 1024**3 / (time.perf_counter() - t0))
+    return best[torch.bfloat16] / best[torch.float32]
 
 
 def test_precision_auto_picks_bf16_where_the_cpu_runs_it_fast_and_a_resume_keeps_the_checkpoints(
         data_args, fp32_zero0, tmp_path):
     """``train.precision=auto`` (the default) on this CPU: bf16 when its bf16 matmul is clearly faster than
-    fp32 (timed here: above 2× → bf16, below 1× → fp32; in between the test does not judge), and the run
+    fp32 (timed here: above 2× → bf16, below 0.8× → fp32 — a CPU without bf16 instructions emulates it
+    several times slower; in between, the load of a shared machine can blur the two, and the test does
+    not judge), and the run
     records the choice where a restart reads it (config.yaml, ds_config.json, the checkpoint's weights).
     A finished fp32 run resumed with ``auto`` stays fp32 whatever this CPU does best."""
     import shutil
@@ -322,14 +328,14 @@ def test_precision_auto_picks_bf16_where_the_cpu_runs_it_fast_and_a_resume_keeps
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        speedup = _matmul_rate(torch.bfloat16) / _matmul_rate(torch.float32)
+        speedup = _bf16_over_fp32_matmul_rate()
     finally:
         torch.set_num_threads(threads)
     run_dir = tmp_path / "auto"
     r = _train(data_args, run_dir, "train.precision=auto", "train.zero_stage=0")
     chosen = load_config(run_dir / "config.yaml").train.precision
     assert chosen in ("bf16", "fp32")
-    if speedup > 2.0 or speedup < 1.0:
+    if speedup > 2.0 or speedup < 0.8:
         assert chosen == ("bf16" if speedup > 2.0 else "fp32"), (speedup, chosen)
     assert f"train.precision=auto: {chosen}, this CPU's bf16 matmul" in r.stdout + r.stderr
     states = _model_states(run_dir, STEPS)
