@@ -54,7 +54,7 @@ DEVICES: dict[str, dict[str, Any]] = {
     "h200": {"peak_tflops": 989.0, "memory_gb": 141.0, "tdp_w": 700.0, "name": "NVIDIA H200 SXM"},
     "v100": {"peak_tflops": 125.0, "memory_gb": 32.0, "tdp_w": 300.0, "name": "NVIDIA V100 32GB SXM2 (fp16 tensor)",
              "bf16": False},
-    "cpu": {"peak_tflops": None, "memory_gb": None, "tdp_w": None, "name": "this machine's CPU (measured fp32 matmul)"},
+    "cpu": {"peak_tflops": None, "memory_gb": None, "tdp_w": None, "name": "this machine's CPU (measured matmul, in the plan's precision)"},
 }
 
 #: Defaults printed as assumptions.

@@ -322,7 +322,9 @@ def test_precision_auto_picks_bf16_where_the_cpu_runs_it_fast_and_a_resume_keeps
     several times slower; in between, the load of a shared machine can blur the two, and the test does
     not judge), and the run
     records the choice where a restart reads it (config.yaml, ds_config.json, the checkpoint's weights).
-    A finished fp32 run resumed with ``auto`` stays fp32 whatever this CPU does best."""
+    The run is the quickstart's setting (ZeRO-2, 2 ranks); resumed with ``auto`` on 1 rank (an elastic
+    resume through DeepSpeed's universal checkpoint) it keeps its precision and continues. A finished fp32
+    run resumed with ``auto`` stays fp32 whatever this CPU does best."""
     import shutil
 
     threads = torch.get_num_threads()
@@ -332,7 +334,7 @@ def test_precision_auto_picks_bf16_where_the_cpu_runs_it_fast_and_a_resume_keeps
     finally:
         torch.set_num_threads(threads)
     run_dir = tmp_path / "auto"
-    r = _train(data_args, run_dir, "train.precision=auto", "train.zero_stage=0")
+    r = _train(data_args, run_dir, "train.precision=auto", "train.zero_stage=2", nproc=2)
     chosen = load_config(run_dir / "config.yaml").train.precision
     assert chosen in ("bf16", "fp32")
     if speedup > 2.0 or speedup < 0.8:
@@ -340,7 +342,16 @@ def test_precision_auto_picks_bf16_where_the_cpu_runs_it_fast_and_a_resume_keeps
     assert f"train.precision=auto: {chosen}, this CPU's bf16 matmul" in r.stdout + r.stderr
     states = _model_states(run_dir, STEPS)
     assert states["ds_config"]["bf16"]["enabled"] is (chosen == "bf16")
-    assert {v.dtype for v in states["module"].values()} == {torch.bfloat16 if chosen == "bf16" else torch.float32}
+    dtype = torch.bfloat16 if chosen == "bf16" else torch.float32
+    assert {v.dtype for v in states["module"].values()} == {dtype}
+
+    r = _train(data_args, run_dir, "train.precision=auto", "train.zero_stage=2", f"train.max_steps={STEPS + 1}")
+    out = r.stdout + r.stderr
+    assert f"train.precision=auto: {chosen}, the precision of the checkpoint this run continues" in out
+    assert "data-parallel world size 2 → 1" in out
+    assert load_config(run_dir / "config.yaml").train.precision == chosen
+    assert {v.dtype for v in _model_states(run_dir, STEPS + 1)["module"].values()} == {dtype}
+    assert math.isfinite(_train_rows(run_dir)[STEPS + 1]["train/loss"])
 
     resumed = tmp_path / "fp32_resumed"
     shutil.copytree(fp32_zero0, resumed)
