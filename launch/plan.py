@@ -89,12 +89,10 @@ def _auto_precision(gpu_type: str) -> tuple[str, str]:
     :func:`zerolm.pretrain.engine.resolve_precision` decides on the device itself), and the assumption
     text. ``cpu`` measures this machine's bf16 ÷ fp32 matmul rate (~0.6 s)."""
     if gpu_type == "cpu":
-        from zerolm.pretrain.metrics import BF16_MIN_MATMUL_SPEEDUP, bf16_matmul_speedup
+        from zerolm.pretrain.metrics import bf16_matmul_speedup, cpu_precision_choice
 
-        speedup = bf16_matmul_speedup()
-        chosen = "bf16" if speedup >= BF16_MIN_MATMUL_SPEEDUP else "fp32"
-        return chosen, (f"train.precision=auto -> {chosen}: this CPU's bf16 matmul measured {speedup:.2f}x its fp32 "
-                        f"matmul ({'>=' if chosen == 'bf16' else '<'} {BF16_MIN_MATMUL_SPEEDUP:g}x)")
+        chosen, why = cpu_precision_choice(bf16_matmul_speedup())
+        return chosen, f"train.precision=auto -> {chosen}: {why}"
     name = DEVICES[gpu_type]["name"]
     if DEVICES[gpu_type].get("bf16", True):
         return "bf16", f"train.precision=auto -> bf16 ({name} has bf16 tensor cores)"
@@ -473,12 +471,9 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     elif dev["peak_tflops"] is not None:
         peak, peak_src = dev["peak_tflops"], f"{dev['name']} data sheet, dense {'fp32' if gpu_type == 'cpu' else 'bf16/fp16'}"
     else:
-        import torch
+        from zerolm.pretrain.metrics import compute_dtype, measure_matmul_peak
 
-        from zerolm.pretrain.metrics import measure_matmul_peak
-
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.precision, torch.float32)
-        peak, peak_src = (measure_matmul_peak("cpu", dtype) / 1e12,
+        peak, peak_src = (measure_matmul_peak("cpu", compute_dtype(tc.precision)) / 1e12,
                           f"measured {tc.precision} matmul peak of this machine (this process's threads)")
     assumptions["peak"] = f"{peak:g} TFLOP/s per device: {peak_src}"
     mem_gb = gpu_memory_gb if gpu_memory_gb is not None else dev["memory_gb"]

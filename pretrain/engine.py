@@ -119,12 +119,10 @@ def resolve_precision(requested: str, *, resumed: str | None = None,
         if acc.is_bf16_supported():
             return "bf16", f"train.precision=auto: bf16, the {acc.device_name()} accelerator supports it"
         return "fp32", f"train.precision=auto: fp32, the {acc.device_name()} accelerator has no bf16"
-    from zerolm.pretrain.metrics import BF16_MIN_MATMUL_SPEEDUP, bf16_matmul_speedup
+    from zerolm.pretrain.metrics import bf16_matmul_speedup, cpu_precision_choice
 
-    speedup = (cpu_bf16_speedup or bf16_matmul_speedup)()
-    choice = "bf16" if speedup >= BF16_MIN_MATMUL_SPEEDUP else "fp32"
-    return choice, (f"train.precision=auto: {choice}, this CPU's bf16 matmul runs {speedup:.2f}x its fp32 matmul "
-                    f"({'>=' if choice == 'bf16' else '<'} {BF16_MIN_MATMUL_SPEEDUP:g}x)")
+    choice, why = cpu_precision_choice((cpu_bf16_speedup or bf16_matmul_speedup)())
+    return choice, f"train.precision=auto: {choice}, {why}"
 
 
 def check_precision(precision: str) -> None:

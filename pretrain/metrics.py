@@ -60,6 +60,21 @@ def bf16_matmul_speedup(device: torch.device | str = "cpu", n: int = 1024, secon
     return best[torch.bfloat16] / best[torch.float32]
 
 
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a model computes in under ``train.precision`` (``fp32``/``bf16``/``fp16``): the dtype
+    its MFU peak is measured in."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def cpu_precision_choice(speedup: float) -> tuple[str, str]:
+    """``train.precision=auto`` on a CPU whose bf16 matmul runs ``speedup`` × its fp32 matmul
+    (:func:`bf16_matmul_speedup`): ``(bf16 or fp32, the reason)``; bf16 from
+    :data:`BF16_MIN_MATMUL_SPEEDUP` on. One rule for the trainer and ``zerolm plan``."""
+    choice = "bf16" if speedup >= BF16_MIN_MATMUL_SPEEDUP else "fp32"
+    return choice, (f"this CPU's bf16 matmul runs {speedup:.2f}x its fp32 matmul "
+                    f"({'>=' if choice == 'bf16' else '<'} {BF16_MIN_MATMUL_SPEEDUP:g}x)")
+
+
 def mfu(flops_per_token: float, tokens_per_second_per_rank: float, peak_flops: float) -> float:
     """Model FLOPs utilisation (Chowdhery et al. 2022, Appendix B): achieved model FLOP/s of one
     rank ÷ that rank's peak FLOP/s. ``flops_per_token`` counts forward + backward (6N + 12LHQT)."""

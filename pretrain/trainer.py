@@ -41,7 +41,7 @@ from zerolm.pretrain import checkpoint as ckpt
 from zerolm.pretrain import distributed
 from zerolm.pretrain.engine import Engine, check_precision, resolve_precision
 from zerolm.pretrain.emissions import EnergyMeter, summary_line
-from zerolm.pretrain.metrics import bf16_matmul_speedup, measure_matmul_peak, median, memory_stats, mfu, peak_rss_bytes, rss_bytes
+from zerolm.pretrain.metrics import bf16_matmul_speedup, compute_dtype, measure_matmul_peak, median, memory_stats, mfu, peak_rss_bytes, rss_bytes
 from zerolm.pretrain.components import Components, pretraining_components
 from zerolm.pretrain.recovery import SpikeRecovery
 from zerolm.pretrain.tracking import Tracker, run_config
@@ -200,9 +200,8 @@ class Trainer:
             save_config(cfg, self.run_dir / "config.yaml")
             write_json(self.run_dir / "ds_config.json", self.engine.ds_config)
         # MFU's denominator: the matmul peak in the dtype the model computes in (bf16 runs ~2.5x fp32 here)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         self.peak = cfg.train.peak_flops or distributed.all_reduce_values(
-            [measure_matmul_peak(self.engine.device, dtype)])[0] / env.world_size
+            [measure_matmul_peak(self.engine.device, compute_dtype(precision))])[0] / env.world_size
         self.tracker = None
         if env.is_main:
             self.tracker = Tracker(cfg.tracking, self.run_dir, run_config(cfg, self.parts.job), run_id,
