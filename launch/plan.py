@@ -7,8 +7,9 @@ assumption it rests on. Formulas and sources: ``docs/plan.md``.
 
 After a run, :func:`zerolm.launch.plan_vs_run.compare_run` plans the run's own ``config.yaml`` for its world size and sets the plan
 beside what the run measured (``result.json``'s ``memory`` and ``throughput``, or ``metrics.jsonl`` for
-older runs): memory per rank and step time, with ratios; :func:`measured_mfu` gives a run's measured MFU
-to plan another config with (also in :mod:`zerolm.launch.plan_vs_run`) (``zerolm plan CONFIG --mfu-from RUN_DIR``).
+older runs): memory per rank and step time, with ratios; :func:`zerolm.launch.plan_vs_run.measured_step_model`
+gives a run's measured compute MFU and collective rates to plan another config with (``zerolm plan CONFIG
+--mfu-from RUN_DIR``), and :func:`comm_seconds` the communication each ZeRO stage adds to a step.
 
 Memory per rank (bytes), ``N`` parameters, ``g`` data-parallel ranks, ``w`` bytes of the working
 dtype (2 for bf16/fp16, 4 for fp32), Adam(W):
@@ -69,7 +70,7 @@ OVERHEAD_FRACTION = 0.10
 #: DeepSpeed 0.19.8 default (elements) of ZeRO-0's all-reduce buffer (deepspeed/runtime/engine.py,
 #: ``MEMORY_OPT_ALLREDUCE_SIZE``, the ``bucket_size`` of ``allreduce_gradients``); its ``reduce_bucket_size``
 #: default is ``DS_REDUCE_BUCKET_SIZE`` (pretrain/ds_config.py), which zerolm's ``build_ds_config`` lowers to
-#: ``min(N, 5e8)`` at ZeRO-1/2 and to d_model² at ZeRO-3 unless ``train.comm`` sets it.
+#: ``min(N, 5e8)`` at ZeRO-1/2 and to ``min(max(d_model², 2²²), N)`` at ZeRO-3 unless ``train.comm`` sets it.
 DS_ZERO0_ALLREDUCE_SIZE = 500_000_000
 #: ZeRO-3 defaults (runtime/zero/config.py) zerolm leaves unset: parameters of at most this many elements are kept
 #: whole on every rank (``stage3_param_persistence_threshold``) and gathered parameters are kept while their
@@ -260,6 +261,74 @@ def comm_buffer_bytes(n_params: int, *, stage: int, precision: str, reduce_bucke
             "source": "deepspeed/runtime/zero/stage3.py: __init__ (ipg bucket) / __add_grad_to_ipg_bucket"}
 
 
+def comm_seconds(n_params: int, *, stage: int, dp: int, precision: str, grad_accum: int, rates: dict[str, Any],
+                 reduce_bucket_size: int = DS_REDUCE_BUCKET_SIZE, fetching_modules: int = 0) -> dict[str, Any]:
+    """Seconds per optimizer step that DeepSpeed 0.19.8 spends in collectives at ZeRO ``stage`` on ``dp``
+    data-parallel ranks, none of it overlapped with compute (zerolm's ``overlap_comm`` is off on CPU; with it on,
+    on GPUs, this is an upper bound).
+
+    Each collective costs ``calls · latency + S · factor(dp) / bus_bandwidth`` (the α–β model with the rates
+    :func:`zerolm.pretrain.distributed.collective_rates` measured; ``factor``: the ring algorithm's share,
+    nccl-tests' bus bandwidth). ``S = w·N`` bytes (``w`` the working precision's bytes: gradients are reduced
+    and parameters gathered in it). Per optimizer step, read from DeepSpeed's code:
+
+    * ZeRO-0 — ``engine.py`` ``allreduce_gradients`` at the accumulation boundary: one all-reduce of ``S``
+      (buckets of 5e8 elements);
+    * ZeRO-1 — the same all-reduce at the boundary (``stage_1_and_2.py`` reduces its buckets with all-reduce:
+      ``use_multi_rank_bucket_allreduce`` is on by default), in ``ceil(N/B)`` calls, then after the step
+      ``all_gather_dp_groups``: an all-gather of the updated parameters (``S`` out, one call per optimizer group,
+      2);
+    * ZeRO-2 — the all-reduce on every micro-batch (gradients are partitioned as they are produced), the
+      all-gather once;
+    * ZeRO-3 — on every micro-batch an all-gather of the parameters (``S`` out; counted on 2 ranks,
+      ``tests/test_step_sync.py``: the small persistent ones are in the flat partitions too) and a reduce-scatter of
+      ``S`` in ``ceil(N/B)`` calls (``stage3.py`` ``__avg_scatter_grads``). The gathers come in 1.3–2.8 calls per
+      micro-batch per module that owns a non-persistent parameter (counted by wrapping ``torch.distributed``: the
+      tiny GPT's 10 such modules 28 per step at one micro-batch per step, 13.5 per micro-batch at 4; small's 18,
+      51 per step: forward, backward and prefetch), taken as ``2 × fetching_modules`` latencies.
+
+    Left out: offload's host↔device copies, the small all-reduces of the gradient norm and overflow checks,
+    and DeepSpeed's own per-module hook time at ZeRO-3.
+
+    Args:
+        n_params: trainable parameters N.
+        stage: ZeRO stage 0–3.
+        dp: data-parallel ranks (no communication at 1).
+        precision: ``fp32`` / ``bf16`` / ``fp16``.
+        grad_accum: micro-batches per optimizer step.
+        rates: :func:`~zerolm.pretrain.distributed.collective_rates`' dict (``latency_s``, ``bus_bytes_per_s``
+            per collective).
+        reduce_bucket_size: elements per reduction call (the ds_config's ``reduce_bucket_size``).
+        fetching_modules: ZeRO-3 modules that own a parameter above the persistence threshold.
+
+    Returns:
+        ``{"seconds": s/step, "parts": [{"collective", "bytes", "calls", "per_step", "seconds"}]}``.
+
+    Raises:
+        KeyError: ``rates`` lacks a collective this stage uses.
+    """
+    from zerolm.pretrain.distributed import COLLECTIVE_BUS_FACTOR
+
+    if dp <= 1:
+        return {"seconds": 0.0, "parts": []}
+    w, n = _working_bytes(precision), int(n_params)
+    calls = max(1, -(-n // max(int(reduce_bucket_size), 1)))
+    if stage == 0:
+        plan = [("all_reduce", w * n, max(1, -(-n // DS_ZERO0_ALLREDUCE_SIZE)), 1)]
+    elif stage in (1, 2):
+        plan = [("all_reduce", w * n, calls, 1 if stage == 1 else grad_accum), ("all_gather", w * n, 2, 1)]
+    else:
+        plan = [("all_gather", w * n, 2 * max(int(fetching_modules), 1), grad_accum),
+                ("reduce_scatter", w * n, calls, grad_accum)]
+    parts, total = [], 0.0
+    for name, nbytes, ncalls, per_step in plan:
+        r = rates[name]
+        sec = per_step * (ncalls * float(r["latency_s"]) + nbytes * COLLECTIVE_BUS_FACTOR[name](dp) / float(r["bus_bytes_per_s"]))
+        parts.append({"collective": name, "bytes": nbytes, "calls": ncalls, "per_step": per_step, "seconds": sec})
+        total += sec
+    return {"seconds": total, "parts": parts}
+
+
 def zero3_whole_param_bytes(n_params: int, persistent_params: int, largest_layer: int, *, precision: str,
                             max_reuse_distance: int = DS_MAX_REUSE_DISTANCE) -> dict[str, float]:
     """ZeRO-3 parameters held whole on a rank during training (bytes), beyond the partitions and the estimator's
@@ -343,9 +412,16 @@ def _model_counts(model_cfg, *, vocab: int, seq_len: int,
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     # parameters ZeRO-3 keeps whole (parameter_offload.py mark_persistent_parameters; named_parameters dedupes ties)
     persistent = sum(p.numel() for _, p in model.named_parameters() if p.numel() <= persistence_threshold)
+    # modules whose forward makes ZeRO-3 gather parameters: those owning a non-persistent one (a tied one once)
+    seen: set[int] = set()
+    fetching = 0
+    for m in model.modules():
+        own = [p for p in m.parameters(recurse=False) if p.numel() > persistence_threshold and id(p) not in seen]
+        seen.update(id(p) for p in own)
+        fetching += bool(own)
     groups = [[p.numel() for p in g["params"]] for g in weight_decay_groups(model, 0.0)]
     return {"total": counts["total"], "non_embedding": counts["non_embedding"], "largest_layer": int(largest),
-            "persistent": int(persistent), "zero12_groups": groups}
+            "persistent": int(persistent), "zero3_fetching_modules": fetching, "zero12_groups": groups}
 
 
 def trainable_params(cfg: ZeroLMConfig, vocab_size: int | None = None) -> int:
@@ -396,7 +472,8 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
              pue: float | None = None, mfu: float | None = None, peak_tflops: float | None = None,
              gpu_memory_gb: float | None = None, power_watts: float | None = None,
              vocab_size: int | None = None, mfu_source: str | None = None,
-             peak_source: str | None = None) -> dict[str, Any]:
+             peak_source: str | None = None, comm_rates: dict[str, Any] | None = None,
+             comm_source: str | None = None) -> dict[str, Any]:
     """Plan a pretraining run: memory per rank, time, money, energy and CO2e, with every assumption.
 
     Args:
@@ -419,6 +496,12 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
         peak_source: where a given ``peak_tflops`` comes from, printed beside it (default ``given``).
         mfu_source: where a given ``mfu`` comes from, printed beside it (default ``given``); e.g.
             ``measured in RUN_DIR`` from :func:`measured_mfu`.
+        comm_rates: measured collective rates (:func:`zerolm.pretrain.distributed.collective_rates`, recorded
+            in a run's ``result.json``). With them a step is compute + communication: ``mfu`` is then the MFU of
+            the compute alone and :func:`comm_seconds` is added for the planned ZeRO stage and ranks
+            (:func:`zerolm.launch.plan_vs_run.measured_step_model` gives both from a run). Without them the
+            communication is inside the MFU.
+        comm_source: where ``comm_rates`` come from, printed beside them.
 
     Returns:
         A JSON-able dict: ``model``, ``device``, ``memory`` (one row per ZeRO stage × offload, the config's
@@ -464,6 +547,9 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     persist_at = int(z3cfg.get("stage3_param_persistence_threshold", DS_PARAM_PERSISTENCE_THRESHOLD))
     counts = _model_counts(mc, vocab=vocab, seq_len=seq, persistence_threshold=persist_at)
     n = counts["total"]
+    # the reduce bucket is capped at the parameter count (zero3_width_defaults); the persistence threshold is not
+    z3cfg = build_ds_config(tc.model_copy(update={"zero_stage": 3, "offload_optimizer": False, "offload_params": False}),
+                            mb, accum_now, gpus, hidden_size=mc.d_model, n_params=n)["zero_optimization"]
 
     dev = dict(DEVICES[gpu_type])
     if peak_tflops is not None:
@@ -494,7 +580,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     # build_ds_config); overlap_comm as it would be set on the planned device (on with CUDA)
     zcfg = build_ds_config(tc.model_copy(update={"zero_stage": 2, "offload_optimizer": False, "offload_params": False}),
                            mb, accum_now, gpus, hidden_size=mc.d_model, n_params=n)["zero_optimization"]
-    bucket = int(zcfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
+    bucket = bucket12 = int(zcfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
     bucket3 = int(z3cfg.get("reduce_bucket_size", DS_REDUCE_BUCKET_SIZE))
     # build_ds_config: train.comm.overlap_comm, where "auto" means on with CUDA
     overlap = gpu_type != "cpu" if tc.comm.overlap_comm == "auto" else tc.comm.overlap_comm == "on"
@@ -541,7 +627,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
                                   "its gradient and the logits' gradient at the start of backward: torch cross_entropy); "
                                   "leaves out flash-attention savings, GQA/non-4h MLPs")
     assumptions["buffers"] = (f"DeepSpeed gradient-reduction buffer, reduce_bucket_size {bucket:.3g} elements at ZeRO-1/2, "
-                              f"{bucket3:.3g} at ZeRO-3 ({'train.comm.reduce_bucket_size' if tc.comm.reduce_bucket_size else 'ZeRO-1/2: min(N, 5e8); ZeRO-3: d_model²'}), overlap_comm {overlap}, "
+                              f"{bucket3:.3g} at ZeRO-3 ({'train.comm.reduce_bucket_size' if tc.comm.reduce_bucket_size else 'ZeRO-1/2: min(N, 5e8); ZeRO-3: min(max(d_model², 2^22), N)'}), overlap_comm {overlap}, "
                               f"{'touched pages (CPU RSS)' if gpu_type == 'cpu' else 'whole allocation'}: ZeRO-0 flat "
                               "all-reduce copy w·min(N,5e8) after backward (engine.py allreduce_bucket), replacing the "
                               "activations in the peak; ZeRO-1/2 ipg bucket(s) (stage_1_and_2.py setup_buckets); ZeRO-1's full "
@@ -571,16 +657,36 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     else:
         assumptions["tokens"] = "given (--tokens)"
     mfu_v = DEFAULT_MFU if mfu is None else float(mfu)
-    assumptions["mfu"] = f"{mfu_v:g} ({'assumed default' if mfu is None else (mfu_source or 'given')})"
     total_flops = fpt * tokens
-    cluster_flops = gpus * peak * 1e12 * mfu_v
-    wall_s = total_flops / cluster_flops
+    compute_s = tokens_per_step * fpt / (gpus * peak * 1e12 * mfu_v)
+    comm = None
+    if comm_rates:
+        accum_plan = max(1, seqs_per_step // (mb * gpus))
+        comm = comm_seconds(n, stage=tc.zero_stage, dp=gpus, precision=tc.precision, grad_accum=accum_plan,
+                            rates=comm_rates, reduce_bucket_size=bucket3 if tc.zero_stage == 3 else (
+                                bucket12 if tc.zero_stage else DS_ZERO0_ALLREDUCE_SIZE),
+                            fetching_modules=counts["zero3_fetching_modules"])
+        assumptions["mfu"] = (f"{mfu_v:g} of the compute, communication apart "
+                              f"({'assumed default' if mfu is None else (mfu_source or 'given')})")
+        rate_txt = ", ".join(f"{k.replace('_', '-')} {comm_rates[k]['bus_bytes_per_s'] / 1e9:.3g} GB/s"
+                             for k in ("all_reduce", "all_gather", "reduce_scatter") if k in comm_rates)
+        assumptions["communication"] = (
+            f"{comm['seconds']:.3g} s/step at ZeRO-{tc.zero_stage} on {gpus} ranks: "
+            + "; ".join(f"{p['collective'].replace('_', '-')} {p['bytes'] / 2**20:,.0f} MiB × {p['per_step']}" for p in comm["parts"])
+            + f" (bus bandwidth {rate_txt}: {comm_source or 'given'}; α–β model, not overlapped with compute)")
+    step_s = compute_s + (comm["seconds"] if comm else 0.0)
+    eff_mfu = mfu_v if comm is None else compute_s * mfu_v / step_s
+    if comm is None:
+        assumptions["mfu"] = f"{mfu_v:g} ({'assumed default' if mfu is None else (mfu_source or 'given')})"
+    steps = tokens / tokens_per_step
+    wall_s = steps * step_s
     gpu_hours = gpus * wall_s / 3600.0
     time = {
         "flops_per_token": fpt, "total_flops": total_flops, "tokens": tokens, "tokens_per_step": tokens_per_step,
-        "step_time_s": tokens_per_step * fpt / cluster_flops, "tokens_per_s": cluster_flops / fpt,
+        "step_time_s": step_s, "tokens_per_s": tokens_per_step / step_s,
         "wall_s": wall_s, "wall_days": wall_s / 86400.0, "gpu_hours": gpu_hours, "gpu_years": gpu_hours / HOURS_PER_YEAR,
-        "steps": tokens / tokens_per_step, "mfu": mfu_v,
+        "steps": steps, "mfu": eff_mfu, "compute_mfu": mfu_v if comm else None, "compute_s_per_step": compute_s,
+        "comm_s_per_step": comm["seconds"] if comm else None, "comm": comm,
     }
     assumptions["flops"] = "6N + 12·L·d_model·seq_len per token (PaLM App. B; the trainer's MFU formula)"
 
@@ -668,7 +774,12 @@ def plan_renderables(plan: dict[str, Any]) -> list[Any]:
     run.add_row("tokens", f"{t['tokens']:.4g}", a["tokens"])
     run.add_row("training FLOPs", f"{t['total_flops']:.4g}", "")
     run.add_row("peak per device", f"{d['peak_tflops']:g} TFLOP/s", a["peak"])
-    run.add_row("MFU", f"{t['mfu']:.3g}", a["mfu"])
+    if t.get("comm"):
+        run.add_row("MFU (compute)", f"{t['compute_mfu']:.3g}", a["mfu"])
+        run.add_row("communication", _dur(t["comm_s_per_step"]) + "/step", a["communication"])
+        run.add_row("MFU (step)", f"{t['mfu']:.3g}", "compute + communication")
+    else:
+        run.add_row("MFU", f"{t['mfu']:.3g}", a["mfu"])
     run.add_row("step time", _dur(t["step_time_s"]), f"{t['tokens_per_step']:,} tokens/step")
     run.add_row("tokens/s", f"{t['tokens_per_s']:,.0f}", f"{d['count']} devices")
     run.add_row("wall time", _dur(t["wall_s"]), f"{t['steps']:,.0f} steps")
@@ -682,5 +793,5 @@ def plan_renderables(plan: dict[str, Any]) -> list[Any]:
 
 __all__ = ["DEFAULT_GRID_G_PER_KWH", "DEFAULT_MFU", "DEFAULT_PUE", "DEVICES", "DS_REDUCE_BUCKET_SIZE",
            "DS_MAX_REUSE_DISTANCE", "DS_PARAM_PERSISTENCE_THRESHOLD", "DS_ZERO0_ALLREDUCE_SIZE", "OVERHEAD_FRACTION",
-           "activation_bytes", "comm_buffer_bytes", "model_state_bytes",
+           "activation_bytes", "comm_buffer_bytes", "comm_seconds", "model_state_bytes",
            "plan_renderables", "plan_run", "zero3_whole_param_bytes"]

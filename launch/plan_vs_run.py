@@ -5,8 +5,8 @@ predicts for it.
 or ``metrics.jsonl`` for older runs); :func:`compare_run` plans the run's own ``config.yaml`` for its world
 size (:func:`zerolm.launch.plan.plan_run`) and sets the plan beside the measurements — memory per rank and
 step time, with ratios; :func:`compare_renderables` shows that as rich tables (``zerolm plan RUN_DIR``);
-:func:`measured_mfu` gives a run's measured MFU to plan another config with (``zerolm plan CONFIG
---mfu-from RUN_DIR``). Formulas and the benchmark of the plan's accuracy: ``docs/plan.md``.
+:func:`measured_mfu` / :func:`measured_step_model` give a run's measured MFU (and its links' speed) to plan
+another config with (``zerolm plan CONFIG --mfu-from RUN_DIR``). Formulas and the benchmark of the plan's accuracy: ``docs/plan.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def read_run(run_dir) -> dict[str, Any]:
         ``{"run_dir", "cfg" (ZeroLMConfig), "world_size", "world_size_source", "throughput" ({"step_time_s",
         "tokens_per_second", "mfu", "windows", "peak_tflops_per_rank"} or values None), "memory" ({"kind":
         "rss" | "cuda" | "rss_absolute" | None, "bytes": [per rank], "baseline_bytes", "peak_bytes", "text"}),
-        "cuda" (bool: the run recorded CUDA memory), "notes" (list of str)}``. Bytes are ints/floats
+        "cuda" (bool: the run recorded CUDA memory), "collectives" (the collective rates the trainer measured,
+        :func:`zerolm.pretrain.distributed.collective_rates`, or None), "notes" (list of str)}``. Bytes are ints/floats
         (GiB × 2³⁰ as recorded).
 
     Raises:
@@ -148,8 +149,9 @@ def read_run(run_dir) -> dict[str, Any]:
                        text=f"rank 0's largest RSS at a log window in {met_path.name} (older run: no baseline recorded, "
                             "so this includes the Python/torch/DeepSpeed runtime — not comparable with the plan)")
         notes.append(f"memory from {met_path.name}, rank 0 only (older run: no memory section in result.json)")
+    coll = result.get("collectives") if isinstance(result.get("collectives"), dict) else None
     return {"run_dir": str(root), "cfg": cfg, "world_size": world, "world_size_source": world_src,
-            "throughput": thr, "memory": mem, "cuda": cuda, "notes": notes}
+            "throughput": thr, "memory": mem, "cuda": cuda, "collectives": coll, "notes": notes}
 
 
 def measured_mfu(run_dir, for_cfg=None) -> tuple[float, str]:
@@ -180,6 +182,49 @@ def measured_mfu(run_dir, for_cfg=None) -> tuple[float, str]:
     return float(v), f"measured in {run['run_dir']}: {run['throughput']['source']}{warn}"
 
 
+def measured_step_model(run_dir, for_cfg=None) -> dict[str, Any]:
+    """What a run measured, split into compute and communication, to plan another config with
+    (``zerolm plan CONFIG --mfu-from RUN_DIR``; ``plan_run(mfu=..., comm_rates=...)``).
+
+    A run that recorded its collective rates (``result.json`` ``collectives``, trainers from this version on,
+    2+ ranks) gives the MFU of its compute alone: ``MFU_compute = MFU × t / (t − c)``, with ``t`` its median
+    step time and ``c`` the communication :func:`zerolm.launch.plan.comm_seconds` predicts for its own ZeRO
+    stage and ranks from those rates. The plan then adds the communication of the planned stage and ranks —
+    so a ZeRO-0 run can plan ZeRO-3, whose parameter gathers cost time that is not FLOPs. Without rates
+    (one rank, an older run, or a modelled ``c`` ≥ 0.9·``t``) this is :func:`measured_mfu` with the
+    communication inside the MFU.
+
+    Returns:
+        ``{"mfu", "mfu_source", "comm_rates" (or None), "comm_source", "run_comm_s" (``c``, or None)}``.
+
+    Raises:
+        ConfigError: as :func:`measured_mfu`.
+    """
+    mfu, src = measured_mfu(run_dir, for_cfg=for_cfg)
+    run = read_run(run_dir)
+    rates, thr = run["collectives"], run["throughput"]
+    base = {"mfu": mfu, "mfu_source": src, "comm_rates": None, "comm_source": None, "run_comm_s": None}
+    step, peak = thr.get("step_time_s"), thr.get("peak_tflops_per_rank")
+    if not rates or not step or not peak:
+        return base
+    own = plan_run(run["cfg"], gpus=run["world_size"], gpu_type="a100" if run["cuda"] else "cpu", mfu=mfu,
+                   mfu_source="measured", peak_tflops=peak, comm_rates=rates)
+    c = own["time"]["comm_s_per_step"] or 0.0
+    if c >= 0.9 * step:
+        base["mfu_source"] += f"; its modelled communication ({c:.3g} s) is ≥ 0.9× its step time: rates not used"
+        return base
+    if for_cfg is not None:  # the ZeRO stage is now modelled: drop it from what differs
+        differs = [f"{key} {a} (plan: {b})" for key, a, b in _step_settings(run["cfg"], for_cfg)
+                   if a != b and key != "train.zero_stage"]
+        src = f"measured in {run['run_dir']}: {thr['source']}" + (
+            "; differs from the plan: " + ", ".join(differs) + " — measure MFU with the plan's settings" if differs else "")
+    return {"mfu": mfu * step / (step - c),
+            "mfu_source": f"{src}; its modelled communication {c:.3g} s of its {step:.3g} s/step taken out",
+            "comm_rates": rates,
+            "comm_source": f"measured by {run['run_dir']} ({rates.get('backend')}, {rates.get('world_size')} ranks)",
+            "run_comm_s": c}
+
+
 def _step_settings(measured, planned) -> list[tuple[str, Any, Any]]:
     """(key, measured run's value, planned config's value) of the settings that change what a step costs
     beyond its FLOPs. ``train.compile`` is compared as what it decides (``"on"``/``"off"``, by
@@ -195,7 +240,8 @@ def _step_settings(measured, planned) -> list[tuple[str, Any, Any]]:
 
 
 def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = None,
-                vocab_size: int | None = None) -> dict[str, Any]:
+                vocab_size: int | None = None, comm_rates: dict[str, Any] | None = None,
+                comm_source: str | None = None) -> dict[str, Any]:
     """Plan a finished run's own config and compare the plan with what the run measured.
 
     The plan is :func:`plan_run` on ``RUN_DIR/config.yaml`` for the run's world size, with the peak the run
@@ -209,9 +255,11 @@ def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = Non
     same RAM and are added. Measured = peak RSS − the baseline RSS the trainer took (CPU) or
     ``torch.cuda.max_memory_allocated`` (CUDA). Ratio = measured ÷ predicted.
 
-    Step time: predicted = tokens per step × FLOPs per token ÷ (ranks × peak × MFU). With the run's own
-    measured MFU (default) this is consistent by construction (MFU was computed from the same step times);
-    only a given ``mfu`` (assumed, or measured on another run) makes it a prediction.
+    Step time: predicted = tokens per step × FLOPs per token ÷ (ranks × peak × MFU), plus, with ``comm_rates``
+    (then ``mfu`` is the compute's alone: :func:`measured_step_model`), the communication of the run's ZeRO
+    stage (:func:`zerolm.launch.plan.comm_seconds`). With the run's own measured MFU (default) this is
+    consistent by construction (MFU was computed from the same step times); only a given ``mfu`` (assumed, or
+    measured on another run) makes it a prediction.
 
     Returns:
         ``{"run_dir", "world_size", "device", "plan" (the plan_run dict), "memory": {"stage", "offload",
@@ -246,7 +294,10 @@ def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = Non
         mfu_v, src, by_construction = float(thr["mfu"]), f"measured in {run['run_dir']} (this run: consistent by construction)", True
     else:
         mfu_v, src, by_construction = float(mfu), "given (--mfu)", False
-    plan = plan_run(cfg, gpus=world, gpu_type=gtype, mfu=mfu_v, mfu_source=src,
+    if comm_rates and by_construction:
+        raise ConfigError("compare_run: comm_rates go with a compute-only mfu from another run (measured_step_model)")
+    plan = plan_run(cfg, gpus=world, gpu_type=gtype, mfu=mfu_v, mfu_source=src, comm_rates=comm_rates,
+                    comm_source=comm_source,
                     peak_tflops=peak if peak is not None and peak > 0 else None, vocab_size=vocab_size,
                     peak_source=f"the matmul peak {run['run_dir']} measured and computed its MFU against")
     (row,) = [r for r in plan["memory"] if r["current"]]
@@ -308,4 +359,4 @@ def compare_renderables(cmp: dict[str, Any]) -> list[Any]:
     return out + plan_renderables(cmp["plan"])
 
 
-__all__ = ["compare_renderables", "compare_run", "measured_mfu", "read_run"]
+__all__ = ["compare_renderables", "compare_run", "measured_mfu", "measured_step_model", "read_run"]

@@ -178,8 +178,8 @@ def ds_config_for(cfg: ZeroLMConfig, world_size: int, gpu: bool = True) -> dict[
     if not cfg.model.init_from:
         try:
             width = resolve_model_config(cfg.model).d_model
-            # only ZeRO-1/2's bucket follows the count: skip the tokenizer read and the meta build otherwise
-            n_params = trainable_params(cfg) if cfg.train.zero_stage in (1, 2) else None
+            # only the ZeRO-1/2/3 buckets follow the count: skip the tokenizer read and the meta build at ZeRO-0
+            n_params = trainable_params(cfg) if cfg.train.zero_stage else None
         except ConfigError:  # no shape in the model section: a finetuning job's model comes from a folder
             width = n_params = None
     with _assume_cuda(gpu):

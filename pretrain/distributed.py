@@ -13,7 +13,7 @@ The launchers set different variables:
 
 :func:`detect` turns any of these into the ``env://`` variables torch.distributed reads. Also here: the
 job-wide helpers every rank calls together — :func:`all_reduce_values` (a few numbers over all ranks),
-:func:`gather_to_main` (small objects to rank 0) and :func:`lock_run_dir` (one job per run directory) — and :func:`stop_with_launcher` (a rank does not
+:func:`gather_to_main` (small objects to rank 0), :func:`collective_rates` (how fast the links are) and :func:`lock_run_dir` (one job per run directory) — and :func:`stop_with_launcher` (a rank does not
 outlive its launcher).
 """
 
@@ -287,6 +287,70 @@ def all_reduce_values(values: list[float], op: str = "sum") -> list[float]:
     import torch
 
     return all_reduce_tensor(torch.tensor(values, dtype=torch.float64), op).tolist()
+
+
+#: The collectives :func:`collective_rates` times, with nccl-tests' bus-bandwidth factor for ``n`` ranks: the
+#: share of the message each rank must send in a ring algorithm (NVIDIA nccl-tests, doc/PERFORMANCE.md).
+COLLECTIVE_BUS_FACTOR = {"all_reduce": lambda n: 2.0 * (n - 1) / n, "all_gather": lambda n: (n - 1) / n,
+                         "reduce_scatter": lambda n: (n - 1) / n}
+
+
+def collective_rates(nbytes: int = 16 << 20, small_bytes: int = 4096, rounds: int = 3) -> dict[str, Any] | None:
+    """Time this process group's all-reduce, all-gather and reduce-scatter, for the plan's communication
+    term (:func:`zerolm.launch.plan.comm_seconds`). All ranks must call it together; ~0.3 s with gloo on
+    2 CPU ranks, milliseconds with NCCL.
+
+    Each collective runs on fp32 tensors on :func:`collective_device` at ``small_bytes`` and at ``nbytes``
+    (the full message: the all-reduced tensor, the all-gather's output, the reduce-scatter's input), the best of
+    ``rounds`` after a warm-up, each timing the slowest rank's (a collective ends when its last rank does).
+    It is modelled as ``t(S) = latency + S · factor(n) / bus_bandwidth`` (the α–β model; ``factor`` is
+    :data:`COLLECTIVE_BUS_FACTOR`, so the bus bandwidth carries over to another number of ranks on the same
+    links, as nccl-tests reports it): ``latency`` = t(``small_bytes``), ``bus_bandwidth`` from t(``nbytes``).
+
+    Returns:
+        None without a process group or with one rank; else ``{"backend", "world_size", "bytes",
+        "all_reduce" | "all_gather" | "reduce_scatter": {"latency_s", "bus_bytes_per_s", "seconds"}}``
+        (``seconds``: the measured t(``nbytes``)).
+    """
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    n, dev = dist.get_world_size(), collective_device()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        fn()
+        sync()
+        best = float("inf")
+        for _ in range(rounds):
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    def ops(size: int) -> dict[str, Any]:
+        elems = max(n, size // 4 // n * n)  # divisible by the ranks
+        whole, part = torch.ones(elems, device=dev), torch.empty(elems // n, device=dev)
+        return {"all_reduce": lambda: dist.all_reduce(whole),
+                "all_gather": lambda: dist.all_gather_into_tensor(whole, part),
+                "reduce_scatter": lambda: dist.reduce_scatter_tensor(part, whole)}
+
+    small, large = ops(small_bytes), ops(nbytes)
+    names = list(COLLECTIVE_BUS_FACTOR)
+    local = [timed(small[k]) for k in names] + [timed(large[k]) for k in names]
+    slowest = all_reduce_values(local, op="max")
+    out: dict[str, Any] = {"backend": dist.get_backend(), "world_size": n, "bytes": int(nbytes)}
+    for i, k in enumerate(names):
+        lat, big = slowest[i], slowest[len(names) + i]
+        out[k] = {"latency_s": lat, "seconds": big,
+                  "bus_bytes_per_s": nbytes * COLLECTIVE_BUS_FACTOR[k](n) / max(big - lat, 1e-9)}
+    return out
 
 
 def gather_to_main(obj: Any) -> list[Any] | None:

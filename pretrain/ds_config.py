@@ -38,16 +38,36 @@ def zero12_reduce_bucket(n_params: int) -> int:
     return int(min(max(int(n_params), 1), DS_REDUCE_BUCKET_SIZE))
 
 
-def zero3_width_defaults(hidden_size: int) -> dict[str, int]:
-    """ZeRO-3 bucket sizes from the model width ``d`` = ``hidden_size`` (elements): ``reduce_bucket_size`` d²,
-    ``stage3_prefetch_bucket_size`` 0.9·d², ``stage3_param_persistence_threshold`` 10·d — the values
-    transformers' DeepSpeed integration puts for ``"auto"`` (``HfTrainerDeepSpeedConfig``), which most
-    HF Trainer + ZeRO-3 runs use. DeepSpeed's own defaults (5e8 / 5e7 / 1e5) hold a reduce bucket of
-    5e8 elements for the whole run (2 GB in fp32 on a GPU) and gather up to 5e7 parameters ahead; measured
-    here (``bench/comm_sweep.py``, GPT-2 6×512, 2 ranks): the same tokens/s (1.006×) at 0.85× the peak
-    RSS per rank (docs/performance.md)."""
+#: The smallest ZeRO-3 ``reduce_bucket_size`` zerolm sets by default (elements; 16 MiB in fp32, 8 MiB in bf16).
+#: Each flush of the bucket is one reduce-scatter, which costs a fixed latency α on top of its bytes ÷ bandwidth
+#: β; a bucket keeps α under ~10 % of the transfer when it holds ≥ 10·α·β bytes: ~5 MB with gloo on this
+#: machine (α ≈ 0.3 ms, β ≈ 0.7–1.8 GB/s, ``distributed.collective_rates``), ~2–20 MB with NCCL (α ≈ 10–50 µs,
+#: β ≈ 100–400 GB/s). transformers' d² is below that for every model narrower than 2048.
+ZERO3_MIN_REDUCE_BUCKET = 1 << 22
+
+
+def zero3_width_defaults(hidden_size: int, n_params: int | None = None) -> dict[str, int]:
+    """ZeRO-3 bucket sizes from the model width ``d`` = ``hidden_size`` (elements): ``reduce_bucket_size``
+    ``max(d², 2²²)`` (at most ``n_params`` when given), ``stage3_prefetch_bucket_size`` 0.9·d²,
+    ``stage3_param_persistence_threshold`` 10·d.
+
+    The prefetch and persistence values are the ones transformers' DeepSpeed integration puts for ``"auto"``
+    (``HfTrainerDeepSpeedConfig``), which most HF Trainer + ZeRO-3 runs use. DeepSpeed's own defaults (5e8 / 5e7
+    / 1e5) hold a reduce bucket of 5e8 elements for the whole run (2 GB in fp32 on a GPU) and gather up to 5e7
+    parameters ahead; measured here (``bench/comm_sweep.py``, GPT-2 6×512, 2 ranks): the same tokens/s (1.006×)
+    at 0.85× the peak RSS per rank (docs/performance.md).
+
+    The reduce bucket has a floor, :data:`ZERO3_MIN_REDUCE_BUCKET`: with transformers' d² a narrow model flushes
+    its bucket once per parameter or two, each flush a latency-bound reduce-scatter. Measured on 2 CPU ranks
+    (fp32, ``bench/plan_accuracy.py`` shapes, s/step, d² → floor): tiny 0.240 → 0.193, small 0.822 → 0.741,
+    gpt3-125m 4.26 → 3.93 (ZeRO-0: 0.148, 0.619, 3.12); docs/performance.md. Capped at the parameter count,
+    since a larger bucket only allocates more (DeepSpeed 0.19.8 ``stage3.py`` allocates
+    ``torch.empty(reduce_bucket_size)`` per gradient dtype for the whole run)."""
     d = int(hidden_size)
-    return {"reduce_bucket_size": d * d, "stage3_prefetch_bucket_size": int(0.9 * d * d),
+    bucket = max(d * d, ZERO3_MIN_REDUCE_BUCKET)
+    if n_params:
+        bucket = min(bucket, max(int(n_params), 1))
+    return {"reduce_bucket_size": bucket, "stage3_prefetch_bucket_size": int(0.9 * d * d),
             "stage3_param_persistence_threshold": 10 * d}
 
 
@@ -63,7 +83,8 @@ def build_ds_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, wo
         hidden_size: the model's width (``config.hidden_size``); at ZeRO-3 the bucket sizes that
             ``train.comm`` leaves unset follow it (:func:`zero3_width_defaults`). None: DeepSpeed's defaults.
         n_params: the model's trainable parameter count; at ZeRO-1/2 an unset ``train.comm.reduce_bucket_size``
-            becomes ``min(N, 5e8)`` (:func:`zero12_reduce_bucket`). None: DeepSpeed's 5e8.
+            becomes ``min(N, 5e8)`` (:func:`zero12_reduce_bucket`), at ZeRO-3 it caps the width default.
+            None: DeepSpeed's 5e8 at ZeRO-1/2, no cap at ZeRO-3.
 
     Returns:
         A dict ``deepspeed.initialize(config=…)`` accepts; also written to the run dir.
@@ -83,7 +104,7 @@ def build_ds_config(cfg: TrainConfig, micro_batch_size: int, grad_accum: int, wo
         overlap = torch.cuda.is_available() if comm.overlap_comm == "auto" else comm.overlap_comm == "on"
         zero.update(contiguous_gradients=comm.contiguous_gradients, overlap_comm=overlap)
         if cfg.zero_stage == 3 and hidden_size:
-            zero.update(zero3_width_defaults(hidden_size))
+            zero.update(zero3_width_defaults(hidden_size, n_params))
         if cfg.zero_stage in (1, 2) and n_params:
             zero["reduce_bucket_size"] = zero12_reduce_bucket(n_params)
         for key, ds_key in (("reduce_bucket_size", "reduce_bucket_size"), ("allgather_bucket_size", "allgather_bucket_size"),

@@ -202,6 +202,8 @@ class Trainer:
         # MFU's denominator: the matmul peak in the dtype the model computes in (bf16 runs ~2.5x fp32 here)
         self.peak = cfg.train.peak_flops or distributed.all_reduce_values(
             [measure_matmul_peak(self.engine.device, compute_dtype(precision))])[0] / env.world_size
+        # the links' speed, for zerolm plan's communication term (None on one rank)
+        self.collectives = distributed.collective_rates()
         self.tracker = None
         if env.is_main:
             self.tracker = Tracker(cfg.tracking, self.run_dir, run_config(cfg, self.parts.job), run_id,
@@ -214,6 +216,11 @@ class Trainer:
             log.info("%s", self.engine.compile_reason)
             if precision_reason:
                 log.info("%s", precision_reason)
+            if self.collectives:
+                c = self.collectives
+                log.info("links (%s, %d ranks, %d MiB messages): bus bandwidth all-reduce %.3g GB/s, all-gather %.3g GB/s, "
+                         "reduce-scatter %.3g GB/s", c["backend"], c["world_size"], c["bytes"] >> 20,
+                         *(c[k]["bus_bytes_per_s"] / 1e9 for k in ("all_reduce", "all_gather", "reduce_scatter")))
 
     def release(self) -> None:
         """Stop the energy tracker and give up the run-directory lock (training is over; export may
@@ -549,6 +556,8 @@ class Trainer:
                 **({"cuda_max_allocated_gib": [r[2] for r in per_rank]} if len(per_rank[0]) > 2 else {}),
                 "baseline": "RSS when the trainer started: after imports and process-group init, before the data "
                             "loader and model were built"}
+        if self.collectives:
+            out["collectives"] = self.collectives
         steady = self.windows[1:] or self.windows
         if steady:
             out["throughput"] = {"step_time_s": median([w[0] for w in steady]),

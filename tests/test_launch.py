@@ -320,9 +320,11 @@ def test_train_comm_keys_reach_deepspeed_as_its_parser_reads_them():
     from zerolm.launch.plan import trainable_params
 
     assert default.reduce_bucket_size == trainable_params(load_config(GPT)) < DeepSpeedZeroConfig(stage=2).reduce_bucket_size
-    # ZeRO-3 unset: from the quickstart GPT's width, d_model 256 (d², 0.9·d², 10·d); a train.comm value still wins
+    # ZeRO-3 unset: from the quickstart GPT's width, d_model 256 (d² with a 2**22 floor, at most N = 5.2M; 0.9·d²,
+    # 10·d); a train.comm value still wins
     z3 = DeepSpeedZeroConfig(**ds_config_for(load_config(GPT, ["train.zero_stage=3"]), 8, gpu=False)["zero_optimization"])
-    assert (z3.reduce_bucket_size, z3.prefetch_bucket_size, z3.param_persistence_threshold) == (65536, 58982, 2560)
+    assert trainable_params(load_config(GPT)) > 2**22
+    assert (z3.reduce_bucket_size, z3.prefetch_bucket_size, z3.param_persistence_threshold) == (2**22, 58982, 2560)
     assert parsed.reduce_bucket_size == 20_000_000 and parsed.param_persistence_threshold == 0
     for gpu in (True, False):
         auto = ds_config_for(load_config(GPT, ["train.zero_stage=2"]), 8, gpu=gpu)["zero_optimization"]

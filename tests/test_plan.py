@@ -374,18 +374,22 @@ def test_bucket_sizes_are_those_deepspeed_reads_from_the_generated_config():
     for stage in (1, 2):
         zero = build_ds_config(TrainConfig(zero_stage=stage, precision="fp32"), 4, 1, 2, hidden_size=256)["zero_optimization"]
         assert DeepSpeedZeroConfig(**zero).reduce_bucket_size == DS_REDUCE_BUCKET_SIZE
+    # ... except that the reduce bucket is at least 2**22 elements (a latency-bound reduce-scatter per flush below it)
     z3 = DeepSpeedZeroConfig(**build_ds_config(TrainConfig(zero_stage=3, precision="fp32"), 4, 1, 2, hidden_size=256)["zero_optimization"])
-    assert (z3.reduce_bucket_size, z3.prefetch_bucket_size, z3.param_persistence_threshold) == (65536, 58982, 2560)
-    # with the parameter count, ZeRO-1/2's bucket is min(N, 5e8) (DeepSpeed parses it back); ZeRO-3 ignores N;
-    # a train.comm value wins
+    assert (z3.reduce_bucket_size, z3.prefetch_bucket_size, z3.param_persistence_threshold) == (4_194_304, 58982, 2560)
+    wide = build_ds_config(TrainConfig(zero_stage=3, precision="fp32"), 4, 1, 2, hidden_size=4096, n_params=10**10)
+    assert wide["zero_optimization"]["reduce_bucket_size"] == 4096 * 4096
+    # with the parameter count, ZeRO-1/2's bucket is min(N, 5e8) (DeepSpeed parses it back); ZeRO-3's is capped at
+    # N; a train.comm value wins
     for stage in (1, 2):
         for n, want in ((1_234_567, 1_234_567), (10**9, DS_REDUCE_BUCKET_SIZE)):
             zero = build_ds_config(TrainConfig(zero_stage=stage, precision="fp32"), 4, 1, 2, hidden_size=256, n_params=n)["zero_optimization"]
             assert DeepSpeedZeroConfig(**zero).reduce_bucket_size == want
         given = TrainConfig(zero_stage=stage, precision="fp32", comm={"reduce_bucket_size": 7_000_000})
         assert build_ds_config(given, 4, 1, 2, n_params=1000)["zero_optimization"]["reduce_bucket_size"] == 7_000_000
-    assert build_ds_config(TrainConfig(zero_stage=3, precision="fp32"), 4, 1, 2, hidden_size=256, n_params=1000)["zero_optimization"] == \
-        build_ds_config(TrainConfig(zero_stage=3, precision="fp32"), 4, 1, 2, hidden_size=256)["zero_optimization"]
+    small = build_ds_config(TrainConfig(zero_stage=3, precision="fp32"), 4, 1, 2, hidden_size=256, n_params=1000)["zero_optimization"]
+    assert small == {**build_ds_config(TrainConfig(zero_stage=3, precision="fp32"), 4, 1, 2, hidden_size=256)["zero_optimization"],
+                     "reduce_bucket_size": 1000}
     # allreduce_gradients is wrapped (no __wrapped__): read its signature from the module's source
     assert "def allreduce_gradients(self, bucket_size=MEMORY_OPT_ALLREDUCE_SIZE)" in inspect.getsource(DeepSpeedEngine)
     assert MEMORY_OPT_ALLREDUCE_SIZE == DS_ZERO0_ALLREDUCE_SIZE
@@ -396,16 +400,16 @@ def test_comm_buffers_in_the_plan_rows():
     written out here from DeepSpeed's code, and how each row's total uses it."""
     cfg = ZeroLMConfig(model=ModelConfig(family="gpt2", n_layer=2, n_head=4, d_model=64),
                        data=DataConfig(seq_len=32, micro_batch_size=4), train=TrainConfig(precision="bf16", zero_stage=2))
-    B3 = 64 * 64  # ZeRO-3: d_model² (build_ds_config's width default)
     gpu = plan_run(cfg, gpus=2, gpu_type="a100", vocab_size=500)
     n = gpu["model"]["params"]
-    assert n > B3
+    B3 = min(max(64 * 64, 2**22), n)  # ZeRO-3: d_model², at least 2**22, at most N (build_ds_config's width default)
+    assert B3 == n
     B = n  # ZeRO-1/2: min(N, 5e8) (build_ds_config with the parameter count)
     # bf16: w = 2; two ZeRO-1/2 buckets; ZeRO-1's full gradients become views into them (its partition copy is
     # in "grads", as at ZeRO-2)
     expect_gpu = {0: 2 * n, 1: 2 * 2 * B, 2: 2 * 2 * B, 3: 2 * B3}
     cpu = plan_run(cfg, gpus=2, gpu_type="cpu", vocab_size=500, peak_tflops=0.1)
-    expect_cpu = {0: 2 * n, 1: 2 * n, 2: 2 * n, 3: 2 * B3}  # N < B: only N elements are ever written; B3 < N: all of it
+    expect_cpu = {0: 2 * n, 1: 2 * n, 2: 2 * n, 3: 2 * B3}  # N ≤ B: only N elements are ever written
     for plan in (gpu, cpu):
         assert _row(plan, 1, "none")["grads"] == _row(plan, 2, "none")["grads"]
     # without contiguous_gradients ZeRO-1 keeps the full gradients as model states (the ZeRO paper's P_os)
@@ -517,9 +521,9 @@ def test_comm_buffer_matches_what_deepspeed_allocates_and_touches(tmp_path):
     got = json.loads(out.read_text())
     for stage in (1, 2, 3):
         g = got[str(stage)]
-        # ZeRO-3: d_model² elements; ZeRO-1/2: the parameter count (the worker counts it on its model; 4·N bytes
-        # allocated is what tells that the engine passed it)
-        bucket = {"reduce_bucket_size": g["d"] ** 2 if stage == 3 else g["n"]}
+        # ZeRO-3: d_model² elements, at least 2**22, at most N; ZeRO-1/2: the parameter count (the worker counts it
+        # on its model; the bytes allocated are what tell that the engine passed it)
+        bucket = {"reduce_bucket_size": min(max(g["d"] ** 2, 2**22), g["n"]) if stage == 3 else g["n"]}
         alloc = comm_buffer_bytes(g["n"], stage=stage, precision="fp32", overlap_comm=False, **bucket)["buffer"]
         touched = comm_buffer_bytes(g["n"], stage=stage, precision="fp32", resident_only=True, **bucket)["buffer"]
         assert g["allocated"] == alloc

@@ -193,6 +193,36 @@ def test_without_a_stated_peak_mfu_is_against_the_measured_matmul_peak(zero1_two
     assert best / 4 < peak < best * 4, (peak, best)
 
 
+def test_a_two_rank_run_records_its_links_and_plans_another_stage_with_its_communication_taken_out(
+        zero1_two_ranks, trained_tokenizer, capsys):
+    """The 2-rank run recorded its gloo collective rates; ``measured_step_model`` takes out the communication a
+    ZeRO-1 step has on 2 ranks in fp32 — written out here from those rates: one all-reduce of the 4N gradient
+    bytes (bus factor 2(n−1)/n = 1) and the parameter all-gather in 2 calls (factor (n−1)/n = ½) — and
+    ``zerolm plan --mfu-from`` plans ZeRO-3 with that compute MFU and ZeRO-3's own communication."""
+    from zerolm.cli import main
+    from zerolm.launch.plan_vs_run import measured_step_model
+
+    res = json.loads((zero1_two_ranks / "result.json").read_text())
+    rates = res["collectives"]
+    assert (rates["backend"], rates["world_size"]) == ("gloo", 2)
+    n, _ = _gpt2_counts(zero1_two_ranks, trained_tokenizer)
+    ar, ag = rates["all_reduce"], rates["all_gather"]
+    comm = ar["latency_s"] + 4 * n / ar["bus_bytes_per_s"] + 2 * ag["latency_s"] + 4 * n * 0.5 / ag["bus_bytes_per_s"]
+    step, mfu = res["throughput"]["step_time_s"], res["throughput"]["mfu"]
+    assert 0 < comm < step
+    m = measured_step_model(zero1_two_ranks)
+    assert m["run_comm_s"] == pytest.approx(comm, rel=1e-9)
+    assert m["mfu"] == pytest.approx(mfu * step / (step - comm), rel=1e-9)
+    assert main(["plan", str(zero1_two_ranks / "config.yaml"), "train.zero_stage=3", "--gpu-type", "cpu", "--gpus", "2",
+                 "--peak-tflops", "0.1", "--mfu-from", str(zero1_two_ranks), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["time"]["compute_mfu"] == pytest.approx(m["mfu"], rel=1e-12)
+    assert plan["time"]["step_time_s"] == pytest.approx(plan["time"]["compute_s_per_step"] + plan["time"]["comm_s_per_step"])
+    assert [p["collective"] for p in plan["time"]["comm"]["parts"]] == ["all_gather", "reduce_scatter"]
+    said = plan["assumptions"]["mfu"] + plan["assumptions"]["communication"]
+    assert "taken out" in said and "zero_stage" not in said and "gloo" in said
+
+
 # -- ZeRO-1 ------------------------------------------------------------------------------------------
 def test_zero1_on_two_ranks_shards_the_optimizer_and_keeps_the_weights_identical(zero1_two_ranks):
     """The engine ran ZeRO stage 1 with one optimizer shard per rank, each holding about half of the

@@ -143,7 +143,7 @@ def _cmd_finetune_sentiment(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from zerolm.launch.plan import plan_renderables, plan_run
-    from zerolm.launch.plan_vs_run import compare_renderables, compare_run, measured_mfu
+    from zerolm.launch.plan_vs_run import compare_renderables, compare_run, measured_step_model
 
     if Path(args.config).is_dir():  # a run directory: plan its own config and compare with what it measured
         if args.overrides:
@@ -157,16 +157,18 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             for item in compare_renderables(cmp):
                 console.print(item, highlight=False)
         return 0
-    mfu, mfu_source = args.mfu, None
+    mfu, mfu_source, rates, rates_source = args.mfu, None, None, None
     if args.mfu_from and args.mfu is not None:
         raise ConfigError("give either --mfu or --mfu-from, not both")
     cfg = load_config(args.config, args.overrides)
-    if args.mfu_from:
-        mfu, mfu_source = measured_mfu(args.mfu_from, for_cfg=cfg)
+    if args.mfu_from:  # the run's compute MFU and, when it recorded them, its links' speed
+        m = measured_step_model(args.mfu_from, for_cfg=cfg)
+        mfu, mfu_source, rates, rates_source = m["mfu"], m["mfu_source"], m["comm_rates"], m["comm_source"]
     plan = plan_run(cfg, gpus=args.gpus, gpu_type=args.gpu_type or "a100", tokens=args.tokens,
                     price_per_gpu_hour=args.price_per_gpu_hour, grid_intensity_g_per_kwh=args.grid_intensity,
                     pue=args.pue, mfu=mfu, peak_tflops=args.peak_tflops, gpu_memory_gb=args.gpu_memory,
-                    power_watts=args.power_watts, vocab_size=args.vocab_size, mfu_source=mfu_source)
+                    power_watts=args.power_watts, vocab_size=args.vocab_size, mfu_source=mfu_source,
+                    comm_rates=rates, comm_source=rates_source)
     if args.json:
         print(json.dumps(plan, indent=2))
     else:
@@ -481,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation in (0, 1] (default 0.4, assumed; "
                    "for a run directory: its own measured MFU)")
     p.add_argument("--mfu-from", default=None, metavar="RUN_DIR", help="take the MFU a run measured (median over its log "
-                   "windows) instead of assuming one")
+                   "windows) instead of assuming one; with the collective rates a 2+-rank run recorded, its "
+                   "communication is taken out and the planned ZeRO stage's added")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s per device (default: the device table; cpu: measured)")
     p.add_argument("--gpu-memory", type=float, default=None, help="memory per device in GB (default: the device table)")
     p.add_argument("--power-watts", type=float, default=None, help="average power per device in W (default: its TDP)")

@@ -187,7 +187,8 @@ class ZeroCommConfig(_Section):
 
     Each key maps to the DeepSpeed ``zero_optimization`` key of the same name; ``null`` leaves zerolm's
     default: at ZeRO-3 the three bucket keys follow the model width d (d², 0.9·d², 10·d: transformers'
-    "auto" values, :func:`zerolm.pretrain.ds_config.zero3_width_defaults`), elsewhere DeepSpeed 0.19's. ``overlap_comm``: reduce (ZeRO-1/2) or gather (ZeRO-3) on a side stream while the
+    "auto" values, the reduce bucket at least 2²² and at most N elements,
+    :func:`zerolm.pretrain.ds_config.zero3_width_defaults`), elsewhere DeepSpeed 0.19's. ``overlap_comm``: reduce (ZeRO-1/2) or gather (ZeRO-3) on a side stream while the
     backward/forward goes on — ``"auto"`` is on with CUDA, off without (on CPU there is no side
     stream to overlap with; measured in ``bench/comm_sweep.py``, docs/performance.md).
     ``contiguous_gradients``: copy gradients into one flat buffer as they are reduced (less
