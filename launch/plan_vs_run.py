@@ -194,8 +194,12 @@ def measured_step_model(run_dir, for_cfg=None) -> dict[str, Any]:
     (one rank, an older run, or a modelled ``c`` ≥ 0.9·``t``) this is :func:`measured_mfu` with the
     communication inside the MFU.
 
+    The MFU is against the peak the run measured (``peak_tflops`` here): planning the same kind of device, pass
+    it as the plan's peak so that the run's achieved FLOP/s carry over, not a fresh reading of the peak.
+
     Returns:
-        ``{"mfu", "mfu_source", "comm_rates" (or None), "comm_source", "run_comm_s" (``c``, or None)}``.
+        ``{"mfu", "mfu_source", "comm_rates" (or None), "comm_source", "run_comm_s" (``c``, or None),
+        "peak_tflops" (the run's, or None), "cuda" (the run recorded CUDA memory)}``.
 
     Raises:
         ConfigError: as :func:`measured_mfu`.
@@ -203,8 +207,9 @@ def measured_step_model(run_dir, for_cfg=None) -> dict[str, Any]:
     mfu, src = measured_mfu(run_dir, for_cfg=for_cfg)
     run = read_run(run_dir)
     rates, thr = run["collectives"], run["throughput"]
-    base = {"mfu": mfu, "mfu_source": src, "comm_rates": None, "comm_source": None, "run_comm_s": None}
     step, peak = thr.get("step_time_s"), thr.get("peak_tflops_per_rank")
+    base = {"mfu": mfu, "mfu_source": src, "comm_rates": None, "comm_source": None, "run_comm_s": None,
+            "peak_tflops": peak if isinstance(peak, (int, float)) and peak > 0 else None, "cuda": run["cuda"]}
     if not rates or not step or not peak:
         return base
     own = plan_run(run["cfg"], gpus=run["world_size"], gpu_type="a100" if run["cuda"] else "cpu", mfu=mfu,
@@ -218,7 +223,7 @@ def measured_step_model(run_dir, for_cfg=None) -> dict[str, Any]:
                    if a != b and key != "train.zero_stage"]
         src = f"measured in {run['run_dir']}: {thr['source']}" + (
             "; differs from the plan: " + ", ".join(differs) + " — measure MFU with the plan's settings" if differs else "")
-    return {"mfu": mfu * step / (step - c),
+    return {**base, "mfu": mfu * step / (step - c),
             "mfu_source": f"{src}; its modelled communication {c:.3g} s of its {step:.3g} s/step taken out",
             "comm_rates": rates,
             "comm_source": f"measured by {run['run_dir']} ({rates.get('backend')}, {rates.get('world_size')} ranks)",

@@ -221,6 +221,14 @@ def test_a_two_rank_run_records_its_links_and_plans_another_stage_with_its_commu
     assert [p["collective"] for p in plan["time"]["comm"]["parts"]] == ["all_gather", "reduce_scatter"]
     said = plan["assumptions"]["mfu"] + plan["assumptions"]["communication"]
     assert "taken out" in said and "zero_stage" not in said and "gloo" in said
+    # the run's own config on its own ranks, on the peak it measured: compute + communication is its step time
+    assert main(["plan", str(zero1_two_ranks / "config.yaml"), "--gpu-type", "cpu", "--gpus", "2",
+                 "--mfu-from", str(zero1_two_ranks), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["device"]["peak_tflops"] == res["throughput"]["peak_tflops_per_rank"]
+    # (up to the medians: MFU and step time are each the median over the log windows, and with an even count
+    # of windows a median averages two of them, so 1/median(MFU) is not exactly median(step time))
+    assert same["time"]["step_time_s"] == pytest.approx(step, rel=0.03)
 
 
 # -- ZeRO-1 ------------------------------------------------------------------------------------------

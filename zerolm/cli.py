@@ -158,17 +158,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 console.print(item, highlight=False)
         return 0
     mfu, mfu_source, rates, rates_source = args.mfu, None, None, None
+    peak, peak_source = args.peak_tflops, None
     if args.mfu_from and args.mfu is not None:
         raise ConfigError("give either --mfu or --mfu-from, not both")
     cfg = load_config(args.config, args.overrides)
+    gpu_type = args.gpu_type or "a100"
     if args.mfu_from:  # the run's compute MFU and, when it recorded them, its links' speed
         m = measured_step_model(args.mfu_from, for_cfg=cfg)
         mfu, mfu_source, rates, rates_source = m["mfu"], m["mfu_source"], m["comm_rates"], m["comm_source"]
-    plan = plan_run(cfg, gpus=args.gpus, gpu_type=args.gpu_type or "a100", tokens=args.tokens,
+        if peak is None and gpu_type == "cpu" and not m["cuda"] and m["peak_tflops"]:
+            # a CPU run planned for this CPU: its MFU is against the peak it measured, so its FLOP/s carry over
+            peak, peak_source = m["peak_tflops"], f"the matmul peak {args.mfu_from} measured (its MFU is against it)"
+    plan = plan_run(cfg, gpus=args.gpus, gpu_type=gpu_type, tokens=args.tokens,
                     price_per_gpu_hour=args.price_per_gpu_hour, grid_intensity_g_per_kwh=args.grid_intensity,
-                    pue=args.pue, mfu=mfu, peak_tflops=args.peak_tflops, gpu_memory_gb=args.gpu_memory,
+                    pue=args.pue, mfu=mfu, peak_tflops=peak, gpu_memory_gb=args.gpu_memory,
                     power_watts=args.power_watts, vocab_size=args.vocab_size, mfu_source=mfu_source,
-                    comm_rates=rates, comm_source=rates_source)
+                    comm_rates=rates, comm_source=rates_source, peak_source=peak_source)
     if args.json:
         print(json.dumps(plan, indent=2))
     else:
