@@ -661,8 +661,7 @@ def plan_run(cfg: ZeroLMConfig, *, gpus: int = 1, gpu_type: str = "a100", tokens
     compute_s = tokens_per_step * fpt / (gpus * peak * 1e12 * mfu_v)
     comm = None
     if comm_rates:
-        accum_plan = max(1, seqs_per_step // (mb * gpus))
-        comm = comm_seconds(n, stage=tc.zero_stage, dp=gpus, precision=tc.precision, grad_accum=accum_plan,
+        comm = comm_seconds(n, stage=tc.zero_stage, dp=gpus, precision=tc.precision, grad_accum=accum_now,
                             rates=comm_rates, reduce_bucket_size=bucket3 if tc.zero_stage == 3 else (
                                 bucket12 if tc.zero_stage else DS_ZERO0_ALLREDUCE_SIZE),
                             fetching_modules=counts["zero3_fetching_modules"])

@@ -170,13 +170,19 @@ def measured_mfu(run_dir, for_cfg=None) -> tuple[float, str]:
     Raises:
         ConfigError: as :func:`read_run`; or the run recorded no positive MFU.
     """
-    run = read_run(run_dir)
+    return _mfu_of(read_run(run_dir), for_cfg)
+
+
+def _mfu_of(run: dict[str, Any], for_cfg=None, modelled: tuple[str, ...] = ()) -> tuple[float, str]:
+    """:func:`measured_mfu` on a :func:`read_run` result; settings in ``modelled`` are not named as
+    differences (the plan accounts for them)."""
     v = run["throughput"].get("mfu")
     if not isinstance(v, (int, float)) or not (0 < v < math.inf):
         raise ConfigError(f"{run['run_dir']}: no usable measured MFU (got {v!r}) in result.json or metrics.jsonl")
     warn = "; above 1: that run's peak reading was low (busy machine)" if v > 1 else ""
     if for_cfg is not None:
-        differs = [f"{key} {a} (plan: {b})" for key, a, b in _step_settings(run["cfg"], for_cfg) if a != b]
+        differs = [f"{key} {a} (plan: {b})" for key, a, b in _step_settings(run["cfg"], for_cfg)
+                   if a != b and key not in modelled]
         if differs:
             warn += "; differs from the plan: " + ", ".join(differs) + " — measure MFU with the plan's settings"
     return float(v), f"measured in {run['run_dir']}: {run['throughput']['source']}{warn}"
@@ -204,8 +210,8 @@ def measured_step_model(run_dir, for_cfg=None) -> dict[str, Any]:
     Raises:
         ConfigError: as :func:`measured_mfu`.
     """
-    mfu, src = measured_mfu(run_dir, for_cfg=for_cfg)
     run = read_run(run_dir)
+    mfu, src = _mfu_of(run, for_cfg)
     rates, thr = run["collectives"], run["throughput"]
     step, peak = thr.get("step_time_s"), thr.get("peak_tflops_per_rank")
     base = {"mfu": mfu, "mfu_source": src, "comm_rates": None, "comm_source": None, "run_comm_s": None,
@@ -218,11 +224,7 @@ def measured_step_model(run_dir, for_cfg=None) -> dict[str, Any]:
     if c >= 0.9 * step:
         base["mfu_source"] += f"; its modelled communication ({c:.3g} s) is ≥ 0.9× its step time: rates not used"
         return base
-    if for_cfg is not None:  # the ZeRO stage is now modelled: drop it from what differs
-        differs = [f"{key} {a} (plan: {b})" for key, a, b in _step_settings(run["cfg"], for_cfg)
-                   if a != b and key != "train.zero_stage"]
-        src = f"measured in {run['run_dir']}: {thr['source']}" + (
-            "; differs from the plan: " + ", ".join(differs) + " — measure MFU with the plan's settings" if differs else "")
+    _, src = _mfu_of(run, for_cfg, modelled=("train.zero_stage",))  # the stage's communication is modelled now
     return {**base, "mfu": mfu * step / (step - c),
             "mfu_source": f"{src}; its modelled communication {c:.3g} s of its {step:.3g} s/step taken out",
             "comm_rates": rates,
