@@ -58,8 +58,10 @@ from zerolm.finetune import rloo
 from zerolm.finetune import sentiment as S
 from zerolm.finetune.sentiment_prompts import prompt_pool
 from zerolm.finetune.rl_checkpoint import PPOState, ppo_signature, resume_checkpoint, save_checkpoint
+from zerolm.finetune.rl_judge import JUDGE_FILE, JudgeState, hold_out_judge_prompts, judge_rate
 from zerolm.finetune.sentiment_export import export_meta, export_policy
 from zerolm.config import ZeroLMConfig
+from zerolm.fsutil import write_json
 from zerolm.pretrain import checkpoint as ckpt
 from zerolm.pretrain import distributed
 from zerolm.pretrain.progress import progress_bar
@@ -449,9 +451,16 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         codes = {p: S.code_ids(tok, c) for p, c in sc.control_codes.items()} if sc.rl_codes else None
         code_class = {p: reward.polarity_index(p) for p in ("positive", "negative")} if sc.rl_codes else None
         stops = S.stop_ids(lm, tok)
-        pool = [p.ids for p in prompt_pool(sc, tok, "validation", None, np.random.default_rng(sc.seed))]
-        if not pool:
+        pool_prompts = prompt_pool(sc, tok, "validation", None, np.random.default_rng(sc.seed))
+        if not pool_prompts:
             raise DataError(f"{sc.data}: no validation row has {sc.prompt_min_tokens}+ tokens to make a prompt")
+        judge_ids: list[list[int]] = []
+        if sc.judge_every is not None:  # held-out prompts for the judge: none of their source texts is trained on
+            pool_prompts, held = hold_out_judge_prompts(pool_prompts, sc.judge_prompts)
+            judge_ids = [p.ids for p in held]
+        judge_lengths = np.random.default_rng(sc.seed + 17).integers(
+            sc.response_min_tokens, sc.response_max_tokens + 1, size=len(judge_ids)).tolist()
+        pool = [p.ids for p in pool_prompts]
         trainable = freeze_lower_layers(lm, sc.trainable_layers)
         model = PolicyWithValueHead(lm, sc.temperature).eval()  # eval: no dropout, so ratios start at exactly 1
         group = sc.rloo_k if sc.method == "rloo" else 1  # samples per prompt
@@ -463,7 +472,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             torch.Generator().manual_seed(sc.seed * 1000 + env.rank),
             torch.Generator().manual_seed(sc.seed * 1000 + 500 + env.rank),
             PromptStream(pool, sc.batch_size, sc.response_min_tokens, sc.response_max_tokens, sc.seed + 1,
-                         env.rank, env.world_size))
+                         env.rank, env.world_size), judge=JudgeState() if judge_ids else None)
         signature = ppo_signature(sc, env.world_size, model)
         # an intact checkpoint this run cannot continue stops it here: nothing in the run directory changed
         resumed = resume_checkpoint(st, root, signature, env, sc.lr)
@@ -503,6 +512,33 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         if limit is not None and st.step < sc.steps and st.seconds_before >= limit:  # the same on every rank
             status = "time_limit"
             log.warning("not training: the run already took %.0f s, sentiment.max_minutes=%s", st.seconds_before, sc.max_minutes)
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+        def judge_now() -> dict[str, float]:
+            # the held-out judge on the policy as it is now (every rank; one all-reduce)
+            hits, count, cont = judge_rate(model.lm, tok, judge_ids, judge_lengths, sc, stops, env)
+            best = st.judge.record(st.step, hits, count)
+            st.judge.history[-1]["continuations_rank0"] = cont if env.is_main else []
+            if env.is_main:
+                write_json(run_dir / JUDGE_FILE, {"target": sc.target, "judge": "VADER on the continuation alone",
+                                                  "prompts": count, "every": sc.judge_every,
+                                                  "best_step": st.judge.best_step, "best_rate": st.judge.best_rate,
+                                                  "history": st.judge.history})
+                log.info("held-out judge at step %d: VADER %s rate %.3f (%d/%d)%s", st.step, sc.target, hits / max(count, 1),
+                         hits, count, " (best so far)" if best else f" (best {st.judge.best_rate:.3f} at step {st.judge.best_step})")
+            return {"judge/target_rate": hits / max(count, 1), "judge/best_rate": st.judge.best_rate}
+
+        def judge_patience_spent() -> bool:
+            return bool(st.judge and sc.judge_patience is not None and st.judge.since_best >= sc.judge_patience)
+
+        if st.judge is not None and not st.judge.history:  # the untuned policy: the bar RL has to clear
+            m0 = judge_now()
+            if tracker:
+                tracker.log(m0, 0)
+        if status == "completed" and st.step < sc.steps and judge_patience_spent():  # the same on every rank
+            status = "judge_stop"
+            log.warning("not training: the held-out judge has not improved for %d evaluations (sentiment.judge_patience=%s)",
+                        st.judge.since_best, sc.judge_patience)
         self_signal = distributed.scheduled_test_signal(env.rank)
         mini = sc.mini_batch_size // env.world_size * group  # rows of this rank per update (k rows per prompt)
         bar = progress_bar(sc.steps, "PPO", "steps", progress, initial=st.step)
@@ -524,6 +560,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             else:
                 kl_tok, rewards, adv, returns = ppo_advantages(ro, st.kl_ctl.value, sc.gamma, sc.lam)
             t_roll = time.perf_counter() - t0
+            if st.judge is not None:
+                st.judge.before_update(trained, st.step)  # the judge's best policy is about to change: keep it
             stats = ppo_update(ddp, model, st.opt, ro, adv, returns, sc, mini, st.shuffle)
             scores, mask = ro.scores, ro.mask
             local = {"mean_reward": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
@@ -543,17 +581,26 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             m = {f"ppo/{k}": v for k, v in m.items() if k != "tokens"} | {
                 "ppo/kl_coef": kl_coef, "ppo/tokens_per_second": m["tokens"] * env.world_size / dt, "ppo/step_time_s": dt, "ppo/rollout_time_s": t_roll,
                 "ppo/lr": sc.lr, "train/loss": m["policy_loss"] + (sc.vf_coef * m["value_loss"] if group == 1 else 0.0)}
+            if st.step < sc.steps and (stop or late):
+                status = "preempted" if stop else "time_limit"
+            judged = st.judge is not None and (st.step % sc.judge_every == 0 or st.step == sc.steps or status == "time_limit")
+            judge_m = judge_now() if judged else {}  # logged, not in the history (whose windows average every key)
+            if judged and st.step < sc.steps and status == "completed" and judge_patience_spent():
+                status = "judge_stop"
             st.history.append(m)
             bar.update(1)
             bar.set_postfix_str(f"reward {m['ppo/mean_reward']:.3f} KL {m['ppo/kl']:.2f}", refresh=False)
-            if tracker and (st.step % sc.log_every == 0 or st.step == sc.steps):
-                tracker.log(m, st.step)
+            if tracker and (st.step % sc.log_every == 0 or st.step == sc.steps or judged):
+                tracker.log(m | judge_m, st.step)
                 log.info("step %d/%d | reward %.3f | KL %.2f nats | β %.3f | policy %.4f | value %.4f | clipfrac %.3f | "
                          "entropy %.2f | %.0f tok/s | %.1f s", st.step, sc.steps, m["ppo/mean_reward"], m["ppo/kl"], kl_coef,
                          m["ppo/policy_loss"], m["ppo/value_loss"], m["ppo/clipfrac"], m["ppo/entropy"],
                          m["ppo/tokens_per_second"], dt)
-            if st.step < sc.steps and (stop or late):
-                status = "preempted" if stop else "time_limit"
+            if status == "judge_stop":
+                log.warning("stopping after step %d: the held-out judge has not improved for %d evaluations "
+                            "(sentiment.judge_patience=%s); the export is the policy of step %d", st.step,
+                            st.judge.since_best, sc.judge_patience, st.judge.best_step)
+            elif status != "completed":
                 log.warning("stopping after step %d (%s); run the same command to resume", st.step,
                             "stop signal" if stop else f"sentiment.max_minutes={sc.max_minutes} reached")
             if st.step % sc.save_every == 0 or st.step == sc.steps or status != "completed":
@@ -573,6 +620,18 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         result: dict[str, Any] = {"method": sc.method, "status": status, "steps": st.step, "seconds": seconds,
                                   "resumed_from": resumed, "first": window(st.history[:5]),
                                   "final": window(st.history[-5:]), "rank_weight_sha256": digests}
+        judge_meta = None
+        if st.judge is not None and st.judge.best_step >= 0:
+            judge_meta = {"every": sc.judge_every, "prompts": st.judge.history[-1]["count"], "patience": sc.judge_patience,
+                          "best_step": st.judge.best_step, "best_rate": st.judge.best_rate,
+                          "history": [{k: h[k] for k in ("step", "rate")} for h in st.judge.history]}
+            result["judge"] = judge_meta
+            if st.judge.best_params is not None:  # the export is the judge's best policy, not the last one
+                with torch.no_grad():
+                    for n, t in st.judge.best_params.items():
+                        trained[n].copy_(t)
+                log.info("exporting the policy of step %d (held-out judge %.3f), not step %d's", st.judge.best_step,
+                         st.judge.best_rate, st.step)
         if tracker:
             tracker.summary({k: v for k, v in result["final"].items()} | {"ppo/steps": st.step, "ppo/seconds": seconds})
             tracker.finish()
@@ -584,7 +643,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
                     "kl_horizon", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam", "grad_clip", "temperature",
                     "top_k", "top_p", "prompt_min_tokens", "prompt_max_tokens", "response_min_tokens",
                     "response_max_tokens", "trainable_layers", "rloo_k", "reward_text", "reward_type")}, world_size=env.world_size,
-                **({"rl_codes": True, "control_codes": dict(sc.control_codes)} if sc.rl_codes else {})))
+                **({"rl_codes": True, "control_codes": dict(sc.control_codes)} if sc.rl_codes else {}),
+                **({"judge": judge_meta} if judge_meta else {})))
             result["export_dir"] = str(out)
         return result
     finally:

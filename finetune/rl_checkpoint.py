@@ -48,7 +48,7 @@ RESUME_KEYS = ("method", "policy", "target", "batch_size", "mini_batch_size", "r
                "trainable_layers", "seed", "data",
                "text_column", "label_column", "validation_fraction", "test_fraction", "split_seed",
                "prompt_min_tokens", "prompt_max_tokens", "prompt_kinds", "context_min_tokens", "context_max_tokens",
-               "tweet_min_tokens", "tweet_max_tokens", "train_prompts")
+               "tweet_min_tokens", "tweet_max_tokens", "train_prompts", "judge_every", "judge_prompts")
 
 
 def ppo_signature(sc: Any, world_size: int, model: torch.nn.Module) -> dict[str, Any]:
@@ -71,7 +71,8 @@ class PPOState:
         kl_ctl: β. gen, shuffle: this rank's sampling and mini-batch order generators.
         stream: the prompt stream. step: PPO steps done. history: every step's metrics (for the
         first/final windows). seconds_before: run seconds of the processes before this one (from
-        the checkpoint resumed). wandb_run_id: the tracker's run to continue.
+        the checkpoint resumed). wandb_run_id: the tracker's run to continue. judge: the held-out
+        judge's evaluations and best policy (:class:`zerolm.finetune.rl_judge.JudgeState`), or None.
     """
 
     # the loop's own types (zerolm.finetune.ppo, which imports this module): PolicyWithValueHead,
@@ -86,12 +87,14 @@ class PPOState:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds_before: float = 0.0
     wandb_run_id: str | None = None
+    judge: Any = None  # zerolm.finetune.rl_judge.JudgeState when sentiment.judge_every is set
 
     def shared_state(self, seconds: float) -> dict[str, Any]:
         """What the ranks hold alike (rank 0 saves it); ``seconds``: the run's seconds so far."""
         return {"model": {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad},
                 "optimizer": self.opt.state_dict(), "kl_coef": self.kl_ctl.value, "step": self.step,
-                "history": self.history, "seconds": seconds}
+                "history": self.history, "seconds": seconds,
+                "judge": self.judge.state_dict() if self.judge is not None else None}
 
     def client_state(self) -> dict[str, Any]:
         """What is this rank's own: the RNG states, both generators, the prompt stream's position."""
@@ -123,6 +126,8 @@ class PPOState:
             g["lr"] = lr
         self.kl_ctl.value = shared["kl_coef"]
         self.step, self.history, self.seconds_before = shared["step"], list(shared["history"]), shared["seconds"]
+        if self.judge is not None and shared.get("judge"):
+            self.judge.load_state_dict(shared["judge"])
         ckpt.set_rng_state(client["rng"])
         self.gen.set_state(client["gen"])
         self.shuffle.set_state(client["shuffle"])

@@ -579,3 +579,126 @@ def test_rl_codes_export_and_report_use_the_code(rloo_codes_run):
     # written as the override that fixes it (YAML booleans, not Python's True/False)
     assert ckpt.incompatibilities(sig(True), sig(False)) == [("sentiment.rl_codes true → false",
                                                               "set sentiment.rl_codes=true")]
+
+
+def _judge_run(policy, reward, run: Path, steps: int, *extra: str) -> dict:
+    """`--method rloo` on the tiny GPT with the held-out judge every 2 steps (32 prompts), checkpoints every
+    2 steps kept; returns the run's judge.json."""
+    sentiment_cli(["--method", "rloo", "--policy", policy, "--reward", reward, "--run-dir", run,
+                   f"sentiment.steps={steps}", "sentiment.batch_size=4", "sentiment.rloo_k=2", "sentiment.mini_batch_size=4",
+                   "sentiment.ppo_epochs=1", "sentiment.lr=3e-3", "sentiment.trainable_layers=null", "sentiment.max_minutes=null",
+                   "sentiment.prompt_kinds={review: 1.0}", "sentiment.prompt_max_tokens=4", "sentiment.response_min_tokens=8",
+                   "sentiment.response_max_tokens=16", "sentiment.judge_every=2", "sentiment.judge_prompts=32",
+                   "sentiment.save_every=2", "sentiment.keep_last=10", "tracking.wandb_mode=disabled", *extra])
+    return json.loads((run / "judge.json").read_text())
+
+
+def _trained_in_export(hf: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(hf / "model.safetensors"))
+
+
+def _trained_at(run: Path, step: int) -> dict[str, torch.Tensor]:
+    """The policy's trainable parameters in the checkpoint of ``step`` (export names: no ``lm.``, no value head)."""
+    from zerolm.pretrain import checkpoint as ckpt
+
+    shared = ckpt.load_shared_state(run / "checkpoints", ckpt.tag_for(step))
+    return {n.removeprefix("lm."): t for n, t in shared["model"].items() if n.startswith("lm.")}
+
+
+def _same(export: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> bool:
+    common = set(export) & set(params)
+    assert len(common) >= len(params) - 1, (sorted(params)[:3], sorted(export)[:3])  # a tied head may be left out
+    return all(torch.equal(export[n], params[n]) for n in common)
+
+
+def test_held_out_judge_selects_the_export_and_survives_a_resume(control_run, reward_dir, tmp_path):
+    """sentiment.judge_every: VADER on held-out prompts at steps 0, 2, 4, 6; the export is the policy of the best
+    evaluation (checked against that step's checkpoint); a run stopped at step 4 and resumed to 6 judges and
+    selects exactly as the uninterrupted one; judge_patience ends a run at the first evaluation without a new best."""
+    policy = control_run / "hf"
+    whole = _judge_run(policy, reward_dir, tmp_path / "whole", 6)
+    hist = whole["history"]
+    assert [h["step"] for h in hist] == [0, 2, 4, 6] and all(h["count"] == 32 for h in hist)
+    for h in hist:  # VADER recomputed here on the continuations (one process: rank 0 sampled all 32)
+        assert len(h["continuations_rank0"]) == 32
+        assert h["hits"] == sum(judge_hits(vader_compound(h["continuations_rank0"]), "positive"))
+        assert h["rate"] == h["hits"] / 32
+    assert any(h["hits"] for h in hist)  # the tiny GPT's 8-16-token continuations do reach VADER's threshold
+    best = max(range(len(hist)), key=lambda i: (hist[i]["rate"], -i))  # the highest rate, the earliest on ties
+    assert whole["best_step"] == hist[best]["step"] and whole["best_rate"] == hist[best]["rate"]
+    export = _trained_in_export(tmp_path / "whole" / "hf")
+    chosen = (_trained_at(tmp_path / "whole", whole["best_step"]) if whole["best_step"] else
+              {n: t for n, t in _trained_in_export(policy).items()})
+    assert _same(export, chosen)
+    if whole["best_step"] != 6:
+        assert not _same(export, _trained_at(tmp_path / "whole", 6))
+    meta = json.loads((tmp_path / "whole" / "hf" / S.MARKER).read_text())
+    assert meta["judge"]["best_step"] == whole["best_step"] and len(meta["judge"]["history"]) == 4
+    result = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert result["judge"]["best_step"] == whole["best_step"]
+
+    _judge_run(policy, reward_dir, tmp_path / "split", 4)
+    split = _judge_run(policy, reward_dir, tmp_path / "split", 6)  # resumes from step 4's checkpoint
+    assert [(h["step"], h["hits"]) for h in split["history"]] == [(h["step"], h["hits"]) for h in hist]
+    assert split["best_step"] == whole["best_step"]
+    assert _same(_trained_in_export(tmp_path / "split" / "hf"), {n: t for n, t in export.items()})
+
+    early = _judge_run(policy, reward_dir, tmp_path / "early", 40, "sentiment.judge_patience=1")
+    rates = [h["rate"] for h in early["history"]]
+    stop = next((i for i in range(1, len(rates)) if rates[i] <= max(rates[:i])), None)
+    result = json.loads((tmp_path / "early" / "result.json").read_text())
+    if stop is None:  # every evaluation a new best: the run goes the distance
+        assert result["status"] == "completed" and result["steps"] == 40
+    else:
+        assert result["status"] == "judge_stop" and result["steps"] == early["history"][stop]["step"] == 2 * stop
+        assert len(rates) == stop + 1
+        best = early["best_step"]  # the export is the best evaluation's policy, not the last step's
+        chosen = _trained_at(tmp_path / "early", best) if best else _trained_in_export(policy)
+        assert _same(_trained_in_export(tmp_path / "early" / "hf"), chosen)
+        assert not _same(_trained_in_export(tmp_path / "early" / "hf"), _trained_at(tmp_path / "early", result["steps"]))
+
+
+def test_judge_keeps_the_best_policy_until_a_better_one():
+    """JudgeState: the live parameters at a new best are copied just before the next update changes them;
+    a worse evaluation keeps that copy; a better one drops it (the live parameters are the best again)."""
+    from zerolm.finetune.rl_judge import JudgeState
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    params, js = {"w": w}, JudgeState()
+    assert js.record(0, 2, 8) and js.best_params is None
+    js.before_update(params, 0)
+    with torch.no_grad():
+        w.add_(1.0)  # the update of step 1
+    js.before_update(params, 1)  # not the best step: nothing copied again
+    assert not js.record(2, 2, 8) and js.best_step == 0 and js.since_best == 1  # a tie keeps the earlier
+    assert torch.equal(js.best_params["w"], torch.zeros(3))
+    assert js.record(4, 3, 8) and js.best_step == 4 and js.best_params is None and js.since_best == 0
+    restored = JudgeState()
+    restored.load_state_dict(js.state_dict())
+    assert restored.best_step == 4 and restored.history == js.history
+
+
+def test_held_out_judge_prompts_share_no_source_with_training():
+    from zerolm.finetune.rl_judge import hold_out_judge_prompts
+    from zerolm.finetune.sentiment_prompts import Prompt
+
+    pool = [Prompt("review", [i], f"s{i % 5}") for i in range(20)]  # 5 source texts, each cut 4 times
+    train, judge = hold_out_judge_prompts(pool, 2, max_share=1.0)
+    assert [p.ids for p in judge] == [[18], [19]]  # the last two prompts, of sources s3 and s4
+    assert {p.source for p in train} == {"s0", "s1", "s2"} and len(train) == 12
+    with pytest.raises(Exception, match="holds out every source"):
+        hold_out_judge_prompts(pool, 5, max_share=1.0)
+    stories = [Prompt("story", [100 + i], f"t{i % 8}") for i in range(16)]  # 8 stories, then reviews last
+    train, judge = hold_out_judge_prompts(stories + pool, 6)  # at most a quarter of each kind's sources
+    assert sorted(p.kind for p in judge) == ["review", "story", "story"] and len(judge) == 3
+    assert {p.source for p in judge} == {"s4", "t6", "t7"}
+    assert len(train) == 36 - 2 * 2 - 4 and not {p.source for p in train} & {"s4", "t6", "t7"}
+
+
+def test_judge_settings_are_checked_before_any_work():
+    with pytest.raises(ConfigError, match="judge_every"):
+        load_config(REPO / "configs/finetune/sentiment_ppo.yaml", ["sentiment.judge_every=5", "sentiment.rl_codes=true"])
+    with pytest.raises(ConfigError, match="judge_patience needs judge_every"):
+        load_config(REPO / "configs/finetune/sentiment_ppo.yaml", ["sentiment.judge_patience=2"])

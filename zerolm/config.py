@@ -476,6 +476,13 @@ class SentimentConfig(_Section):
     records): a run resumed past it stops with status ``time_limit`` before another step; raise it to
     continue. With ``method=control`` it time-boxes the training steps the same way (it becomes
     ``train.max_minutes`` of the shared trainer; drawing the cached samples is not counted).
+
+    Held-out judge (ppo/rloo with one target; :mod:`finetune.rl_judge`): ``judge_every`` = n scores the
+    policy at step 0, every n steps and at the last step with VADER on the continuations alone of
+    ``judge_prompts`` prompts held out of the RL pool (with every prompt cut from their source texts),
+    and exports the best-scoring policy instead of the last one (``RUN_DIR/judge.json`` has every
+    evaluation); ``judge_patience`` = p ends the run (status ``judge_stop``) after p evaluations without
+    a new best. ``judge_every`` and ``judge_prompts`` shape the training pool, so a resume keeps them.
     """
 
     policy: str = "smollm2"
@@ -532,6 +539,9 @@ class SentimentConfig(_Section):
     grad_clip: float = Field(default=1.0, ge=0)
     trainable_layers: int | None = Field(default=None, ge=1)
     max_minutes: float | None = Field(default=None, gt=0)
+    judge_every: int | None = Field(default=None, ge=1)
+    judge_prompts: int = Field(default=64, ge=2)
+    judge_patience: int | None = Field(default=None, ge=1)
     save_every: int = Field(default=25, ge=1)
     keep_last: int = Field(default=2, ge=1)
     log_every: int = Field(default=1, ge=1)
@@ -554,6 +564,11 @@ class SentimentConfig(_Section):
             raise ValueError(f"prompt_kinds needs weights >= 0, at least one > 0, got {self.prompt_kinds}")
         if self.response_min_tokens > self.response_max_tokens:
             raise ValueError(f"response_min_tokens={self.response_min_tokens} > response_max_tokens={self.response_max_tokens}")
+        if self.judge_every is not None and (self.method == "control" or self.rl_codes):
+            raise ValueError("judge_every: the held-out judge selects PPO/RLOO policies for one target "
+                             f"(got method={self.method}, rl_codes={self.rl_codes})")
+        if self.judge_patience is not None and self.judge_every is None:
+            raise ValueError("judge_patience needs judge_every (the evaluations it counts)")
         if self.batch_size % self.mini_batch_size:
             raise ValueError(f"batch_size={self.batch_size} is not a multiple of mini_batch_size={self.mini_batch_size}")
         if set(self.control_codes) != {"positive", "negative"} or not all(c.strip() for c in self.control_codes.values()):
