@@ -40,7 +40,7 @@ compared with the plan by :func:`zerolm.launch.plan_vs_run.compare_run`:
 * **Step time** — predicted with an MFU measured on a DIFFERENT run, never the run's own: the same
   preset's ZeRO-0 run predicts its ZeRO-1/2/3 runs, and its ZeRO-1 run predicts ZeRO-0 (column ``MFU
   from``), as ``zerolm plan --mfu-from`` does: the source run's communication (modelled from the collective
-  rates it measured, ``zerolm.launch.plan.comm_seconds``) is taken out of its MFU and the predicted run's
+  rates it measured, ``zerolm.launch.ds_costs.comm_seconds``) is taken out of its MFU and the predicted run's
   stage's communication added (column ``comm``; ``no-comm``: the whole-step MFU without that term); the peak
   is the predicted run's own measured matmul peak. Measured: the trainer's median s/step over the log windows
   after the first. Each preset × stage runs ``--repeat`` times (default 2, ABBA order: stages up, then down)
@@ -324,7 +324,7 @@ def main(argv=None) -> None:
           "plan's total")
     print("step: FLOPs/step / (2 x this run's measured peak x compute MFU of the run named in 'MFU from', same preset: "
           "its MFU with its own modelled communication taken out) + this run's ZeRO stage's communication ('comm', s, from "
-          "the source run's measured collective rates; zerolm.launch.plan.comm_seconds); 'src pk': the same on the source "
+          "the source run's measured collective rates; zerolm.launch.ds_costs.comm_seconds); 'src pk': the same on the source "
           "run's own peak, free of this run's peak noise; 'no-comm': measured / the whole-step MFU's prediction (no "
           "communication term, as before)")
     print("memory timeline of rank 0 (MiB above baseline: RSS / peak RSS):")

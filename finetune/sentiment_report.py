@@ -244,7 +244,7 @@ def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path, progress: bool 
                                                      "count": v["count"]} for k, v in by_kind.items()}},
         "by_kind": by_kind,
         **({"judge_delta_vs_code": _delta_vs_code(runs, everything, by_kind_idx)} if code else {}),
-        "training": {k: meta.get(k) for k in ("steps", "seconds", "status", "final_metrics", "control_codes") if k in meta},
+        "training": {k: meta.get(k) for k in ("steps", "seconds", "status", "final_metrics", "control_codes", "judge") if k in meta},
         "samples": [{"kind": kinds[i], "prompt": tok.decode(queries[i], skip_special_tokens=True),
                      **{name: r["continuations"][i] for name, r in runs.items()},
                      **{f"reward_{name}": round(r["rewards"][i], 3) for name, r in runs.items()},
@@ -355,6 +355,11 @@ def report_markdown(rep: dict[str, Any]) -> str:
         lines.append(f"| {k} | " + " | ".join(_pm(rep[n], k) for n in names) + f" | {d} |")
     if jd:
         lines += ["", f"VADER on the continuation alone, after − before: {jd['delta']:+.3f} ± {jd['se'] or 0:.3f} (paired)."]
+    sel = rep.get("training", {}).get("judge")
+    if sel:  # sentiment.judge_every: the export is the best policy on the held-out judge, not the last one
+        lines += ["", f"The policy after is step {sel['best_step']}'s of {rep['training'].get('steps')}: the best of "
+                  f"{len(sel['history'])} evaluations on {sel['prompts']} prompts held out of training (VADER target rate "
+                  f"{sel['best_rate']:.3f}; " + ", ".join(f"step {h['step']} {h['rate']:.3f}" for h in sel["history"]) + ")."]
     vc = rep.get("judge_delta_vs_code")
     if vc:
         lines += ["", f"VADER on the continuation alone, after − before_with_code (what finetuning adds to prompting "

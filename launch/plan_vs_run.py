@@ -194,7 +194,7 @@ def measured_step_model(run_dir, for_cfg=None) -> dict[str, Any]:
 
     A run that recorded its collective rates (``result.json`` ``collectives``, trainers from this version on,
     2+ ranks) gives the MFU of its compute alone: ``MFU_compute = MFU × t / (t − c)``, with ``t`` its median
-    step time and ``c`` the communication :func:`zerolm.launch.plan.comm_seconds` predicts for its own ZeRO
+    step time and ``c`` the communication :func:`zerolm.launch.ds_costs.comm_seconds` predicts for its own ZeRO
     stage and ranks from those rates. The plan then adds the communication of the planned stage and ranks —
     so a ZeRO-0 run can plan ZeRO-3, whose parameter gathers cost time that is not FLOPs. Without rates
     (one rank, an older run, or a modelled ``c`` ≥ 0.9·``t``) this is :func:`measured_mfu` with the
@@ -264,7 +264,7 @@ def compare_run(run_dir, *, mfu: float | None = None, gpu_type: str | None = Non
 
     Step time: predicted = tokens per step × FLOPs per token ÷ (ranks × peak × MFU), plus, with ``comm_rates``
     (then ``mfu`` is the compute's alone: :func:`measured_step_model`), the communication of the run's ZeRO
-    stage (:func:`zerolm.launch.plan.comm_seconds`). With the run's own measured MFU (default) this is
+    stage (:func:`zerolm.launch.ds_costs.comm_seconds`). With the run's own measured MFU (default) this is
     consistent by construction (MFU was computed from the same step times); only a given ``mfu`` (assumed, or
     measured on another run) makes it a prediction.
 

@@ -297,7 +297,7 @@ COLLECTIVE_BUS_FACTOR = {"all_reduce": lambda n: 2.0 * (n - 1) / n, "all_gather"
 
 def collective_rates(nbytes: int = 16 << 20, small_bytes: int = 4096, rounds: int = 3) -> dict[str, Any] | None:
     """Time this process group's all-reduce, all-gather and reduce-scatter, for the plan's communication
-    term (:func:`zerolm.launch.plan.comm_seconds`). All ranks must call it together; ~0.3 s with gloo on
+    term (:func:`zerolm.launch.ds_costs.comm_seconds`). All ranks must call it together; ~0.3 s with gloo on
     2 CPU ranks, milliseconds with NCCL.
 
     Each collective runs on fp32 tensors on :func:`collective_device` at ``small_bytes`` and at ``nbytes``

@@ -174,7 +174,7 @@ class _SkippableAdamW(torch.optim.AdamW):
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """The optimizer's two parameter groups, in this order: weight decay on matrices and embeddings
     (``p.dim() >= 2``), none on biases and norm gains (nanoGPT). DeepSpeed's ZeRO-1/2 flattens and partitions
-    each group on its own, so :func:`zerolm.launch.plan.zero12_grad_partition_elems` plans with this split."""
+    each group on its own, so :func:`zerolm.launch.ds_costs.zero12_grad_partition_elems` plans with this split."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:

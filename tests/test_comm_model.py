@@ -1,6 +1,6 @@
 """The plan's communication term (issue 16): the collective rates the trainer measures on its own process
 group (``distributed.collective_rates``, the α–β model), and the seconds per optimizer step each ZeRO stage
-spends in DeepSpeed's collectives (``plan.comm_seconds``)."""
+spends in DeepSpeed's collectives (``ds_costs.comm_seconds``)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_comm_seconds_per_zero_stage_written_out_by_hand():
     that all-reduce once plus the parameter all-gather (2 calls, one per optimizer group); ZeRO-2 the
     all-reduce on every micro-batch; ZeRO-3 on every micro-batch an all-gather of the non-persistent
     parameters (2 calls per fetching module) and a reduce-scatter in ceil(N/B) calls. Nothing on one rank."""
-    from zerolm.launch.plan import comm_seconds
+    from zerolm.launch.ds_costs import comm_seconds
 
     N, B, ga, dp = 10_000_000, 4_000_000, 3, 4
     ar, ag, rs = RATES["all_reduce"], RATES["all_gather"], RATES["reduce_scatter"]

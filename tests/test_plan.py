@@ -364,7 +364,7 @@ def test_bucket_sizes_are_those_deepspeed_reads_from_the_generated_config():
     from deepspeed.runtime.engine import MEMORY_OPT_ALLREDUCE_SIZE, DeepSpeedEngine
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-    from zerolm.launch.plan import DS_REDUCE_BUCKET_SIZE, DS_ZERO0_ALLREDUCE_SIZE
+    from zerolm.launch.ds_costs import DS_REDUCE_BUCKET_SIZE, DS_ZERO0_ALLREDUCE_SIZE
     from zerolm.pretrain.ds_config import build_ds_config
 
     for stage in (1, 2, 3):
@@ -513,7 +513,7 @@ def test_comm_buffer_matches_what_deepspeed_allocates_and_touches(tmp_path):
     and the pages gradients were written to = ``w·N`` (the CPU figure)."""
     from single_rank import run_as_single_rank
 
-    from zerolm.launch.plan import comm_buffer_bytes, zero3_whole_param_bytes
+    from zerolm.launch.ds_costs import comm_buffer_bytes, zero3_whole_param_bytes
 
     out = tmp_path / "buckets.json"
     r = run_as_single_rank(__file__, str(out))

@@ -5,7 +5,7 @@
   flags stay on the device until the last micro-batch, then one all-reduce carries the step's loss sum,
   non-finite count and token count (issue 18);
 * DeepSpeed's gradient and parameter collectives move the bytes ``zerolm plan``'s communication term
-  (``plan.comm_seconds``) says they move (issue 16)."""
+  (``ds_costs.comm_seconds``) says they move (issue 16)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_deepspeed_moves_the_bytes_the_plans_communication_term_counts(counted):
     once; ZeRO-3 all-gathers the parameters (4N out) and reduce-scatters the gradients (4N in) on every
     micro-batch (16N each). DeepSpeed pads its flat partitions and zerolm's own step all-reduce adds a few
     bytes: 2 % slack. Each figure is what ``comm_seconds`` puts in its parts."""
-    from zerolm.launch.plan import comm_seconds
+    from zerolm.launch.ds_costs import comm_seconds
 
     from zerolm.config import load_config
     from zerolm.launch.plan import _model_counts
