@@ -403,6 +403,201 @@ def ppo_update(ddp: torch.nn.Module, model: PolicyWithValueHead, opt: torch.opti
 
 
 # -- the job ---------------------------------------------------------------------------------------
+@dataclass
+class RLJob:
+    """What stays fixed through one PPO/RLOO run on this rank (built by :func:`build_job`).
+
+    Attributes:
+        sc: the ``sentiment`` config. env: the distributed environment. lm, tok: the policy's causal-LM
+            and tokenizer. ref: the frozen reference. model: ``lm`` with its value head; ddp: ``model``
+            or its DDP wrapper. reward: the :class:`finetune.sentiment.RewardModel`. stops: the ids
+            that end a response. codes: ``{polarity: code ids}`` with ``rl_codes`` (else None);
+            code_class: ``{polarity: the reward's class index}`` (else None). group: samples per
+            prompt (``rloo_k`` for RLOO, 1 for PPO). mini: rows of this rank per update.
+            trained: ``{name: parameter}`` the optimizer updates. judge_ids, judge_lengths: the
+            held-out judge's prompts and response lengths (empty without ``judge_every``).
+            pool_size: prompts in the RL pool. trainable_lm: parameters of ``lm`` that are trained.
+    """
+
+    sc: Any
+    env: Any
+    lm: torch.nn.Module
+    tok: Any
+    ref: torch.nn.Module
+    model: PolicyWithValueHead
+    ddp: torch.nn.Module
+    reward: Any
+    stops: set[int]
+    codes: dict[str, list[int]] | None
+    code_class: dict[str, int] | None
+    group: int
+    mini: int
+    trained: dict[str, torch.nn.Parameter]
+    judge_ids: list[list[int]]
+    judge_lengths: list[int]
+    pool_size: int
+    trainable_lm: int
+
+
+def build_job(cfg: ZeroLMConfig, env: Any) -> tuple[RLJob, PPOState]:
+    """Load the policy, its reference and the reward, build the prompt pool (and the judge's held-out
+    prompts), freeze the lower layers and make a fresh :class:`PPOState` (step 0).
+
+    Raises:
+        DataError: no prompt survives the length filter, or unreadable models/data.
+    """
+    from zerolm.errors import DataError
+
+    sc = cfg.sentiment
+    torch.manual_seed(sc.seed)  # the same value head on every rank (DDP also broadcasts rank 0's)
+    lm, tok = S.load_policy(sc.policy)
+    ref, _ = S.load_policy(sc.policy)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    reward = S.RewardModel(sc.reward, sc.target, sc.target_label, sc.reward_type)
+    codes = {p: S.code_ids(tok, c) for p, c in sc.control_codes.items()} if sc.rl_codes else None
+    code_class = {p: reward.polarity_index(p) for p in ("positive", "negative")} if sc.rl_codes else None
+    pool_prompts = prompt_pool(sc, tok, "validation", None, np.random.default_rng(sc.seed))
+    if not pool_prompts:
+        raise DataError(f"{sc.data}: no validation row has {sc.prompt_min_tokens}+ tokens to make a prompt")
+    judge_ids: list[list[int]] = []
+    if sc.judge_every is not None:  # held-out prompts for the judge: none of their source texts is trained on
+        pool_prompts, held = hold_out_judge_prompts(pool_prompts, sc.judge_prompts)
+        judge_ids = [p.ids for p in held]
+    judge_lengths = np.random.default_rng(sc.seed + 17).integers(
+        sc.response_min_tokens, sc.response_max_tokens + 1, size=len(judge_ids)).tolist()
+    pool = [p.ids for p in pool_prompts]
+    trainable = freeze_lower_layers(lm, sc.trainable_layers)
+    model = PolicyWithValueHead(lm, sc.temperature).eval()  # eval: no dropout, so ratios start at exactly 1
+    group = sc.rloo_k if sc.method == "rloo" else 1
+    if group > 1:
+        model.v_head.requires_grad_(False)  # RLOO's baseline is the group's: no value head to train
+    st = PPOState(
+        model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=sc.lr),
+        AdaptiveKLController(sc.init_kl_coef, sc.target_kl, sc.kl_horizon, sc.adaptive_kl),
+        torch.Generator().manual_seed(sc.seed * 1000 + env.rank),
+        torch.Generator().manual_seed(sc.seed * 1000 + 500 + env.rank),
+        PromptStream(pool, sc.batch_size, sc.response_min_tokens, sc.response_max_tokens, sc.seed + 1,
+                     env.rank, env.world_size), judge=JudgeState() if judge_ids else None)
+    job = RLJob(sc, env, lm, tok, ref, model, model, reward, S.stop_ids(lm, tok), codes, code_class, group,
+                sc.mini_batch_size // env.world_size * group,
+                {n: p for n, p in model.named_parameters() if p.requires_grad}, judge_ids, judge_lengths, len(pool), trainable)
+    return job, st
+
+
+def rl_step(job: RLJob, st: PPOState) -> tuple[dict[str, float], float]:
+    """One step on this rank: the next prompts (with their codes under ``rl_codes``; each ``group``
+    times for RLOO) → :func:`rollout` → advantages (:func:`rloo_step_advantages` or
+    :func:`ppo_advantages`) → :func:`ppo_update`. Keeps the judge's best policy before the update
+    changes it.
+
+    Returns:
+        ``(metrics, rollout_seconds)``: this rank's ``mean_reward``, ``reward_std``, ``kl`` (nats/sample),
+        ``mean_non_score_reward``, ``response_tokens``, ``returns``, ``tokens`` (prompt + response),
+        the update's means (:func:`ppo_update`) and, with ``rl_codes``, ``reward_{polarity}_code``.
+    """
+    sc, group = job.sc, job.group
+    t0 = time.perf_counter()
+    queries, lengths = st.stream.next()
+    targets = pols = None
+    if job.codes:  # control codes learnt by RL: each prompt rewarded for its own code's sentiment
+        queries, pols = code_prompts(queries, st.step, job.codes)
+        targets = torch.tensor([job.code_class[p] for p in pols for _ in range(group)])
+    if group > 1:  # each prompt k times, adjacent, with the same length budget
+        queries = [q for q in queries for _ in range(group)]
+        lengths = [n for n in lengths for _ in range(group)]
+    ro = rollout(job.model, job.ref, job.reward, job.tok, job.stops, queries, lengths, sc, st.gen, targets)
+    if group > 1:
+        kl_tok, rewards, adv, returns = rloo_step_advantages(ro, st.kl_ctl.value, group)
+    else:
+        kl_tok, rewards, adv, returns = ppo_advantages(ro, st.kl_ctl.value, sc.gamma, sc.lam)
+    t_roll = time.perf_counter() - t0
+    if st.judge is not None:
+        st.judge.before_update(job.trained, st.step)  # the judge's best policy is about to change: keep it
+    stats = ppo_update(job.ddp, job.model, st.opt, ro, adv, returns, sc, job.mini, st.shuffle)
+    scores, mask = ro.scores, ro.mask
+    local = {"mean_reward": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
+             "kl": float(kl_tok.sum(1).mean()), "mean_non_score_reward": float(rewards.sum(1).mean() - scores.mean()),
+             "response_tokens": float(mask.sum(1).mean()), "returns": float(masked_mean(returns, mask)),
+             "tokens": float(ro.batch["attention_mask"].sum()), **stats}
+    if pols is not None and len(pols) > 1:  # each rank holds both codes this step: the reward of each code's samples
+        for p in ("positive", "negative"):
+            local[f"reward_{p}_code"] = float(scores[targets == job.code_class[p]].mean())
+    return local, t_roll
+
+
+def judge_now(job: RLJob, st: PPOState, run_dir: Path) -> dict[str, float]:
+    """The held-out judge on the policy as it is now (every rank; one all-reduce): records the
+    evaluation in ``st.judge`` and, on rank 0, rewrites ``RUN_DIR/judge.json``.
+
+    Returns:
+        ``{"judge/target_rate": this evaluation's rate, "judge/best_rate": the best so far}``.
+    """
+    sc = job.sc
+    hits, count, cont = judge_rate(job.model.lm, job.tok, job.judge_ids, job.judge_lengths, sc, job.stops, job.env)
+    best = st.judge.record(st.step, hits, count)
+    st.judge.history[-1]["continuations_rank0"] = cont if job.env.is_main else []
+    if job.env.is_main:
+        write_json(run_dir / JUDGE_FILE, {"target": sc.target, "judge": "VADER on the continuation alone",
+                                          "prompts": count, "every": sc.judge_every,
+                                          "best_step": st.judge.best_step, "best_rate": st.judge.best_rate,
+                                          "history": st.judge.history})
+        log.info("held-out judge at step %d: VADER %s rate %.3f (%d/%d)%s", st.step, sc.target, hits / max(count, 1),
+                 hits, count, " (best so far)" if best else f" (best {st.judge.best_rate:.3f} at step {st.judge.best_step})")
+    return {"judge/target_rate": hits / max(count, 1), "judge/best_rate": st.judge.best_rate}
+
+
+def finish_run(job: RLJob, st: PPOState, cfg: ZeroLMConfig, status: str, resumed: str | None, seconds: float,
+               tracker: Any) -> dict[str, Any]:
+    """End the run: gather the ranks' weight digests, put the held-out judge's best policy back (when
+    it is not the last), close the tracker and export on rank 0.
+
+    Returns:
+        :func:`train_ppo`'s result.
+    """
+    sc, env = job.sc, job.env
+    digests: list[Any] = [None] * env.world_size
+    mine = weights_digest(job.model)
+    if dist.is_initialized() and env.world_size > 1:
+        dist.all_gather_object(digests, mine)
+    else:
+        digests = [mine]
+
+    def window(rows):
+        return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+    result: dict[str, Any] = {"method": sc.method, "status": status, "steps": st.step, "seconds": seconds,
+                              "resumed_from": resumed, "first": window(st.history[:5]),
+                              "final": window(st.history[-5:]), "rank_weight_sha256": digests}
+    judge_meta = None
+    if st.judge is not None and st.judge.best_step >= 0:
+        judge_meta = {"every": sc.judge_every, "prompts": st.judge.history[-1]["count"], "patience": sc.judge_patience,
+                      "best_step": st.judge.best_step, "best_rate": st.judge.best_rate,
+                      "history": [{k: h[k] for k in ("step", "rate")} for h in st.judge.history]}
+        result["judge"] = judge_meta
+        if st.judge.best_params is not None:  # the export is the judge's best policy, not the last one
+            with torch.no_grad():
+                for n, t in st.judge.best_params.items():
+                    job.trained[n].copy_(t)
+            log.info("exporting the policy of step %d (held-out judge %.3f), not step %d's", st.judge.best_step,
+                     st.judge.best_rate, st.step)
+    if tracker:
+        tracker.summary({k: v for k, v in result["final"].items()} | {"ppo/steps": st.step, "ppo/seconds": seconds})
+        tracker.finish()
+    if env.is_main:
+        out = export_policy(job.lm, job.tok, sc.export_dir or Path(cfg.train.run_dir) / "hf", export_meta(
+            cfg, sc.method, job.reward.label, steps=st.step, status=status, seconds=seconds, final_metrics=result["final"],
+            first_metrics=result["first"], ppo={k: getattr(sc, k) for k in (
+                "batch_size", "mini_batch_size", "ppo_epochs", "lr", "init_kl_coef", "adaptive_kl", "target_kl",
+                "kl_horizon", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam", "grad_clip", "temperature",
+                "top_k", "top_p", "prompt_min_tokens", "prompt_max_tokens", "response_min_tokens",
+                "response_max_tokens", "trainable_layers", "rloo_k", "reward_text", "reward_type")}, world_size=env.world_size,
+            **({"rl_codes": True, "control_codes": dict(sc.control_codes)} if sc.rl_codes else {}),
+            **({"judge": judge_meta} if judge_meta else {})))
+        result["export_dir"] = str(out)
+    return result
+
+
 def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> dict[str, Any]:
     """Run PPO as this process's part of the job (1 process, or each rank under torchrun/srun), then
     export the policy on rank 0 (:func:`finetune.sentiment_export.export_policy`). ``progress`` draws
@@ -427,7 +622,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             run (before any training step; the message names what differs).
     """
     from zerolm.pretrain.tracking import Tracker, run_config
-    from zerolm.errors import ConfigError, DataError
+    from zerolm.errors import ConfigError
 
     sc = cfg.sentiment
     env = distributed.detect()
@@ -442,38 +637,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         run_dir = Path(cfg.train.run_dir)
         root = run_dir / "checkpoints"
         lock = distributed.lock_run_dir(run_dir, env)
-        torch.manual_seed(sc.seed)  # the same value head on every rank (DDP also broadcasts rank 0's)
-        lm, tok = S.load_policy(sc.policy)
-        ref, _ = S.load_policy(sc.policy)
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        reward = S.RewardModel(sc.reward, sc.target, sc.target_label, sc.reward_type)
-        codes = {p: S.code_ids(tok, c) for p, c in sc.control_codes.items()} if sc.rl_codes else None
-        code_class = {p: reward.polarity_index(p) for p in ("positive", "negative")} if sc.rl_codes else None
-        stops = S.stop_ids(lm, tok)
-        pool_prompts = prompt_pool(sc, tok, "validation", None, np.random.default_rng(sc.seed))
-        if not pool_prompts:
-            raise DataError(f"{sc.data}: no validation row has {sc.prompt_min_tokens}+ tokens to make a prompt")
-        judge_ids: list[list[int]] = []
-        if sc.judge_every is not None:  # held-out prompts for the judge: none of their source texts is trained on
-            pool_prompts, held = hold_out_judge_prompts(pool_prompts, sc.judge_prompts)
-            judge_ids = [p.ids for p in held]
-        judge_lengths = np.random.default_rng(sc.seed + 17).integers(
-            sc.response_min_tokens, sc.response_max_tokens + 1, size=len(judge_ids)).tolist()
-        pool = [p.ids for p in pool_prompts]
-        trainable = freeze_lower_layers(lm, sc.trainable_layers)
-        model = PolicyWithValueHead(lm, sc.temperature).eval()  # eval: no dropout, so ratios start at exactly 1
-        group = sc.rloo_k if sc.method == "rloo" else 1  # samples per prompt
-        if group > 1:
-            model.v_head.requires_grad_(False)  # RLOO's baseline is the group's: no value head to train
-        st = PPOState(
-            model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=sc.lr),
-            AdaptiveKLController(sc.init_kl_coef, sc.target_kl, sc.kl_horizon, sc.adaptive_kl),
-            torch.Generator().manual_seed(sc.seed * 1000 + env.rank),
-            torch.Generator().manual_seed(sc.seed * 1000 + 500 + env.rank),
-            PromptStream(pool, sc.batch_size, sc.response_min_tokens, sc.response_max_tokens, sc.seed + 1,
-                         env.rank, env.world_size), judge=JudgeState() if judge_ids else None)
-        signature = ppo_signature(sc, env.world_size, model)
+        job, st = build_job(cfg, env)
+        signature = ppo_signature(sc, env.world_size, job.model)
         # an intact checkpoint this run cannot continue stops it here: nothing in the run directory changed
         resumed = resume_checkpoint(st, root, signature, env, sc.lr)
         line, written = ckpt.lineage(root, resumed), set()
@@ -481,9 +646,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         def elapsed() -> float:
             return st.seconds_before + time.perf_counter() - t_start
 
-        ddp = model
         if env.world_size > 1:
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            job.ddp = torch.nn.parallel.DistributedDataParallel(job.model)
         tracker = None
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -492,11 +656,12 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             st.wandb_run_id = tracker.run_id
             log.info("PPO: %s (%.1fM parameters, %.1fM trained) → %s (%s) of %s | %d prompts | %d/step = %d ranks × %d | "
                      "%d epochs × mini-batch %d | lr %.2e | β0 %.2f → KL %.1f%s", sc.policy,
-                     sum(p.numel() for p in lm.parameters()) / 1e6, trainable / 1e6,
+                     sum(p.numel() for p in job.lm.parameters()) / 1e6,
+                     job.trainable_lm / 1e6,
                      f"both codes {sc.control_codes}" if sc.rl_codes else sc.target,
-                     "each code's label" if sc.rl_codes else reward.label, sc.reward, len(pool), sc.batch_size, env.world_size,
-                     sc.batch_size // env.world_size, sc.ppo_epochs, sc.mini_batch_size, sc.lr, sc.init_kl_coef,
-                     sc.target_kl, f" | resumed at step {st.step}" if resumed else "")
+                     "each code's label" if sc.rl_codes else job.reward.label, sc.reward, job.pool_size, sc.batch_size,
+                     env.world_size, sc.batch_size // env.world_size, sc.ppo_epochs, sc.mini_batch_size, sc.lr,
+                     sc.init_kl_coef, sc.target_kl, f" | resumed at step {st.step}" if resumed else "")
 
         stop_signal = [0]
 
@@ -512,27 +677,12 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         if limit is not None and st.step < sc.steps and st.seconds_before >= limit:  # the same on every rank
             status = "time_limit"
             log.warning("not training: the run already took %.0f s, sentiment.max_minutes=%s", st.seconds_before, sc.max_minutes)
-        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-        def judge_now() -> dict[str, float]:
-            # the held-out judge on the policy as it is now (every rank; one all-reduce)
-            hits, count, cont = judge_rate(model.lm, tok, judge_ids, judge_lengths, sc, stops, env)
-            best = st.judge.record(st.step, hits, count)
-            st.judge.history[-1]["continuations_rank0"] = cont if env.is_main else []
-            if env.is_main:
-                write_json(run_dir / JUDGE_FILE, {"target": sc.target, "judge": "VADER on the continuation alone",
-                                                  "prompts": count, "every": sc.judge_every,
-                                                  "best_step": st.judge.best_step, "best_rate": st.judge.best_rate,
-                                                  "history": st.judge.history})
-                log.info("held-out judge at step %d: VADER %s rate %.3f (%d/%d)%s", st.step, sc.target, hits / max(count, 1),
-                         hits, count, " (best so far)" if best else f" (best {st.judge.best_rate:.3f} at step {st.judge.best_step})")
-            return {"judge/target_rate": hits / max(count, 1), "judge/best_rate": st.judge.best_rate}
 
         def judge_patience_spent() -> bool:
             return bool(st.judge and sc.judge_patience is not None and st.judge.since_best >= sc.judge_patience)
 
         if st.judge is not None and not st.judge.history:  # the untuned policy: the bar RL has to clear
-            m0 = judge_now()
+            m0 = judge_now(job, st, run_dir)
             if tracker:
                 tracker.log(m0, 0)
         if status == "completed" and st.step < sc.steps and judge_patience_spent():  # the same on every rank
@@ -540,51 +690,26 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             log.warning("not training: the held-out judge has not improved for %d evaluations (sentiment.judge_patience=%s)",
                         st.judge.since_best, sc.judge_patience)
         self_signal = distributed.scheduled_test_signal(env.rank)
-        mini = sc.mini_batch_size // env.world_size * group  # rows of this rank per update (k rows per prompt)
         bar = progress_bar(sc.steps, "PPO", "steps", progress, initial=st.step)
         while status == "completed" and st.step < sc.steps:
             if self_signal and st.step + 1 == self_signal[0]:
                 os.kill(os.getpid(), self_signal[1])  # test hook: a signal arriving during this step
             t0 = time.perf_counter()
-            queries, lengths = st.stream.next()
-            targets = None
-            if codes:  # control codes learnt by RL: each prompt rewarded for its own code's sentiment
-                queries, pols = code_prompts(queries, st.step, codes)
-                targets = torch.tensor([code_class[p] for p in pols for _ in range(group)])
-            if group > 1:  # each prompt k times, adjacent, with the same length budget
-                queries = [q for q in queries for _ in range(group)]
-                lengths = [n for n in lengths for _ in range(group)]
-            ro = rollout(model, ref, reward, tok, stops, queries, lengths, sc, st.gen, targets)
-            if group > 1:
-                kl_tok, rewards, adv, returns = rloo_step_advantages(ro, st.kl_ctl.value, group)
-            else:
-                kl_tok, rewards, adv, returns = ppo_advantages(ro, st.kl_ctl.value, sc.gamma, sc.lam)
-            t_roll = time.perf_counter() - t0
-            if st.judge is not None:
-                st.judge.before_update(trained, st.step)  # the judge's best policy is about to change: keep it
-            stats = ppo_update(ddp, model, st.opt, ro, adv, returns, sc, mini, st.shuffle)
-            scores, mask = ro.scores, ro.mask
-            local = {"mean_reward": float(scores.mean()), "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
-                     "kl": float(kl_tok.sum(1).mean()), "mean_non_score_reward": float(rewards.sum(1).mean() - scores.mean()),
-                     "response_tokens": float(mask.sum(1).mean()), "returns": float(masked_mean(returns, mask)),
-                     "tokens": float(ro.batch["attention_mask"].sum()), **stats,
-                     "stop": float(stop_signal[0]), "late": float(limit is not None and elapsed() > limit)}
-            if codes and len(pols) > 1:  # each rank holds both codes this step: the reward of each code's samples
-                for p in ("positive", "negative"):
-                    local[f"reward_{p}_code"] = float(scores[targets == code_class[p]].mean())
+            local, t_roll = rl_step(job, st)
+            local |= {"stop": float(stop_signal[0]), "late": float(limit is not None and elapsed() > limit)}
             m = _mean_over_ranks(local)  # the step's one collective after the update: metrics and both flags
             stop, late = m.pop("stop") > 0, m.pop("late") > 0
             st.step += 1
             kl_coef = st.kl_ctl.value
-            st.kl_ctl.update(m["kl"], sc.batch_size * group)
+            st.kl_ctl.update(m["kl"], sc.batch_size * job.group)
             dt = time.perf_counter() - t0
             m = {f"ppo/{k}": v for k, v in m.items() if k != "tokens"} | {
                 "ppo/kl_coef": kl_coef, "ppo/tokens_per_second": m["tokens"] * env.world_size / dt, "ppo/step_time_s": dt, "ppo/rollout_time_s": t_roll,
-                "ppo/lr": sc.lr, "train/loss": m["policy_loss"] + (sc.vf_coef * m["value_loss"] if group == 1 else 0.0)}
+                "ppo/lr": sc.lr, "train/loss": m["policy_loss"] + (sc.vf_coef * m["value_loss"] if job.group == 1 else 0.0)}
             if st.step < sc.steps and (stop or late):
                 status = "preempted" if stop else "time_limit"
             judged = st.judge is not None and (st.step % sc.judge_every == 0 or st.step == sc.steps or status == "time_limit")
-            judge_m = judge_now() if judged else {}  # logged, not in the history (whose windows average every key)
+            judge_m = judge_now(job, st, run_dir) if judged else {}  # logged, not in the history (whose windows average every key)
             if judged and st.step < sc.steps and status == "completed" and judge_patience_spent():
                 status = "judge_stop"
             st.history.append(m)
@@ -606,47 +731,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             if st.step % sc.save_every == 0 or st.step == sc.steps or status != "completed":
                 written.add(save_checkpoint(st, root, cfg, env, elapsed(), signature, line | written))
         bar.close()
-        digests: list[Any] = [None] * env.world_size
-        mine = weights_digest(model)
-        if dist.is_initialized() and env.world_size > 1:
-            dist.all_gather_object(digests, mine)
-        else:
-            digests = [mine]
-
-        def window(rows):
-            return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} if rows else {}
-
-        seconds = round(elapsed(), 1)
-        result: dict[str, Any] = {"method": sc.method, "status": status, "steps": st.step, "seconds": seconds,
-                                  "resumed_from": resumed, "first": window(st.history[:5]),
-                                  "final": window(st.history[-5:]), "rank_weight_sha256": digests}
-        judge_meta = None
-        if st.judge is not None and st.judge.best_step >= 0:
-            judge_meta = {"every": sc.judge_every, "prompts": st.judge.history[-1]["count"], "patience": sc.judge_patience,
-                          "best_step": st.judge.best_step, "best_rate": st.judge.best_rate,
-                          "history": [{k: h[k] for k in ("step", "rate")} for h in st.judge.history]}
-            result["judge"] = judge_meta
-            if st.judge.best_params is not None:  # the export is the judge's best policy, not the last one
-                with torch.no_grad():
-                    for n, t in st.judge.best_params.items():
-                        trained[n].copy_(t)
-                log.info("exporting the policy of step %d (held-out judge %.3f), not step %d's", st.judge.best_step,
-                         st.judge.best_rate, st.step)
-        if tracker:
-            tracker.summary({k: v for k, v in result["final"].items()} | {"ppo/steps": st.step, "ppo/seconds": seconds})
-            tracker.finish()
-        if env.is_main:
-            out = export_policy(lm, tok, sc.export_dir or run_dir / "hf", export_meta(
-                cfg, sc.method, reward.label, steps=st.step, status=status, seconds=seconds, final_metrics=result["final"],
-                first_metrics=result["first"], ppo={k: getattr(sc, k) for k in (
-                    "batch_size", "mini_batch_size", "ppo_epochs", "lr", "init_kl_coef", "adaptive_kl", "target_kl",
-                    "kl_horizon", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam", "grad_clip", "temperature",
-                    "top_k", "top_p", "prompt_min_tokens", "prompt_max_tokens", "response_min_tokens",
-                    "response_max_tokens", "trainable_layers", "rloo_k", "reward_text", "reward_type")}, world_size=env.world_size,
-                **({"rl_codes": True, "control_codes": dict(sc.control_codes)} if sc.rl_codes else {}),
-                **({"judge": judge_meta} if judge_meta else {})))
-            result["export_dir"] = str(out)
-        return result
+        return finish_run(job, st, cfg, status, resumed, round(elapsed(), 1), tracker)
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)
