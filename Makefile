@@ -39,7 +39,7 @@ quickstart: setup
 	$(BIN)/zerolm sample runs/quickstart/bert-hf
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=20 tests
 
 bench: setup
 	$(BIN)/python bench/data_pipeline.py
