@@ -239,8 +239,10 @@ def _packed_passes(model, seqs: list[list[int]], keep_from: list[int], bs: int, 
             allowed = (seg[:, :, None] == seg[:, None, :]) & causal  # (rows, q, k)
             mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
             inputs = {"attention_mask": mask.to(device), "position_ids": pos.to(device)}
-        else:  # one sequence per row: plain right padding (positions 0…, the model's own causal mask)
-            inputs = {"attention_mask": (seg == 0).long().to(device)}
+        else:  # one sequence per row, right-padded: no mask at all. Under causal attention a position never
+            # sees the padding after it, so every kept logit is exact, and without a mask SDPA takes its causal
+            # kernel (skips the upper triangle) instead of the full scores a padding mask makes it compute
+            inputs = {}
         kwargs: dict[str, Any] = {"logits_to_keep": keep.to(device)} if keep_ok else {}
         if with_cache:
             kwargs.update(past_key_values=DynamicCache(config=model.config), use_cache=True)

@@ -252,7 +252,8 @@ def test_pack_rows_places_every_sequence_once_within_its_pass_width():
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_packed_batches_equal_one_request_at_a_time(family, trained_tokenizer, tmp_path):
     """Several documents per forward pass (packed rows, block-diagonal masks, shared contexts, one
-    pass for single-token choices and truncated inputs) give each request's log-likelihood and
+    pass for single-token choices and truncated inputs; passes of one right-padded sequence per row
+    without any mask) give each request's log-likelihood and
     greedy flag as a plain forward pass of that request alone does (absolute and rotary positions)."""
     from conftest import _tiny_hf_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -268,14 +269,19 @@ def test_packed_batches_equal_one_request_at_a_time(family, trained_tokenizer, t
             ctx = t.build_context(i, k, seed=5)
             reqs += [(ctx, " " + c) for c in t.doc_to_choice(t.test_docs[i])]
     lm = load_lm(str(folder), batch_size=4)
-    four_d = []
-    hook = lm.model.register_forward_pre_hook(
-        lambda mod, args, kw: four_d.append(getattr(kw.get("attention_mask"), "ndim", 0) == 4), with_kwargs=True)
+    four_d, unmasked = [], []
+
+    def record(mod, args, kw):
+        four_d.append(getattr(kw.get("attention_mask"), "ndim", 0) == 4)
+        unmasked.append("attention_mask" not in kw)
+
+    hook = lm.model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         got = scoring.shared_context_loglikelihood(lm, reqs)
     finally:
         hook.remove()
     assert any(four_d), "no forward pass packed several sequences into a row"
+    assert any(unmasked), "no pass of one right-padded sequence per row (run without a mask: the causal kernel)"
     assert len(four_d) < len(reqs) / 4  # several documents per pass, choices sharing passes
     want = [_direct_loglikelihood(model, tok, c, x) for c, x in reqs]
     assert max(abs(a - b) for (a, _), b in zip(got, want)) < 1e-4
