@@ -75,7 +75,7 @@ class PPOState:
         judge's evaluations and best policy (:class:`zerolm.finetune.rl_judge.JudgeState`), or None.
     """
 
-    # the loop's own types (zerolm.finetune.ppo, which imports this module): PolicyWithValueHead,
+    # the loop's own types (zerolm.finetune.rl_algo, zerolm.finetune.ppo; ppo imports this module): PolicyWithValueHead,
     # AdaptiveKLController, PromptStream
     model: torch.nn.Module
     opt: torch.optim.Optimizer

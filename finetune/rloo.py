@@ -1,7 +1,7 @@
 """RLOO: REINFORCE with a leave-one-out baseline over several samples of each prompt.
 
-``zerolm finetune sentiment --method rloo`` (the loop is :func:`finetune.ppo.train_ppo`; this module
-holds the method's arithmetic). Each prompt is answered ``rloo_k`` times; a sample's advantage is its
+``zerolm finetune sentiment --method rloo`` (the loop is :func:`finetune.ppo.train_ppo`, the step
+:mod:`finetune.rl_algo`; this module holds the method's formulas). Each prompt is answered ``rloo_k`` times; a sample's advantage is its
 sequence reward minus the mean reward of the *other* samples of the same prompt (Kool et al. 2019,
 "Buy 4 REINFORCE Samples, Get a Baseline for Free!"; Ahmadian et al. 2024, "Back to Basics:
 Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs"). No value head

@@ -25,7 +25,7 @@ import torch
 
 from zerolm.finetune import sentiment as S
 from zerolm.finetune import sentiment_control as C
-from zerolm.finetune.ppo import AdaptiveKLController, gae, masked_whiten, ppo_losses
+from zerolm.finetune.rl_algo import AdaptiveKLController, gae, masked_whiten, ppo_losses
 from zerolm.evals.judge import judge_hits, vader_compound
 from zerolm.finetune.sentiment_report import METRICS, distinct_n
 from zerolm.config import load_config
@@ -403,7 +403,7 @@ def test_control_rows_mask_the_code(tiny_gpt):
 
 
 def test_freeze_lower_layers(tiny_gpt):
-    from zerolm.finetune.ppo import freeze_lower_layers
+    from zerolm.finetune.rl_algo import freeze_lower_layers
 
     model, _ = S.load_policy(str(tiny_gpt))
     total = sum(p.numel() for p in model.parameters())
@@ -496,7 +496,7 @@ def test_reward_per_sample_class_hand_computed():
 
 
 def test_code_prompts_alternate_the_two_codes_per_rank_and_step():
-    from zerolm.finetune.ppo import code_prompts
+    from zerolm.finetune.rl_algo import code_prompts
 
     codes = {"positive": [7, 8], "negative": [9]}
     qs = [[1], [2, 3], [4], [5]]
@@ -512,7 +512,7 @@ def test_code_prompts_alternate_the_two_codes_per_rank_and_step():
 def test_coded_rollout_scores_each_sample_for_its_own_code(control_run, polarity_reward):
     """``rollout`` with ``targets``: each continuation is scored for its code's class — checked against the
     reward classifier's logits turned into margins here by hand."""
-    from zerolm.finetune.ppo import PolicyWithValueHead, code_prompts, rollout
+    from zerolm.finetune.rl_algo import PolicyWithValueHead, code_prompts, rollout
 
     sc = load_config(None, ["sentiment.reward_type=logit_margin", "sentiment.reward_text=continuation",
                             "sentiment.response_min_tokens=4", "sentiment.response_max_tokens=6"]).sentiment
