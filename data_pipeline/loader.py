@@ -31,6 +31,7 @@ Validation (one finite pass) is sharded by (rank, worker) and has no state.
 from __future__ import annotations
 
 import logging
+import signal
 from collections import Counter
 from typing import Any, Iterator
 
@@ -306,6 +307,14 @@ class _StepChunks(IterableDataset):
             yield chunk
 
 
+def _ignore_sigint(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a loader worker ignores SIGINT. Ctrl-C in a terminal reaches the whole
+    foreground process group; the rank decides what it means (checkpoint at the next step boundary:
+    :class:`zerolm.pretrain.distributed.StopRequests`), and its workers must still be serving batches
+    until then (module level: workers may be spawned)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _as_is(item: Any) -> Any:
     """DataLoader ``collate_fn`` for already-batched chunks (module level: workers may be spawned)."""
     return item
@@ -439,7 +448,7 @@ class PackedDataLoader:
         # a private generator: starting workers must not draw from the global torch RNG (dropout),
         # or a resumed run's random stream would differ from an uninterrupted one
         dl = DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_as_is,
-                        generator=torch.Generator().manual_seed(self.cfg.seed))
+                        worker_init_fn=_ignore_sigint, generator=torch.Generator().manual_seed(self.cfg.seed))
         chunks = iter(dl)
         m = self.cfg.micro_batch_size
         while True:
@@ -461,7 +470,8 @@ class PackedDataLoader:
     def _validation(self) -> Iterator[dict[str, torch.Tensor]]:
         ds = _ValidationShards(self.cfg, self.sources, self.tokenizer, self.rank, self.world_size)
         dl = DataLoader(ds, batch_size=self.cfg.micro_batch_size, num_workers=self.cfg.num_workers,
-                        collate_fn=_collate_validation, generator=torch.Generator().manual_seed(self.cfg.seed))
+                        collate_fn=_collate_validation, worker_init_fn=_ignore_sigint,
+                        generator=torch.Generator().manual_seed(self.cfg.seed))
         for batch in dl:
             self.last_worker = batch.pop("_worker")
             self._states[self.last_worker] = batch.pop("_state")  # for stats(): skip counters per reader

@@ -16,7 +16,9 @@ policy (without the value head) at the end.
 Checkpoints, resume and preemption: :mod:`zerolm.finetune.rl_checkpoint` (what a step carries,
 :class:`~zerolm.finetune.rl_checkpoint.PPOState`, and how it is saved and resumed). SIGTERM/SIGUSR1
 finish the current step, checkpoint and end with status ``preempted`` (the ranks agree through the
-step's one all-reduce); ``zerolm launch slurm --entry finetune-sentiment`` then requeues the job.
+step's one all-reduce); ``zerolm launch slurm --entry finetune-sentiment`` then requeues the job. Ctrl-C
+does the same with status ``interrupted``; a second Ctrl-C stops at once
+(:class:`zerolm.pretrain.distributed.StopRequests`).
 ``sentiment.max_minutes`` counts the run's time across resumes (status ``time_limit``).
 """
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,12 +323,12 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
 
     A run directory with checkpoints is resumed (:func:`resume_checkpoint`); one whose run is complete
     (``sentiment.steps`` reached) is only exported again. SIGTERM/SIGUSR1 end the run after the
-    current step with a checkpoint (status ``preempted``); ``max_minutes`` (counted across resumes)
-    with status ``time_limit``.
+    current step with a checkpoint (status ``preempted``), Ctrl-C too (status ``interrupted``);
+    ``max_minutes`` (counted across resumes) with status ``time_limit``.
 
     Returns:
-        ``status`` (``completed``, ``preempted``, ``time_limit``), ``steps``, ``seconds`` (the run's,
-        across resumes), ``resumed_from`` (a tag or None), ``first``/``final`` (mean metrics of the
+        ``status`` (``completed``, ``preempted``, ``interrupted``, ``time_limit``, ``judge_stop``), ``steps``,
+        ``seconds`` (the run's, across resumes), ``resumed_from`` (a tag or None), ``first``/``final`` (mean metrics of the
         first/last five steps of the run), ``rank_weight_sha256`` (one digest per rank at the end:
         equal when the ranks stayed in sync); rank 0 also ``export_dir``.
 
@@ -346,7 +347,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         raise ConfigError(f"sentiment.batch_size={sc.batch_size} and mini_batch_size={sc.mini_batch_size} must be "
                           f"divisible by the {env.world_size} ranks")
     distributed.init(env)
-    handlers: dict[int, Any] = {}
+    stops = distributed.StopRequests(log)  # SIGTERM/SIGUSR1 → preempted, Ctrl-C → interrupted (installed for the loop)
     lock = None
     try:
         t_start = time.perf_counter()
@@ -379,15 +380,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
                      env.world_size, sc.batch_size // env.world_size, sc.ppo_epochs, sc.mini_batch_size, sc.lr,
                      sc.init_kl_coef, sc.target_kl, f" | resumed at step {st.step}" if resumed else "")
 
-        stop_signal = [0]
-
-        def on_signal(signum, _frame) -> None:
-            stop_signal[0] = signum
-            log.warning("received %s: will checkpoint after this step and exit", signal.Signals(signum).name)
-
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                handlers[sig] = signal.signal(sig, on_signal)
+        stops.install()
         limit = 60 * sc.max_minutes if sc.max_minutes is not None else None
         status = "completed"
         if limit is not None and st.step < sc.steps and st.seconds_before >= limit:  # the same on every rank
@@ -412,9 +405,11 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
                 os.kill(os.getpid(), self_signal[1])  # test hook: a signal arriving during this step
             t0 = time.perf_counter()
             local, t_roll = rl_step(job, st)
-            local |= {"stop": float(stop_signal[0]), "late": float(limit is not None and elapsed() > limit)}
-            m = _mean_over_ranks(local)  # the step's one collective after the update: metrics and both flags
-            stop, late = m.pop("stop") > 0, m.pop("late") > 0
+            preempt, interrupt = stops.flags()
+            local |= {"preempt": preempt, "interrupt": interrupt, "late": float(limit is not None and elapsed() > limit)}
+            m = _mean_over_ranks(local)  # the step's one collective after the update: metrics and the flags
+            signalled = distributed.StopRequests.status(m.pop("preempt"), m.pop("interrupt"))
+            stop, late = signalled is not None, m.pop("late") > 0
             st.step += 1
             kl_coef = st.kl_ctl.value
             st.kl_ctl.update(m["kl"], sc.batch_size * job.group)
@@ -423,7 +418,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
                 "ppo/kl_coef": kl_coef, "ppo/tokens_per_second": m["tokens"] * env.world_size / dt, "ppo/step_time_s": dt, "ppo/rollout_time_s": t_roll,
                 "ppo/lr": sc.lr, "train/loss": m["policy_loss"] + (sc.vf_coef * m["value_loss"] if job.group == 1 else 0.0)}
             if st.step < sc.steps and (stop or late):
-                status = "preempted" if stop else "time_limit"
+                status = signalled if stop else "time_limit"
             judged = st.judge is not None and (st.step % sc.judge_every == 0 or st.step == sc.steps or status == "time_limit")
             judge_m = judge_now(job, st, run_dir) if judged else {}  # logged, not in the history (whose windows average every key)
             if judged and st.step < sc.steps and status == "completed" and judge_patience_spent():
@@ -449,8 +444,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
         bar.close()
         return finish_run(job, st, cfg, status, resumed, round(elapsed(), 1), tracker)
     finally:
-        for sig, h in handlers.items():
-            signal.signal(sig, h)
+        stops.restore()
         if lock is not None:
             lock.close()
         distributed.shutdown()

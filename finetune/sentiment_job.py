@@ -61,7 +61,7 @@ def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: boo
     export it (``export_dir``, default ``RUN_DIR/hf``) and, with ``report``, write the before/after
     report on rank 0 (:func:`finetune.sentiment_report.sentiment_report`) — not after a preempted run
     (status ``preempted``: the grace period is for the checkpoint; the requeued run reports when it
-    ends). ``report_only`` skips training and reports on an existing export. ``progress`` draws bars of the PPO steps and of the
+    ends) nor after Ctrl-C (``interrupted``: the user asked to stop). ``report_only`` skips training and reports on an existing export. ``progress`` draws bars of the PPO steps and of the
     report's prompts (:func:`zerolm.pretrain.progress.progress_bar`: rank 0, stderr a terminal); the control
     method's trainer logs every ``log_every`` steps instead.
 
@@ -89,11 +89,11 @@ def finetune_sentiment(cfg: ZeroLMConfig, report: bool = False, report_only: boo
         result = train_control(cfg, reward_label)
     if not is_main_process():
         return result
-    if report and not report_only and result.get("status") == "preempted":
-        # a preempted job has the scheduler's grace period left, not the minutes a report takes; the
-        # requeued run (the same command) resumes, finishes and reports then
-        log.warning("preempted at step %s: no report now; the same command resumes the run and reports when it ends",
-                    result.get("steps", result.get("step")))
+    if report and not report_only and result.get("status") in ("preempted", "interrupted"):
+        # a preempted job has the scheduler's grace period left, not the minutes a report takes, and Ctrl-C
+        # asked to stop; the same command resumes, finishes and reports then
+        log.warning("%s at step %s: no report now; the same command resumes the run and reports when it ends",
+                    result["status"], result.get("steps", result.get("step")))
         report = False
     if report or report_only:
         from zerolm.finetune.sentiment_report import sentiment_report

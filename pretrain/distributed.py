@@ -195,6 +195,76 @@ def stop_with_launcher(env: DistEnv) -> bool:
     return True
 
 
+class StopRequests:
+    """The signals that ask a running job to checkpoint at the next step boundary and stop.
+
+    - SIGTERM and SIGUSR1: a scheduler's notice (Slurm's ``--signal``, preemption, ``scancel``) or the
+      kernel's when the launcher died (:func:`stop_with_launcher`): :attr:`preempt`, run status
+      ``preempted``; the sbatch script requeues the job.
+    - SIGINT (Ctrl-C; torchrun forwards it to its ranks, which run in sessions of their own):
+      :attr:`interrupt`, run status ``interrupted``. A second SIGINT raises ``KeyboardInterrupt`` at once:
+      nothing more is saved, and the newest complete checkpoint stays the one to resume from.
+
+    Without these handlers Ctrl-C raised ``KeyboardInterrupt`` in each rank wherever it was: the ranks
+    left their collectives at different points, torchrun waited its shutdown timeout and killed them, and
+    every step since the last checkpoint was lost.
+
+    The flags are this process's; a training loop all-reduces them with its step's one collective so
+    that every rank stops at the same step (:meth:`flags`, :meth:`status`). Install with :meth:`install`
+    (main thread only, as :func:`signal.signal` requires) and put the previous handlers back with
+    :meth:`restore`, or use the object as a context manager.
+
+    Args:
+        logger: where "received SIGTERM: …" is written (the loop's own logger).
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.preempt = self.interrupt = False
+        self._log = logger or log
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "StopRequests":
+        for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    __enter__ = install
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT:
+            if self.interrupt:
+                self._log.warning("second SIGINT: stopping now without a checkpoint (the newest saved one is kept)")
+                raise KeyboardInterrupt
+            self.interrupt = True
+            self._log.warning("received SIGINT: will checkpoint at the next step boundary and exit "
+                              "(press Ctrl-C again to stop at once without a checkpoint)")
+        else:
+            self.preempt = True
+            self._log.warning("received %s: will checkpoint at the next step boundary and exit", signal.Signals(signum).name)
+
+    def flags(self) -> list[float]:
+        """``[preempt, interrupt]`` as 0.0/1.0, for the step's all-reduce (sum: > 0 when any rank got one)."""
+        return [float(self.preempt), float(self.interrupt)]
+
+    @staticmethod
+    def status(preempt_any: float, interrupt_any: float) -> str | None:
+        """The run status for the all-reduced :meth:`flags`: ``preempted`` (a scheduler's notice wins, so
+        that the job is requeued), ``interrupted``, or None (no stop requested)."""
+        if preempt_any > 0:
+            return "preempted"
+        return "interrupted" if interrupt_any > 0 else None
+
+
 def scheduled_test_signal(rank: int) -> tuple[int, int] | None:
     """Test hook (the signal tests' only way to know the step a signal arrives in):
     ``ZEROLM_TEST_SIGNAL_AT_STEP=STEP:SIGNAME[:RANK]`` makes the process (of rank RANK, or every

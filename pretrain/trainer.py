@@ -3,7 +3,7 @@
 Reads top to bottom: set up (batch arithmetic, model, engine, data, resume, tracking), then per
 optimizer step: ``gradient_accumulation_steps`` micro-batches of forward/backward, the optimizer
 step (skipped if any rank saw a non-finite loss), logging, evaluation, checkpointing, and a stop
-check (max steps, ``stop_at_step``, SIGTERM/SIGUSR1).
+check (max steps, ``stop_at_step``, SIGTERM/SIGUSR1, Ctrl-C).
 
 Resume safety (rules in :mod:`zerolm.pretrain.checkpoint`): before the engine is built, rank 0
 decides from the checkpoints' completion records which one to resume; an intact checkpoint this run
@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -180,7 +179,7 @@ class Trainer:
         self.data_step = 0  # global batches drawn from the data stream (a recovery skips, never rewinds it)
         self.spikes = SpikeRecovery(cfg.train.spike_recovery, self.root, env)  # detector, records, LR-scale window
         self.metrics: dict[str, float] = {}
-        self.stop_signal = 0
+        self.stop_requests = distributed.StopRequests(log)  # SIGTERM/SIGUSR1/SIGINT → checkpoint and stop
         self.seconds_before = 0.0  # training-loop seconds of the run before this process (train.max_minutes)
         self._t_start: float | None = None
         self.written: set[str] = set()  # tags this process saved
@@ -403,17 +402,13 @@ class Trainer:
                 log.info("step %d | %s", self.step, " | ".join(f"{k.split('/', 1)[-1]} {v:.4f}" for k, v in self.metrics.items()))
 
     # -- the loop --------------------------------------------------------------------------
-    def _on_signal(self, signum, _frame) -> None:
-        self.stop_signal = signum
-        log.warning("received %s: will checkpoint at the next step boundary and exit", signal.Signals(signum).name)
-
     def run(self) -> dict[str, Any]:
         """Train to ``train.max_steps`` (or ``stop_at_step``, ``max_minutes``, or a stop signal) and return a
-        summary (``status``: ``completed``, ``preempted``, ``stopped`` or ``time_limit``)."""
+        summary (``status``: ``completed``, ``preempted`` (SIGTERM/SIGUSR1), ``interrupted`` (Ctrl-C),
+        ``stopped`` or ``time_limit``). The stop signals are handled while the loop runs
+        (:class:`zerolm.pretrain.distributed.StopRequests`)."""
         tc = self.cfg.train
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                signal.signal(sig, self._on_signal)
+        self.stop_requests.install()
         consecutive_bad, status = 0, "completed"
         window = {"loss": 0.0, "steps": 0, "tokens": 0, "data_s": 0.0, "t0": time.perf_counter()}
         it = iter(self.loader)
@@ -451,13 +446,13 @@ class Trainer:
                 d = loss.detach().double()
                 sums += torch.stack([d, (~torch.isfinite(d)).double()])
                 if micro == self.grad_accum - 1:
-                    # [Σ loss over micro-batches and ranks, non-finite count, tokens, stop signals, ranks
-                    # past train.max_minutes]: the step's one collective (a stop signal received later is
-                    # seen at the next step)
+                    # [Σ loss over micro-batches and ranks, non-finite count, tokens, ranks preempted, ranks
+                    # interrupted, ranks past train.max_minutes]: the step's one collective (a stop signal
+                    # received later is seen at the next step)
                     late = limit is not None and self.train_seconds() >= limit
-                    host = torch.tensor([float(local_tokens), float(self.stop_signal), float(late)], dtype=torch.float64)
+                    host = torch.tensor([float(local_tokens), *self.stop_requests.flags(), float(late)], dtype=torch.float64)
                     total = distributed.all_reduce_tensor(torch.cat([sums, host.to(sums.device)]))
-                    loss_total, bad, step_tokens, stop_any, late_any = total.tolist()
+                    loss_total, bad, step_tokens, preempt_any, interrupt_any, late_any = total.tolist()
                     if bad > 0:  # a non-finite loss on some rank: make this last micro-batch's gradients
                         poisoned = True  # non-finite on every rank, so every rank discards the whole step
                         loss = loss * float("nan")
@@ -505,9 +500,10 @@ class Trainer:
             t_aside = time.perf_counter()  # evaluation and checkpointing are not training throughput
             if self.step % tc.eval_every == 0 or self.step == tc.max_steps:
                 self._evaluate_and_log()
-            stop = stop_any > 0  # some rank received SIGTERM/SIGUSR1 (signal numbers are > 0)
+            signalled = distributed.StopRequests.status(preempt_any, interrupt_any)  # some rank got a stop signal
+            stop = signalled is not None
             if stop:
-                status = "preempted"
+                status = signalled
             elif late_any > 0 and self.step < tc.max_steps:
                 stop, status = True, "time_limit"
             elif tc.stop_at_step is not None and self.step >= tc.stop_at_step and self.step < tc.max_steps:
@@ -520,6 +516,7 @@ class Trainer:
                             f"raise train.max_minutes ({tc.max_minutes}) and run the same command to continue"
                             if status == "time_limit" else "resume by running the same command")
                 break
+        self.stop_requests.restore()  # past the loop, Ctrl-C stops at once again
         result = {"status": status, "step": self.step, "tokens_seen": self.tokens_seen,
                   "train_seconds": round(self.train_seconds(), 3),
                   "nonfinite_skipped": self.nonfinite_total, "parameters": self.parts.parameters,

@@ -1,5 +1,6 @@
 """Pretraining with real processes: 2-rank ZeRO-2/3 under torchrun, exact resume, kill -9, a truncated
-checkpoint, checkpoint compatibility and retention rules, non-finite loss skips, signal-triggered saves and export of the result."""
+checkpoint, checkpoint compatibility and retention rules, non-finite loss skips, signal-triggered saves (SIGTERM,
+SIGUSR1, Ctrl-C) and export of the result."""
 
 from __future__ import annotations
 
@@ -337,6 +338,78 @@ def test_signal_saves_at_next_step_and_exits_cleanly(base_args, tmp_path, sig, n
     res = result(run_dir)
     assert res["status"] == "preempted" and res["step"] == 3
     assert latest(run_dir) == "step_00000003" and sorted(losses(run_dir)) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_ctrl_c_checkpoints_at_the_next_step_and_exits(base_args, tmp_path, launcher):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group of one ``python -m
+    zerolm.pretrain`` (with a loader worker, which ignores it: its rank decides what Ctrl-C means, and a worker
+    that died with it could fail the batch the rank waits for), or to torchrun, which forwards it to its ranks. Every rank checkpoints the step it is in and exits within seconds, with
+    status ``interrupted`` (before, each rank raised KeyboardInterrupt wherever it was: no checkpoint,
+    and torchrun killed the ranks stuck in their collectives after its 30 s shutdown timeout)."""
+    run_dir = tmp_path / "ctrl_c"
+    common = ["train.max_steps=100000", "train.save_every=100000", "train.eval_every=100000", "train.log_every=1",
+              "tracking.wandb_mode=disabled", *(["data.num_workers=1"] if launcher == "python" else [])]
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as log_file:
+        p = subprocess.Popen([*_cmd(1 if launcher == "python" else 2, launcher), *base_args, f"train.run_dir={run_dir}",
+                              *common], cwd=REPO, env=_env(), stdout=log_file, stderr=subprocess.STDOUT,
+                             start_new_session=True)  # its own process group, as a terminal's foreground job
+    try:
+        metrics, deadline = run_dir / "metrics.jsonl", time.time() + 180
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert p.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        if launcher == "python":
+            workers = psutil.Process(p.pid).children()
+            assert workers, "the loader worker is running"
+            for w in workers:  # SigIgn: the mask of ignored signals, bit n-1 for signal n (proc(5))
+                ignored = int(next(l for l in open(f"/proc/{w.pid}/status") if l.startswith("SigIgn:")).split()[1], 16)
+                assert ignored >> (signal.SIGINT - 1) & 1, f"loader worker {w.pid} does not ignore SIGINT"
+            os.killpg(p.pid, signal.SIGINT)  # the rank and its loader worker
+        else:
+            p.send_signal(signal.SIGINT)  # torchrun; its ranks run in sessions of their own
+        sent = time.time()
+        p.wait(timeout=60)
+        took = time.time() - sent
+    finally:
+        for proc in psutil.Process().children(recursive=True):
+            if proc.pid == p.pid or p.pid in [a.pid for a in proc.parents()]:
+                proc.kill()
+    log = log_path.read_text()
+    if launcher == "python":
+        assert p.returncode == 0, log[-3000:]
+    assert "forcefully" not in log and "KeyboardInterrupt" not in log, log[-3000:]
+    for rank in range(1 if launcher == "python" else 2):
+        assert f"[rank{rank}] WARNING zerolm.pretrain.trainer: received SIGINT" in log, log[-3000:]
+    res = result(run_dir)
+    assert res["status"] == "interrupted" and 3 <= res["step"] < 100000, res
+    assert latest(run_dir) == f"step_{res['step']:08d}"
+    assert (run_dir / "checkpoints" / latest(run_dir) / "zerolm_complete.json").is_file()
+    assert took < 20, f"{took:.1f} s from Ctrl-C to exit"
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    """:class:`StopRequests`: SIGTERM/SIGUSR1 ask for a checkpoint as preemption, SIGINT as an
+    interruption (preemption wins the status, so that the job is requeued); a second SIGINT raises
+    KeyboardInterrupt at once; :meth:`restore` puts the previous handlers back."""
+    from zerolm.pretrain.distributed import StopRequests
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    stops = StopRequests().install()
+    try:
+        assert stops.flags() == [0.0, 0.0] and StopRequests.status(*stops.flags()) is None
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stops.flags() == [0.0, 1.0] and StopRequests.status(*stops.flags()) == "interrupted"
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stops.flags() == [1.0, 1.0] and StopRequests.status(*stops.flags()) == "preempted"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode; never reached
+    finally:
+        stops.restore()
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert StopRequests.status(2.0, 0.0) == "preempted" and StopRequests.status(0.0, 2.0) == "interrupted"
 
 
 def test_ranks_checkpoint_and_exit_when_torchrun_is_killed(base_args, tmp_path):

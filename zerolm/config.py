@@ -467,7 +467,7 @@ class SentimentConfig(_Section):
     it. All export ``export_dir`` (default ``RUN_DIR/hf``).
 
     PPO and RLOO checkpoint (``RUN_DIR/checkpoints``, :mod:`zerolm.pretrain.checkpoint`) every ``save_every``
-    steps, at the end and when stopped (SIGTERM/SIGUSR1: status ``preempted``), keeping the newest
+    steps, at the end and when stopped (SIGTERM/SIGUSR1: status ``preempted``; Ctrl-C: ``interrupted``), keeping the newest
     ``keep_last``; the same command resumes from the newest intact one, exactly where it stopped. A
     resume must keep ``method``, ``policy``, ``target``, ``batch_size``, ``mini_batch_size``, ``rloo_k``,
     ``rl_codes``, ``control_codes``, ``trainable_layers``, ``seed``, the keys the prompt pool is built from (``data``, its columns and
