@@ -502,7 +502,7 @@ class Trainer:
                 self._evaluate_and_log()
             signalled = distributed.StopRequests.status(preempt_any, interrupt_any)  # some rank got a stop signal
             stop = signalled is not None
-            if stop:
+            if stop and self.step < tc.max_steps:  # a signal during the last step: the run is complete all the same
                 status = signalled
             elif late_any > 0 and self.step < tc.max_steps:
                 stop, status = True, "time_limit"

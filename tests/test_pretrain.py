@@ -340,6 +340,19 @@ def test_signal_saves_at_next_step_and_exits_cleanly(base_args, tmp_path, sig, n
     assert latest(run_dir) == "step_00000003" and sorted(losses(run_dir)) == [1, 2, 3]
 
 
+def test_a_signal_during_the_last_step_leaves_the_run_completed(base_args, tmp_path):
+    """SIGTERM arriving during the last step (``max_steps`` 3): the step is saved as every last step is and the
+    status stays ``completed`` — not ``preempted``, which would make the sbatch script requeue a finished job."""
+    run_dir = tmp_path / "last"
+    env = {**_env(), "ZEROLM_TEST_SIGNAL_AT_STEP": "3:SIGTERM"}
+    r = subprocess.run([*_cmd(1, "python"), *base_args, f"train.run_dir={run_dir}", "train.max_steps=3",
+                        "train.save_every=100", "tracking.wandb_mode=disabled"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "received SIGTERM" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
+    res = result(run_dir)
+    assert res["status"] == "completed" and res["step"] == 3 and latest(run_dir) == "step_00000003", res
+
+
 @pytest.mark.parametrize("launcher", ["python", "torchrun"])
 def test_ctrl_c_checkpoints_at_the_next_step_and_exits(base_args, tmp_path, launcher):
     """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group of one ``python -m
