@@ -140,12 +140,21 @@ def save_checkpoint(st: PPOState, root: Path, cfg: ZeroLMConfig, env: distribute
     (:func:`checkpoint.mark_complete`, which points ``latest`` at it) and applies retention
     (:func:`checkpoint.prune` with ``sentiment.keep_last`` over ``line``, this run line's tags). A
     folder already at this step (damaged, or one this run could not load) is moved aside first,
-    never overwritten. Returns the tag."""
+    never overwritten. Returns the tag.
+
+    Raises:
+        TrainingError: not enough disk space for the checkpoint (:func:`checkpoint.space_problem`), found
+            before anything of it is written."""
+    from zerolm.errors import TrainingError
+
     tag = ckpt.tag_for(st.step)
     if env.is_main and (root / tag).exists():
         moved = ckpt.set_aside(root, tag)
         log.warning("%s was not written by this run (it could not be loaded); moved to %s, not overwritten", root / tag, moved)
-    _barrier()
+    trained = sum(p.numel() for p in st.model.parameters() if p.requires_grad)
+    problem = distributed.broadcast_from_main(ckpt.space_problem(root, tag, trained) if env.is_main else None)
+    if problem:  # decided by rank 0 for all, before any rank writes (this collective is the barrier)
+        raise TrainingError(problem)
     ckpt.save_client_state(root, tag, env.rank, st.client_state())
     if env.is_main:
         ckpt.save_shared_state(root, tag, st.shared_state(seconds))

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -205,6 +206,58 @@ def mark_complete(root: Path, tag: str, record: dict[str, Any]) -> None:
     files = {str(p.relative_to(d)): p.stat().st_size for p in sorted(d.rglob("*")) if p.is_file() and p.name != COMPLETE}
     write_text(d / COMPLETE, json.dumps({**record, "tag": tag, "files": files}, indent=1, sort_keys=True))
     write_text(root / LATEST, tag + "\n")
+
+
+BYTES_PER_PARAMETER_ESTIMATE = 16  # weights (≤ 4) + fp32 master (4) + Adam's two moments (8)
+SPACE_MARGIN = 1.1  # ask for 10 % more than the estimate
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free to this user on the file system that holds ``path`` (``shutil.disk_usage``).
+
+    Test hook (a small disk without mounting one): ``ZEROLM_TEST_DISK_BYTES=N`` answers as if ``path``
+    were alone on a disk of ``N`` bytes: ``N`` minus the bytes of the files under it."""
+    fake = os.environ.get("ZEROLM_TEST_DISK_BYTES")
+    if fake:
+        return max(0, int(float(fake)) - sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()))
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:  # before the first checkpoint: its parent's disk
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
+def expected_bytes(root: Path, parameters: int) -> tuple[int, str]:
+    """How many bytes the next checkpoint under ``root`` will take, and where the figure comes from: the
+    files of the newest intact checkpoint (their sizes from its completion record), or, before the
+    run's first checkpoint, :data:`BYTES_PER_PARAMETER_ESTIMATE` bytes per parameter."""
+    for tag in reversed(list_tags(root)):
+        if check(root, tag) is None:
+            sizes = (read_record(root, tag).get("files") or {}).values()
+            return int(sum(int(v or 0) for v in sizes)), f"the size of {tag}"
+    return BYTES_PER_PARAMETER_ESTIMATE * parameters, f"{BYTES_PER_PARAMETER_ESTIMATE} bytes per parameter"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def space_problem(root: Path, tag: str, parameters: int) -> str | None:
+    """Why ``root/tag`` should not be written now (not enough free space for it, with
+    :data:`SPACE_MARGIN`), or None. Checked before any rank writes, so that a full disk stops the run
+    with this message and the newest complete checkpoint intact, instead of a checkpoint half-written
+    by some ranks (whose error, from ``torch.save``, names neither the disk nor the space).
+    Retention removes old checkpoints only after a newer one is complete: the disk must hold
+    ``train.keep_last`` + 1 of them."""
+    need, source = expected_bytes(root, parameters)
+    free = free_bytes(root)
+    if free >= need * SPACE_MARGIN:
+        return None
+    newest = next((t for t in reversed(list_tags(root)) if check(root, t) is None), None)
+    return (f"not enough disk space to write checkpoint {tag} under {root}: it needs about {_mib(need)} ({source}), "
+            f"{_mib(free)} are free there. Nothing of {tag} was written"
+            f"{f'; the newest complete checkpoint, {newest}, is intact' if newest else ''}. Free space (retention "
+            "keeps train.keep_last checkpoints and deletes the oldest only once a newer one is complete) or lower "
+            "train.keep_last, then run the same command to resume")
 
 
 def set_aside(root: Path, tag: str, suffix: str = SET_ASIDE) -> Path:

@@ -331,14 +331,24 @@ class Trainer:
                         self.root / tag, moved)
         data_states = distributed.gather_to_main(self.loader.state_dict())
         energy = self.energy.state() if self.energy.enabled else None  # a collective: every rank
-        dist.barrier()
-        self.engine.save(self.root, tag)
-        ckpt.save_client_state(self.root, tag, self.env.rank, {"rng": ckpt.rng_state()})
-        if self.env.is_main:
-            ckpt.save_data_state(self.root, tag, data_states)
-            save_config(self.cfg, self.root / tag / "config.yaml")
-            if self.cfg.model.init_from:  # the architecture is the loaded model's, not the shape keys'
-                ckpt.save_hf_config(self.root, tag, self.engine.module.config.to_dict())
+        # room for the whole checkpoint, checked before any rank writes (rank 0 decides for all)
+        problem = distributed.broadcast_from_main(
+            ckpt.space_problem(self.root, tag, self.parts.parameters) if self.env.is_main else None)
+        if problem:
+            raise TrainingError(problem)
+        try:
+            self.engine.save(self.root, tag)
+            ckpt.save_client_state(self.root, tag, self.env.rank, {"rng": ckpt.rng_state()})
+            if self.env.is_main:
+                ckpt.save_data_state(self.root, tag, data_states)
+                save_config(self.cfg, self.root / tag / "config.yaml")
+                if self.cfg.model.init_from:  # the architecture is the loaded model's, not the shape keys'
+                    ckpt.save_hf_config(self.root, tag, self.engine.module.config.to_dict())
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as "iostream error"
+            log.error("writing checkpoint %s failed (%s: %s); %s free under %s. It has no completion record, so a "
+                      "resume skips it; the newest complete checkpoint is %s", self.root / tag, type(e).__name__, e,
+                      f"{ckpt.free_bytes(self.root) / 2**20:,.1f} MiB", self.root, ckpt.latest_tag(self.root) or "none")
+            raise
         dist.barrier()
         self.written.add(tag)
         if self.env.is_main:

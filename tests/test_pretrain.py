@@ -340,6 +340,32 @@ def test_signal_saves_at_next_step_and_exits_cleanly(base_args, tmp_path, sig, n
     assert latest(run_dir) == "step_00000003" and sorted(losses(run_dir)) == [1, 2, 3]
 
 
+def test_a_full_disk_stops_the_run_before_a_checkpoint_is_half_written(base_args, tmp_path):
+    """The run directory alone on a disk with room for 1.5 checkpoints (the checkpoint module's test hook):
+    the run resumed from its step-2 checkpoint stops before any rank writes step 4, with an error that
+    names the space needed and free, and the step-2 checkpoint intact; once there is room, the same
+    command resumes from step 2 and finishes."""
+    from zerolm.pretrain import checkpoint as ckpt
+
+    run_dir = tmp_path / "full"
+    common = ["train.max_steps=4", "train.save_every=2", "tracking.wandb_mode=disabled"]
+    run(base_args, run_dir, *common, "train.stop_at_step=2", nproc=1, launcher="python")
+    root = run_dir / "checkpoints"
+    size = sum(p.stat().st_size for p in (root / "step_00000002").rglob("*") if p.is_file())
+    used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    disk = used + size // 2  # room for half a checkpoint more
+    r = subprocess.run([*_cmd(1, "python"), *base_args, f"train.run_dir={run_dir}", *common], cwd=REPO,
+                       env={**_env(), "ZEROLM_TEST_DISK_BYTES": str(disk)}, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "not enough disk space to write checkpoint step_00000004" in out, out[-3000:]
+    assert "MiB are free there" in out and "step_00000002, is intact" in out, out[-3000:]
+    assert ckpt.list_tags(root) == ["step_00000002"] and latest(run_dir) == "step_00000002"
+    assert ckpt.check(root, "step_00000002") is None
+    out = run(base_args, run_dir, *common, nproc=1, launcher="python")
+    assert "resumed from" in out.stdout + out.stderr
+    assert result(run_dir)["status"] == "completed" and latest(run_dir) == "step_00000004"
+
+
 def test_a_signal_during_the_last_step_leaves_the_run_completed(base_args, tmp_path):
     """SIGTERM arriving during the last step (``max_steps`` 3): the step is saved as every last step is and the
     status stays ``completed`` — not ``preempted``, which would make the sbatch script requeue a finished job."""
