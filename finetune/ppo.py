@@ -133,7 +133,7 @@ class RLJob:
             prompt (``rloo_k`` for RLOO, 1 for PPO). mini: rows of this rank per update.
             trained: ``{name: parameter}`` the optimizer updates. judge_ids, judge_lengths: the
             held-out judge's prompts and response lengths (empty without ``judge_every``).
-            pool_size: prompts in the RL pool. trainable_lm: parameters of ``lm`` that are trained.
+            trainable_lm: parameters of ``lm`` that are trained.
     """
 
     sc: Any
@@ -152,7 +152,6 @@ class RLJob:
     trained: dict[str, torch.nn.Parameter]
     judge_ids: list[list[int]]
     judge_lengths: list[int]
-    pool_size: int
     trainable_lm: int
 
 
@@ -198,7 +197,7 @@ def build_job(cfg: ZeroLMConfig, env: Any) -> tuple[RLJob, PPOState]:
                      env.rank, env.world_size), judge=JudgeState() if judge_ids else None)
     job = RLJob(sc, env, lm, tok, ref, model, model, reward, S.stop_ids(lm, tok), codes, code_class, group,
                 sc.mini_batch_size // env.world_size * group,
-                {n: p for n, p in model.named_parameters() if p.requires_grad}, judge_ids, judge_lengths, len(pool), trainable)
+                {n: p for n, p in model.named_parameters() if p.requires_grad}, judge_ids, judge_lengths, trainable)
     return job, st
 
 
@@ -376,7 +375,7 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
                      sum(p.numel() for p in job.lm.parameters()) / 1e6,
                      job.trainable_lm / 1e6,
                      f"both codes {sc.control_codes}" if sc.rl_codes else sc.target,
-                     "each code's label" if sc.rl_codes else job.reward.label, sc.reward, job.pool_size, sc.batch_size,
+                     "each code's label" if sc.rl_codes else job.reward.label, sc.reward, len(st.stream.pool), sc.batch_size,
                      env.world_size, sc.batch_size // env.world_size, sc.ppo_epochs, sc.mini_batch_size, sc.lr,
                      sc.init_kl_coef, sc.target_kl, f" | resumed at step {st.step}" if resumed else "")
 

@@ -91,22 +91,25 @@ class JudgeState:
             before the first.
         best_params: the trainable parameters at ``best_step`` (name → tensor, detached copies), or
             None while the current parameters are the best ones (then they are taken at export).
-        since_best: evaluations since the best one (for ``sentiment.judge_patience``).
     """
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_step: int = -1
     best_rate: float = float("-inf")
     best_params: dict[str, torch.Tensor] | None = None
-    since_best: int = 0
+
+    @property
+    def since_best(self) -> int:
+        """Evaluations after the best one (for ``sentiment.judge_patience``); 0 before the first."""
+        return sum(h["step"] > self.best_step for h in self.history)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history), "best_step": self.best_step, "best_rate": self.best_rate,
-                "best_params": self.best_params, "since_best": self.since_best}
+                "best_params": self.best_params}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history, self.best_step, self.best_rate = list(state["history"]), state["best_step"], state["best_rate"]
-        self.best_params, self.since_best = state["best_params"], state["since_best"]
+        self.best_params = state["best_params"]  # a checkpoint's "since_best" (before it was derived) is ignored
 
     def record(self, step: int, hits: int, count: int) -> bool:
         """Add an evaluation of the live policy at ``step`` (``hits`` of ``count`` prompts on target); a new
@@ -116,10 +119,9 @@ class JudgeState:
         rate = hits / max(count, 1)
         self.history.append({"step": step, "rate": rate, "hits": hits, "count": count})
         if rate > self.best_rate:
-            self.best_step, self.best_rate, self.since_best = step, rate, 0
+            self.best_step, self.best_rate = step, rate
             self.best_params = None  # the live parameters are the best: copied when they move on
             return True
-        self.since_best += 1
         return False
 
     def before_update(self, params: dict[str, torch.Tensor], step: int) -> None:

@@ -212,7 +212,7 @@ class StopRequests:
     The flags are this process's; a training loop all-reduces them with its step's one collective so
     that every rank stops at the same step (:meth:`flags`, :meth:`status`). Install with :meth:`install`
     (main thread only, as :func:`signal.signal` requires) and put the previous handlers back with
-    :meth:`restore`, or use the object as a context manager.
+    :meth:`restore` (in a ``finally``, so that an error leaves no handler of a finished loop behind).
 
     Args:
         logger: where "received SIGTERM: …" is written (the loop's own logger).
@@ -234,11 +234,6 @@ class StopRequests:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-
-    __enter__ = install
-
-    def __exit__(self, *exc: Any) -> None:
-        self.restore()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGINT:

@@ -419,6 +419,26 @@ class Trainer:
         (:class:`zerolm.pretrain.distributed.StopRequests`)."""
         tc = self.cfg.train
         self.stop_requests.install()
+        try:
+            status = self._train_loop()
+        finally:
+            self.stop_requests.restore()  # past the loop (or on an error), Ctrl-C stops at once again
+        result = {"status": status, "step": self.step, "tokens_seen": self.tokens_seen,
+                  "train_seconds": round(self.train_seconds(), 3),
+                  "nonfinite_skipped": self.nonfinite_total, "parameters": self.parts.parameters,
+                  **({"loss_scale_skipped": self.loss_scale_skipped} if tc.precision == "fp16" else {}),
+                  "spike_recoveries": self.spikes.summary(),
+                  **self.metrics, **self._measured()}
+        if self.tracker:
+            if "emissions" in result:
+                log.info("%s", summary_line(result["emissions"]))
+            self.tracker.summary(result)
+            self.tracker.finish()
+        return result
+
+    def _train_loop(self) -> str:
+        """The training loop of :meth:`run` (stop signals installed by the caller); returns the run's status."""
+        tc = self.cfg.train
         consecutive_bad, status = 0, "completed"
         window = {"loss": 0.0, "steps": 0, "tokens": 0, "data_s": 0.0, "t0": time.perf_counter()}
         it = iter(self.loader)
@@ -526,19 +546,7 @@ class Trainer:
                             f"raise train.max_minutes ({tc.max_minutes}) and run the same command to continue"
                             if status == "time_limit" else "resume by running the same command")
                 break
-        self.stop_requests.restore()  # past the loop, Ctrl-C stops at once again
-        result = {"status": status, "step": self.step, "tokens_seen": self.tokens_seen,
-                  "train_seconds": round(self.train_seconds(), 3),
-                  "nonfinite_skipped": self.nonfinite_total, "parameters": self.parts.parameters,
-                  **({"loss_scale_skipped": self.loss_scale_skipped} if tc.precision == "fp16" else {}),
-                  "spike_recoveries": self.spikes.summary(),
-                  **self.metrics, **self._measured()}
-        if self.tracker:
-            if "emissions" in result:
-                log.info("%s", summary_line(result["emissions"]))
-            self.tracker.summary(result)
-            self.tracker.finish()
-        return result
+        return status
 
     def _measured(self) -> dict[str, Any]:
         """What this run measured of itself, for ``result.json`` (a collective: every rank calls it).

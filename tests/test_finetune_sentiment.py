@@ -678,6 +678,7 @@ def test_judge_keeps_the_best_policy_until_a_better_one():
     restored = JudgeState()
     restored.load_state_dict(js.state_dict())
     assert restored.best_step == 4 and restored.history == js.history
+    assert not restored.record(6, 1, 8) and not restored.record(8, 3, 8) and restored.since_best == 2  # patience counts on
 
 
 def test_held_out_judge_prompts_share_no_source_with_training():
