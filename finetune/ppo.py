@@ -9,7 +9,10 @@ scores the held-out judge; :func:`finish_run` writes the digests, the result and
 :func:`train_ppo` holds resume, signals and the time box.
 
 Distribution: the policy + value head run under ``torch.nn.parallel.DistributedDataParallel``
-(gloo on CPU, NCCL on GPUs) so that every rank applies the same averaged gradients; rank 0 logs
+(gloo on CPU, NCCL on GPUs) so that every rank applies the same averaged gradients. Each rank's
+policy, reference and reward model live on its device (:func:`zerolm.pretrain.distributed.compute_device`:
+``cuda:LOCAL_RANK``, or the CPU); prompts, rollouts and the sampling generators stay on the CPU
+(the draws of a seed are the same on any device, and a checkpoint resumes across them); rank 0 logs
 ``ppo/*`` metrics through :class:`pretrain.tracking.Tracker` (W&B + ``metrics.jsonl``) and exports the
 policy (without the value head) at the end.
 
@@ -166,11 +169,12 @@ def build_job(cfg: ZeroLMConfig, env: Any) -> tuple[RLJob, PPOState]:
 
     sc = cfg.sentiment
     torch.manual_seed(sc.seed)  # the same value head on every rank (DDP also broadcasts rank 0's)
-    lm, tok = S.load_policy(sc.policy)
-    ref, _ = S.load_policy(sc.policy)
+    dev = distributed.compute_device()  # the rank's GPU, or the CPU
+    lm, tok = S.load_policy(sc.policy, dev)
+    ref, _ = S.load_policy(sc.policy, dev)
     for p in ref.parameters():
         p.requires_grad_(False)
-    reward = S.RewardModel(sc.reward, sc.target, sc.target_label, sc.reward_type)
+    reward = S.RewardModel(sc.reward, sc.target, sc.target_label, sc.reward_type, device=dev)
     codes = {p: S.code_ids(tok, c) for p, c in sc.control_codes.items()} if sc.rl_codes else None
     code_class = {p: reward.polarity_index(p) for p in ("positive", "negative")} if sc.rl_codes else None
     pool_prompts = prompt_pool(sc, tok, "validation", None, np.random.default_rng(sc.seed))
@@ -184,7 +188,7 @@ def build_job(cfg: ZeroLMConfig, env: Any) -> tuple[RLJob, PPOState]:
         sc.response_min_tokens, sc.response_max_tokens + 1, size=len(judge_ids)).tolist()
     pool = [p.ids for p in pool_prompts]
     trainable = freeze_lower_layers(lm, sc.trainable_layers)
-    model = PolicyWithValueHead(lm, sc.temperature).eval()  # eval: no dropout, so ratios start at exactly 1
+    model = PolicyWithValueHead(lm, sc.temperature).to(dev).eval()  # eval: no dropout, so ratios start at exactly 1
     group = sc.rloo_k if sc.method == "rloo" else 1
     if group > 1:
         model.v_head.requires_grad_(False)  # RLOO's baseline is the group's: no value head to train
@@ -363,7 +367,8 @@ def train_ppo(cfg: ZeroLMConfig, reward_label: str, progress: bool = False) -> d
             return st.seconds_before + time.perf_counter() - t_start
 
         if env.world_size > 1:
-            job.ddp = torch.nn.parallel.DistributedDataParallel(job.model)
+            dev = next(job.model.parameters()).device
+            job.ddp = torch.nn.parallel.DistributedDataParallel(job.model, device_ids=[dev] if dev.type == "cuda" else None)
         tracker = None
         if env.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -123,8 +123,9 @@ def ppo_losses(logp: torch.Tensor, values: torch.Tensor, old_logp: torch.Tensor,
 class PolicyWithValueHead(torch.nn.Module):
     """A causal LM plus a scalar value head on its last hidden state (the module DDP wraps).
 
-    ``forward(batch)`` on a :func:`finetune.sentiment.pack` batch returns ``(logits (B, R, V),
-    values (B, R))`` at the positions that predict the response tokens.
+    ``forward(batch)`` on a :func:`finetune.sentiment.pack` batch (any device: it is moved to the
+    model's) returns ``(logits (B, R, V), values (B, R))`` at the positions that predict the response
+    tokens, on the model's device.
     """
 
     def __init__(self, lm: torch.nn.Module, temperature: float = 1.0) -> None:
@@ -138,7 +139,7 @@ class PolicyWithValueHead(torch.nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, response, response_mask):
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "response": response}
         logits, h = S.response_logits(self.lm, batch, self.temperature, hidden=True)
-        return logits, self.v_head(h.float()).squeeze(-1)
+        return logits, self.v_head(h.float()).squeeze(-1).float()  # fp32 also under bf16 autocast
 
 
 def freeze_lower_layers(lm: torch.nn.Module, trainable_layers: int | None) -> int:
@@ -176,7 +177,9 @@ class Rollout:
             responses (its ``response_mask`` ``(B, R)`` is 1 on response tokens). scores: ``(B,)``
             reward-model scores. logp, ref_logp: ``(B, R)`` log-probabilities of the response tokens
             under the sampling policy and the frozen reference (nats). values: ``(B, R)`` the value
-            head's estimates at sampling time.
+            head's estimates at sampling time. All on the CPU, whatever device the models run on: the
+            advantages are a few ``(B, R)`` operations, and the checkpoint and the collectives take
+            CPU tensors.
     """
 
     queries: list[list[int]]
@@ -199,21 +202,24 @@ def rollout(model: PolicyWithValueHead, ref: torch.nn.Module, reward: Any, tok: 
     settings of ``sc``, draws from ``generator``), score ``prompt + response`` (or the response alone,
     ``sc.reward_text=continuation``) with ``reward`` (for the class ``targets[i]`` of each sample when
     given, ``(B,)``: :func:`code_prompts`) and keep the policy's, the reference's and the value head's
-    view of the responses. RLOO passes each prompt ``rloo_k`` times, adjacent."""
-    responses = S.sample_responses(model.lm, queries, lengths, pad_id=tok.pad_token_id, stops=stops,
-                                   temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, generator=generator,
-                                   min_tokens=sc.response_min_tokens)
+    view of the responses. RLOO passes each prompt ``rloo_k`` times, adjacent. Sampling and the
+    log-prob passes run under ``sc.precision`` (:func:`finetune.sentiment.autocast`), the reward in fp32."""
+    with S.autocast(model, sc.precision):
+        responses = S.sample_responses(model.lm, queries, lengths, pad_id=tok.pad_token_id, stops=stops,
+                                       temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p, generator=generator,
+                                       min_tokens=sc.response_min_tokens)
     if sc.reward_text == "continuation":
         texts = [tok.decode(r, skip_special_tokens=True) for r in responses]
     else:
         texts = [tok.decode(q + r, skip_special_tokens=True) for q, r in zip(queries, responses)]
     scores = reward.score(texts, targets)
     batch = S.pack(queries, responses, tok.pad_token_id)
-    logits, values = model(**batch)
-    logp = S.token_logprobs(logits, batch["response"])
-    del logits
-    ref_logp = S.token_logprobs(S.response_logits(ref, batch, sc.temperature)[0], batch["response"])
-    return Rollout(queries, batch, scores, logp, ref_logp, values)
+    with S.autocast(model, sc.precision):
+        logits, values = model(**batch)
+        logp = S.token_logprobs(logits, batch["response"]).cpu()
+        del logits
+        ref_logp = S.token_logprobs(S.response_logits(ref, batch, sc.temperature)[0], batch["response"]).cpu()
+    return Rollout(queries, batch, scores, logp, ref_logp, values.cpu())
 
 
 def code_prompts(queries: list[list[int]], step: int, codes: dict[str, list[int]]
@@ -277,7 +283,7 @@ def ppo_update(ddp: torch.nn.Module, model: PolicyWithValueHead, opt: torch.opti
                shuffle: torch.Generator) -> dict[str, float]:
     """``sc.ppo_epochs`` passes over the rollout in mini-batches of ``mini`` rows (this rank's share
     of ``mini_batch_size``; the order drawn from ``shuffle``), one Adam step each on the clipped
-    losses (:func:`ppo_losses`). ``ddp`` is ``model`` or its DDP wrapper (gradients averaged over
+    losses (:func:`ppo_losses`; forward passes under ``sc.precision``). ``ddp`` is ``model`` or its DDP wrapper (gradients averaged over
     the ranks).
 
     Returns:
@@ -292,10 +298,13 @@ def ppo_update(ddp: torch.nn.Module, model: PolicyWithValueHead, opt: torch.opti
         for s in range(0, len(ro.queries), mini):
             i = perm[s : s + mini]
             sub = {k: v[i] for k, v in ro.batch.items()}
-            logits, values = ddp(**sub)
+            with S.autocast(model, sc.precision):  # the forward pass; backward follows autocast's casts
+                logits, values = ddp(**sub)
+            dev = logits.device  # the model's: the rollout's CPU tensors join it there
             logp = S.token_logprobs(logits, sub["response"])
-            pl, vl, st = ppo_losses(logp, values, ro.logp[i], ro.values[i], advantages[i], returns[i],
-                                    mask[i], sc.cliprange, sc.cliprange_value)
+            m = mask[i].to(dev)
+            pl, vl, st = ppo_losses(logp, values, ro.logp[i].to(dev), ro.values[i].to(dev), advantages[i].to(dev),
+                                    returns[i].to(dev), m, sc.cliprange, sc.cliprange_value)
             opt.zero_grad(set_to_none=True)
             (pl + vf_coef * vl).backward()
             if sc.grad_clip:
@@ -303,7 +312,7 @@ def ppo_update(ddp: torch.nn.Module, model: PolicyWithValueHead, opt: torch.opti
             opt.step()
             with torch.no_grad():
                 lp = torch.log_softmax(logits.detach(), -1)
-                st["entropy"] = float(masked_mean(-(lp.exp() * lp).sum(-1), mask[i]))
+                st["entropy"] = float(masked_mean(-(lp.exp() * lp).sum(-1), m))
             for k, v in (("policy_loss", float(pl)), ("value_loss", float(vl)), *st.items()):
                 acc[k].append(v)
             del logits, values, lp

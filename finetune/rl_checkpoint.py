@@ -54,10 +54,10 @@ RESUME_KEYS = ("method", "policy", "target", "batch_size", "mini_batch_size", "r
 def ppo_signature(sc: Any, world_size: int, model: torch.nn.Module) -> dict[str, Any]:
     """What a PPO checkpoint must agree with to be resumed (:func:`checkpoint.run_signature`): the
     world size, the tensor shapes of the policy + value head, and :data:`RESUME_KEYS` as
-    ``sentiment.<key>`` settings. Other keys (``lr``, the KL and clipping settings, ``steps``,
-    ``max_minutes`` …) may change on a resume."""
+    ``sentiment.<key>`` settings; ``sentiment.precision`` is recorded, not compared. Other keys (``lr``,
+    the KL and clipping settings, ``steps``, ``max_minutes`` …) may change on a resume."""
     return ckpt.run_signature(world_size=world_size, micro_batch_size=None, gradient_accumulation_steps=None,
-                              global_batch_size=None, zero_stage=None, objective=None, precision="fp32",
+                              global_batch_size=None, zero_stage=None, objective=None, precision=sc.precision,
                               model_config=None, shapes=ckpt.model_shapes(model), data_layout=None,
                               settings={f"sentiment.{k}": getattr(sc, k) for k in RESUME_KEYS})
 

@@ -146,7 +146,7 @@ def judge_rate(lm: torch.nn.Module, tok: Any, prompts: list[list[int]], lengths:
     """
     mine = list(range(env.rank, len(prompts), env.world_size))
     gen = torch.Generator().manual_seed(sc.seed * 1000 + 900 + env.rank)
-    with torch.no_grad():
+    with torch.no_grad(), S.autocast(lm, sc.precision):
         resp = S.sample_responses(lm, [prompts[i] for i in mine], [lengths[i] for i in mine], pad_id=tok.pad_token_id,
                                   stops=stops, temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p,
                                   generator=gen, min_tokens=sc.response_min_tokens)

@@ -82,14 +82,15 @@ class RewardModel:
     ``log p_t − log(1 − p_t)`` (two classes: target logit minus the other), ``log_prob`` ``log p_t``.
     ``score(texts, index)`` takes the class per text instead (``index`` ``(N,)`` class indices, e.g.
     :meth:`polarity_index` of each sample's control code, ``sentiment.rl_codes``).
-    Texts are tokenized with the classifier's own tokenizer (truncated to ``max_length`` tokens).
+    Texts are tokenized with the classifier's own tokenizer (truncated to ``max_length`` tokens). The
+    classifier runs on ``device`` (default the CPU); logits and rewards come back on the CPU.
 
     Raises:
         DataError: the folder is not a sequence classifier. ConfigError: see :func:`resolve_target_label`.
     """
 
     def __init__(self, path: str, target: str, target_label: str | None = None, reward_type: str = "logit",
-                 max_length: int = 128, batch_size: int = 64) -> None:
+                 max_length: int = 128, batch_size: int = 64, device: torch.device | str | None = None) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
@@ -104,15 +105,18 @@ class RewardModel:
         self.reward_type, self.max_length, self.batch_size = reward_type, max_length, batch_size
         for p in self.model.parameters():
             p.requires_grad_(False)
+        if device is not None:
+            self.model.to(device)
 
     @torch.no_grad()
     def logits(self, texts: list[str]) -> torch.Tensor:
-        """Class logits ``(N, C)`` (float32)."""
+        """Class logits ``(N, C)`` (float32, on the CPU)."""
         out = []
+        dev = next(self.model.parameters()).device
         for s in range(0, len(texts), self.batch_size):
             enc = self.tok(texts[s : s + self.batch_size], truncation=True, max_length=self.max_length,
                            padding=True, return_tensors="pt")
-            out.append(self.model(**enc).logits.float())
+            out.append(self.model(**{k: v.to(dev) for k, v in enc.items()}).logits.float().cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 
     def polarity_index(self, polarity: str) -> int:
@@ -148,9 +152,9 @@ class RewardModel:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_policy(path: str):
-    """``(AutoModelForCausalLM in fp32, eval mode; tokenizer with a pad token)`` from a folder or a
-    built-in name (``smollm2``). Raises DataError when it is not a causal LM."""
+def load_policy(path: str, device: torch.device | str | None = None):
+    """``(AutoModelForCausalLM in fp32, eval mode, on ``device`` (default the CPU); tokenizer with a pad
+    token)`` from a folder or a built-in name (``smollm2``). Raises DataError when it is not a causal LM."""
     from transformers import AutoModelForCausalLM
 
     from zerolm.finetune.classify import load_tokenizer
@@ -160,7 +164,17 @@ def load_policy(path: str):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise DataError(f"cannot load a causal LM from sentiment.policy={path}: {e}") from e
+    if device is not None:
+        model.to(device)
     return model.eval(), load_tokenizer(folder)
+
+
+def autocast(model: torch.nn.Module, precision: str):
+    """The context the RL loop runs ``model``'s forward passes in: bf16 autocast on the model's device
+    type when ``precision`` is ``bf16`` (matmuls in bf16, weights stay fp32), else a context that
+    changes nothing (``sentiment.precision``)."""
+    dev = next(model.parameters()).device
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def stop_ids(model, tok) -> set[int]:
@@ -178,7 +192,10 @@ def code_ids(tok, code: str) -> list[int]:
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
-    """One token per row from ``(B, V)`` logits (temperature, then top-k, then nucleus top-p)."""
+    """One token per row ``(B,)`` on the logits' device from ``(B, V)`` logits (temperature, then top-k,
+    then nucleus top-p). The draw is made where ``generator`` lives: with a CPU generator and logits on a
+    GPU the probabilities move to the CPU, so the draws of a seed are the CPU's on any accelerator and the
+    generator's state stays one checkpointable CPU state."""
     logits = logits.float() / temperature
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, -1).values[:, -1:]
@@ -188,7 +205,10 @@ def _draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, ge
         cum = torch.softmax(srt, -1).cumsum(-1)
         drop = cum - torch.softmax(srt, -1) > top_p  # keep the smallest prefix reaching top_p
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+    probs = torch.softmax(logits, -1)
+    if generator is not None and probs.device != generator.device:
+        probs = probs.to(generator.device)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
 
 
 @torch.no_grad()
@@ -204,10 +224,11 @@ def sample_responses(model, queries: list[list[int]], max_lengths: list[int], *,
     assume (the stop-token mask shifts them by ``−log(1 − p_stop)`` per masked step, negligible
     unless the model wants to stop)."""
     out: list[list[int]] = []
+    dev = next(model.parameters()).device  # the batch is built where the model is (a GPU's or the CPU)
     for s in range(0, len(queries), batch_size):
         qs, lim = queries[s : s + batch_size], max_lengths[s : s + batch_size]
         width = max(map(len, qs))
-        ids = torch.full((len(qs), width), pad_id, dtype=torch.long)
+        ids = torch.full((len(qs), width), pad_id, dtype=torch.long, device=dev)
         mask = torch.zeros_like(ids)
         for i, q in enumerate(qs):
             ids[i, width - len(q):], mask[i, width - len(q):] = torch.tensor(q), 1
@@ -228,7 +249,7 @@ def sample_responses(model, queries: list[list[int]], max_lengths: list[int], *,
                     done[i] = t in stops or len(resp[i]) >= lim[i]
             if all(done):
                 break
-            mask = torch.cat([mask, torch.ones(len(qs), 1, dtype=torch.long)], 1)
+            mask = torch.cat([mask, torch.ones(len(qs), 1, dtype=torch.long, device=dev)], 1)
             pos = pos[:, -1:] + 1
             o = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
                       past_key_values=o.past_key_values, use_cache=True)
@@ -252,8 +273,11 @@ def pack(queries: list[list[int]], responses: list[list[int]], pad_id: int) -> d
 def response_logits(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
                     hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``(B, R, V)`` that predict each response token (positions Q−1 … Q+R−2, divided by
-    ``temperature``) and, with ``hidden``, the last hidden states at those positions ``(B, R, H)``."""
+    ``temperature``) and, with ``hidden``, the last hidden states at those positions ``(B, R, H)``; on
+    the model's device (the batch, e.g. :func:`pack`'s CPU tensors, is moved there)."""
     r_w = batch["response"].shape[1]
+    dev = next(model.parameters()).device
+    batch = {k: batch[k].to(dev) for k in ("input_ids", "attention_mask", "position_ids")}
     o = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
               logits_to_keep=r_w + 1, output_hidden_states=hidden, use_cache=False)
     h = o.hidden_states[-1][:, -(r_w + 1): -1] if hidden else None
@@ -261,17 +285,17 @@ def response_logits(model, batch: dict[str, torch.Tensor], temperature: float = 
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``log π(token)`` ``(B, R)`` from logits ``(B, R, V)`` (nats)."""
-    return torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    """``log π(token)`` ``(B, R)`` from logits ``(B, R, V)`` (nats), on the logits' device."""
+    return torch.log_softmax(logits, -1).gather(-1, tokens.to(logits.device)[..., None]).squeeze(-1)
 
 
 @torch.no_grad()
 def sequence_logprobs(model, queries, responses, pad_id: int, temperature: float = 1.0,
                       batch_size: int = 32) -> list[torch.Tensor]:
-    """Per-token log-probabilities of each response given its query (a list of ``(len_i,)`` tensors)."""
+    """Per-token log-probabilities of each response given its query (a list of ``(len_i,)`` CPU tensors)."""
     out = []
     for s in range(0, len(queries), batch_size):
         b = pack(queries[s : s + batch_size], responses[s : s + batch_size], pad_id)
-        lp = token_logprobs(response_logits(model, b, temperature)[0], b["response"])
+        lp = token_logprobs(response_logits(model, b, temperature)[0], b["response"]).cpu()
         out += [lp[i, : len(r)] for i, r in enumerate(responses[s : s + batch_size])]
     return out

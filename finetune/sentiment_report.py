@@ -54,6 +54,7 @@ from zerolm.finetune import sentiment as S
 from zerolm.finetune.sentiment_prompts import prompt_pool
 from zerolm.fsutil import save_figure, write_json, write_jsonl
 from zerolm.pretrain.progress import progress_bar
+from zerolm.pretrain import distributed
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +196,10 @@ def sentiment_report(cfg: ZeroLMConfig, steered_dir: str | Path, progress: bool 
     if not (steered_dir / S.MARKER).is_file():
         raise DataError(f"{steered_dir} holds no {S.MARKER}: not a `zerolm finetune sentiment` export (train first)")
     meta = json.loads((steered_dir / S.MARKER).read_text())
-    ref, tok = S.load_policy(meta.get("policy") or sc.policy)
-    steered, _ = S.load_policy(str(steered_dir))
-    reward = S.RewardModel(sc.reward or meta["reward"], sc.target, sc.target_label, sc.reward_type)
+    dev = distributed.compute_device()  # this rank's GPU, or the CPU; the draws stay the CPU generator's
+    ref, tok = S.load_policy(meta.get("policy") or sc.policy, dev)
+    steered, _ = S.load_policy(str(steered_dir), dev)
+    reward = S.RewardModel(sc.reward or meta["reward"], sc.target, sc.target_label, sc.reward_type, device=dev)
     stops = S.stop_ids(ref, tok)
     rng = np.random.default_rng(sc.seed + 7)
     prompts = prompt_pool(sc, tok, "test", sc.report_prompts, rng)

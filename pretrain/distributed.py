@@ -318,6 +318,17 @@ def shutdown() -> None:
             dist.destroy_process_group()
 
 
+def compute_device():
+    """The device this process computes on: its GPU when CUDA is present (the one :func:`init` made
+    current: ``cuda:LOCAL_RANK``), else the CPU. For loops that place their own models (the RL loop);
+    the DeepSpeed engine places the trainer's."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def collective_device():
     """The device a tensor must be on for this process group's collectives: this process's GPU
     under NCCL (which has no CPU tensors: an all-reduce of a CPU tensor fails there), else the CPU

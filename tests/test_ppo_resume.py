@@ -215,3 +215,43 @@ def test_slurm_entry_runs_sentiment(tmp_path):
     assert "trap on_usr1 USR1" in script and "scontrol requeue" in script
     cmd, _ = local_command(str(config), [], 2, entry="finetune-sentiment")
     assert cmd[cmd.index("-m") + 1:cmd.index("-m") + 3] == ["zerolm.finetune", "sentiment"]
+
+
+def test_bf16_precision_autocasts_the_policy_passes_not_the_reward_or_the_weights(tiny_gpt, untrained_reward):
+    """``sentiment.precision=bf16``: the rollout's sampling and log-prob passes and the updates' forward
+    passes compute in bf16 (seen at the LM head), the reward model scores in fp32 (equal to scoring the
+    same texts outside any autocast), and the weights and Adam state stay fp32 — while fp32 runs no bf16."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from zerolm.finetune import sentiment as S
+    from zerolm.finetune.rl_algo import PolicyWithValueHead, ppo_update, rloo_step_advantages, rollout
+
+    lm, tok = S.load_policy(str(tiny_gpt))
+    ref, _ = S.load_policy(str(tiny_gpt))
+    reward = S.RewardModel(str(untrained_reward), "positive", reward_type="logit_margin")
+    model = PolicyWithValueHead(lm).eval()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    heads = []
+    lm.lm_head.register_forward_hook(lambda m, i, o: heads.append(o.dtype))
+    queries = [tok(t, add_special_tokens=False)["input_ids"] for t in ("The film is", "The film is", "A story of", "A story of")]
+    for precision, want in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        sc = SimpleNamespace(temperature=1.0, top_k=0, top_p=1.0, response_min_tokens=2, reward_text="continuation",
+                             precision=precision, ppo_epochs=1, method="rloo", vf_coef=0.0, cliprange=0.2,
+                             cliprange_value=0.2, grad_clip=1.0)
+        heads.clear()
+        ro = rollout(model, ref, reward, tok, S.stop_ids(lm, tok), queries, [4] * 4, sc, torch.Generator().manual_seed(0))
+        assert heads and set(heads) == {want}, (precision, heads)  # sampling steps + policy and reference passes
+        texts = [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True) for r, m in zip(ro.batch["response"], ro.mask)]
+        assert torch.equal(ro.scores, reward.score(texts)) and ro.scores.dtype == torch.float32
+        assert ro.logp.dtype == ro.ref_logp.dtype == ro.values.dtype == torch.float32
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        heads.clear()
+        _, _, adv, returns = rloo_step_advantages(ro, 0.1, 2)
+        ppo_update(model, model, opt, ro, adv, returns, sc, 2, torch.Generator().manual_seed(1))
+        assert heads and set(heads) == {want}, (precision, heads)
+        changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+        assert changed and all(p.dtype == torch.float32 for p in model.parameters())
+        assert all(t.dtype == torch.float32 for s in opt.state.values() for t in s.values() if t.is_floating_point()
+                   and t.dim() > 0)

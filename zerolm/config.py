@@ -483,6 +483,12 @@ class SentimentConfig(_Section):
     and exports the best-scoring policy instead of the last one (``RUN_DIR/judge.json`` has every
     evaluation); ``judge_patience`` = p ends the run (status ``judge_stop``) after p evaluations without
     a new best. ``judge_every`` and ``judge_prompts`` shape the training pool, so a resume keeps them.
+
+    Devices and precision (ppo/rloo): each rank's policy, reference and reward model run on its GPU
+    when CUDA is present, else the CPU. ``precision=bf16`` runs the rollout's sampling and log-prob
+    passes, the updates' forward passes and the judge's sampling under bf16 autocast (fp32 weights,
+    gradients and Adam state; the reward model and the report stay fp32); ``fp32`` (default) autocasts
+    nothing. The checkpoint records it; a resume may change it (weights and Adam state are fp32 either way).
     """
 
     policy: str = "smollm2"
@@ -542,6 +548,7 @@ class SentimentConfig(_Section):
     judge_every: int | None = Field(default=None, ge=1)
     judge_prompts: int = Field(default=64, ge=2)
     judge_patience: int | None = Field(default=None, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
     save_every: int = Field(default=25, ge=1)
     keep_last: int = Field(default=2, ge=1)
     log_every: int = Field(default=1, ge=1)
