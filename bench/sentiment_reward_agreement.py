@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from zerolm.config import SentimentConfig
-from zerolm.evals.judge import VADER_THRESHOLD, vader_compound
+from zerolm.evals.judge import VADER_THRESHOLD, judge_hits, vader_compound
 from zerolm.finetune import sentiment as S
 from zerolm.finetune import sentiment_prompts as P
 
@@ -131,7 +131,7 @@ def both_targets(args) -> None:
                               stops=S.stop_ids(lm, tok), generator=gen, min_tokens=sc.response_min_tokens)
     cont = [tok.decode(r, skip_special_tokens=True) for r in resp]
     vader = np.array(vader_compound(cont))
-    vpol = {"positive": vader >= VADER_THRESHOLD, "negative": vader <= -VADER_THRESHOLD}
+    vpol = {t: np.array(judge_hits(vader, t)) for t in ("positive", "negative")}  # the report's own verdicts
     neutral = ~(vpol["positive"] | vpol["negative"])
     print(f"{len(cont)} continuations ({', '.join(f'{k} {kinds.count(k)}' for k in dict.fromkeys(kinds))}) sampled in "
           f"{time.perf_counter() - t0:.0f} s; VADER positive {vpol['positive'].mean():.3f}, negative "
