@@ -24,6 +24,13 @@ Two sources of training text (``sentiment.control_data``):
   2019). The samples are drawn once, split over the ranks by fixed chunks (the same set on any world
   size) and kept in ``RUN_DIR/control_samples.jsonl`` (+ ``.json``) so a resumed run trains on the
   same data.
+
+``control_sources`` draws each code's continuations from its own policy instead (e.g. the exports of
+an RLOO run toward each target, :mod:`finetune.rloo`): the positive code's examples are the positive
+policy's continuations that the reward reads positive, the negative code's the negative policy's that
+it reads negative, of the same prompts. The finetuned model is still ``policy``: it learns from two
+steered policies to steer by the code — distilling them into one code-conditioned model, the way CTRL
+(Keskar et al. 2019) learns codes from text that already carries the attribute.
 """
 
 from __future__ import annotations
@@ -88,7 +95,7 @@ def control_examples(tok, sc, texts: list[str], labels: list[str], eos: int | No
 
 def samples_signature(sc) -> dict[str, Any]:
     """What the self-generated control data depends on (compared key by key before reuse)."""
-    keys = ("policy", "reward", "reward_text", "control_prompts", "control_k", "seed", "data", "split_seed",
+    keys = ("policy", "reward", "reward_text", "control_prompts", "control_k", "control_sources", "seed", "data", "split_seed",
             "validation_fraction", "test_fraction", "prompt_kinds", "prompt_min_tokens", "prompt_max_tokens",
             "tweet_min_tokens", "tweet_max_tokens", "context_min_tokens", "context_max_tokens",
             "response_min_tokens", "response_max_tokens", "temperature", "top_k", "top_p", "target_label")
@@ -161,6 +168,27 @@ def draw_samples(model, tok, sc, rank: int, world: int) -> list[dict[str, Any]]:
     return [r for _, r in sorted(everything, key=lambda x: x[0])]
 
 
+def draw_from_sources(tok, sc, rank: int, world: int) -> list[dict[str, Any]]:
+    """:func:`draw_samples` from each ``control_sources`` policy in turn (positive, then negative), each
+    record marked with its ``source``. The sources must share ``tok``'s vocabulary: the samples are
+    token ids written after the policy's code and prompt.
+
+    Raises:
+        ConfigError: a source's tokenizer differs from the policy's. DataError: a source is not a causal LM.
+    """
+    records: list[dict[str, Any]] = []
+    for pol in ("positive", "negative"):
+        path = sc.control_sources[pol]
+        src, src_tok = load_policy(path)
+        if src_tok.get_vocab() != tok.get_vocab():
+            raise ConfigError(f"sentiment.control_sources.{pol}={path} has another tokenizer than sentiment.policy="
+                              f"{sc.policy} ({len(src_tok)} vs {len(tok)} tokens): its samples cannot train the policy")
+        log.info("control samples: drawing the %s code's continuations from %s", pol, path)
+        records += [{**r, "source": pol} for r in draw_samples(src, tok, sc, rank, world)]
+        del src
+    return records
+
+
 def margin_thresholds(records: list[dict[str, Any]], sc) -> tuple[float, float]:
     """``(above, below)``: a sample goes after the positive code when its margin is > ``above``, after
     the negative code when < ``below``. ``control_fraction`` = f: the (1 − f) and f quantiles of
@@ -172,12 +200,14 @@ def margin_thresholds(records: list[dict[str, Any]], sc) -> tuple[float, float]:
     return float(np.quantile(every, 1 - sc.control_fraction)), float(np.quantile(every, sc.control_fraction))
 
 
-def _picks(margins: list[float], above: float, below: float, picks: int) -> list[tuple[str, int]]:
-    """``(code, sample index)`` of one prompt's picks (see :func:`select_examples`)."""
+def _picks(margins: list[float], above: float, below: float, picks: int, source: str | None = None
+           ) -> list[tuple[str, int]]:
+    """``(code, sample index)`` of one prompt's picks (see :func:`select_examples`); a record drawn
+    from a ``control_sources`` policy (``source`` = its polarity) gives examples to that code only."""
     m = np.asarray(margins, dtype=float)
     order = np.argsort(-m, kind="stable")  # most positive first
-    out = [("positive", int(j)) for j in order[:picks] if m[j] > above]
-    return out + [("negative", int(j)) for j in order[::-1][:picks] if m[j] < below]
+    out = [("positive", int(j)) for j in order[:picks] if m[j] > above] if source in (None, "positive") else []
+    return out + ([("negative", int(j)) for j in order[::-1][:picks] if m[j] < below] if source in (None, "negative") else [])
 
 
 def select_examples(records: list[dict[str, Any]], codes: dict[str, list[int]], above: float = 0.0,
@@ -189,7 +219,9 @@ def select_examples(records: list[dict[str, Any]], codes: dict[str, list[int]], 
     negative code, those < ``below`` (:func:`margin_thresholds`). Stricter thresholds keep fewer, more
     clearly polar examples; ``picks`` = k keeps every sample that clears them (Quark's reward bins). An example is
     ``(code + prompt + continuation, len(code + prompt))`` (the loss falls on the continuation).
-    Every :data:`VALIDATION_EVERY`-th prompt's examples go to validation.
+    Every :data:`VALIDATION_EVERY`-th prompt's examples go to validation. A record with a ``source``
+    (drawn from that polarity's ``control_sources`` policy; the sources' records list the same prompts in
+    the same order) gives examples to its own code only, and its prompt's position counts within its source.
 
     Returns:
         ``(train, validation, counts)``; counts: examples per code, prompts, samples.
@@ -197,30 +229,38 @@ def select_examples(records: list[dict[str, Any]], codes: dict[str, list[int]], 
     train: list[tuple[list[int], int]] = []
     val: list[tuple[list[int], int]] = []
     n = {"positive": 0, "negative": 0}
-    for i, r in enumerate(records):
-        for pol, j in _picks(r["margins"], above, below, picks):
+    position: dict[str | None, int] = {}
+    for r in records:
+        src = r.get("source")
+        i = position[src] = position.get(src, -1) + 1
+        for pol, j in _picks(r["margins"], above, below, picks, src):
             head = codes[pol] + list(r["prompt"])
             (val if i % VALIDATION_EVERY == VALIDATION_EVERY - 1 else train).append((head + list(r["responses"][j]), len(head)))
             n[pol] += 1
-    return train, val, {"prompts": len(records), "samples": sum(len(r["margins"]) for r in records), "examples": n}
+    return train, val, {"prompts": max(position.values(), default=-1) + 1,
+                        "samples": sum(len(r["margins"]) for r in records), "examples": n}
 
 
 def judge_of_selection(records: list[dict[str, Any]], tok, above: float = 0.0, below: float = 0.0,
                        picks: int = 1) -> dict[str, float]:
     """VADER (the report's judge, never used to select) on the continuations: the positive rate of all
     samples and of the ones picked for the positive code, the negative rate likewise — the ceiling the
-    finetuned model imitates, for the log and the export's metadata."""
+    finetuned model imitates, for the log and the export's metadata. With ``control_sources`` "all"
+    means all samples of that polarity's source."""
     from zerolm.evals.judge import judge_hits, vader_compound
 
     text = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-    every = [text(x) for r in records for x in r["responses"]]
+    every = {"positive": [], "negative": []}
     chosen = {"positive": [], "negative": []}
     for r in records:
-        for pol, j in _picks(r["margins"], above, below, picks):
+        for pol in every:
+            if r.get("source") in (None, pol):
+                every[pol].extend(text(x) for x in r["responses"])
+        for pol, j in _picks(r["margins"], above, below, picks, r.get("source")):
             chosen[pol].append(text(r["responses"][j]))
     rate = lambda texts, target: float(np.mean(judge_hits(vader_compound(texts), target))) if texts else float("nan")  # noqa: E731
-    return {"vader_positive_all": rate(every, "positive"), "vader_positive_selected": rate(chosen["positive"], "positive"),
-            "vader_negative_all": rate(every, "negative"), "vader_negative_selected": rate(chosen["negative"], "negative")}
+    return {f"vader_{pol}_{which}": rate(texts[pol], pol) for pol in ("positive", "negative")
+            for which, texts in (("all", every), ("selected", chosen))}
 
 
 def sampled_examples(model, tok, sc, env, run_dir: Path):
@@ -241,18 +281,20 @@ def sampled_examples(model, tok, sc, env, run_dir: Path):
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     records = None
     if meta is not None and rows_path.is_file():
-        if meta.get("signature") == sig:
+        saved = meta.get("signature", {})  # a key newer than the saved samples counts as its default, None
+        diff = {k: (saved.get(k), v) for k, v in sig.items() if saved.get(k) != v}
+        if not diff:
             records = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
             log.info("control samples: %d prompts reused from %s", len(records), rows_path)
         else:
-            diff = {k: (meta.get("signature", {}).get(k), v) for k, v in sig.items() if meta.get("signature", {}).get(k) != v}
             if any((run_dir / "checkpoints").glob("*")):
                 raise ConfigError(f"{run_dir} holds checkpoints trained on control samples drawn with other settings "
                                   f"(saved → now: {diff}); use a new run directory or the old settings")
             log.warning("control samples in %s were drawn with other settings (%s): drawing again", run_dir, diff)
     t0 = time.perf_counter()
     if records is None:
-        records = draw_samples(model, tok, sc, env.rank, env.world_size)
+        records = (draw_from_sources(tok, sc, env.rank, env.world_size) if sc.control_sources
+                   else draw_samples(model, tok, sc, env.rank, env.world_size))
         if env.is_main:
             write_jsonl(rows_path, records)
             write_json(meta_path, {"signature": sig, "prompts": len(records), "seconds": round(time.perf_counter() - t0, 1)})
@@ -262,7 +304,7 @@ def sampled_examples(model, tok, sc, env, run_dir: Path):
     if not train or min(counts["examples"].values()) == 0:
         raise DataError(f"control samples: the reward found {counts['examples']} positive/negative continuations among "
                         f"{counts['samples']}: nothing to teach one of the codes (raise sentiment.control_k or control_prompts)")
-    info = {**counts, "thresholds": [round(above, 4), round(below, 4)],
+    info = {**counts, "sources": sc.control_sources, "thresholds": [round(above, 4), round(below, 4)],
             "judge": judge_of_selection(records, tok, above, below, sc.control_picks), "draw_seconds": round(time.perf_counter() - t0, 1)}
     log.info("control samples: %d prompts × %d, margins > %.2f / < %.2f → %s examples (%d train, %d validation); VADER "
              "positive %.3f of all → %.3f of the positive picks, negative %.3f → %.3f", counts["prompts"], sc.control_k,
@@ -286,7 +328,8 @@ def control_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any]):
     if sc.control_data == "samples":
         train_ex, val_ex, info = sampled_examples(model, tok, sc, env, Path(cfg.train.run_dir))
         prepared["samples_info"] = info  # for train_control's export metadata
-        what = (f"{len(train_ex)} examples of its own continuations ({sc.control_k} per prompt, best/worst by the reward, "
+        whose = f"{sc.control_sources}'s" if sc.control_sources else "its own"
+        what = (f"{len(train_ex)} examples of {whose} continuations ({sc.control_k} per prompt, best/worst by the reward, "
                 f"{info['prompts']} prompts)")
     else:
         train_ex = control_examples(tok, sc, *prepared["train"], tok.eos_token_id)
@@ -316,13 +359,21 @@ def control_components(cfg: ZeroLMConfig, env, prepared: dict[str, Any]):
 
 def train_control(cfg: ZeroLMConfig, reward_label: str) -> dict[str, Any]:
     """Finetune with control codes (this process's part), then on rank 0 consolidate the final
-    DeepSpeed checkpoint and export it (:func:`export_policy`). Returns the trainer's summary."""
+    DeepSpeed checkpoint and export it (:func:`export_policy`). Returns the trainer's summary.
+
+    Raises:
+        ConfigError: a ``control_sources`` entry is not a model folder (checked before any work)."""
     import functools
+
+    from zerolm.hf_models import resolve_model_path
 
     from zerolm.pretrain.ds_checkpoint import load_checkpoint_weights, no_live_hf_deepspeed_config
     from zerolm.pretrain.trainer import train
 
     sc = cfg.sentiment
+    for pol, path in (sc.control_sources or {}).items():  # before any work: the draw comes after the trainer's set-up
+        if not (Path(resolve_model_path(path)) / "config.json").is_file():
+            raise ConfigError(f"sentiment.control_sources.{pol}={path} is not a model folder (no config.json)")
     t0 = time.perf_counter()
     prepared: dict[str, Any] = {}
     if sc.control_data == "rows":

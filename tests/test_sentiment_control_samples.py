@@ -153,3 +153,79 @@ def test_a_samples_run_trains_on_what_it_kept_and_reuses_it(tiny_gpt, random_rew
     said = " ".join((r.stdout + r.stderr).split())  # the CLI wraps its error message
     assert r.returncode != 0 and "'control_k': (2, 3)" in said, said[-2000:]
     assert (run / C.SAMPLES_FILE).read_bytes() == kept
+
+
+def test_control_sources_give_each_code_its_own_policys_continuations(tiny_gpt, random_reward, tmp_path, monkeypatch):
+    """``control_sources``: the positive code learns from one policy's continuations, the negative code
+    from another's; the examples are recomputed here from each source's own draw, and the judge's
+    "all" rate of a code is VADER (called here) on its source's samples only."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    from zerolm.errors import ConfigError
+
+    other = tmp_path / "other"  # a second policy with the same tokenizer: the tiny GPT, perturbed
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_gpt))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(str(other))
+    AutoTokenizer.from_pretrained(str(tiny_gpt)).save_pretrained(str(other))
+    common = [f"sentiment.reward={random_reward}", "sentiment.method=control", "sentiment.control_data=samples",
+              "sentiment.control_prompts=40", "sentiment.control_k=2", "sentiment.response_max_tokens=6",
+              "sentiment.prompt_kinds={review: 1.0}", "sentiment.reward_text=continuation"]
+    sc = load_config(None, [*common, f"sentiment.control_sources={{positive: {other}, negative: {tiny_gpt}}}"]).sentiment
+    policy, tok = S.load_policy(str(tiny_gpt))
+    env = SimpleNamespace(rank=0, world_size=1, is_main=True)
+    train, val, info = C.sampled_examples(policy, tok, sc, env, tmp_path / "run")
+
+    records = [json.loads(line) for line in (tmp_path / "run" / C.SAMPLES_FILE).read_text().splitlines()]
+    theirs = C.draw_samples(S.load_policy(str(other))[0], tok, sc, 0, 1)
+    own = C.draw_samples(policy, tok, sc, 0, 1)
+    assert [r["responses"] for r in theirs] != [r["responses"] for r in own]  # the two sources do differ
+    assert records == [{**r, "source": "positive"} for r in theirs] + [{**r, "source": "negative"} for r in own]
+    codes = {p: S.code_ids(tok, c) for p, c in sc.control_codes.items()}
+    want_train, want_val = [], []
+    for pol, drawn in (("positive", theirs), ("negative", own)):
+        for i, r in enumerate(drawn):
+            m = r["margins"]
+            j = max(range(2), key=lambda j: m[j]) if pol == "positive" else min(range(2), key=lambda j: m[j])
+            if (m[j] > 0) if pol == "positive" else (m[j] < 0):
+                head = codes[pol] + r["prompt"]
+                (want_val if (i + 1) % 20 == 0 else want_train).append((head + r["responses"][j], len(head)))
+    assert train == want_train and val == want_val and info["prompts"] == 40
+    assert info["examples"]["positive"] == sum(max(r["margins"]) > 0 for r in theirs)
+    analyzer = SentimentIntensityAnalyzer()
+    texts = [tok.decode(x, skip_special_tokens=True) for r in theirs for x in r["responses"]]
+    assert info["judge"]["vader_positive_all"] == pytest.approx(
+        np.mean([analyzer.polarity_scores(t)["compound"] >= 0.05 for t in texts]))
+
+    # samples kept before control_sources existed (no such key in their signature) are still reused
+    plain = load_config(None, common).sentiment
+    C.sampled_examples(policy, tok, plain, env, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / C.SAMPLES_META).read_text())
+    del meta["signature"]["control_sources"]
+    (tmp_path / "old" / C.SAMPLES_META).write_text(json.dumps(meta))
+
+    def no_draw(*a, **k):
+        raise AssertionError("drew again instead of reusing the kept samples")
+
+    monkeypatch.setattr(C, "draw_samples", no_draw)
+    assert C.sampled_examples(policy, tok, plain, env, tmp_path / "old")[0]
+    monkeypatch.undo()
+
+    # a source with another vocabulary cannot write its samples after the policy's code and prompt
+    tok2 = AutoTokenizer.from_pretrained(str(tiny_gpt))
+    tok2.add_tokens(["zzqxword"])
+    tok2.save_pretrained(str(other))
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        C.sampled_examples(policy, tok, sc, env, tmp_path / "run2")
+    # a missing source folder fails before any work; sources without a samples run are a config error
+    missing = load_config(None, [*common, f"sentiment.control_sources={{positive: {tmp_path / 'nope'}, negative: {tiny_gpt}}}"])
+    with pytest.raises(ConfigError, match="control_sources.positive"):
+        C.train_control(missing, "positive")
+    with pytest.raises(ConfigError, match="control_sources"):
+        load_config(None, [*common, "sentiment.control_data=rows", f"sentiment.control_sources={{positive: {other}, negative: {other}}}"])

@@ -453,7 +453,11 @@ class SentimentConfig(_Section):
     negative after the negative code (the top ``control_picks`` each way), when the reward's
     positive − negative logit margin clears ``±control_min_margin`` — or, with ``control_fraction`` = f,
     lies in the top / bottom f of all samples' margins (balanced codes)
-    (:func:`finetune.sentiment_control.sampled_examples`); ``method=ppo``: PPO with
+    (:func:`finetune.sentiment_control.sampled_examples`). ``control_sources`` (``{positive: folder,
+    negative: folder}``, ``samples`` only) draws each code's continuations from another policy with the
+    same tokenizer — e.g. the exports of an RLOO run toward each target — instead of the policy itself,
+    which is still the model finetuned: the code → sentiment link is distilled from two steered
+    policies; ``method=ppo``: PPO with
     a per-token KL penalty (``batch_size`` prompts per step, ``ppo_epochs`` passes in mini-batches of
     ``mini_batch_size``; TRL's gpt2-sentiment defaults otherwise; ``trainable_layers`` = k trains
     only the top k blocks, the final norm and the value head, for CPU budgets; ``max_minutes``
@@ -528,6 +532,7 @@ class SentimentConfig(_Section):
     control_min_margin: float = Field(default=0.0, ge=0)
     control_picks: int = Field(default=1, ge=1)
     control_fraction: float | None = Field(default=None, gt=0, lt=0.5)
+    control_sources: dict[str, str] | None = None
     batch_size: int = Field(default=16, ge=1)
     mini_batch_size: int = Field(default=16, ge=1)
     ppo_epochs: int = Field(default=4, ge=1)
@@ -583,6 +588,11 @@ class SentimentConfig(_Section):
         if self.rl_codes and self.method == "control":
             raise ValueError("rl_codes=true trains control codes by RL: it needs method ppo or rloo, got method=control "
                              "(which learns its codes by finetuning on coded text)")
+        if self.control_sources is not None and (set(self.control_sources) != {"positive", "negative"}
+                                                 or self.method != "control" or self.control_data != "samples"):
+            raise ValueError("control_sources needs method=control, control_data=samples and a 'positive' and a "
+                             f"'negative' policy, got {self.control_sources} (method={self.method}, "
+                             f"control_data={self.control_data})")
         if self.control_fraction is not None and self.control_min_margin:
             raise ValueError("set one of control_fraction (quantile thresholds) and control_min_margin (fixed "
                              f"thresholds), not both: got {self.control_fraction} and {self.control_min_margin}")
