@@ -313,7 +313,7 @@ def ppo_update(ddp: torch.nn.Module, model: PolicyWithValueHead, opt: torch.opti
             with torch.no_grad():
                 lp = torch.log_softmax(logits.detach(), -1)
                 st["entropy"] = float(masked_mean(-(lp.exp() * lp).sum(-1), m))
-            for k, v in (("policy_loss", float(pl)), ("value_loss", float(vl)), *st.items()):
+            for k, v in (("policy_loss", pl.item()), ("value_loss", vl.item()), *st.items()):
                 acc[k].append(v)
             del logits, values, lp
     return {k: float(np.mean(v)) for k, v in acc.items()}
