@@ -253,9 +253,10 @@ def judge_of_selection(records: list[dict[str, Any]], tok, above: float = 0.0, b
     every = {"positive": [], "negative": []}
     chosen = {"positive": [], "negative": []}
     for r in records:
+        texts = [text(x) for x in r["responses"]]  # decoded once: without sources both rates read them
         for pol in every:
             if r.get("source") in (None, pol):
-                every[pol].extend(text(x) for x in r["responses"])
+                every[pol].extend(texts)
         for pol, j in _picks(r["margins"], above, below, picks, r.get("source")):
             chosen[pol].append(text(r["responses"][j]))
     rate = lambda texts, target: float(np.mean(judge_hits(vader_compound(texts), target))) if texts else float("nan")  # noqa: E731
